@@ -1,0 +1,108 @@
+//! Every reply text a client can see, in one place (RFC 5321 §4.2.2 codes, RFC 3463 enhanced
+//! codes). Texts are deliberately generic; the reason for a reject goes to the log.
+
+use crate::reply::{Reply, Status};
+
+macro_rules! replies {
+    ($($(#[$m:meta])* $name:ident = $code:literal ($a:literal, $b:literal, $c:literal) $text:literal;)*) => {
+        $( $(#[$m])* pub const $name: Reply = Reply::new($code, Status($a, $b, $c), $text); )*
+    };
+}
+
+replies! {
+    OK = 250 (2, 0, 0) "OK";
+    MAIL_OK = 250 (2, 1, 0) "Sender OK";
+    RCPT_OK = 250 (2, 1, 5) "Recipient OK";
+    RESET = 250 (2, 0, 0) "Reset";
+    BYE = 221 (2, 0, 0) "Bye";
+    HELP = 214 (2, 0, 0) "See RFC 5321; mailwarden does not reveal more";
+    /// VRFY reveals nothing (RFC 5321 §3.5.3 allows 252).
+    VRFY = 252 (2, 5, 0) "Cannot verify; send mail and delivery will be attempted";
+    EXPN = 502 (5, 5, 1) "EXPN not available";
+    START_DATA = 354 (2, 0, 0) "End data with <CR><LF>.<CR><LF>";
+    START_TLS = 220 (2, 0, 0) "Ready to start TLS";
+    AUTH_OK = 235 (2, 7, 0) "Authentication successful";
+
+    UNRECOGNIZED = 500 (5, 5, 2) "Command unrecognized";
+    NON_SMTP = 500 (5, 5, 1) "Not an SMTP command";
+    LINE_TOO_LONG = 500 (5, 5, 2) "Line too long";
+    BAD_ENCODING = 500 (5, 5, 2) "Command is not valid UTF-8";
+    SYNTAX = 501 (5, 5, 4) "Syntax error in parameters or arguments";
+    BAD_SENDER = 501 (5, 1, 7) "Bad sender address syntax";
+    BAD_RECIPIENT = 501 (5, 1, 3) "Bad recipient address syntax";
+    NEEDS_SMTPUTF8 = 553 (5, 6, 7) "Non-ASCII address requires SMTPUTF8";
+    UNSUPPORTED_PARAM = 555 (5, 5, 4) "Unsupported parameter";
+
+    NEED_HELO = 503 (5, 5, 1) "Send HELO or EHLO first";
+    NEED_MAIL = 503 (5, 5, 1) "Need MAIL command";
+    NESTED_MAIL = 503 (5, 5, 1) "Sender already specified";
+    NEED_RCPT = 503 (5, 5, 1) "Need RCPT command";
+    NO_VALID_RCPT = 554 (5, 5, 1) "No valid recipients";
+    BDAT_THEN_DATA = 503 (5, 5, 1) "DATA not allowed after BDAT";
+
+    TOO_MANY_RCPTS = 452 (4, 5, 3) "Too many recipients";
+    SIZE_EXCEEDED = 552 (5, 3, 4) "Message size exceeds fixed limit";
+    BARE_LINE_ENDING = 554 (5, 5, 2) "Bare CR or LF in message; use CRLF line endings";
+    LONG_LINE = 554 (5, 6, 0) "Message has a line longer than 998 characters";
+
+    TLS_ACTIVE = 503 (5, 5, 1) "TLS already active";
+    TLS_UNAVAILABLE = 454 (4, 7, 0) "TLS not available";
+    TLS_IN_TXN = 503 (5, 5, 1) "STARTTLS not allowed inside a transaction";
+
+    /// RFC 4954 §4: AUTH over an unencrypted channel.
+    AUTH_NEEDS_TLS = 538 (5, 7, 11) "Encryption required for requested authentication mechanism";
+    AUTH_NOT_OFFERED = 503 (5, 5, 1) "AUTH not available on this port";
+    AUTH_ALREADY = 503 (5, 5, 1) "Already authenticated";
+    AUTH_IN_TXN = 503 (5, 5, 1) "AUTH not allowed inside a transaction";
+    AUTH_MECHANISM = 504 (5, 5, 4) "Unrecognized authentication mechanism";
+    AUTH_CANCELLED = 501 (5, 7, 0) "Authentication cancelled";
+    AUTH_MALFORMED = 501 (5, 5, 2) "Cannot decode authentication response";
+    AUTH_FAILED = 535 (5, 7, 8) "Authentication credentials invalid";
+    AUTH_TEMP = 454 (4, 7, 0) "Temporary authentication failure";
+    AUTH_REQUIRED = 530 (5, 7, 0) "Authentication required";
+
+    RELAY_DENIED = 554 (5, 7, 1) "Relay access denied";
+    NO_SUCH_USER = 550 (5, 1, 1) "Mailbox unavailable";
+    LITERAL_REFUSED = 553 (5, 1, 3) "Address literals are not accepted here";
+
+    LOCAL_ERROR = 451 (4, 3, 0) "Temporary local problem, please try again later";
+    NO_STORAGE = 452 (4, 3, 1) "Insufficient system storage";
+
+    TOO_MANY_ERRORS = 421 (4, 7, 0) "Too many errors, closing connection";
+    TOO_MANY_COMMANDS = 421 (4, 7, 0) "Too many commands, closing connection";
+    TOO_MANY_MESSAGES = 421 (4, 7, 0) "Too many messages in one session, please reconnect";
+    TOO_MANY_AUTH_FAILURES = 421 (4, 7, 0) "Too many failed authentications, closing connection";
+    TIMEOUT = 421 (4, 4, 2) "Timeout, closing connection";
+    SESSION_TOO_LONG = 421 (4, 4, 2) "Session time limit reached, closing connection";
+    TOO_MANY_CONNECTIONS = 421 (4, 7, 0) "Too many connections, try again later";
+    SHUTTING_DOWN = 421 (4, 3, 2) "Service shutting down";
+}
+
+/// `220 host ESMTP mailwarden`. No version: it only helps attackers.
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::owned(220, None, format!("{hostname} ESMTP mailwarden"))
+}
+
+pub fn helo(hostname: &str) -> Reply {
+    Reply::owned(250, None, hostname.to_string())
+}
+
+pub fn queued(queue_id: &str) -> Reply {
+    Reply::owned(
+        250,
+        Some(Status(2, 0, 0)),
+        format!("OK queued as {queue_id}"),
+    )
+}
+
+pub fn chunk_received(size: u64) -> Reply {
+    Reply::owned(
+        250,
+        Some(Status(2, 0, 0)),
+        format!("{size} octets received"),
+    )
+}
+
+pub fn auth_challenge(text: &str) -> Reply {
+    Reply::owned(334, None, text.to_string())
+}

@@ -1,0 +1,281 @@
+//! Golden transcripts against the I/O-free session (tier 1 of docs/testing.md).
+//!
+//! Each `tests/transcripts/*.smtp` file is a dialogue:
+//!
+//! ```text
+//! ! tls auth_offered auth_required bare_lf=normalize recipients=2 errors=3 size=100
+//! ! local example.test
+//! ! user alice@example.test secret
+//! S: 220 *                 expected reply line; a trailing `*` matches any rest
+//! C: EHLO client.test      client line, CRLF appended
+//! R: DATA\r\nabc\n.\n      raw bytes with \r \n \t \\ \xNN escapes, nothing appended
+//! M: abc\r\n               the body of the last accepted message
+//! N: 1                     number of messages accepted so far
+//! X:                       the server closed the connection
+//! ```
+//!
+//! The policy is scripted: recipients in a `local` domain (and Postmaster) are accepted,
+//! others get `554 5.7.1`; AUTH checks the `user` lines; messages are accepted.
+
+use mailwarden_proto::address::ForwardPath;
+use mailwarden_proto::data::BareLf;
+use mailwarden_proto::replies;
+use mailwarden_proto::session::{Event, InBuf, Limits, Session, SessionConfig};
+use std::path::Path;
+
+struct Runner {
+    s: Session,
+    inbuf: InBuf,
+    body: Vec<u8>,
+    out: Vec<String>,
+    partial: String,
+    local: Vec<String>,
+    users: Vec<(String, String)>,
+    messages: Vec<Vec<u8>>,
+    closed: bool,
+}
+
+impl Runner {
+    fn feed(&mut self, bytes: &[u8]) {
+        assert!(!self.closed, "client wrote after the server closed");
+        self.inbuf.extend(bytes);
+        self.run();
+    }
+
+    fn run(&mut self) {
+        loop {
+            let ev = self.s.poll(&mut self.inbuf, &mut self.body);
+            match ev {
+                Event::NeedInput => break,
+                Event::Refused { .. } => {}
+                Event::Mail { .. } => {
+                    self.s.mail_decision(replies::MAIL_OK, "");
+                }
+                Event::Rcpt { to } => {
+                    let ok = match &to {
+                        ForwardPath::Postmaster => true,
+                        ForwardPath::Mailbox(m) => m
+                            .domain
+                            .as_name()
+                            .is_some_and(|d| self.local.iter().any(|l| l == d)),
+                    };
+                    let r = if ok {
+                        replies::RCPT_OK
+                    } else {
+                        replies::RELAY_DENIED
+                    };
+                    self.s.rcpt_decision(r, "relay");
+                }
+                Event::Auth { credentials, .. } => {
+                    let ok = self.users.iter().any(|(u, p)| {
+                        *u == credentials.username && p.as_bytes() == credentials.password.expose()
+                    });
+                    if ok {
+                        self.s.auth_succeeded(credentials.username.clone());
+                    } else {
+                        self.s.auth_failed(replies::AUTH_FAILED, "bad password");
+                    }
+                }
+                Event::StartTls { .. } => {
+                    self.collect();
+                    self.s.tls_started();
+                }
+                Event::Message { flags } => {
+                    let body = std::mem::take(&mut self.body);
+                    if let Some((r, _)) = self.s.content_refusal(&flags) {
+                        self.s.message_decision(r);
+                    } else {
+                        self.messages.push(body);
+                        let id = format!("Q{}", self.messages.len());
+                        self.s.message_decision(replies::queued(&id));
+                    }
+                }
+                Event::Close => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        let out = self.s.take_output();
+        self.partial.push_str(&String::from_utf8_lossy(&out));
+        while let Some(i) = self.partial.find("\r\n") {
+            let line = self.partial[..i].to_string();
+            self.partial.drain(..i + 2);
+            self.out.push(line);
+        }
+    }
+}
+
+fn unescape(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'r' => out.push(b'\r'),
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'\\' => out.push(b'\\'),
+                b'x' => {
+                    out.push(u8::from_str_radix(&s[i + 2..i + 4], 16).unwrap());
+                    i += 2;
+                }
+                c => panic!("bad escape \\{}", c as char),
+            }
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn run_file(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut limits = Limits::default();
+    let mut cfg = SessionConfig {
+        hostname: "mx.example.test".into(),
+        limits: Limits::default(),
+        tls_available: false,
+        tls_at_start: false,
+        auth_offered: false,
+        auth_required: false,
+        bare_lf: BareLf::Reject,
+    };
+    let mut local = Vec::new();
+    let mut users = Vec::new();
+    let mut body_lines = text.lines().enumerate().peekable();
+    while let Some((_, l)) = body_lines.peek() {
+        if l.starts_with('#') {
+            body_lines.next();
+            continue;
+        }
+        let Some(opts) = l.strip_prefix("! ") else {
+            break;
+        };
+        let mut words = opts.split_whitespace();
+        while let Some(w) = words.next() {
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            match k {
+                "local" => local.push(words.next().unwrap().to_string()),
+                "user" => {
+                    let u = words.next().unwrap().to_string();
+                    let p = words.next().unwrap().to_string();
+                    users.push((u, p));
+                }
+                "tls" => cfg.tls_available = true,
+                "implicit_tls" => cfg.tls_at_start = true,
+                "auth_offered" => cfg.auth_offered = true,
+                "auth_required" => cfg.auth_required = true,
+                "bare_lf" => {
+                    cfg.bare_lf = if v == "normalize" {
+                        BareLf::Normalize
+                    } else {
+                        BareLf::Reject
+                    }
+                }
+                "recipients" => limits.recipients = v.parse().unwrap(),
+                "errors" => limits.errors = v.parse().unwrap(),
+                "junk" => limits.junk_commands = v.parse().unwrap(),
+                "size" => limits.message_size = v.parse().unwrap(),
+                "line" => limits.command_line = v.parse().unwrap(),
+                "text_line" => limits.text_line = v.parse().unwrap(),
+                "transactions" => limits.transactions = v.parse().unwrap(),
+                "auth_failures" => limits.auth_failures = v.parse().unwrap(),
+                other => panic!("{}: unknown option {other}", path.display()),
+            }
+        }
+        body_lines.next();
+    }
+    cfg.limits = limits;
+    let mut r = Runner {
+        s: Session::new(cfg),
+        inbuf: InBuf::default(),
+        body: Vec::new(),
+        out: Vec::new(),
+        partial: String::new(),
+        local,
+        users,
+        messages: Vec::new(),
+        closed: false,
+    };
+    r.s.greet();
+    r.run();
+    let mut next_out = 0;
+    for (n, line) in body_lines {
+        let where_ = format!("{}:{}", path.display(), n + 1);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (tag, rest) = line.split_at(2);
+        let rest = rest.strip_prefix(' ').unwrap_or(rest);
+        match tag {
+            "C:" => {
+                let mut b = rest.as_bytes().to_vec();
+                b.extend_from_slice(b"\r\n");
+                r.feed(&b);
+            }
+            "R:" => r.feed(&unescape(rest)),
+            "S:" => {
+                let got = r.out.get(next_out).unwrap_or_else(|| {
+                    panic!(
+                        "{where_}: expected `{rest}`, server sent nothing more (all: {:?})",
+                        r.out
+                    )
+                });
+                let ok = match rest.strip_suffix('*') {
+                    Some(prefix) => got.starts_with(prefix),
+                    None => got == rest,
+                };
+                assert!(ok, "{where_}: expected `{rest}`, got `{got}`");
+                next_out += 1;
+            }
+            "M:" => {
+                let last = r
+                    .messages
+                    .last()
+                    .unwrap_or_else(|| panic!("{where_}: no message"));
+                assert_eq!(
+                    String::from_utf8_lossy(last),
+                    String::from_utf8_lossy(&unescape(rest)),
+                    "{where_}: message body"
+                );
+            }
+            "N:" => assert_eq!(
+                r.messages.len(),
+                rest.parse::<usize>().unwrap(),
+                "{where_}: message count"
+            ),
+            "X:" => assert!(r.closed, "{where_}: expected the server to close"),
+            _ => panic!("{where_}: unknown line `{line}`"),
+        }
+    }
+    assert_eq!(
+        next_out,
+        r.out.len(),
+        "{}: unchecked server output: {:?}",
+        path.display(),
+        &r.out[next_out..]
+    );
+}
+
+#[test]
+fn transcripts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "smtp"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "transcripts missing in {}", dir.display());
+    for f in files {
+        run_file(&f);
+    }
+}
