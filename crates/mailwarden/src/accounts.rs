@@ -1,0 +1,349 @@
+//! Local accounts: addresses with argon2id password hashes, stored in the embedded store, and
+//! SMTP AUTH verification (RFC 4954).
+//!
+//! The CLI changes accounts in the same database while the server runs; every lookup reads the
+//! store, so changes take effect at once without a restart.
+//!
+//! Security:
+//! - Passwords are hashed with argon2id (RFC 9106) with a per-password salt.
+//! - Unknown users cost the same argon2 work as known ones, so timing does not reveal which
+//!   accounts exist.
+//! - A verified password is cached as an HMAC under a key that exists only in this process's
+//!   memory, for `auth.cache_ttl`; a changed hash invalidates the entry.
+//! - Account names are restricted to a filesystem-safe alphabet because they name Maildir
+//!   directories.
+
+use crate::store::{Store, StoreError};
+use crate::util::unix_now;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use mailwarden_proto::address::{self, Domain};
+use rusqlite::OptionalExtension;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{0:?} is not a valid address for an account: {1}")]
+    BadAddress(String, &'static str),
+    #[error("account {0} already exists")]
+    Exists(String),
+    #[error("no account {0}")]
+    NotFound(String),
+    #[error("the password must not be empty")]
+    EmptyPassword,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Canonical form of an account address: lowercased `local@domain`, ASCII, with a local part
+/// of letters, digits, `.`, `_`, `-` and `+`.
+pub fn canonical(addr: &str) -> Result<String, AccountError> {
+    let bad = |why| AccountError::BadAddress(addr.to_string(), why);
+    let m = address::parse_mailbox(addr.trim(), false).map_err(|_| bad("not local@domain"))?;
+    let Domain::Name(domain) = &m.domain else {
+        return Err(bad("address literals cannot hold accounts"));
+    };
+    let local = m.local.to_lowercase();
+    if !local
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+    {
+        return Err(bad(
+            "local part may only hold letters, digits, '.', '_', '-' and '+'",
+        ));
+    }
+    Ok(format!("{local}@{domain}"))
+}
+
+pub fn hash_password(password: &[u8]) -> Result<String, AccountError> {
+    if password.is_empty() {
+        return Err(AccountError::EmptyPassword);
+    }
+    Argon2::default()
+        .hash_password(password)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountError::Hash(e.to_string()))
+}
+
+fn split(addr: &str) -> (&str, &str) {
+    addr.rsplit_once('@').unwrap_or((addr, ""))
+}
+
+/// Account administration, shared by the CLI and the server.
+#[derive(Clone)]
+pub struct Accounts {
+    store: Store,
+}
+
+impl Accounts {
+    pub fn new(store: Store) -> Accounts {
+        Accounts { store }
+    }
+
+    pub fn add(&self, addr: &str, password: &[u8]) -> Result<String, AccountError> {
+        let addr = canonical(addr)?;
+        let hash = hash_password(password)?;
+        let (_, domain) = split(&addr);
+        let domain = domain.to_string();
+        let a = addr.clone();
+        let inserted = self.store.write_blocking(move |c| {
+            let now = unix_now();
+            c.execute(
+                "INSERT OR IGNORE INTO accounts(address, domain, password_hash, created, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+                rusqlite::params![a, domain, hash, now],
+            )
+        })?;
+        if inserted == 0 {
+            return Err(AccountError::Exists(addr));
+        }
+        Ok(addr)
+    }
+
+    pub fn set_password(&self, addr: &str, password: &[u8]) -> Result<String, AccountError> {
+        let addr = canonical(addr)?;
+        let hash = hash_password(password)?;
+        let a = addr.clone();
+        let n = self.store.write_blocking(move |c| {
+            c.execute(
+                "UPDATE accounts SET password_hash = ?2, updated = ?3 WHERE address = ?1",
+                rusqlite::params![a, hash, unix_now()],
+            )
+        })?;
+        if n == 0 {
+            return Err(AccountError::NotFound(addr));
+        }
+        Ok(addr)
+    }
+
+    pub fn remove(&self, addr: &str) -> Result<String, AccountError> {
+        let addr = canonical(addr)?;
+        let a = addr.clone();
+        let n = self
+            .store
+            .write_blocking(move |c| c.execute("DELETE FROM accounts WHERE address = ?1", [a]))?;
+        if n == 0 {
+            return Err(AccountError::NotFound(addr));
+        }
+        Ok(addr)
+    }
+
+    pub fn list(&self) -> Result<Vec<String>, AccountError> {
+        Ok(self.store.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT address FROM accounts ORDER BY domain, address")?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })?)
+    }
+
+    /// Does this (canonical) address have an account?
+    pub fn exists(&self, addr: &str) -> Result<bool, StoreError> {
+        self.store.read(|c| {
+            c.prepare_cached("SELECT 1 FROM accounts WHERE address = ?1")?
+                .exists([addr])
+        })
+    }
+
+    /// Does any account live in this domain?
+    pub fn has_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        self.store.read(|c| {
+            c.prepare_cached("SELECT 1 FROM accounts WHERE domain = ?1 LIMIT 1")?
+                .exists([domain])
+        })
+    }
+
+    fn password_hash(&self, addr: &str) -> Result<Option<String>, StoreError> {
+        self.store.read(|c| {
+            c.prepare_cached("SELECT password_hash FROM accounts WHERE address = ?1")?
+                .query_row([addr], |r| r.get(0))
+                .optional()
+        })
+    }
+}
+
+/// Outcome of an AUTH attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The canonical account address.
+    Ok(String),
+    Bad,
+}
+
+struct CacheEntry {
+    hash: String,
+    mac: ring::hmac::Tag,
+    at: Instant,
+}
+
+/// SMTP AUTH verification for the server.
+pub struct Authenticator {
+    accounts: Accounts,
+    key: ring::hmac::Key,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    ttl: Duration,
+    /// argon2 is CPU- and memory-heavy; bound how many run at once.
+    permits: Semaphore,
+    dummy_hash: String,
+}
+
+impl Authenticator {
+    pub fn new(accounts: Accounts, ttl: Duration) -> Arc<Authenticator> {
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).expect("system RNG");
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Authenticator {
+            accounts,
+            key,
+            cache: Mutex::new(HashMap::new()),
+            ttl,
+            permits: Semaphore::new(cpus),
+            dummy_hash: hash_password(b"mailwarden timing equaliser").expect("hash"),
+        })
+    }
+
+    /// Check a login. Errors are store failures (answer `454 4.7.0`), never bad passwords.
+    pub async fn verify(&self, username: &str, password: &[u8]) -> Result<Verdict, StoreError> {
+        let addr = canonical(username).ok();
+        let stored = match &addr {
+            Some(a) => self.accounts.password_hash(a)?,
+            None => None,
+        };
+        if let (Some(a), Some(h)) = (&addr, &stored)
+            && !self.ttl.is_zero()
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = cache.get(a)
+                && e.hash == *h
+                && e.at.elapsed() < self.ttl
+                && ring::hmac::verify(&self.key, &self.mac_input(a, password), e.mac.as_ref())
+                    .is_ok()
+            {
+                return Ok(Verdict::Ok(a.clone()));
+            }
+        }
+        let hash = stored.clone().unwrap_or_else(|| self.dummy_hash.clone());
+        let pw = password.to_vec();
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let ok = tokio::task::spawn_blocking(move || {
+            let mut pw = pw;
+            let ok = PasswordHash::new(&hash)
+                .map(|h| Argon2::default().verify_password(&pw, &h).is_ok())
+                .unwrap_or(false);
+            zeroize::Zeroize::zeroize(&mut pw);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        match (ok, addr, stored) {
+            (true, Some(a), Some(h)) => {
+                if !self.ttl.is_zero() {
+                    let mac = ring::hmac::sign(&self.key, &self.mac_input(&a, password));
+                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.retain(|_, e| e.at.elapsed() < self.ttl);
+                    cache.insert(
+                        a.clone(),
+                        CacheEntry {
+                            hash: h,
+                            mac,
+                            at: Instant::now(),
+                        },
+                    );
+                }
+                Ok(Verdict::Ok(a))
+            }
+            _ => Ok(Verdict::Bad),
+        }
+    }
+
+    fn mac_input(&self, addr: &str, password: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut v = zeroize::Zeroizing::new(Vec::with_capacity(addr.len() + 1 + password.len()));
+        v.extend_from_slice(addr.as_bytes());
+        v.push(0);
+        v.extend_from_slice(password);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_addresses() {
+        assert_eq!(
+            canonical("Alice@Example.TEST").unwrap(),
+            "alice@example.test"
+        );
+        for bad in [
+            "alice",
+            "a/b@example.test",
+            "\"a b\"@example.test",
+            "a@[127.0.0.1]",
+            "a@b@c.test",
+        ] {
+            assert!(canonical(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn add_verify_change_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let acc = Accounts::new(store.clone());
+        let a = acc.clone();
+        tokio::task::spawn_blocking(move || {
+            a.add("Alice@Example.test", b"secret").unwrap();
+            assert!(matches!(
+                a.add("alice@example.test", b"x"),
+                Err(AccountError::Exists(_))
+            ));
+        })
+        .await
+        .unwrap();
+        assert!(acc.exists("alice@example.test").unwrap());
+        assert!(acc.has_domain("example.test").unwrap());
+        let auth = Authenticator::new(acc.clone(), Duration::from_secs(60));
+        assert_eq!(
+            auth.verify("ALICE@example.test", b"secret").await.unwrap(),
+            Verdict::Ok("alice@example.test".into())
+        );
+        assert_eq!(
+            auth.verify("alice@example.test", b"wrong").await.unwrap(),
+            Verdict::Bad
+        );
+        assert_eq!(
+            auth.verify("nobody@example.test", b"secret").await.unwrap(),
+            Verdict::Bad
+        );
+        // Cached success must not survive a password change.
+        let a = acc.clone();
+        tokio::task::spawn_blocking(move || a.set_password("alice@example.test", b"new").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.verify("alice@example.test", b"secret").await.unwrap(),
+            Verdict::Bad
+        );
+        assert_eq!(
+            auth.verify("alice@example.test", b"new").await.unwrap(),
+            Verdict::Ok("alice@example.test".into())
+        );
+        let a = acc.clone();
+        tokio::task::spawn_blocking(move || a.remove("alice@example.test").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.verify("alice@example.test", b"new").await.unwrap(),
+            Verdict::Bad
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! Relay control and recipient routing at RCPT (RFC 5321 §3.6, §4.1.1.3, §4.5.1).
+//!
+//! Security: mailwarden is never an open relay. Only an authenticated session may name a
+//! non-local domain. The decision uses only the parsed domain of the final mailbox, so `%`,
+//! `!`, quoted `@` and source routes cannot smuggle a remote destination through a local
+//! domain: such local parts simply match no account. Address literals are never local and are
+//! refused even to authenticated users (they bypass MX routing and DNS-based policy).
+
+use crate::accounts::Accounts;
+use crate::config::Config;
+use mailwarden_proto::address::{Domain, ForwardPath};
+use mailwarden_proto::{Reply, replies};
+use std::collections::HashSet;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RcptDecision {
+    /// Deliver into this account's mailbox (canonical `local@domain`).
+    Local {
+        mailbox: String,
+    },
+    /// Relay to another domain (authenticated sessions only).
+    Remote,
+    Refuse {
+        reply: Reply,
+        reason: &'static str,
+    },
+}
+
+pub struct Routing {
+    domains: HashSet<String>,
+    postmaster: String,
+    accounts: Accounts,
+}
+
+impl Routing {
+    pub fn new(config: &Config, accounts: Accounts) -> Routing {
+        Routing {
+            domains: config.domains.iter().map(|d| d.to_lowercase()).collect(),
+            postmaster: config.postmaster_address(),
+            accounts,
+        }
+    }
+
+    /// A configured domain, or the domain of any account (checked live, so accounts added
+    /// by the CLI count at once).
+    pub fn is_local_domain(&self, domain: &str) -> Result<bool, crate::store::StoreError> {
+        if self.domains.contains(domain) {
+            return Ok(true);
+        }
+        self.accounts.has_domain(domain)
+    }
+
+    pub fn decide(&self, to: &ForwardPath, authenticated: bool) -> RcptDecision {
+        let m = match to {
+            ForwardPath::Postmaster => {
+                return RcptDecision::Local {
+                    mailbox: self.postmaster.clone(),
+                };
+            }
+            ForwardPath::Mailbox(m) => m,
+        };
+        let domain = match &m.domain {
+            Domain::Literal(_) if authenticated => {
+                return RcptDecision::Refuse {
+                    reply: replies::LITERAL_REFUSED,
+                    reason: "recipient is an address literal",
+                };
+            }
+            Domain::Literal(_) => {
+                return RcptDecision::Refuse {
+                    reply: replies::RELAY_DENIED,
+                    reason: "relay to an address literal",
+                };
+            }
+            Domain::Name(d) => d,
+        };
+        let temp = |_| RcptDecision::Refuse {
+            reply: replies::LOCAL_ERROR,
+            reason: "store unavailable",
+        };
+        match self.is_local_domain(domain) {
+            Err(e) => temp(e),
+            Ok(true) => {
+                if m.local.eq_ignore_ascii_case("postmaster") {
+                    return RcptDecision::Local {
+                        mailbox: self.postmaster.clone(),
+                    };
+                }
+                let key = m.key();
+                match self.accounts.exists(&key) {
+                    Err(e) => temp(e),
+                    Ok(true) => RcptDecision::Local { mailbox: key },
+                    Ok(false) => RcptDecision::Refuse {
+                        reply: replies::NO_SUCH_USER,
+                        reason: "no such local user",
+                    },
+                }
+            }
+            Ok(false) if authenticated => RcptDecision::Remote,
+            Ok(false) => RcptDecision::Refuse {
+                reply: replies::RELAY_DENIED,
+                reason: "relay attempt without authentication",
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use mailwarden_proto::address::parse_forward_path;
+
+    fn routing() -> (tempfile::TempDir, Routing) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let accounts = Accounts::new(store);
+        accounts.add("alice@example.test", b"pw").unwrap();
+        accounts.add("carol@other.test", b"pw").unwrap();
+        let mut c = Config::default();
+        c.domains = vec!["example.test".into()];
+        (dir, Routing::new(&c, accounts))
+    }
+
+    fn decide(r: &Routing, to: &str, auth: bool) -> RcptDecision {
+        r.decide(&parse_forward_path(to, true).unwrap(), auth)
+    }
+
+    #[test]
+    fn local_users_and_domains() {
+        let (_d, r) = routing();
+        assert_eq!(
+            decide(&r, "<Alice@EXAMPLE.test>", false),
+            RcptDecision::Local {
+                mailbox: "alice@example.test".into()
+            }
+        );
+        assert_eq!(
+            decide(&r, "<carol@other.test>", false),
+            RcptDecision::Local {
+                mailbox: "carol@other.test".into()
+            }
+        );
+        assert!(matches!(
+            decide(&r, "<bob@example.test>", false),
+            RcptDecision::Refuse { reply, .. } if reply == replies::NO_SUCH_USER
+        ));
+        assert_eq!(
+            decide(&r, "<postmaster@other.test>", false),
+            RcptDecision::Local {
+                mailbox: "postmaster@example.test".into()
+            }
+        );
+    }
+
+    #[test]
+    fn relay_needs_auth_and_tricks_never_route() {
+        let (_d, r) = routing();
+        let denied = |d: RcptDecision| matches!(d, RcptDecision::Refuse { .. });
+        assert!(denied(decide(&r, "<bob@remote.test>", false)));
+        assert_eq!(decide(&r, "<bob@remote.test>", true), RcptDecision::Remote);
+        for trick in [
+            "<bob%remote.test@example.test>",
+            "<remote.test!bob@example.test>",
+            "<\"bob@remote.test\"@example.test>",
+            "<@example.test:bob@remote.test>",
+            "<bob@[127.0.0.1]>",
+            "<alice@[IPv6:::1]>",
+        ] {
+            assert!(denied(decide(&r, trick, false)), "{trick} was not refused");
+        }
+        assert!(denied(decide(&r, "<bob@[127.0.0.1]>", true)));
+    }
+}

@@ -1,0 +1,428 @@
+//! The configuration: one typed schema whose doc comments state each key's meaning and default.
+//! `docs/reference/config.md` is generated from it (`mailwarden config reference`), and a test
+//! fails when the committed page is stale.
+//!
+//! Lookup order: `-c FILE`, then `$MAILWARDEN_CONFIG`, then `./mailwarden.toml`, then built-in
+//! defaults. Relative paths in a file are taken from the file's directory.
+
+pub mod docs;
+pub(crate) mod schema;
+pub mod units;
+
+use anyhow::{Context, bail};
+use schema::{choice, section};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+pub use units::{ByteSize, Duration};
+
+section! {
+    /// mailwarden's configuration. Every key is optional: a missing key takes its default, so
+    /// an empty file (or no file at all) runs a loopback-only test server.
+    pub struct Config {
+        /// The name this server uses in its SMTP banner, its EHLO reply, Received headers, and
+        /// as the `authserv-id` of Authentication-Results.
+        #[default_doc = "the machine's hostname"]
+        pub hostname: String = default_hostname(),
+        /// Where the store, the queue, the mailboxes and the generated certificate live. A
+        /// relative path is taken from the config file's directory, or from the current
+        /// directory when there is no file.
+        pub data_dir: PathBuf = PathBuf::from("./mailwarden-data"),
+        /// Local domains: mail for them is delivered to local accounts. The domain of every
+        /// account is local as well, so `user add alice@example.test` makes example.test local.
+        pub domains: Vec<String> = vec!["localhost".to_string()],
+        /// The mailbox that receives mail for `postmaster@` every local domain and for the bare
+        /// `<Postmaster>` (RFC 5321 §4.5.1). Empty means `postmaster@` the first domain.
+        pub postmaster: String = String::new(),
+        pub listen: Listen = Listen::default(),
+        pub tls: Tls = Tls::default(),
+        pub dns: Dns = Dns::default(),
+        pub smtp: Smtp = Smtp::default(),
+        pub auth: Auth = Auth::default(),
+        pub queue: Queue = Queue::default(),
+        pub log: Log = Log::default(),
+    }
+}
+
+section! {
+    /// Listening addresses, as `ip:port`. An empty string disables that listener. Port 0 picks a
+    /// free port; the server prints the ports it bound (`listening NAME ADDRESS`).
+    pub struct Listen {
+        /// MX: mail from other servers, for local domains only. STARTTLS is offered; AUTH is not.
+        pub mx: String = "127.0.0.1:2525".to_string(),
+        /// Message submission with STARTTLS (RFC 6409). AUTH is required, and offered only after
+        /// TLS.
+        pub submission: String = "127.0.0.1:2587".to_string(),
+        /// Message submission over implicit TLS (RFC 8314). AUTH is required.
+        pub submissions: String = "127.0.0.1:2465".to_string(),
+    }
+}
+
+section! {
+    /// The TLS certificate for all listeners. Without `cert` and `key`, a self-signed ECDSA P-256
+    /// certificate for `hostname` is generated once in `data_dir/tls/` and reused.
+    pub struct Tls {
+        /// PEM certificate chain, leaf first.
+        pub cert: Option<PathBuf> = None,
+        /// PEM private key (PKCS#8, PKCS#1 or SEC1). Keep it readable only by mailwarden.
+        pub key: Option<PathBuf> = None,
+    }
+}
+
+section! {
+    /// DNS resolution for sender checks and outbound routing.
+    pub struct Dns {
+        /// Nameservers as `ip` or `ip:port`. Empty: the system resolver (`/etc/resolv.conf`).
+        pub nameservers: Vec<String> = Vec::new(),
+        /// Time allowed for one query attempt.
+        pub timeout: Duration = Duration::secs(5),
+    }
+}
+
+choice! {
+    /// What to do with a bare CR or LF inside message content.
+    pub enum BareLfMode {
+        /// Refuse the message at the end of DATA with `554 5.5.2`.
+        Reject = "reject",
+        /// Store each bare CR or LF as CRLF. Only `CRLF.CRLF` still ends DATA.
+        Normalize = "normalize",
+    }
+}
+
+section! {
+    /// SMTP session limits. Each one bounds something a client controls.
+    pub struct Smtp {
+        /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4). Longer lines get
+        /// `500 5.5.2`.
+        pub max_command_line: usize = 512,
+        /// Longest line of message content, CRLF included (RFC 5321 §4.5.3.1.6). A message
+        /// with a longer line gets `554 5.6.0`.
+        pub max_text_line: usize = 1000,
+        /// Largest message accepted (advertised with SIZE, RFC 1870). Larger gets `552 5.3.4`.
+        pub max_message_size: ByteSize = ByteSize::mib(25),
+        /// Recipients per message. More get `452 4.5.3`.
+        pub max_recipients: usize = 100,
+        /// Error replies in one session before `421 4.7.0` and close.
+        pub max_errors: u32 = 10,
+        /// NOOP, RSET, VRFY, HELP, EXPN, HELO/EHLO and empty BDAT chunks per session before
+        /// `421 4.7.0` and close.
+        pub max_junk_commands: u32 = 100,
+        /// Messages per session before `421 4.7.0` and close.
+        pub max_messages_per_session: u32 = 1000,
+        /// How long to wait for a command (RFC 5321 §4.5.3.2 asks for at least 5 minutes).
+        pub idle_timeout: Duration = Duration::secs(300),
+        /// How long to wait for each block of message content (RFC 5321 §4.5.3.2.5: 10 minutes
+        /// for the terminator).
+        pub data_timeout: Duration = Duration::secs(600),
+        /// Longest a session may last in total.
+        pub max_session_time: Duration = Duration::secs(3600),
+        /// Time allowed for a TLS handshake.
+        pub tls_handshake_timeout: Duration = Duration::secs(30),
+        /// Concurrent sessions over all listeners. Beyond it a new client gets `421 4.7.0`.
+        pub max_connections: usize = 20000,
+        /// Concurrent sessions from one IP address. Beyond it a new client gets `421 4.7.0`.
+        pub max_connections_per_ip: usize = 50,
+        /// Bare CR or LF in message content. Either way only `CRLF.CRLF` ends DATA, so one
+        /// transaction can never turn into two (SMTP smuggling).
+        pub bare_lf: BareLfMode = BareLfMode::Reject,
+    }
+}
+
+section! {
+    /// SMTP AUTH (submission ports only).
+    pub struct Auth {
+        /// Delay before answering the first failed AUTH of a session; it doubles with each
+        /// further failure, up to `max_failure_delay`.
+        pub failure_delay: Duration = Duration::millis(1000),
+        /// Upper bound of the failure delay.
+        pub max_failure_delay: Duration = Duration::secs(8),
+        /// Failed AUTH attempts in one session before `421 4.7.0` and close.
+        pub max_failures_per_session: u32 = 3,
+        /// How long a verified password is remembered, as a keyed hash held only in memory, so
+        /// that clients that log in for every message do not pay for argon2 each time. `0s`
+        /// turns the cache off. A password change invalidates it at once.
+        pub cache_ttl: Duration = Duration::secs(300),
+    }
+}
+
+section! {
+    /// The durable queue. A `250` after DATA means the message and its envelope are on stable
+    /// storage; concurrent sessions share each fsync (group commit).
+    pub struct Queue {
+        /// Messages up to this size are written inside the store's group-committed
+        /// transaction. Larger ones go to a spool file that is fsynced on its own, which keeps
+        /// memory per session bounded.
+        pub inline_max: ByteSize = ByteSize::kib(128),
+        /// Local deliveries in flight at once.
+        pub local_concurrency: usize = 32,
+    }
+}
+
+choice! {
+    /// Log line format.
+    pub enum LogFormat {
+        /// `key=value` lines for people.
+        Text = "text",
+        /// One JSON object per line for log pipelines.
+        Json = "json",
+    }
+}
+
+section! {
+    /// Logging, to standard error.
+    pub struct Log {
+        /// A tracing filter: `info`, `debug`, or per module, e.g. `info,mailwarden::queue=debug`.
+        /// `RUST_LOG` overrides it.
+        pub level: String = "info".to_string(),
+        pub format: LogFormat = LogFormat::Text,
+    }
+}
+
+pub fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Where the running configuration came from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Defaults,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+}
+
+/// Find and read the configuration (see the module docs for the lookup order).
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Loaded> {
+    let path = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => match std::env::var_os("MAILWARDEN_CONFIG") {
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => Some(PathBuf::from("mailwarden.toml")).filter(|p| p.exists()),
+        },
+    };
+    let Some(path) = path else {
+        let config = Config::default();
+        config.validate()?;
+        return Ok(Loaded {
+            config,
+            source: Source::Defaults,
+        });
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let mut config = parse(&text).with_context(|| format!("in config file {}", path.display()))?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    config.resolve_paths(&base);
+    config
+        .validate()
+        .with_context(|| format!("in config file {}", path.display()))?;
+    Ok(Loaded {
+        config,
+        source: Source::File(path),
+    })
+}
+
+pub fn parse(text: &str) -> anyhow::Result<Config> {
+    Ok(toml::from_str(text)?)
+}
+
+impl Config {
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(p) = self.tls.cert.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.tls.key.as_mut() {
+            fix(p);
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errs = Vec::new();
+        if mailwarden_proto::address::domain(&self.hostname, false).is_err() {
+            errs.push(format!(
+                "hostname {:?} is not a valid domain name",
+                self.hostname
+            ));
+        }
+        if self.domains.is_empty() {
+            errs.push("domains must list at least one local domain".to_string());
+        }
+        for d in &self.domains {
+            if mailwarden_proto::address::domain(d, false).is_err() {
+                errs.push(format!("domains: {d:?} is not a valid domain name"));
+            }
+        }
+        if !self.postmaster.is_empty()
+            && mailwarden_proto::address::parse_mailbox(&self.postmaster, false).is_err()
+        {
+            errs.push(format!(
+                "postmaster {:?} is not an address",
+                self.postmaster
+            ));
+        }
+        for (name, addr) in self.listeners() {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                errs.push(format!("listen.{name} = {addr:?} is not ip:port"));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            errs.push("tls.cert and tls.key must be given together".to_string());
+        }
+        for ns in &self.dns.nameservers {
+            if parse_nameserver(ns).is_none() {
+                errs.push(format!("dns.nameservers: {ns:?} is not ip or ip:port"));
+            }
+        }
+        let s = &self.smtp;
+        if s.max_command_line < 512 {
+            errs.push("smtp.max_command_line must be at least 512 (RFC 5321)".into());
+        }
+        if s.max_text_line < 1000 {
+            errs.push("smtp.max_text_line must be at least 1000 (RFC 5321)".into());
+        }
+        if s.max_recipients < 1
+            || s.max_errors < 1
+            || s.max_connections < 1
+            || s.max_connections_per_ip < 1
+        {
+            errs.push("smtp limits must be at least 1".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration:\n  {}", errs.join("\n  "))
+        }
+    }
+
+    pub fn listeners(&self) -> [(&'static str, &str); 3] {
+        [
+            ("mx", self.listen.mx.as_str()),
+            ("submission", self.listen.submission.as_str()),
+            ("submissions", self.listen.submissions.as_str()),
+        ]
+    }
+
+    /// The address postmaster mail is delivered to.
+    pub fn postmaster_address(&self) -> String {
+        if self.postmaster.is_empty() {
+            format!(
+                "postmaster@{}",
+                self.domains
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("localhost")
+            )
+        } else {
+            self.postmaster.to_lowercase()
+        }
+    }
+
+    /// The directory holding the mailbox of `local@domain`.
+    pub fn maildir(&self, local: &str, domain: &str) -> PathBuf {
+        self.data_dir
+            .join("mail")
+            .join(domain)
+            .join(local)
+            .join("Maildir")
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4:53`, `::1` or `[::1]:53`.
+pub fn parse_nameserver(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, 53))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        for (_, a) in c.listeners() {
+            assert!(a.parse::<SocketAddr>().unwrap().ip().is_loopback());
+        }
+        assert_eq!(c.domains, vec!["localhost"]);
+        assert_eq!(c.postmaster_address(), "postmaster@localhost");
+    }
+
+    #[test]
+    fn issue_keys_parse() {
+        let c = parse(
+            r#"
+            hostname = "mx.example.test"
+            data_dir = "/var/lib/mailwarden"
+            domains  = ["example.test"]
+            [listen]
+            mx          = "0.0.0.0:25"
+            submission  = "0.0.0.0:587"
+            submissions = ""
+            [tls]
+            cert = "/path/fullchain.pem"
+            key  = "/path/key.pem"
+            [dns]
+            nameservers = ["127.0.0.1:5353"]
+            [smtp]
+            max_message_size = "10MiB"
+            idle_timeout = "2m"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.submissions, "");
+        assert_eq!(c.smtp.max_message_size, ByteSize::mib(10));
+        assert_eq!(c.smtp.idle_timeout, Duration::secs(120));
+        assert_eq!(
+            parse_nameserver(&c.dns.nameservers[0]),
+            "127.0.0.1:5353".parse().ok()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = parse("hostnme = \"x\"").unwrap_err();
+        assert!(format!("{e:#}").contains("hostnme"), "{e:#}");
+    }
+
+    #[test]
+    fn invalid_values_are_reported_together() {
+        let c = parse("domains = []\n[listen]\nmx = \"nowhere\"\n[tls]\ncert = \"/x\"").unwrap();
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("domains"), "{e}");
+        assert!(e.contains("listen.mx"), "{e}");
+        assert!(e.contains("tls.cert"), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Delivery: local Maildir now; outbound SMTP joins it here.
+
+pub mod maildir;

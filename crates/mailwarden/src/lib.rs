@@ -1,0 +1,20 @@
+//! mailwarden: a mail server that never takes a sender's word for who it is.
+//!
+//! The life of a message is the layout: `server` (listeners and sessions, around the I/O-free
+//! protocol core in `mailwarden-proto`) → `checks` → `queue` → `delivery`. The queue is the
+//! only bridge between receiving and sending. `config`, `store`, `accounts` and `cli` serve
+//! them all.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod checks;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod fsync;
+pub mod logging;
+pub mod queue;
+pub mod received;
+pub mod server;
+pub mod store;
+pub mod util;

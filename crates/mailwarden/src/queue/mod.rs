@@ -1,0 +1,410 @@
+//! The durable queue: the only bridge between receiving and delivering.
+//!
+//! A message is an envelope row, one row per recipient with its own status, and a body that
+//! is stored inline in the same transaction (small messages, group-committed) or in a spool
+//! file under `data_dir/queue/` that is fsynced, with its directory, before the rows commit.
+//! [`Queue::enqueue`] returns only when all of it is durable: that is what the `250` means.
+//!
+//! Recipient statuses: `queued` (waiting for delivery), `delivered`, `deferred` (retry later),
+//! `failed` (permanent), `held` (kept back by an administrator or a policy). A message leaves
+//! the queue when no recipient is `queued`, `deferred` or `held` any more.
+
+pub mod manager;
+
+use crate::fsync::{DirSync, sync_file};
+use crate::store::{Store, StoreError};
+use crate::util::unix_now;
+use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Facts about the session that produced a message, kept with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    pub session: String,
+    pub listener: String,
+    pub client_ip: String,
+    pub helo: String,
+    pub tls: Option<String>,
+    pub auth: Option<String>,
+    /// Header lines (CRLF-terminated) to put in front of the body at delivery: Received and,
+    /// later, Authentication-Results.
+    pub prepend: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    Inbox,
+    /// Maildir++ `.Junk`.
+    Junk,
+}
+
+impl Folder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Folder::Inbox => "",
+            Folder::Junk => "Junk",
+        }
+    }
+
+    fn parse(s: Option<&str>) -> Folder {
+        match s {
+            Some("Junk") => Folder::Junk,
+            _ => Folder::Inbox,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Deliver into the Maildir of this account (`local@domain`).
+    Local { mailbox: String, folder: Folder },
+    /// Relay to another domain.
+    Remote,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Delivered,
+    Deferred,
+    Failed,
+    Held,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Delivered => "delivered",
+            Status::Deferred => "deferred",
+            Status::Failed => "failed",
+            Status::Held => "held",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub idx: u32,
+    /// As given in RCPT TO.
+    pub address: String,
+    pub route: Route,
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    Inline(Arc<Vec<u8>>),
+    /// In `data_dir/queue/<id>`.
+    Spooled(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: String,
+    pub created: i64,
+    /// Envelope sender; empty for the null reverse-path.
+    pub sender: String,
+    /// Body size in octets, without the prepended headers.
+    pub size: u64,
+    pub meta: Meta,
+    pub rcpts: Vec<Recipient>,
+    pub body: Body,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("queue I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl QueueError {
+    pub fn is_full(&self) -> bool {
+        match self {
+            QueueError::Store(e) => e.is_full(),
+            QueueError::Io(e) => e.raw_os_error() == Some(28),
+        }
+    }
+}
+
+/// A message handed to the delivery side, with whether it may have been attempted before a
+/// crash (then delivery first checks what already landed).
+pub struct Dispatch {
+    pub msg: Arc<Message>,
+    pub recovering: bool,
+}
+
+pub struct Queue {
+    store: Store,
+    dir: PathBuf,
+    dirsync: DirSync,
+    notify: mpsc::UnboundedSender<Dispatch>,
+}
+
+impl Queue {
+    pub fn new(
+        store: Store,
+        data_dir: &Path,
+        dirsync: DirSync,
+    ) -> std::io::Result<(Arc<Queue>, mpsc::UnboundedReceiver<Dispatch>)> {
+        let dir = data_dir.join("queue");
+        crate::store::create_private_dir(&dir)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok((
+            Arc::new(Queue {
+                store,
+                dir,
+                dirsync,
+                notify: tx,
+            }),
+            rx,
+        ))
+    }
+
+    pub fn spool_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// Make the message durable, then hand it to delivery.
+    pub async fn enqueue(&self, msg: Message) -> Result<(), QueueError> {
+        let spooled = matches!(msg.body, Body::Spooled(_));
+        if let Body::Spooled(path) = &msg.body {
+            let f = std::fs::File::open(path)?;
+            sync_file(f).await?;
+            self.dirsync.sync(self.dir.clone()).await?;
+        }
+        let meta = serde_json::to_string(&msg.meta).expect("meta serializes");
+        let inline = match &msg.body {
+            Body::Inline(b) => Some(b.clone()),
+            Body::Spooled(_) => None,
+        };
+        let rows: Vec<(u32, String, &'static str, Option<String>, &'static str)> = msg
+            .rcpts
+            .iter()
+            .map(|r| match &r.route {
+                Route::Local { mailbox, folder } => (
+                    r.idx,
+                    r.address.clone(),
+                    "local",
+                    Some(mailbox.clone()),
+                    folder.as_str(),
+                ),
+                Route::Remote => (r.idx, r.address.clone(), "remote", None, ""),
+            })
+            .collect();
+        let (id, created, sender, size) =
+            (msg.id.clone(), msg.created, msg.sender.clone(), msg.size);
+        let r = self
+            .store
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO queue(id, created, sender, size, body, spooled, meta) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(rusqlite::params![
+                    id,
+                    created,
+                    sender,
+                    size as i64,
+                    inline.as_deref().map(|v| v.as_slice()),
+                    spooled,
+                    meta
+                ])?;
+                let mut st = c.prepare_cached(
+                    "INSERT INTO queue_rcpt(id, idx, address, route, mailbox, folder, status, updated) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
+                )?;
+                for (idx, address, route, mailbox, folder) in rows {
+                    st.execute(rusqlite::params![id, idx, address, route, mailbox, folder, created])?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            if let Body::Spooled(p) = &msg.body {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+        let _ = self.notify.send(Dispatch {
+            msg: Arc::new(msg),
+            recovering: false,
+        });
+        Ok(())
+    }
+
+    /// Record delivery outcomes. When no recipient is left to deliver, the message and its
+    /// spool file are removed; returns whether that happened.
+    pub async fn record(
+        &self,
+        id: &str,
+        outcomes: Vec<(u32, Status, Option<String>)>,
+    ) -> Result<bool, QueueError> {
+        let id_owned = id.to_string();
+        let finished = self
+            .store
+            .write(move |c| {
+                let now = unix_now();
+                let mut st = c.prepare_cached(
+                    "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
+                     attempts = attempts + 1 WHERE id = ?1 AND idx = ?2",
+                )?;
+                for (idx, status, reply) in outcomes {
+                    st.execute(rusqlite::params![
+                        id_owned,
+                        idx,
+                        status.as_str(),
+                        reply,
+                        now
+                    ])?;
+                }
+                let open: i64 = c
+                    .prepare_cached(
+                        "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
+                         AND status IN ('queued', 'deferred', 'held')",
+                    )?
+                    .query_row([&id_owned], |r| r.get(0))?;
+                if open > 0 {
+                    return Ok(None);
+                }
+                let spooled: Option<bool> = c
+                    .prepare_cached("SELECT spooled FROM queue WHERE id = ?1")?
+                    .query_row([&id_owned], |r| r.get(0))
+                    .optional()?;
+                c.prepare_cached("DELETE FROM queue_rcpt WHERE id = ?1")?
+                    .execute([&id_owned])?;
+                c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+                    .execute([&id_owned])?;
+                Ok(Some(spooled.unwrap_or(false)))
+            })
+            .await?;
+        if let Some(spooled) = finished {
+            if spooled {
+                let _ = std::fs::remove_file(self.spool_path(id));
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Messages with local recipients still `queued`: after a restart they go back to
+    /// delivery, which first checks what already landed.
+    pub fn recover(&self) -> Result<Vec<Message>, QueueError> {
+        let ids: Vec<String> = self.store.read(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT id FROM queue_rcpt WHERE status = 'queued' AND route = 'local' ORDER BY id",
+            )?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })?;
+        let mut out = Vec::new();
+        for id in ids {
+            match self.load(&id) {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => {}
+                Err(e) => tracing::error!(event = "queue_unreadable", qid = %id, error = %e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Load a message with its `queued` recipients.
+    pub fn load(&self, id: &str) -> Result<Option<Message>, QueueError> {
+        let row = self.store.read(|c| {
+            c.query_row(
+                "SELECT created, sender, size, body, spooled, meta FROM queue WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, bool>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                },
+            )
+            .optional()
+        })?;
+        let Some((created, sender, size, body, spooled, meta)) = row else {
+            return Ok(None);
+        };
+        let rcpts = self.store.read(|c| {
+            let mut st = c.prepare(
+                "SELECT idx, address, route, mailbox, folder FROM queue_rcpt \
+                 WHERE id = ?1 AND status = 'queued' ORDER BY idx",
+            )?;
+            st.query_map([id], |r| {
+                let route: String = r.get(2)?;
+                let mailbox: Option<String> = r.get(3)?;
+                let folder: Option<String> = r.get(4)?;
+                Ok(Recipient {
+                    idx: r.get(0)?,
+                    address: r.get(1)?,
+                    route: match (route.as_str(), mailbox) {
+                        ("local", Some(mailbox)) => Route::Local {
+                            mailbox,
+                            folder: Folder::parse(folder.as_deref()),
+                        },
+                        _ => Route::Remote,
+                    },
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })?;
+        let meta: Meta = serde_json::from_str(&meta)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let body = if spooled {
+            let p = self.spool_path(id);
+            if !p.exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("spool file {} missing", p.display()),
+                )
+                .into());
+            }
+            Body::Spooled(p)
+        } else {
+            Body::Inline(Arc::new(body.unwrap_or_default()))
+        };
+        Ok(Some(Message {
+            id: id.to_string(),
+            created,
+            sender,
+            size: size as u64,
+            meta,
+            rcpts,
+            body,
+        }))
+    }
+
+    /// Spool files with no queue row are leftovers of transactions that never got their
+    /// `250`: remove them.
+    pub fn remove_orphan_spools(&self) -> Result<usize, QueueError> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known = self.store.read(|c| {
+                c.prepare_cached("SELECT 1 FROM queue WHERE id = ?1")?
+                    .exists([&name])
+            })?;
+            if !known {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn dispatch(&self, msg: Message, recovering: bool) {
+        let _ = self.notify.send(Dispatch {
+            msg: Arc::new(msg),
+            recovering,
+        });
+    }
+}

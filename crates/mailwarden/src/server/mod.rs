@@ -1,0 +1,270 @@
+//! Server startup and the listeners.
+//!
+//! One startup path: open the store, load (or generate) the certificate, bind every listener,
+//! recover the queue, and only then serve. A bind failure stops startup with a clear error.
+//! Each accepted connection becomes a session task ([`session::run`]); SIGINT/SIGTERM stop the
+//! listeners and tell sessions to close with `421 4.3.2`.
+
+pub mod connlimit;
+pub mod session;
+pub mod tls;
+
+use crate::accounts::{Accounts, Authenticator};
+use crate::checks::relay::Routing;
+use crate::config::{BareLfMode, Config, Loaded};
+use crate::delivery::maildir::Maildir;
+use crate::fsync::DirSync;
+use crate::queue::{Queue, manager};
+use crate::store::Store;
+use anyhow::Context;
+use connlimit::ConnLimiter;
+use mailwarden_proto::data::BareLf;
+use mailwarden_proto::session::{Limits, SessionConfig};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Port 25: inbound mail for local domains.
+    Mx,
+    /// Port 587: STARTTLS, then AUTH.
+    Submission,
+    /// Port 465: implicit TLS, then AUTH.
+    Submissions,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Mx => "mx",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+
+    fn from_name(n: &str) -> ListenerKind {
+        match n {
+            "submission" => ListenerKind::Submission,
+            "submissions" => ListenerKind::Submissions,
+            _ => ListenerKind::Mx,
+        }
+    }
+}
+
+/// Everything sessions share.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub accounts: Accounts,
+    pub auth: Arc<Authenticator>,
+    pub routing: Routing,
+    pub queue: Arc<Queue>,
+    pub tls: tokio_rustls::TlsAcceptor,
+    pub limiter: Arc<ConnLimiter>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn session_config(&self, kind: ListenerKind) -> SessionConfig {
+        let s = &self.config.smtp;
+        let submission = kind != ListenerKind::Mx;
+        SessionConfig {
+            hostname: self.config.hostname.clone(),
+            limits: Limits {
+                command_line: s.max_command_line,
+                auth_line: 12288,
+                text_line: s.max_text_line,
+                message_size: s.max_message_size.0,
+                recipients: s.max_recipients,
+                errors: s.max_errors,
+                junk_commands: s.max_junk_commands,
+                transactions: s.max_messages_per_session,
+                auth_failures: self.config.auth.max_failures_per_session,
+            },
+            tls_available: kind != ListenerKind::Submissions,
+            tls_at_start: kind == ListenerKind::Submissions,
+            auth_offered: submission,
+            auth_required: submission,
+            bare_lf: match s.bare_lf {
+                BareLfMode::Reject => BareLf::Reject,
+                BareLfMode::Normalize => BareLf::Normalize,
+            },
+        }
+    }
+}
+
+/// A running server's handles, for tests that run it in-process.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub bound: Vec<(ListenerKind, std::net::SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    store: Store,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, ask sessions to close, and close the store.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Give sessions a moment to send their 421.
+        for _ in 0..50 {
+            if self.shared.limiter.active() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
+/// Open everything and bind the listeners; serving starts on return.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let tls = tls::load(&config)?;
+    let dirsync = DirSync::start();
+    let (queue, rx) = Queue::new(store.clone(), &config.data_dir, dirsync.clone())?;
+    let maildir = Arc::new(Maildir::new(&config.data_dir, &config.hostname, dirsync));
+    let accounts = Accounts::new(store.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        auth: Authenticator::new(accounts.clone(), config.auth.cache_ttl.get()),
+        routing: Routing::new(&config, accounts.clone()),
+        accounts,
+        queue: queue.clone(),
+        tls: tls.acceptor,
+        limiter: ConnLimiter::new(
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+        ),
+        shutdown: shutdown_rx,
+        config: config.clone(),
+    });
+
+    let mut listeners = Vec::new();
+    for (name, addr) in config.listeners() {
+        if addr.is_empty() {
+            continue;
+        }
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.{name})"))?;
+        listeners.push((ListenerKind::from_name(name), l));
+    }
+
+    let orphans = queue.remove_orphan_spools()?;
+    let recovered = queue.recover()?;
+    if orphans > 0 || !recovered.is_empty() {
+        tracing::info!(
+            event = "queue_recovered",
+            messages = recovered.len(),
+            orphan_spools = orphans
+        );
+    }
+    let mut tasks = vec![manager::spawn(
+        queue.clone(),
+        rx,
+        maildir,
+        config.queue.local_concurrency,
+    )];
+    for m in recovered {
+        queue.dispatch(m, true);
+    }
+
+    let mut bound = Vec::new();
+    for (kind, l) in listeners {
+        bound.push((kind, l.local_addr()?));
+        tasks.push(tokio::spawn(accept_loop(l, kind, shared.clone())));
+    }
+    tracing::info!(event = "started", hostname = %config.hostname, data_dir = %config.data_dir.display(), tls = %tls.description);
+    Ok(Running {
+        shared,
+        bound,
+        shutdown: shutdown_tx,
+        store,
+        tasks,
+    })
+}
+
+async fn accept_loop(l: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
+    loop {
+        match l.accept().await {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(session::run(sock, peer, kind, shared.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::error!(event = "accept_failed", listener = kind.name(), error = %e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// `mailwarden serve`: start, print what we listen on, run until SIGINT/SIGTERM.
+pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    let config = loaded.config.clone();
+    let running = start(loaded.config).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "mailwarden {} serving (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        loaded.source
+    )?;
+    writeln!(out, "  hostname     {}", config.hostname)?;
+    writeln!(out, "  domains      {}", config.domains.join(", "))?;
+    writeln!(out, "  data         {}", config.data_dir.display())?;
+    for (kind, addr) in &running.bound {
+        let what = match kind {
+            ListenerKind::Mx => "SMTP for local domains; STARTTLS offered; no AUTH, no relay",
+            ListenerKind::Submission => "submission; STARTTLS, then AUTH PLAIN/LOGIN required",
+            ListenerKind::Submissions => "submission over implicit TLS; AUTH PLAIN/LOGIN required",
+        };
+        writeln!(out, "listening {} {}    ({what})", kind.name(), addr)?;
+    }
+    let domain = config
+        .domains
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    writeln!(out)?;
+    writeln!(out, "Add an account:  mailwarden user add alice@{domain}")?;
+    writeln!(
+        out,
+        "                 (from a checkout: cargo run --release -- user add alice@{domain})"
+    )?;
+    if let Some((_, a)) = running
+        .bound
+        .iter()
+        .find(|(k, _)| *k == ListenerKind::Submissions)
+    {
+        writeln!(
+            out,
+            "Send a message:  swaks --server {a} --tls-on-connect --auth-user alice@{domain} --to alice@{domain}"
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    wait_for_signal().await;
+    tracing::info!(event = "stopping");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,531 @@
+//! The session driver: a thin async loop of read, feed, write around the I/O-free
+//! [`mailwarden_proto::session::Session`]. It answers the protocol core's events with policy
+//! (routing and relay, AUTH, the queue) and owns the socket, TLS, timeouts and the body spool.
+//!
+//! Flow: listener → **session** → checks → queue. The session never delivers; it only hands
+//! durable messages to the queue. Every refusal is logged once, through [`Ctx::reject`], with
+//! session id, queue id, client, HELO, sender and recipient.
+
+use super::{ListenerKind, Shared};
+use crate::accounts::Verdict;
+use crate::checks::relay::RcptDecision;
+use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
+use crate::received;
+use crate::util::{new_id, unix_now};
+use mailwarden_proto::command::Verb;
+use mailwarden_proto::session::{Event, InBuf, Session};
+use mailwarden_proto::{Reply, replies};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The connection, before and after TLS.
+enum Stream<IO> {
+    Plain(IO),
+    Tls(Box<tokio_rustls::server::TlsStream<IO>>),
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+/// Message content as it arrives: in memory up to `queue.inline_max`, then in a spool file.
+struct BodySink {
+    buf: Vec<u8>,
+    inline_max: usize,
+    spool: Option<(PathBuf, tokio::fs::File)>,
+}
+
+impl BodySink {
+    async fn spill_if_large(&mut self, path: impl FnOnce() -> PathBuf) -> std::io::Result<()> {
+        if self.spool.is_none() && self.buf.len() <= self.inline_max {
+            return Ok(());
+        }
+        if self.spool.is_none() {
+            let p = path();
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&p)
+                .await?;
+            self.spool = Some((p, f));
+        }
+        if let Some((_, f)) = self.spool.as_mut()
+            && !self.buf.is_empty()
+        {
+            f.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Finish the body: flush a spool file or hand over the memory.
+    async fn finish(&mut self) -> std::io::Result<Body> {
+        match self.spool.take() {
+            Some((p, mut f)) => {
+                f.write_all(&self.buf).await?;
+                f.flush().await?;
+                self.buf = Vec::new();
+                Ok(Body::Spooled(p))
+            }
+            None => Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf)))),
+        }
+    }
+
+    /// Drop whatever an unfinished or refused transaction left behind.
+    fn discard(&mut self) {
+        self.buf = Vec::new();
+        if let Some((p, _)) = self.spool.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// What the log lines of this session share.
+struct Ctx {
+    session: String,
+    listener: ListenerKind,
+    peer: SocketAddr,
+    qid: Option<String>,
+    from: Option<String>,
+}
+
+impl Ctx {
+    /// The one place refusals are logged.
+    fn reject(&self, s: &Session, verb: Verb, reply: &Reply, reason: &str, rcpt: Option<&str>) {
+        tracing::info!(
+            event = "reject",
+            session = %self.session,
+            qid = self.qid.as_deref().unwrap_or("-"),
+            listener = self.listener.name(),
+            ip = %self.peer.ip(),
+            helo = s.helo().unwrap_or("-"),
+            user = s.authenticated().unwrap_or("-"),
+            from = self.from.as_deref().unwrap_or("-"),
+            rcpt = rcpt.unwrap_or("-"),
+            verb = verb.as_str(),
+            reply = %reply,
+            reason,
+        );
+    }
+}
+
+pub async fn run<IO>(io: IO, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &shared.config;
+    let mut ctx = Ctx {
+        session: new_id(),
+        listener: kind,
+        peer,
+        qid: None,
+        from: None,
+    };
+    let mut stream = Stream::Plain(io);
+    let _slot = match shared.limiter.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            let r = replies::TOO_MANY_CONNECTIONS;
+            tracing::info!(event = "reject", session = %ctx.session, listener = kind.name(), ip = %peer.ip(),
+                verb = "CONNECT", reply = %r, reason = ?why);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                stream.write_all(r.to_wire().as_bytes()),
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::info!(event = "connect", session = %ctx.session, listener = kind.name(), ip = %peer.ip(), port = peer.port());
+    let started = Instant::now();
+    let mut tls_info: Option<String> = None;
+    if kind == ListenerKind::Submissions {
+        match upgrade(stream, &shared).await {
+            Ok((s, info)) => {
+                stream = s;
+                tls_info = Some(info);
+            }
+            Err(e) => {
+                tracing::info!(event = "tls_failed", session = %ctx.session, ip = %peer.ip(), error = %e);
+                return;
+            }
+        }
+    }
+    let mut s = Session::new(shared.session_config(kind));
+    let mut inbuf = InBuf::with_capacity(1024);
+    let mut body = BodySink {
+        buf: Vec::new(),
+        inline_max: cfg.queue.inline_max.0 as usize,
+        spool: None,
+    };
+    let mut routed: Vec<Recipient> = Vec::new();
+    let mut shutdown = shared.shutdown.clone();
+    let deadline = tokio::time::Instant::now() + cfg.smtp.max_session_time.get();
+    let mut messages = 0u32;
+    let mut end_reason = "quit";
+    s.greet();
+    loop {
+        match s.poll(&mut inbuf, &mut body.buf) {
+            Event::NeedInput => {
+                if s.in_data() {
+                    let q = shared.queue.clone();
+                    let id = ctx.qid.clone().unwrap_or_else(new_id);
+                    if let Err(e) = body.spill_if_large(|| q.spool_path(&id)).await {
+                        tracing::error!(event = "spool_failed", session = %ctx.session, error = %e);
+                        s.close_with(&replies::LOCAL_ERROR);
+                        end_reason = "spool error";
+                        continue;
+                    }
+                } else {
+                    inbuf.shrink(4096);
+                }
+                if s.has_output() && !flush(&mut stream, &mut s, cfg.smtp.idle_timeout.get()).await
+                {
+                    end_reason = "write failed";
+                    break;
+                }
+                let wait = if s.in_data() {
+                    cfg.smtp.data_timeout.get()
+                } else {
+                    cfg.smtp.idle_timeout.get()
+                };
+                let reserve = if s.in_data() { 64 * 1024 } else { 1024 };
+                tokio::select! {
+                    r = tokio::time::timeout(wait, stream.read_into(inbuf.for_read(reserve))) => match r {
+                        Err(_) => {
+                            s.close_with(&replies::TIMEOUT);
+                            end_reason = "timeout";
+                        }
+                        Ok(Ok(0)) => {
+                            end_reason = if s.in_data() { "disconnect in DATA" } else { "disconnect" };
+                            break;
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(event = "read_error", session = %ctx.session, error = %e);
+                            end_reason = "read error";
+                            break;
+                        }
+                    },
+                    _ = shutdown.changed() => {
+                        s.close_with(&replies::SHUTTING_DOWN);
+                        end_reason = "shutdown";
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        s.close_with(&replies::SESSION_TOO_LONG);
+                        end_reason = "session time limit";
+                    }
+                }
+            }
+            Event::Refused {
+                verb,
+                reply,
+                reason,
+            } => {
+                ctx.reject(&s, verb, &reply, reason, None);
+            }
+            Event::Mail { from, params: _ } => {
+                // A new transaction: forget anything an abandoned one left behind.
+                body.discard();
+                routed.clear();
+                ctx.qid = Some(new_id());
+                ctx.from = Some(from.to_string());
+                if let Some(Event::Refused {
+                    verb,
+                    reply,
+                    reason,
+                }) = s.mail_decision(replies::MAIL_OK, "")
+                {
+                    ctx.reject(&s, verb, &reply, reason, None);
+                }
+            }
+            Event::Rcpt { to } => {
+                let addr = to.to_string();
+                let route = match shared.routing.decide(&to, s.authenticated().is_some()) {
+                    RcptDecision::Local { mailbox } => Ok(Route::Local {
+                        mailbox,
+                        folder: Folder::Inbox,
+                    }),
+                    RcptDecision::Remote => Ok(Route::Remote),
+                    RcptDecision::Refuse { reply, reason } => Err((reply, reason)),
+                };
+                match route {
+                    Ok(route) => {
+                        routed.push(Recipient {
+                            idx: routed.len() as u32,
+                            address: addr,
+                            route,
+                        });
+                        s.rcpt_decision(replies::RCPT_OK, "");
+                    }
+                    Err((reply, reason)) => {
+                        if let Some(Event::Refused {
+                            verb,
+                            reply,
+                            reason,
+                        }) = s.rcpt_decision(reply, reason)
+                        {
+                            ctx.reject(&s, verb, &reply, reason, Some(&addr));
+                        }
+                    }
+                }
+            }
+            Event::Auth {
+                mechanism,
+                credentials,
+            } => {
+                match shared
+                    .auth
+                    .verify(&credentials.username, credentials.password.expose())
+                    .await
+                {
+                    Ok(Verdict::Ok(account)) => {
+                        tracing::info!(event = "auth_ok", session = %ctx.session, ip = %peer.ip(),
+                            mechanism = mechanism.as_str(), user = %account);
+                        s.auth_succeeded(account);
+                    }
+                    Ok(Verdict::Bad) => {
+                        let n = s.counters().auth_failures;
+                        let delay = cfg
+                            .auth
+                            .failure_delay
+                            .get()
+                            .saturating_mul(1u32 << n.min(16))
+                            .min(cfg.auth.max_failure_delay.get());
+                        tokio::time::sleep(delay).await;
+                        if let Event::Refused {
+                            verb,
+                            reply,
+                            reason,
+                        } = s.auth_failed(replies::AUTH_FAILED, "invalid credentials")
+                        {
+                            // The attempted name is part of the AUTH payload: not logged.
+                            ctx.reject(&s, verb, &reply, reason, None);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "auth_backend_error", session = %ctx.session, error = %e);
+                        if let Event::Refused {
+                            verb,
+                            reply,
+                            reason,
+                        } = s.auth_failed(replies::AUTH_TEMP, "auth backend error")
+                        {
+                            ctx.reject(&s, verb, &reply, reason, None);
+                        }
+                    }
+                }
+            }
+            Event::StartTls { discarded } => {
+                if discarded > 0 {
+                    tracing::warn!(event = "starttls_injection", session = %ctx.session, ip = %peer.ip(), discarded);
+                }
+                if !flush(&mut stream, &mut s, cfg.smtp.idle_timeout.get()).await {
+                    end_reason = "write failed";
+                    break;
+                }
+                match upgrade(stream, &shared).await {
+                    Ok((st, info)) => {
+                        stream = st;
+                        tracing::debug!(event = "starttls", session = %ctx.session, tls = %info);
+                        tls_info = Some(info);
+                        s.tls_started();
+                    }
+                    Err(e) => {
+                        tracing::info!(event = "tls_failed", session = %ctx.session, ip = %peer.ip(), error = %e);
+                        return;
+                    }
+                }
+            }
+            Event::Message { flags } => {
+                if let Some((reply, reason)) = s.content_refusal(&flags) {
+                    body.discard();
+                    ctx.reject(&s, Verb::Data, &reply, reason, None);
+                    s.message_decision(reply);
+                    continue;
+                }
+                let reply = enqueue(
+                    &shared,
+                    &ctx,
+                    &s,
+                    &mut body,
+                    std::mem::take(&mut routed),
+                    tls_info.as_deref(),
+                    flags.size,
+                )
+                .await;
+                if reply.is_positive() {
+                    messages += 1;
+                } else {
+                    body.discard();
+                    ctx.reject(&s, Verb::Data, &reply, "queue failure", None);
+                }
+                s.message_decision(reply);
+                ctx.qid = None;
+                ctx.from = None;
+            }
+            Event::Close => {
+                let _ = flush(&mut stream, &mut s, Duration::from_secs(5)).await;
+                stream.shutdown().await;
+                break;
+            }
+        }
+    }
+    body.discard();
+    let c = s.counters();
+    tracing::info!(
+        event = "disconnect",
+        session = %ctx.session,
+        ip = %peer.ip(),
+        reason = end_reason,
+        messages,
+        errors = c.errors,
+        bare_lf_commands = c.bare_lf_commands,
+        secs = started.elapsed().as_secs_f32(),
+    );
+}
+
+async fn flush<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut Stream<IO>,
+    s: &mut Session,
+    limit: Duration,
+) -> bool {
+    let out = s.take_output();
+    if out.is_empty() {
+        return true;
+    }
+    let ok = matches!(
+        tokio::time::timeout(limit, stream.write_all(&out)).await,
+        Ok(Ok(()))
+    );
+    // Hand the buffer back so its allocation is reused.
+    let mut out = out;
+    out.clear();
+    *s.output() = out;
+    ok
+}
+
+async fn upgrade<IO>(stream: Stream<IO>, shared: &Shared) -> anyhow::Result<(Stream<IO>, String)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let Stream::Plain(io) = stream else {
+        anyhow::bail!("TLS already active");
+    };
+    let acceptor = shared.tls.clone();
+    let tls = tokio::time::timeout(
+        shared.config.smtp.tls_handshake_timeout.get(),
+        acceptor.accept(io),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("handshake timeout"))??;
+    let info = super::tls::describe(tls.get_ref().1);
+    Ok((Stream::Tls(Box::new(tls)), info))
+}
+
+async fn enqueue(
+    shared: &Shared,
+    ctx: &Ctx,
+    s: &Session,
+    body: &mut BodySink,
+    rcpts: Vec<Recipient>,
+    tls: Option<&str>,
+    size: u64,
+) -> Reply {
+    let Some(txn) = s.transaction() else {
+        return replies::LOCAL_ERROR;
+    };
+    let id = ctx.qid.clone().unwrap_or_else(new_id);
+    let now = unix_now();
+    let single = (rcpts.len() == 1).then(|| rcpts[0].address.clone());
+    let prepend = received::header(&received::Trace {
+        helo: s.helo().unwrap_or("unknown"),
+        ip: ctx.peer.ip(),
+        hostname: &shared.config.hostname,
+        esmtp: s.esmtp(),
+        smtputf8: txn.params.smtputf8,
+        tls,
+        authenticated: s.authenticated().is_some(),
+        id: &id,
+        single_rcpt: single.as_deref(),
+        time: now,
+    });
+    let body = match body.finish().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
+            return replies::LOCAL_ERROR;
+        }
+    };
+    let nrcpt = rcpts.len();
+    let msg = Message {
+        id: id.clone(),
+        created: now,
+        sender: txn.mail_from.to_string(),
+        size,
+        meta: Meta {
+            session: ctx.session.clone(),
+            listener: ctx.listener.name().to_string(),
+            client_ip: ctx.peer.ip().to_string(),
+            helo: s.helo().unwrap_or_default().to_string(),
+            tls: tls.map(str::to_string),
+            auth: s.authenticated().map(str::to_string),
+            prepend,
+        },
+        rcpts,
+        body,
+    };
+    match shared.queue.enqueue(msg).await {
+        Ok(()) => {
+            tracing::info!(
+                event = "queued",
+                session = %ctx.session,
+                qid = %id,
+                ip = %ctx.peer.ip(),
+                user = s.authenticated().unwrap_or("-"),
+                from = %txn.mail_from,
+                rcpts = nrcpt,
+                size,
+            );
+            replies::queued(&id)
+        }
+        Err(e) => {
+            tracing::error!(event = "enqueue_failed", session = %ctx.session, qid = %id, error = %e);
+            if e.is_full() {
+                replies::NO_STORAGE
+            } else {
+                replies::LOCAL_ERROR
+            }
+        }
+    }
+}
