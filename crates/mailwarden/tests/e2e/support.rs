@@ -1,0 +1,413 @@
+//! End-to-end test support: run the real `mailwarden` binary on 127.0.0.1 port 0 with a
+//! temporary config and data directory, and drive it with real clients (Python smtplib, a raw
+//! scripted Python client, swaks, curl).
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailwarden");
+
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Base config: loopback, port 0 everywhere, one local domain, short AUTH delays.
+pub fn base_config(data_dir: &Path) -> toml::Table {
+    let text = format!(
+        r#"
+hostname = "mx.example.test"
+data_dir = "{}"
+domains = ["example.test"]
+[listen]
+mx = "127.0.0.1:0"
+submission = "127.0.0.1:0"
+submissions = "127.0.0.1:0"
+[auth]
+failure_delay = "50ms"
+max_failure_delay = "200ms"
+[log]
+level = "info,mailwarden=debug"
+"#,
+        data_dir.display()
+    );
+    text.parse().expect("base config")
+}
+
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    pub ports: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start with the base config plus `extra` (TOML, merged key by key).
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = base_config(&dir.path().join("data"));
+        merge(&mut cfg, extra.parse().expect("extra config"));
+        let config_path = dir.path().join("mailwarden.toml");
+        std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
+        let mut s = Server {
+            dir,
+            config_path,
+            child: None,
+            ports: HashMap::new(),
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&self.config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mailwarden");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.ports.clear();
+        let want = 3;
+        while self.ports.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let mut w = line.split_whitespace();
+                    if w.next() == Some("listening") {
+                        let name = w.next().unwrap().to_string();
+                        let addr: SocketAddr = w.next().unwrap().parse().unwrap();
+                        self.ports.insert(name, addr);
+                    }
+                }
+                Err(_) => panic!(
+                    "server did not report its listeners; log:\n{}",
+                    self.log.lock().unwrap()
+                ),
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn mx(&self) -> SocketAddr {
+        self.ports["mx"]
+    }
+    pub fn submission(&self) -> SocketAddr {
+        self.ports["submission"]
+    }
+    pub fn submissions(&self) -> SocketAddr {
+        self.ports["submissions"]
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait until a log line contains all of `needles`.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        wait_for(Duration::from_secs(20), || {
+            self.log_lines(needles).into_iter().next()
+        })
+        .unwrap_or_else(|| panic!("no log line with {needles:?}; log:\n{}", self.log()))
+    }
+
+    /// Run the CLI against this server's config.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("-c").arg(&self.config_path);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run mailwarden cli");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn add_user(&self, addr: &str, password: &str) {
+        let out = self.cli(
+            &["user", "add", addr, "--password-stdin"],
+            Some(&format!("{password}\n")),
+        );
+        assert!(
+            out.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn maildir(&self, addr: &str) -> PathBuf {
+        let (local, domain) = addr.rsplit_once('@').unwrap();
+        self.data_dir()
+            .join("mail")
+            .join(domain)
+            .join(local)
+            .join("Maildir")
+    }
+
+    /// Contents of every message in `new/` and `cur/` of a mailbox (or a folder of it).
+    pub fn messages_in(&self, dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+                let mut names: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+                names.sort();
+                for p in names {
+                    out.push(String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn messages(&self, addr: &str) -> Vec<String> {
+        self.messages_in(&self.maildir(addr))
+    }
+
+    /// Wait until `addr` has at least `n` messages; return them.
+    pub fn wait_messages(&self, addr: &str, n: usize) -> Vec<String> {
+        wait_for(Duration::from_secs(30), || {
+            let m = self.messages(addr);
+            (m.len() >= n).then_some(m)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{addr} has {} messages, wanted {n}; log:\n{}",
+                self.messages(addr).len(),
+                self.log()
+            )
+        })
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Stop with SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run a query on the store (the server keeps running; WAL allows it).
+    pub fn query_count(&self, sql: &str) -> i64 {
+        let c = rusqlite::Connection::open(self.data_dir().join("mailwarden.db")).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Send with smtplib (`tests/clients/send.py`); returns its JSON report.
+pub fn smtplib(port: SocketAddr, mode: &str, args: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(clients_dir().join("send.py"))
+        .args(["--port", &port.port().to_string(), "--mode", mode])
+        .args(args)
+        .output()
+        .expect("python3");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "send.py failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// One step of a raw dialogue (`tests/clients/smtpraw.py`).
+pub enum Step<'a> {
+    Read,
+    Cmd(&'a str),
+    Send(&'a str),
+    StartTls,
+    Sleep(f64),
+    UntilClose,
+}
+
+pub struct Raw {
+    pub replies: Vec<String>,
+    pub closed: bool,
+    pub error: Option<String>,
+}
+
+impl Raw {
+    /// The reply at `i`, or a panic that shows the whole dialogue.
+    pub fn reply(&self, i: usize) -> &str {
+        self.replies
+            .get(i)
+            .unwrap_or_else(|| panic!("no reply {i}: {:?} (error {:?})", self.replies, self.error))
+    }
+
+    pub fn codes(&self) -> Vec<String> {
+        self.replies
+            .iter()
+            .map(|r| r.lines().last().unwrap_or("").chars().take(9).collect())
+            .collect()
+    }
+}
+
+pub fn raw(addr: SocketAddr, implicit_tls: bool, source: Option<&str>, steps: &[Step]) -> Raw {
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|s| match s {
+            Step::Read => json!(["read"]),
+            Step::Cmd(c) => json!(["cmd", c]),
+            Step::Send(c) => json!(["send", c]),
+            Step::StartTls => json!(["starttls"]),
+            Step::Sleep(t) => json!(["sleep", t]),
+            Step::UntilClose => json!(["until_close"]),
+        })
+        .collect();
+    let spec = json!({
+        "host": addr.ip().to_string(),
+        "port": addr.port(),
+        "implicit_tls": implicit_tls,
+        "source": source,
+        "steps": steps,
+    });
+    let mut child = Command::new("python3")
+        .arg(clients_dir().join("smtpraw.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(spec.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "smtpraw.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Raw {
+        replies: v["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect(),
+        closed: v["closed"].as_bool().unwrap_or(false),
+        error: v["error"].as_str().map(str::to_string),
+    }
+}
+
+/// Run an external client (swaks, curl) and return its output.
+pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} ({e}); .ci/run installs it"));
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            i.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
