@@ -25,6 +25,26 @@ impl DirSync {
         DirSync { tx }
     }
 
+    /// fsync several directories (in one round when the thread is free); one result each.
+    pub async fn sync_many(&self, dirs: Vec<PathBuf>) -> Vec<std::io::Result<()>> {
+        let mut rxs = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            let (tx, rx) = oneshot::channel();
+            rxs.push(self.tx.send((d, tx)).ok().map(|_| rx));
+        }
+        let mut out = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            out.push(match rx {
+                Some(rx) => rx
+                    .await
+                    .map_err(|_| std::io::Error::other("dir-fsync thread stopped"))
+                    .and_then(|r| r.map_err(std::io::Error::other)),
+                None => Err(std::io::Error::other("dir-fsync thread stopped")),
+            });
+        }
+        out
+    }
+
     /// Resolve once `dir` has been fsynced after this call.
     pub async fn sync(&self, dir: PathBuf) -> std::io::Result<()> {
         let (tx, rx) = oneshot::channel();

@@ -152,8 +152,28 @@ section! {
         /// transaction. Larger ones go to a spool file that is fsynced on its own, which keeps
         /// memory per session bounded.
         pub inline_max: ByteSize = ByteSize::kib(128),
-        /// Local deliveries in flight at once.
-        pub local_concurrency: usize = 32,
+        /// Threads that write and fsync Maildir files for one delivery batch. Deliveries are
+        /// batched: everything that arrives while a batch is busy goes into the next one.
+        pub local_concurrency: usize = 8,
+        /// Memory for message bodies waiting between their commit and their delivery. Beyond
+        /// it, bodies are read back from the store at delivery, so a backlog cannot exhaust
+        /// memory.
+        pub memory_budget: ByteSize = ByteSize::mib(32),
+        /// How a delivered Maildir file is made durable. Either way it is on stable storage
+        /// before it becomes visible in `new/` and before the queue records it delivered.
+        pub maildir_sync: MaildirSync = MaildirSync::File,
+    }
+}
+
+choice! {
+    /// How delivered Maildir files are made durable before they are recorded as delivered.
+    pub enum MaildirSync {
+        /// fsync each file. Touches nothing but mailwarden's own files.
+        File = "file",
+        /// One `syncfs` for each delivery batch. Cheaper per message under load, but it also
+        /// flushes every other dirty file on the same filesystem: use it when `data_dir` has a
+        /// filesystem of its own.
+        Filesystem = "filesystem",
     }
 }
 

@@ -1,8 +1,12 @@
 //! Local delivery into Maildir (<https://cr.yp.to/proto/maildir.html>, Maildir++ folders).
 //!
 //! Layout: `{data_dir}/mail/{domain}/{localpart}/Maildir/{tmp,new,cur}`; the Junk folder is
-//! `Maildir/.Junk/`. The message is written to `tmp/`, fsynced, renamed into `new/`, and the
-//! directory is fsynced (grouped with other deliveries) before the queue records it delivered.
+//! `Maildir/.Junk/`. The message is written to an unnamed file (`O_TMPFILE`), fsynced, then
+//! linked into `new/` under its final name, and the directory is fsynced (grouped with other
+//! deliveries) before the queue records it delivered. Readers never see a partial file, as
+//! with the classic `tmp/` + rename, but it costs one directory operation instead of two:
+//! directory locks and inode allocation are most of the CPU of local delivery. Where
+//! `O_TMPFILE` is not supported, the classic `tmp/` + rename is used.
 //!
 //! Exactly once: the file name is derived from the queue id and recipient index, never from
 //! the clock. After a crash, a delivery that may already have happened looks for that name in
@@ -24,6 +28,55 @@ pub struct Maildir {
     host: String,
     dirsync: DirSync,
     ready: Mutex<HashSet<PathBuf>>,
+    sync: MaildirSync,
+}
+
+pub use crate::config::MaildirSync;
+
+/// Where a copy is in its delivery.
+enum Step {
+    /// Written, not yet durable or visible (filesystem mode).
+    Staged(Staged, PathBuf),
+    /// Durable and linked into this `new/` directory, which still needs its fsync.
+    Visible(PathBuf),
+    /// An earlier attempt already delivered it.
+    AlreadyThere,
+}
+
+/// Filesystem mode: one `syncfs` per filesystem for all staged copies, then publish them.
+fn sync_and_publish(steps: Vec<std::io::Result<Step>>) -> Vec<std::io::Result<Step>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut synced: Vec<(u64, Result<(), String>)> = Vec::new();
+    steps
+        .into_iter()
+        .map(|r| {
+            let (staged, new) = match r? {
+                Step::Staged(staged, new) => (staged, new),
+                other => return Ok(other),
+            };
+            let dev = staged.file.metadata()?.dev();
+            if !synced.iter().any(|(d, _)| *d == dev) {
+                let res = rustix::fs::syncfs(&staged.file).map_err(|e| e.to_string());
+                synced.push((dev, res));
+            }
+            if let Some((_, Err(e))) = synced.iter().find(|(d, _)| *d == dev) {
+                return Err(std::io::Error::other(e.clone()));
+            }
+            publish(staged)?;
+            Ok(Step::Visible(new))
+        })
+        .collect()
+}
+
+/// One recipient's copy of a message.
+pub struct Job {
+    pub prepared: Arc<Prepared>,
+    pub idx: u32,
+    pub address: String,
+    pub mailbox: String,
+    pub folder: Folder,
+    /// It may have landed before a crash: look for it first.
+    pub recovering: bool,
 }
 
 /// The message with LF line endings and its prepended headers, computed once per message.
@@ -40,7 +93,8 @@ enum Content {
 }
 
 impl Prepared {
-    pub fn new(msg: Arc<Message>) -> Prepared {
+    /// `None` when the body is not at hand ([`Body::Stored`]): load it first.
+    pub fn new(msg: Arc<Message>) -> Option<Prepared> {
         let content = match &msg.body {
             Body::Inline(b) => {
                 let mut out = Vec::with_capacity(msg.meta.prepend.len() + b.len());
@@ -53,8 +107,9 @@ impl Prepared {
                 Content::Lf(out)
             }
             Body::Spooled(p) => Content::Spool(p.clone()),
+            Body::Stored => return None,
         };
-        Prepared { msg, content }
+        Some(Prepared { msg, content })
     }
 
     pub fn message(&self) -> &Message {
@@ -82,7 +137,7 @@ pub fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>, pending_cr: &mut bool) {
 }
 
 impl Maildir {
-    pub fn new(data_dir: &Path, hostname: &str, dirsync: DirSync) -> Maildir {
+    pub fn new(data_dir: &Path, hostname: &str, dirsync: DirSync, sync: MaildirSync) -> Maildir {
         // Maildir names must not contain '/' or ':' (the flag separator).
         let host = hostname.replace('/', "\\057").replace(':', "\\072");
         Maildir {
@@ -90,6 +145,7 @@ impl Maildir {
             host,
             dirsync,
             ready: Mutex::new(HashSet::new()),
+            sync,
         }
     }
 
@@ -107,37 +163,111 @@ impl Maildir {
         format!("{}.{}_{}.{}", msg.created, msg.id, idx, self.host)
     }
 
-    /// Deliver one recipient's copy durably. With `recovering`, first check whether an earlier
-    /// attempt already landed.
-    pub async fn deliver(
+    /// Deliver a batch of copies durably; results come back in the order of `jobs`.
+    ///
+    /// Files are written on up to `threads` blocking threads. With [`MaildirSync::File`] each
+    /// is fsynced, then linked into `new/`. With [`MaildirSync::Filesystem`] all are written,
+    /// one `syncfs` per filesystem makes them durable together, then all are linked. Either way
+    /// a copy is durable before it is visible, and each `new/` directory touched is fsynced
+    /// once for the whole batch before the caller records anything as delivered.
+    pub async fn deliver_batch(
         self: &Arc<Self>,
-        prepared: &Arc<Prepared>,
-        idx: u32,
-        address: &str,
-        mailbox: &str,
-        folder: Folder,
-        recovering: bool,
-    ) -> std::io::Result<()> {
-        let dir = self.dir(mailbox, folder);
-        let name = self.file_name(&prepared.msg, idx);
-        let me = self.clone();
-        let p = prepared.clone();
-        let address = address.to_string();
-        let d = dir.clone();
-        let wrote = tokio::task::spawn_blocking(move || {
-            me.ensure_dirs(&d, folder)?;
-            if recovering && already_delivered(&d, &name)? {
-                return Ok(false);
+        jobs: Vec<Job>,
+        threads: usize,
+    ) -> Vec<std::io::Result<()>> {
+        let n = jobs.len();
+        let jobs = Arc::new(jobs);
+        let per = n.div_ceil(threads.max(1)).max(1);
+        let mode = self.sync;
+        let run_chunks = |f: fn(&Maildir, &Job, MaildirSync) -> std::io::Result<Step>| {
+            let mut handles = Vec::new();
+            for start in (0..n).step_by(per) {
+                let (me, jobs) = (self.clone(), jobs.clone());
+                handles.push(tokio::task::spawn_blocking(move || {
+                    jobs[start..(start + per).min(jobs.len())]
+                        .iter()
+                        .map(|j| f(&me, j, mode))
+                        .collect::<Vec<_>>()
+                }));
             }
-            write_file(&d, &name, &p, &address)?;
-            Ok::<bool, std::io::Error>(true)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if wrote {
-            self.dirsync.sync(dir.join("new")).await?;
+            handles
+        };
+        let mut steps: Vec<std::io::Result<Step>> = Vec::with_capacity(n);
+        for (i, h) in run_chunks(Maildir::write_one).into_iter().enumerate() {
+            match h.await {
+                Ok(rs) => steps.extend(rs),
+                Err(e) => {
+                    let len = per.min(n - i * per);
+                    steps.extend((0..len).map(|_| Err(std::io::Error::other(e.to_string()))));
+                }
+            }
         }
-        Ok(())
+        if mode == MaildirSync::Filesystem {
+            steps = tokio::task::spawn_blocking(move || sync_and_publish(steps))
+                .await
+                .unwrap_or_else(|e| {
+                    (0..n)
+                        .map(|_| Err(std::io::Error::other(e.to_string())))
+                        .collect()
+                });
+        }
+        let mut dirs: Vec<PathBuf> = steps
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Step::Visible(d)) => Some(d.clone()),
+                _ => None,
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let results = self.dirsync.sync_many(dirs.clone()).await;
+        let synced: Vec<(PathBuf, Result<(), String>)> = dirs
+            .into_iter()
+            .zip(results)
+            .map(|(d, r)| (d, r.map_err(|e| e.to_string())))
+            .collect();
+        steps
+            .into_iter()
+            .map(|r| match r? {
+                Step::AlreadyThere => Ok(()),
+                Step::Staged(..) => Err(std::io::Error::other("copy was never published")),
+                Step::Visible(d) => match synced.iter().find(|(p, _)| *p == d) {
+                    Some((_, Err(e))) => Err(std::io::Error::other(e.clone())),
+                    _ => Ok(()),
+                },
+            })
+            .collect()
+    }
+
+    /// Write one copy; in file mode also fsync and publish it.
+    fn write_one(&self, j: &Job, mode: MaildirSync) -> std::io::Result<Step> {
+        let dir = self.dir(&j.mailbox, j.folder);
+        let name = self.file_name(j.prepared.message(), j.idx);
+        self.ensure_dirs(&dir, j.folder)?;
+        if j.recovering && already_delivered(&dir, &name)? {
+            return Ok(Step::AlreadyThere);
+        }
+        let staged = match stage(&dir, &name, &j.prepared, &j.address) {
+            // Someone removed the mailbox directories since we made them: make them again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&dir);
+                self.ensure_dirs(&dir, j.folder)?;
+                stage(&dir, &name, &j.prepared, &j.address)?
+            }
+            r => r?,
+        };
+        let new = dir.join("new");
+        match mode {
+            MaildirSync::Filesystem => Ok(Step::Staged(staged, new)),
+            MaildirSync::File => {
+                staged.file.sync_all()?;
+                publish(staged)?;
+                Ok(Step::Visible(new))
+            }
+        }
     }
 
     fn ensure_dirs(&self, dir: &Path, folder: Folder) -> std::io::Result<()> {
@@ -196,14 +326,67 @@ fn already_delivered(dir: &Path, name: &str) -> std::io::Result<bool> {
     Ok(false)
 }
 
-fn write_file(dir: &Path, name: &str, p: &Prepared, address: &str) -> std::io::Result<()> {
-    let tmp = dir.join("tmp").join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+/// A written, not yet visible copy.
+struct Staged {
+    file: std::fs::File,
+    /// `Some` when `O_TMPFILE` was not available and the file sits in `tmp/`.
+    tmp: Option<PathBuf>,
+    target: PathBuf,
+}
+
+/// Write a copy where readers cannot see it yet.
+fn stage(dir: &Path, name: &str, p: &Prepared, address: &str) -> std::io::Result<Staged> {
+    let target = dir.join("new").join(name);
+    let (mut file, tmp) = match open_unnamed(&dir.join("new")) {
+        Ok(f) => (f, None),
+        Err(_) => {
+            let tmp = dir.join("tmp").join(name);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            (f, Some(tmp))
+        }
+    };
+    write_content(&mut file, p, address)?;
+    Ok(Staged { file, tmp, target })
+}
+
+/// Make a durable copy visible under its final name in `new/`.
+fn publish(s: Staged) -> std::io::Result<()> {
+    if let Some(tmp) = s.tmp {
+        return std::fs::rename(tmp, s.target);
+    }
+    // Link the unnamed file. Through /proc/self/fd this needs no privilege (AT_EMPTY_PATH
+    // would need CAP_DAC_READ_SEARCH).
+    let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s.file));
+    match rustix::fs::linkat(
+        rustix::fs::CWD,
+        fd_path.as_str(),
+        rustix::fs::CWD,
+        &s.target,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    ) {
+        // The name is ours alone (queue id + recipient): an earlier attempt of this very
+        // delivery already linked a complete, durable copy.
+        Err(rustix::io::Errno::EXIST) => Ok(()),
+        r => r.map_err(Into::into),
+    }
+}
+
+fn open_unnamed(dir: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+fn write_content(f: &mut std::fs::File, p: &Prepared, address: &str) -> std::io::Result<()> {
     let msg = &p.msg;
     let head = format!(
         "Return-Path: <{}>\nDelivered-To: {}\n",
@@ -212,13 +395,11 @@ fn write_file(dir: &Path, name: &str, p: &Prepared, address: &str) -> std::io::R
     );
     match &p.content {
         Content::Lf(lf) => {
-            let mut all = Vec::with_capacity(head.len() + lf.len());
-            all.extend_from_slice(head.as_bytes());
-            all.extend_from_slice(lf);
-            f.write_all(&all)?;
+            f.write_all(head.as_bytes())?;
+            f.write_all(lf)
         }
         Content::Spool(path) => {
-            let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
             w.write_all(head.as_bytes())?;
             let mut cr = false;
             let mut out = Vec::with_capacity(64 * 1024);
@@ -238,11 +419,9 @@ fn write_file(dir: &Path, name: &str, p: &Prepared, address: &str) -> std::io::R
                 out.push(b'\r');
             }
             w.write_all(&out)?;
-            w.flush()?;
+            w.flush()
         }
     }
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("new").join(name))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 /// Facts about the session that produced a message, kept with it.
@@ -99,6 +100,9 @@ pub enum Body {
     Inline(Arc<Vec<u8>>),
     /// In `data_dir/queue/<id>`.
     Spooled(PathBuf),
+    /// Inline in the store but not kept in memory (over the memory budget): read it back
+    /// before delivery.
+    Stored,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +116,17 @@ pub struct Message {
     pub meta: Meta,
     pub rcpts: Vec<Recipient>,
     pub body: Body,
+}
+
+/// A recipient's new status and the reply that explains it.
+pub type Outcome = (u32, Status, Option<String>);
+
+/// Outcomes for one message.
+pub struct Record {
+    pub id: String,
+    pub outcomes: Vec<Outcome>,
+    /// The outcomes cover every recipient of the message and all are final.
+    pub all_final: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +151,22 @@ impl QueueError {
 pub struct Dispatch {
     pub msg: Arc<Message>,
     pub recovering: bool,
+    /// Holds the body's share of the memory budget until delivery is done with it.
+    _held: Option<Held>,
+}
+
+/// Bytes of message bodies kept in memory between the commit and delivery. Past the budget a
+/// body is dropped after the commit and read back from the store at delivery, so a delivery
+/// backlog cannot grow memory without bound.
+struct Held {
+    bytes: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 pub struct Queue {
@@ -143,6 +174,8 @@ pub struct Queue {
     dir: PathBuf,
     dirsync: DirSync,
     notify: mpsc::UnboundedSender<Dispatch>,
+    held: Arc<AtomicU64>,
+    budget: u64,
 }
 
 impl Queue {
@@ -150,6 +183,7 @@ impl Queue {
         store: Store,
         data_dir: &Path,
         dirsync: DirSync,
+        memory_budget: u64,
     ) -> std::io::Result<(Arc<Queue>, mpsc::UnboundedReceiver<Dispatch>)> {
         let dir = data_dir.join("queue");
         crate::store::create_private_dir(&dir)?;
@@ -160,6 +194,8 @@ impl Queue {
                 dir,
                 dirsync,
                 notify: tx,
+                held: Arc::new(AtomicU64::new(0)),
+                budget: memory_budget,
             }),
             rx,
         ))
@@ -180,7 +216,7 @@ impl Queue {
         let meta = serde_json::to_string(&msg.meta).expect("meta serializes");
         let inline = match &msg.body {
             Body::Inline(b) => Some(b.clone()),
-            Body::Spooled(_) => None,
+            Body::Spooled(_) | Body::Stored => None,
         };
         let rows: Vec<(u32, String, &'static str, Option<String>, &'static str)> = msg
             .rcpts
@@ -230,65 +266,81 @@ impl Queue {
             }
             return Err(e.into());
         }
+        let mut msg = msg;
+        let held = match &msg.body {
+            Body::Inline(b) => {
+                let bytes = b.len() as u64;
+                if self.held.fetch_add(bytes, Ordering::Relaxed) + bytes <= self.budget {
+                    Some(Held {
+                        bytes,
+                        counter: self.held.clone(),
+                    })
+                } else {
+                    self.held.fetch_sub(bytes, Ordering::Relaxed);
+                    msg.body = Body::Stored;
+                    None
+                }
+            }
+            _ => None,
+        };
         let _ = self.notify.send(Dispatch {
             msg: Arc::new(msg),
             recovering: false,
+            _held: held,
         });
         Ok(())
     }
 
-    /// Record delivery outcomes. When no recipient is left to deliver, the message and its
-    /// spool file are removed; returns whether that happened.
-    pub async fn record(
-        &self,
-        id: &str,
-        outcomes: Vec<(u32, Status, Option<String>)>,
-    ) -> Result<bool, QueueError> {
-        let id_owned = id.to_string();
+    /// Record delivery outcomes of several messages in one commit. A message with no
+    /// recipient left to deliver is removed with its spool file. Returns the ids removed.
+    pub async fn record(&self, outcomes: Vec<Record>) -> Result<Vec<String>, QueueError> {
         let finished = self
             .store
             .write(move |c| {
                 let now = unix_now();
-                let mut st = c.prepare_cached(
-                    "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
-                     attempts = attempts + 1 WHERE id = ?1 AND idx = ?2",
-                )?;
-                for (idx, status, reply) in outcomes {
-                    st.execute(rusqlite::params![
-                        id_owned,
-                        idx,
-                        status.as_str(),
-                        reply,
-                        now
-                    ])?;
+                let mut done = Vec::new();
+                for rec in outcomes {
+                    // Every recipient delivered just now: nothing to keep, skip the updates.
+                    let finished = rec.all_final || {
+                        let mut update = c.prepare_cached(
+                            "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
+                             attempts = attempts + 1 WHERE id = ?1 AND idx = ?2",
+                        )?;
+                        for (idx, status, reply) in &rec.outcomes {
+                            update.execute(rusqlite::params![
+                                rec.id,
+                                idx,
+                                status.as_str(),
+                                reply,
+                                now
+                            ])?;
+                        }
+                        let left: i64 = c
+                            .prepare_cached(
+                                "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
+                                 AND status IN ('queued', 'deferred', 'held')",
+                            )?
+                            .query_row([&rec.id], |r| r.get(0))?;
+                        left == 0
+                    };
+                    if finished {
+                        c.prepare_cached("DELETE FROM queue_rcpt WHERE id = ?1")?
+                            .execute([&rec.id])?;
+                        c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+                            .execute([&rec.id])?;
+                        done.push(rec.id);
+                    }
                 }
-                let open: i64 = c
-                    .prepare_cached(
-                        "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
-                         AND status IN ('queued', 'deferred', 'held')",
-                    )?
-                    .query_row([&id_owned], |r| r.get(0))?;
-                if open > 0 {
-                    return Ok(None);
-                }
-                let spooled: Option<bool> = c
-                    .prepare_cached("SELECT spooled FROM queue WHERE id = ?1")?
-                    .query_row([&id_owned], |r| r.get(0))
-                    .optional()?;
-                c.prepare_cached("DELETE FROM queue_rcpt WHERE id = ?1")?
-                    .execute([&id_owned])?;
-                c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-                    .execute([&id_owned])?;
-                Ok(Some(spooled.unwrap_or(false)))
+                Ok(done)
             })
             .await?;
-        if let Some(spooled) = finished {
-            if spooled {
-                let _ = std::fs::remove_file(self.spool_path(id));
+        for id in &finished {
+            let p = self.spool_path(id);
+            if p.exists() {
+                let _ = std::fs::remove_file(p);
             }
-            return Ok(true);
         }
-        Ok(false)
+        Ok(finished)
     }
 
     /// Messages with local recipients still `queued`: after a restart they go back to
@@ -302,7 +354,7 @@ impl Queue {
         })?;
         let mut out = Vec::new();
         for id in ids {
-            match self.load(&id) {
+            match self.load(&id, false) {
                 Ok(Some(m)) => out.push(m),
                 Ok(None) => {}
                 Err(e) => tracing::error!(event = "queue_unreadable", qid = %id, error = %e),
@@ -311,23 +363,25 @@ impl Queue {
         Ok(out)
     }
 
-    /// Load a message with its `queued` recipients.
-    pub fn load(&self, id: &str) -> Result<Option<Message>, QueueError> {
+    /// Load a message with its `queued` recipients. Without `with_body`, an inline body stays
+    /// in the store ([`Body::Stored`]).
+    pub fn load(&self, id: &str, with_body: bool) -> Result<Option<Message>, QueueError> {
+        let sql = if with_body {
+            "SELECT created, sender, size, body, spooled, meta FROM queue WHERE id = ?1"
+        } else {
+            "SELECT created, sender, size, NULL, spooled, meta FROM queue WHERE id = ?1"
+        };
         let row = self.store.read(|c| {
-            c.query_row(
-                "SELECT created, sender, size, body, spooled, meta FROM queue WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                        r.get::<_, bool>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
-                },
-            )
+            c.query_row(sql, [id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get::<_, bool>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
             .optional()
         })?;
         let Some((created, sender, size, body, spooled, meta)) = row else {
@@ -368,8 +422,10 @@ impl Queue {
                 .into());
             }
             Body::Spooled(p)
-        } else {
+        } else if with_body {
             Body::Inline(Arc::new(body.unwrap_or_default()))
+        } else {
+            Body::Stored
         };
         Ok(Some(Message {
             id: id.to_string(),
@@ -405,6 +461,7 @@ impl Queue {
         let _ = self.notify.send(Dispatch {
             msg: Arc::new(msg),
             recovering,
+            _held: None,
         });
     }
 }

@@ -130,8 +130,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let tls = tls::load(&config)?;
     let dirsync = DirSync::start();
-    let (queue, rx) = Queue::new(store.clone(), &config.data_dir, dirsync.clone())?;
-    let maildir = Arc::new(Maildir::new(&config.data_dir, &config.hostname, dirsync));
+    let (queue, rx) = Queue::new(
+        store.clone(),
+        &config.data_dir,
+        dirsync.clone(),
+        config.queue.memory_budget.0,
+    )?;
+    let maildir = Arc::new(Maildir::new(
+        &config.data_dir,
+        &config.hostname,
+        dirsync,
+        config.queue.maildir_sync,
+    ));
     let accounts = Accounts::new(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {

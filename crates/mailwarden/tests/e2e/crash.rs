@@ -16,7 +16,17 @@ fn acks(path: &std::path::Path) -> Vec<usize> {
 
 #[test]
 fn kill9_mid_load_loses_nothing_and_duplicates_nothing() {
-    let mut s = Server::start("[smtp]\nmax_connections_per_ip = 200");
+    crash_test("");
+}
+
+#[test]
+fn kill9_mid_load_with_filesystem_sync_and_no_memory_budget() {
+    // One syncfs per delivery batch, and every body read back from the store at delivery.
+    crash_test("[queue]\nmaildir_sync = \"filesystem\"\nmemory_budget = 0");
+}
+
+fn crash_test(extra: &str) {
+    let mut s = Server::start(&format!("[smtp]\nmax_connections_per_ip = 200\n{extra}"));
     s.add_user("bob@example.test", "pw");
     let ack_file = s.dir.path().join("acks.txt");
     let mut load = Command::new("python3")
@@ -69,7 +79,7 @@ fn kill9_mid_load_loses_nothing_and_duplicates_nothing() {
     let lost: Vec<_> = promised.iter().filter(|i| !seen.contains_key(i)).collect();
     assert!(lost.is_empty(), "acknowledged with 250 but lost: {lost:?}");
     eprintln!(
-        "crash test: {} acknowledged before kill -9, {} delivered after restart (extra ones were committed but their 250 was lost with the connection)",
+        "crash test ({extra:?}): {} acknowledged before kill -9, {} delivered after restart (extra ones were committed but their 250 was lost with the connection)",
         promised.len(),
         seen.len()
     );

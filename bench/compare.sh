@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Compare mailwarden with Postfix on this machine, in one run, interleaved A B A B.
+#
+#   bench/compare.sh                  # every scenario, 3 repetitions
+#   bench/compare.sh --reps 5 --scenarios mx-1k-c50,mx-100k-c50
+#
+# Builds release binaries, installs Postfix from apt if needed (without configuring or starting
+# the system instance), runs a private Postfix instance under a temporary directory on its own
+# loopback ports, and never touches port 25 or /etc/postfix. Results: a table on stdout and
+# bench/results/<date>.json. Needs root (Postfix's master runs as root and drops privileges).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+REPS=3
+SCENARIOS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) REPS=$2; shift 2 ;;
+    --scenarios) SCENARIOS=$2; shift 2 ;;
+    *) echo "usage: $0 [--reps N] [--scenarios a,b]" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v postfix >/dev/null; then
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix sasl2-bin libsasl2-modules >/dev/null
+fi
+cargo build --release -q -p mailwarden -p mailwarden-bench
+MW=$ROOT/target/release/mailwarden
+MWLOAD=$ROOT/target/release/mwload
+
+ulimit -n "$(ulimit -Hn)"
+W=$(mktemp -d /tmp/mwbench.XXXXXX)
+chmod 755 "$W"   # Postfix's daemons run as the postfix user and must reach their queue
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MW_MX=$(free_port); MW_SUB=$(free_port); MW_SUBS=$(free_port); PF_MX=$(free_port); PF_TLS=$(free_port)
+
+cleanup() {
+  [ -n "${MW_PID:-}" ] && kill "$MW_PID" 2>/dev/null || true
+  postfix -c "$W/pf/etc" stop >/dev/null 2>&1 || true
+  sleep 1
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+# mailwarden: same durability as always (group commit, fsynced Maildir); limits raised only
+# where the scenarios need it (50 connections and 10,000 idle sessions from loopback).
+mkdir -p "$W/mw"
+cat > "$W/mw/mailwarden.toml" <<CF
+hostname = "mw.bench.test"
+data_dir = "$W/mw/data"
+domains = ["bench.test"]
+[listen]
+mx = "127.0.0.1:$MW_MX"
+submission = "127.0.0.1:$MW_SUB"
+submissions = "127.0.0.1:$MW_SUBS"
+[smtp]
+max_connections = 30000
+max_connections_per_ip = 20000
+CF
+echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw/mailwarden.toml" >/dev/null
+"$MW" serve -c "$W/mw/mailwarden.toml" >"$W/mw/stdout" 2>"$W/mw/log" &
+MW_PID=$!
+echo "$MW_PID" > "$W/mw/pid"
+for _ in $(seq 100); do grep -q "^listening submissions" "$W/mw/stdout" 2>/dev/null && break; sleep 0.1; done
+
+# Postfix, with the same certificate type (ECDSA P-256) as mailwarden.
+"$ROOT/bench/postfix/setup.sh" "$W/pf" "$PF_MX" "$PF_TLS" "$W/mw/data/tls/cert.pem" "$W/mw/data/tls/key.pem" </dev/null \
+  || { echo "Postfix did not start; its log:" >&2; cat "$W/pf/maillog" >&2; exit 1; }
+for _ in $(seq 100); do [ -s "$W/pf/queue/pid/master.pid" ] && break; sleep 0.1; done
+
+cat > "$W/servers.json" <<JS
+[
+ {"name": "mailwarden", "version": "$("$MW" --version | awk '{print $2}')", "pidfile": "$W/mw/pid",
+  "mx": "127.0.0.1:$MW_MX", "submissions": "127.0.0.1:$MW_SUBS", "auth": "bob@bench.test:pw",
+  "maildir": "$W/mw/data/mail/bench.test/bob/Maildir"},
+ {"name": "postfix", "version": "$(postconf -c "$W/pf/etc" -h mail_version)", "pidfile": "$W/pf/queue/pid/master.pid",
+  "mx": "127.0.0.1:$PF_MX", "submissions": "127.0.0.1:$PF_TLS", "auth": "bob@bench.test:pw",
+  "maildir": "$W/pf/mail/bench.test/bob/Maildir"}
+]
+JS
+
+OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
+python3 "$ROOT/bench/compare.py" --servers "$W/servers.json" --mwload "$MWLOAD" --reps "$REPS" \
+  ${SCENARIOS:+--scenarios "$SCENARIOS"} --out "$OUT"
