@@ -224,6 +224,11 @@ def main():
     for name in names:
         sc = SCENARIOS[name]
         runs = []
+        # Fresh processes for each scenario: memory peaks must not carry over.
+        for srv in servers:
+            subprocess.run([srv["stop"]], check=True)
+            subprocess.run([srv["start"]], check=True)
+        time.sleep(1)
         for rep in range(args.reps):
             order = servers if rep % 2 == 0 else list(reversed(servers))
             for srv in order:
@@ -261,6 +266,8 @@ def main():
             print(f"{'':<32} idle opened {a} {ra['idle_opened']}, {b} {rb['idle_opened']}; "
                   f"new-session banner p99 {a} {ra['banner_p99_ms']} ms, {b} {rb['banner_p99_ms']} ms")
 
+    for srv in servers:
+        subprocess.run([srv["stop"]], check=False)
     doc = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),

@@ -36,7 +36,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 MW_MX=$(free_port); MW_SUB=$(free_port); MW_SUBS=$(free_port); PF_MX=$(free_port); PF_TLS=$(free_port)
 
 cleanup() {
-  [ -n "${MW_PID:-}" ] && kill "$MW_PID" 2>/dev/null || true
+  [ -x "$W/mw/stop" ] && "$W/mw/stop" || true
   postfix -c "$W/pf/etc" stop >/dev/null 2>&1 || true
   sleep 1
   rm -rf "$W"
@@ -59,22 +59,51 @@ max_connections = 30000
 max_connections_per_ip = 20000
 CF
 echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw/mailwarden.toml" >/dev/null
-"$MW" serve -c "$W/mw/mailwarden.toml" >"$W/mw/stdout" 2>"$W/mw/log" &
-MW_PID=$!
-echo "$MW_PID" > "$W/mw/pid"
-for _ in $(seq 100); do grep -q "^listening submissions" "$W/mw/stdout" 2>/dev/null && break; sleep 0.1; done
 
-# Postfix, with the same certificate type (ECDSA P-256) as mailwarden.
+# Start/stop scripts: compare.py restarts both servers before each scenario, so every memory
+# figure belongs to its own scenario.
+cat > "$W/mw/start" <<SH
+#!/bin/sh
+: > "$W/mw/stdout"
+"$MW" serve -c "$W/mw/mailwarden.toml" >"$W/mw/stdout" 2>>"$W/mw/log" &
+echo \$! > "$W/mw/pid"
+for i in \$(seq 300); do grep -q "^listening submissions" "$W/mw/stdout" && exit 0; sleep 0.1; done
+exit 1
+SH
+cat > "$W/mw/stop" <<SH
+#!/bin/sh
+[ -s "$W/mw/pid" ] || exit 0
+pid=\$(cat "$W/mw/pid"); kill \$pid 2>/dev/null
+while kill -0 \$pid 2>/dev/null; do sleep 0.1; done
+: > "$W/mw/pid"
+SH
+# The first start generates mailwarden's ECDSA P-256 certificate; Postfix gets the same one.
+"$W/mw/start" && "$W/mw/stop"
 "$ROOT/bench/postfix/setup.sh" "$W/pf" "$PF_MX" "$PF_TLS" "$W/mw/data/tls/cert.pem" "$W/mw/data/tls/key.pem" </dev/null \
   || { echo "Postfix did not start; its log:" >&2; cat "$W/pf/maillog" >&2; exit 1; }
-for _ in $(seq 100); do [ -s "$W/pf/queue/pid/master.pid" ] && break; sleep 0.1; done
+cat > "$W/pf/start" <<SH
+#!/bin/sh
+postfix -c "$W/pf/etc" start >/dev/null 2>&1 || exit 1
+for i in \$(seq 300); do [ -s "$W/pf/queue/pid/master.pid" ] && ss -ltn | grep -q ":$PF_MX " && exit 0; sleep 0.1; done
+exit 1
+SH
+cat > "$W/pf/stop" <<SH
+#!/bin/sh
+postfix -c "$W/pf/etc" stop >/dev/null 2>&1
+while pgrep -f "master -w" >/dev/null && [ -s "$W/pf/queue/pid/master.pid" ] && kill -0 \$(cat "$W/pf/queue/pid/master.pid") 2>/dev/null; do sleep 0.2; done
+exit 0
+SH
+chmod +x "$W/mw/start" "$W/mw/stop" "$W/pf/start" "$W/pf/stop"
+"$W/pf/stop"
 
 cat > "$W/servers.json" <<JS
 [
  {"name": "mailwarden", "version": "$("$MW" --version | awk '{print $2}')", "pidfile": "$W/mw/pid",
+  "start": "$W/mw/start", "stop": "$W/mw/stop",
   "mx": "127.0.0.1:$MW_MX", "submissions": "127.0.0.1:$MW_SUBS", "auth": "bob@bench.test:pw",
   "maildir": "$W/mw/data/mail/bench.test/bob/Maildir"},
  {"name": "postfix", "version": "$(postconf -c "$W/pf/etc" -h mail_version)", "pidfile": "$W/pf/queue/pid/master.pid",
+  "start": "$W/pf/start", "stop": "$W/pf/stop",
   "mx": "127.0.0.1:$PF_MX", "submissions": "127.0.0.1:$PF_TLS", "auth": "bob@bench.test:pw",
   "maildir": "$W/pf/mail/bench.test/bob/Maildir"}
 ]

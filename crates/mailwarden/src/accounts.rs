@@ -22,7 +22,6 @@ use rusqlite::OptionalExtension;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -186,9 +185,56 @@ pub struct Authenticator {
     key: ring::hmac::Key,
     cache: Mutex<HashMap<String, CacheEntry>>,
     ttl: Duration,
-    /// argon2 is CPU- and memory-heavy; bound how many run at once.
-    permits: Semaphore,
+    verifier: Verifier,
     dummy_hash: String,
+}
+
+type VerifyJob = (
+    String,
+    zeroize::Zeroizing<Vec<u8>>,
+    tokio::sync::oneshot::Sender<bool>,
+);
+
+/// A few dedicated threads run argon2. Each verification needs 19 MiB of working memory; on
+/// a fixed set of threads the allocator reuses it, so memory stays at threads × 19 MiB instead
+/// of growing with every blocking-pool thread that ever ran one. It also bounds the CPU that
+/// password guessing can take.
+struct Verifier {
+    tx: Mutex<std::sync::mpsc::Sender<VerifyJob>>,
+}
+
+impl Verifier {
+    fn start(threads: usize) -> Verifier {
+        let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((hash, pw, reply)) = job else { return };
+                        let ok = PasswordHash::new(&hash)
+                            .map(|h| Argon2::default().verify_password(&pw, &h).is_ok())
+                            .unwrap_or(false);
+                        let _ = reply.send(ok);
+                    }
+                });
+        }
+        Verifier { tx: Mutex::new(tx) }
+    }
+
+    async fn verify(&self, hash: String, password: &[u8]) -> Result<bool, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = (hash, zeroize::Zeroizing::new(password.to_vec()), tx);
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
 }
 
 impl Authenticator {
@@ -201,7 +247,7 @@ impl Authenticator {
             key,
             cache: Mutex::new(HashMap::new()),
             ttl,
-            permits: Semaphore::new(cpus),
+            verifier: Verifier::start(cpus.min(4)),
             dummy_hash: hash_password(b"mailwarden timing equaliser").expect("hash"),
         })
     }
@@ -227,22 +273,7 @@ impl Authenticator {
             }
         }
         let hash = stored.clone().unwrap_or_else(|| self.dummy_hash.clone());
-        let pw = password.to_vec();
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let ok = tokio::task::spawn_blocking(move || {
-            let mut pw = pw;
-            let ok = PasswordHash::new(&hash)
-                .map(|h| Argon2::default().verify_password(&pw, &h).is_ok())
-                .unwrap_or(false);
-            zeroize::Zeroize::zeroize(&mut pw);
-            ok
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self.verifier.verify(hash, password).await?;
         match (ok, addr, stored) {
             (true, Some(a), Some(h)) => {
                 if !self.ttl.is_zero() {

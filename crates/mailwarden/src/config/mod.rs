@@ -158,7 +158,7 @@ section! {
         /// Memory for message bodies waiting between their commit and their delivery. Beyond
         /// it, bodies are read back from the store at delivery, so a backlog cannot exhaust
         /// memory.
-        pub memory_budget: ByteSize = ByteSize::mib(32),
+        pub memory_budget: ByteSize = ByteSize::mib(16),
         /// How a delivered Maildir file is made durable. Either way it is on stable storage
         /// before it becomes visible in `new/` and before the queue records it delivered.
         pub maildir_sync: MaildirSync = MaildirSync::File,

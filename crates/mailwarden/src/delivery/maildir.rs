@@ -79,16 +79,16 @@ pub struct Job {
     pub recovering: bool,
 }
 
-/// The message with LF line endings and its prepended headers, computed once per message.
+/// A message ready for delivery: its body at hand (in memory or in a spool file). Line
+/// endings are converted to LF while each copy is written, so no second copy of the message is
+/// held in memory.
 pub struct Prepared {
     msg: Arc<Message>,
     content: Content,
 }
 
 enum Content {
-    /// Prepended headers and body, already in LF form.
-    Lf(Vec<u8>),
-    /// Converted while copying, so a large message is never held in memory.
+    Inline(Arc<Vec<u8>>),
     Spool(PathBuf),
 }
 
@@ -96,16 +96,7 @@ impl Prepared {
     /// `None` when the body is not at hand ([`Body::Stored`]): load it first.
     pub fn new(msg: Arc<Message>) -> Option<Prepared> {
         let content = match &msg.body {
-            Body::Inline(b) => {
-                let mut out = Vec::with_capacity(msg.meta.prepend.len() + b.len());
-                let mut cr = false;
-                crlf_to_lf(msg.meta.prepend.as_bytes(), &mut out, &mut cr);
-                crlf_to_lf(b, &mut out, &mut cr);
-                if cr {
-                    out.push(b'\r');
-                }
-                Content::Lf(out)
-            }
+            Body::Inline(b) => Content::Inline(b.clone()),
             Body::Spooled(p) => Content::Spool(p.clone()),
             Body::Stored => return None,
         };
@@ -387,41 +378,45 @@ fn open_unnamed(dir: &Path) -> std::io::Result<std::fs::File> {
 }
 
 fn write_content(f: &mut std::fs::File, p: &Prepared, address: &str) -> std::io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
     let msg = &p.msg;
-    let head = format!(
+    let mut w = std::io::BufWriter::with_capacity(CHUNK, f);
+    write!(
+        w,
         "Return-Path: <{}>\nDelivered-To: {}\n",
         msg.sender,
         address.replace(['\r', '\n'], "")
-    );
+    )?;
+    let mut cr = false;
+    let mut out = Vec::with_capacity(CHUNK + 1);
+    let mut put = |w: &mut std::io::BufWriter<&mut std::fs::File>, data: &[u8], cr: &mut bool| {
+        out.clear();
+        crlf_to_lf(data, &mut out, cr);
+        w.write_all(&out)
+    };
+    put(&mut w, msg.meta.prepend.as_bytes(), &mut cr)?;
     match &p.content {
-        Content::Lf(lf) => {
-            f.write_all(head.as_bytes())?;
-            f.write_all(lf)
+        Content::Inline(body) => {
+            for chunk in body.chunks(CHUNK) {
+                put(&mut w, chunk, &mut cr)?;
+            }
         }
         Content::Spool(path) => {
-            let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
-            w.write_all(head.as_bytes())?;
-            let mut cr = false;
-            let mut out = Vec::with_capacity(64 * 1024);
-            crlf_to_lf(msg.meta.prepend.as_bytes(), &mut out, &mut cr);
             let mut src = std::fs::File::open(path)?;
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; CHUNK];
             loop {
                 let n = src.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
-                crlf_to_lf(&buf[..n], &mut out, &mut cr);
-                w.write_all(&out)?;
-                out.clear();
+                put(&mut w, &buf[..n], &mut cr)?;
             }
-            if cr {
-                out.push(b'\r');
-            }
-            w.write_all(&out)?;
-            w.flush()
         }
     }
+    if cr {
+        w.write_all(b"\r")?;
+    }
+    w.flush()
 }
 
 #[cfg(test)]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Keep the load generator working: a few hundred messages against a debug mailwarden, in each
+# mode the benchmarks use. Checks that every message was accepted and delivered; asserts
+# nothing about speed (that is compare.sh's job, on a quiet machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -q -p mailwarden -p mailwarden-bench
+MW=target/debug/mailwarden
+LOAD=target/debug/mwload
+W=$(mktemp -d)
+trap 'kill "${PID:-0}" 2>/dev/null || true; rm -rf "$W"' EXIT
+cat > "$W/mw.toml" <<CF
+hostname = "mx.bench.test"
+data_dir = "$W/data"
+domains = ["bench.test"]
+[listen]
+mx = "127.0.0.1:0"
+submission = "127.0.0.1:0"
+submissions = "127.0.0.1:0"
+CF
+echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw.toml" >/dev/null
+"$MW" serve -c "$W/mw.toml" >"$W/out" 2>"$W/log" &
+PID=$!
+for _ in $(seq 300); do grep -q "^listening submissions" "$W/out" 2>/dev/null && break; sleep 0.1; done
+addr() { awk -v n="$1" '$1 == "listening" && $2 == n {print $3}' "$W/out"; }
+total=0
+run() {
+  local want=$1; shift
+  "$LOAD" --json "$@" > "$W/r.json"
+  python3 - "$W/r.json" "$want" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); want = int(sys.argv[2])
+assert r["accepted"] == want and r["conn_errors"] == 0, r
+print(f"  ok: {r['accepted']} accepted, {r['msg_per_s']} msg/s (not a benchmark)")
+PY
+  total=$((total + want))
+}
+run 300 --server "$(addr mx)" -c 10 -n 300 -s 1024
+run 100 --server "$(addr mx)" -c 5 -n 100 -k 10 -s 20000
+run 50 --server "$(addr submission)" --mode starttls --auth bob@bench.test:pw -c 5 -n 50
+run 50 --server "$(addr submissions)" --mode tls --auth bob@bench.test:pw -c 5 -n 50
+"$LOAD" --server "$(addr mx)" --idle 200 --probes 3 --idle-secs 0.5
+for _ in $(seq 300); do
+  [ "$(ls "$W/data/mail/bench.test/bob/Maildir/new" | wc -l)" -ge "$total" ] && break; sleep 0.1
+done
+n=$(ls "$W/data/mail/bench.test/bob/Maildir/new" | wc -l)
+[ "$n" -eq "$total" ] || { echo "delivered $n of $total"; exit 1; }
+echo "smoke: $total messages delivered"
