@@ -17,6 +17,8 @@ domains = ["bench.test"]
 mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
+[smtp]
+max_connections_per_ip = 1000
 CF
 echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw.toml" >/dev/null
 "$MW" serve -c "$W/mw.toml" >"$W/out" 2>"$W/log" &
@@ -39,7 +41,13 @@ run 300 --server "$(addr mx)" -c 10 -n 300 -s 1024
 run 100 --server "$(addr mx)" -c 5 -n 100 -k 10 -s 20000
 run 50 --server "$(addr submission)" --mode starttls --auth bob@bench.test:pw -c 5 -n 50
 run 50 --server "$(addr submissions)" --mode tls --auth bob@bench.test:pw -c 5 -n 50
-"$LOAD" --server "$(addr mx)" --idle 200 --probes 3 --idle-secs 0.5
+"$LOAD" --json --server "$(addr mx)" --idle 200 --probes 3 --idle-secs 0.5 > "$W/idle.json"
+python3 - "$W/idle.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["idle_opened"] == 200 and r["probe_failures"] == 0, r
+print(f"  ok: {r['idle_opened']} idle sessions held, new sessions still greeted")
+PY
 for _ in $(seq 300); do
   [ "$(ls "$W/data/mail/bench.test/bob/Maildir/new" | wc -l)" -ge "$total" ] && break; sleep 0.1
 done
