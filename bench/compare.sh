@@ -77,6 +77,7 @@ pid=\$(cat "$W/mw/pid"); kill \$pid 2>/dev/null
 while kill -0 \$pid 2>/dev/null; do sleep 0.1; done
 : > "$W/mw/pid"
 SH
+chmod +x "$W/mw/start" "$W/mw/stop"
 # The first start generates mailwarden's ECDSA P-256 certificate; Postfix gets the same one.
 "$W/mw/start" && "$W/mw/stop"
 "$ROOT/bench/postfix/setup.sh" "$W/pf" "$PF_MX" "$PF_TLS" "$W/mw/data/tls/cert.pem" "$W/mw/data/tls/key.pem" </dev/null \
@@ -93,7 +94,7 @@ postfix -c "$W/pf/etc" stop >/dev/null 2>&1
 while pgrep -f "master -w" >/dev/null && [ -s "$W/pf/queue/pid/master.pid" ] && kill -0 \$(cat "$W/pf/queue/pid/master.pid") 2>/dev/null; do sleep 0.2; done
 exit 0
 SH
-chmod +x "$W/mw/start" "$W/mw/stop" "$W/pf/start" "$W/pf/stop"
+chmod +x "$W/pf/start" "$W/pf/stop"
 "$W/pf/stop"
 
 cat > "$W/servers.json" <<JS
