@@ -11,6 +11,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod fsync;
 pub mod logging;
 pub mod queue;

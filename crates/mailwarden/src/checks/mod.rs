@@ -1,3 +1,8 @@
 //! Policy checks, one file per check. Each is consulted by the session driver at its SMTP stage.
 
+pub mod arc;
+pub mod authres;
 pub mod relay;
+pub mod sender;
+pub mod spf;
+pub mod verdict;

@@ -1,0 +1,126 @@
+//! Authentication-Results headers (RFC 8601): removing incoming ones that claim our
+//! authserv-id (§5: a receiver must not trust, and should remove, results that pretend to be
+//! its own), and the header for mail that local accounts submitted.
+
+/// Remove every `Authentication-Results` header whose authserv-id is `authserv_id`
+/// (case-insensitive). Returns the message without them, or `None` when there were none.
+pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+    let end = header_end(raw);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut removed = false;
+    let mut i = 0;
+    while i < end {
+        // One field: its first line plus continuation lines (starting with SP or HTAB).
+        let mut j = next_line(raw, i, end);
+        while j < end && matches!(raw[j], b' ' | b'\t') {
+            j = next_line(raw, j, end);
+        }
+        let field = &raw[i..j];
+        if is_ours(field, authserv_id) {
+            removed = true;
+        } else {
+            out.extend_from_slice(field);
+        }
+        i = j;
+    }
+    if !removed {
+        return None;
+    }
+    out.extend_from_slice(&raw[end..]);
+    Some(out)
+}
+
+/// Offset of the blank line that ends the header section (or the end of the message).
+fn header_end(raw: &[u8]) -> usize {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i..].starts_with(b"\r\n") || raw[i] == b'\n' {
+            return i;
+        }
+        i = next_line(raw, i, raw.len());
+    }
+    raw.len()
+}
+
+fn next_line(raw: &[u8], from: usize, end: usize) -> usize {
+    raw[from..end]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(end, |p| from + p + 1)
+}
+
+fn is_ours(field: &[u8], authserv_id: &str) -> bool {
+    const NAME: &[u8] = b"authentication-results:";
+    if field.len() < NAME.len() || !field[..NAME.len()].eq_ignore_ascii_case(NAME) {
+        return false;
+    }
+    let value = String::from_utf8_lossy(&field[NAME.len()..]);
+    let id = first_token(&value);
+    id.eq_ignore_ascii_case(authserv_id)
+}
+
+/// The authserv-id: the first token after comments (CFWS) and before `;` or whitespace.
+fn first_token(value: &str) -> &str {
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix('(') {
+            // Skip a comment, nesting included.
+            let mut depth = 1;
+            let mut end = after.len();
+            for (i, c) in after.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rest = &after[end.min(after.len())..];
+        } else {
+            break;
+        }
+    }
+    let end = rest
+        .find(|c: char| c == ';' || c == '(' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    rest[..end].trim_end_matches('.')
+}
+
+/// The header for mail a local account submitted: its identity was proven by SMTP AUTH.
+pub fn submitted(authserv_id: &str, account: &str) -> String {
+    format!("Authentication-Results: {authserv_id};\r\n\tauth=pass smtp.auth={account}\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_only_headers_with_our_id() {
+        let msg = b"Received: x\r\nAuthentication-Results: MX.Example.Test;\r\n\tspf=pass smtp.mailfrom=a@b.test\r\nAuthentication-Results: other.test; dkim=pass\r\nauthentication-results: (comment) mx.example.test 1; dmarc=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; body text\r\n";
+        let out = strip_forged(msg, "mx.example.test").unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "Received: x\r\nAuthentication-Results: other.test; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; body text\r\n"
+        );
+    }
+
+    #[test]
+    fn nothing_to_remove() {
+        assert!(strip_forged(b"Subject: x\r\n\r\nbody", "mx.example.test").is_none());
+        assert!(
+            strip_forged(
+                b"Authentication-Results: mx.example.test.evil; x\r\n\r\n",
+                "mx.example.test"
+            )
+            .is_none()
+        );
+    }
+}
