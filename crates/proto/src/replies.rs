@@ -65,6 +65,11 @@ replies! {
     NO_SUCH_USER = 550 (5, 1, 1) "Mailbox unavailable";
     LITERAL_REFUSED = 553 (5, 1, 3) "Address literals are not accepted here";
 
+    /// DMARC could not be evaluated because of a temporary DNS error: fail closed.
+    AUTH_DNS_TEMP = 451 (4, 7, 0) "Temporary failure checking the sender's DMARC policy, try again later";
+    /// RFC 7372: X.7.24 SPF validation error.
+    SPF_TEMP = 451 (4, 7, 24) "Temporary SPF validation error, try again later";
+
     LOCAL_ERROR = 451 (4, 3, 0) "Temporary local problem, please try again later";
     NO_STORAGE = 452 (4, 3, 1) "Insufficient system storage";
 
@@ -100,6 +105,38 @@ pub fn chunk_received(size: u64) -> Reply {
         250,
         Some(Status(2, 0, 0)),
         format!("{size} octets received"),
+    )
+}
+
+/// Keep a domain taken from the message to a harmless alphabet before echoing it.
+fn domain_text(d: &str) -> String {
+    let clean: String = d
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+        .take(255)
+        .collect();
+    if clean.is_empty() {
+        "the sender's domain".to_string()
+    } else {
+        clean
+    }
+}
+
+/// `550 5.7.1`: the From domain's DMARC policy says reject.
+pub fn dmarc_reject(domain: &str) -> Reply {
+    Reply::owned(
+        550,
+        Some(Status(5, 7, 1)),
+        format!("Rejected by the DMARC policy of {}", domain_text(domain)),
+    )
+}
+
+/// `550 5.7.23` (RFC 7372): SPF says this client may not send for the domain.
+pub fn spf_reject(domain: &str) -> Reply {
+    Reply::owned(
+        550,
+        Some(Status(5, 7, 23)),
+        format!("SPF validation failed for {}", domain_text(domain)),
     )
 }
 

@@ -36,6 +36,11 @@ section! {
         pub listen: Listen = Listen::default(),
         pub tls: Tls = Tls::default(),
         pub dns: Dns = Dns::default(),
+        pub spf: Spf = Spf::default(),
+        pub dkim: Dkim = Dkim::default(),
+        pub dmarc: Dmarc = Dmarc::default(),
+        pub arc: ArcCheck = ArcCheck::default(),
+        pub iprev: Iprev = Iprev::default(),
         pub smtp: Smtp = Smtp::default(),
         pub auth: Auth = Auth::default(),
         pub queue: Queue = Queue::default(),
@@ -75,6 +80,71 @@ section! {
         pub nameservers: Vec<String> = Vec::new(),
         /// Time allowed for one query attempt.
         pub timeout: Duration = Duration::secs(5),
+        /// Attempts per query before it counts as a temporary error.
+        pub attempts: usize = 2,
+    }
+}
+
+choice! {
+    /// How a check acts on what it finds.
+    pub enum Mode {
+        /// Not run.
+        Off = "off",
+        /// Run and recorded (Authentication-Results, logs); a would-be refusal is logged as
+        /// "would reject" and the mail goes through.
+        Observe = "observe",
+        /// Run, recorded and acted on.
+        Enforce = "enforce",
+    }
+}
+
+section! {
+    /// SPF (RFC 7208): is the client allowed to send for the MAIL FROM domain (or, for the null
+    /// sender, the HELO name)? Checked for mail arriving on the MX listener; mail from local
+    /// accounts is authenticated already.
+    pub struct Spf {
+        pub mode: Mode = Mode::Enforce,
+        /// Reject (`550 5.7.23`) mail whose SPF result is `fail` (`-all`) when the From domain
+        /// publishes no DMARC record. With a DMARC record, DMARC decides.
+        pub reject_fail_without_dmarc: bool = true,
+    }
+}
+
+section! {
+    /// DKIM (RFC 6376, Ed25519 per RFC 8463). Signatures with rsa-sha1 or RSA keys under 1024
+    /// bits never pass (RFC 8301). DKIM alone never rejects: its results feed DMARC and the
+    /// Authentication-Results header.
+    pub struct Dkim {
+        pub mode: Mode = Mode::Enforce,
+    }
+}
+
+section! {
+    /// DMARC (RFC 7489): the From domain's published policy, applied to the SPF and DKIM
+    /// results with alignment. `p=reject` failing gets `550 5.7.1` at the end of DATA;
+    /// `p=quarantine` goes to the recipient's Junk folder; `p=none` is delivered. A
+    /// temporary DNS error gets `451 4.7.0`, never a pass.
+    pub struct Dmarc {
+        pub mode: Mode = Mode::Enforce,
+    }
+}
+
+section! {
+    /// ARC (RFC 8617): the authentication results that forwarders (mailing lists) sealed.
+    pub struct ArcCheck {
+        pub mode: Mode = Mode::Observe,
+        /// Domains whose ARC seal is trusted: when the chain validates and its newest seal is
+        /// from one of them, a DMARC failure is overridden (the forwarder vouches for the
+        /// original authentication). Empty: ARC is recorded only.
+        pub trusted_sealers: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
+    /// Reverse DNS (iprev, RFC 8601 §3): does the client's PTR name resolve back to its
+    /// address? Recorded in Authentication-Results; screening may act on it.
+    pub struct Iprev {
+        pub mode: Mode = Mode::Observe,
     }
 }
 

@@ -6,6 +6,7 @@
 //! listeners and tell sessions to close with `421 4.3.2`.
 
 pub mod connlimit;
+mod message;
 pub mod session;
 pub mod tls;
 
@@ -60,6 +61,7 @@ pub struct Shared {
     pub accounts: Accounts,
     pub auth: Arc<Authenticator>,
     pub routing: Routing,
+    pub dns: Arc<crate::dns::Dns>,
     pub queue: Arc<Queue>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub limiter: Arc<ConnLimiter>,
@@ -143,10 +145,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.queue.maildir_sync,
     ));
     let accounts = Accounts::new(store.clone());
+    let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         auth: Authenticator::new(accounts.clone(), config.auth.cache_ttl.get()),
         routing: Routing::new(&config, accounts.clone()),
+        dns,
         accounts,
         queue: queue.clone(),
         tls: tls.acceptor,

@@ -6,17 +6,16 @@
 //! durable messages to the queue. Every refusal is logged once, through [`Ctx::reject`], with
 //! session id, queue id, client, HELO, sender and recipient.
 
+use super::message::{self, BodySink, Early};
 use super::{ListenerKind, Shared};
 use crate::accounts::Verdict;
 use crate::checks::relay::RcptDecision;
-use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
-use crate::received;
-use crate::util::{new_id, unix_now};
+use crate::queue::{Folder, Recipient, Route};
+use crate::util::new_id;
 use mailwarden_proto::command::Verb;
 use mailwarden_proto::session::{Event, InBuf, Session};
 use mailwarden_proto::{Reply, replies};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -56,72 +55,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
     }
 }
 
-/// Message content as it arrives: in memory up to `queue.inline_max`, then in a spool file.
-struct BodySink {
-    buf: Vec<u8>,
-    inline_max: usize,
-    spool: Option<(PathBuf, tokio::fs::File)>,
-}
-
-impl BodySink {
-    async fn spill_if_large(&mut self, path: impl FnOnce() -> PathBuf) -> std::io::Result<()> {
-        if self.spool.is_none() && self.buf.len() <= self.inline_max {
-            return Ok(());
-        }
-        if self.spool.is_none() {
-            let p = path();
-            let f = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&p)
-                .await?;
-            self.spool = Some((p, f));
-        }
-        if let Some((_, f)) = self.spool.as_mut()
-            && !self.buf.is_empty()
-        {
-            f.write_all(&self.buf).await?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-
-    /// Finish the body: flush a spool file or hand over the memory.
-    async fn finish(&mut self) -> std::io::Result<Body> {
-        match self.spool.take() {
-            Some((p, mut f)) => {
-                f.write_all(&self.buf).await?;
-                f.flush().await?;
-                self.buf = Vec::new();
-                Ok(Body::Spooled(p))
-            }
-            None => Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf)))),
-        }
-    }
-
-    /// Drop whatever an unfinished or refused transaction left behind.
-    fn discard(&mut self) {
-        self.buf = Vec::new();
-        if let Some((p, _)) = self.spool.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// What the log lines of this session share.
-struct Ctx {
-    session: String,
-    listener: ListenerKind,
-    peer: SocketAddr,
-    qid: Option<String>,
-    from: Option<String>,
+pub(super) struct Ctx {
+    pub(super) session: String,
+    pub(super) listener: ListenerKind,
+    pub(super) peer: SocketAddr,
+    pub(super) qid: Option<String>,
+    pub(super) from: Option<String>,
 }
 
 impl Ctx {
     /// The one place refusals are logged.
-    fn reject(&self, s: &Session, verb: Verb, reply: &Reply, reason: &str, rcpt: Option<&str>) {
+    pub(super) fn reject(
+        &self,
+        s: &Session,
+        verb: Verb,
+        reply: &Reply,
+        reason: &str,
+        rcpt: Option<&str>,
+    ) {
         tracing::info!(
             event = "reject",
             session = %self.session,
@@ -183,6 +135,7 @@ where
     }
     let mut s = Session::new(shared.session_config(kind));
     let mut inbuf = InBuf::with_capacity(1024);
+    let mut early = Early::at_connect(&shared, kind, peer.ip());
     let mut body = BodySink {
         buf: Vec::new(),
         inline_max: cfg.queue.inline_max.0 as usize,
@@ -260,6 +213,14 @@ where
                 routed.clear();
                 ctx.qid = Some(new_id());
                 ctx.from = Some(from.to_string());
+                if kind == ListenerKind::Mx && s.authenticated().is_none() {
+                    early.at_mail(
+                        &shared,
+                        peer.ip(),
+                        s.helo().unwrap_or(""),
+                        &from.to_string(),
+                    );
+                }
                 if let Some(Event::Refused {
                     verb,
                     reply,
@@ -374,7 +335,7 @@ where
                     s.message_decision(reply);
                     continue;
                 }
-                let reply = enqueue(
+                let done = message::finish(
                     &shared,
                     &ctx,
                     &s,
@@ -382,13 +343,21 @@ where
                     std::mem::take(&mut routed),
                     tls_info.as_deref(),
                     flags.size,
+                    &mut early,
                 )
                 .await;
+                let reply = done.reply;
                 if reply.is_positive() {
                     messages += 1;
                 } else {
                     body.discard();
-                    ctx.reject(&s, Verb::Data, &reply, "queue failure", None);
+                    ctx.reject(
+                        &s,
+                        Verb::Data,
+                        &reply,
+                        done.reason.as_deref().unwrap_or("refused"),
+                        None,
+                    );
                 }
                 s.message_decision(reply);
                 ctx.qid = None;
@@ -451,81 +420,4 @@ where
     .map_err(|_| anyhow::anyhow!("handshake timeout"))??;
     let info = super::tls::describe(tls.get_ref().1);
     Ok((Stream::Tls(Box::new(tls)), info))
-}
-
-async fn enqueue(
-    shared: &Shared,
-    ctx: &Ctx,
-    s: &Session,
-    body: &mut BodySink,
-    rcpts: Vec<Recipient>,
-    tls: Option<&str>,
-    size: u64,
-) -> Reply {
-    let Some(txn) = s.transaction() else {
-        return replies::LOCAL_ERROR;
-    };
-    let id = ctx.qid.clone().unwrap_or_else(new_id);
-    let now = unix_now();
-    let single = (rcpts.len() == 1).then(|| rcpts[0].address.clone());
-    let prepend = received::header(&received::Trace {
-        helo: s.helo().unwrap_or("unknown"),
-        ip: ctx.peer.ip(),
-        hostname: &shared.config.hostname,
-        esmtp: s.esmtp(),
-        smtputf8: txn.params.smtputf8,
-        tls,
-        authenticated: s.authenticated().is_some(),
-        id: &id,
-        single_rcpt: single.as_deref(),
-        time: now,
-    });
-    let body = match body.finish().await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
-            return replies::LOCAL_ERROR;
-        }
-    };
-    let nrcpt = rcpts.len();
-    let msg = Message {
-        id: id.clone(),
-        created: now,
-        sender: txn.mail_from.to_string(),
-        size,
-        meta: Meta {
-            session: ctx.session.clone(),
-            listener: ctx.listener.name().to_string(),
-            client_ip: ctx.peer.ip().to_string(),
-            helo: s.helo().unwrap_or_default().to_string(),
-            tls: tls.map(str::to_string),
-            auth: s.authenticated().map(str::to_string),
-            prepend,
-        },
-        rcpts,
-        body,
-    };
-    match shared.queue.enqueue(msg).await {
-        Ok(()) => {
-            tracing::info!(
-                event = "queued",
-                session = %ctx.session,
-                qid = %id,
-                ip = %ctx.peer.ip(),
-                user = s.authenticated().unwrap_or("-"),
-                from = %txn.mail_from,
-                rcpts = nrcpt,
-                size,
-            );
-            replies::queued(&id)
-        }
-        Err(e) => {
-            tracing::error!(event = "enqueue_failed", session = %ctx.session, qid = %id, error = %e);
-            if e.is_full() {
-                replies::NO_STORAGE
-            } else {
-                replies::LOCAL_ERROR
-            }
-        }
-    }
 }

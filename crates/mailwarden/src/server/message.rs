@@ -1,0 +1,374 @@
+//! The end of a message: from the last byte of DATA to the queue's commit. The body is
+//! finished (memory or spool file), sender authentication runs on mail from outside, forged
+//! Authentication-Results headers are removed, the verdict is applied (reject, tempfail, Junk)
+//! and the message, with its trace headers, is handed to the queue.
+
+use super::session::Ctx;
+use super::{ListenerKind, Shared};
+use crate::checks::authres;
+use crate::checks::sender::{self, Envelope};
+use crate::checks::verdict::{Action, Code};
+use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
+use crate::received;
+use crate::util::{new_id, unix_now};
+use mail_auth::{IprevOutput, SpfOutput};
+use mailwarden_proto::session::Session;
+use mailwarden_proto::{Reply, replies};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+
+/// Message content as it arrives: in memory up to `queue.inline_max`, then in a spool file.
+pub(super) struct BodySink {
+    pub(super) buf: Vec<u8>,
+    pub(super) inline_max: usize,
+    pub(super) spool: Option<(PathBuf, tokio::fs::File)>,
+}
+
+impl BodySink {
+    pub(super) async fn spill_if_large(
+        &mut self,
+        path: impl FnOnce() -> PathBuf,
+    ) -> std::io::Result<()> {
+        if self.spool.is_none() && self.buf.len() <= self.inline_max {
+            return Ok(());
+        }
+        if self.spool.is_none() {
+            let p = path();
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&p)
+                .await?;
+            self.spool = Some((p, f));
+        }
+        if let Some((_, f)) = self.spool.as_mut()
+            && !self.buf.is_empty()
+        {
+            f.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Finish the body: flush a spool file or hand over the memory.
+    async fn finish(&mut self) -> std::io::Result<Body> {
+        match self.spool.take() {
+            Some((p, mut f)) => {
+                f.write_all(&self.buf).await?;
+                f.flush().await?;
+                self.buf = Vec::new();
+                Ok(Body::Spooled(p))
+            }
+            None => Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf)))),
+        }
+    }
+
+    /// Drop whatever an unfinished or refused transaction left behind.
+    pub(super) fn discard(&mut self) {
+        self.buf = Vec::new();
+        if let Some((p, _)) = self.spool.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Checks started before the end of DATA: iprev from connect, SPF from MAIL FROM.
+#[derive(Default)]
+pub(super) struct Early {
+    pub(super) iprev: Option<JoinHandle<IprevOutput>>,
+    pub(super) iprev_done: Option<IprevOutput>,
+    pub(super) spf: Option<JoinHandle<SpfOutput>>,
+}
+
+impl Early {
+    /// Start iprev for a new session on the MX listener.
+    pub(super) fn at_connect(
+        shared: &Arc<Shared>,
+        kind: ListenerKind,
+        ip: std::net::IpAddr,
+    ) -> Early {
+        let mut e = Early::default();
+        if kind == ListenerKind::Mx && shared.config.iprev.mode != crate::config::Mode::Off {
+            let dns = shared.dns.clone();
+            e.iprev = Some(tokio::spawn(async move { sender::iprev(&dns, ip).await }));
+        }
+        e
+    }
+
+    /// Start SPF for a new transaction from outside.
+    pub(super) fn at_mail(
+        &mut self,
+        shared: &Arc<Shared>,
+        ip: std::net::IpAddr,
+        helo: &str,
+        mail_from: &str,
+    ) {
+        if let Some(h) = self.spf.take() {
+            h.abort();
+        }
+        if shared.config.spf.mode == crate::config::Mode::Off {
+            return;
+        }
+        let (dns, helo, from, host) = (
+            shared.dns.clone(),
+            helo.to_string(),
+            mail_from.to_string(),
+            shared.config.hostname.clone(),
+        );
+        self.spf = Some(tokio::spawn(async move {
+            sender::spf(&dns, ip, &helo, &host, &from).await
+        }));
+    }
+
+    async fn iprev(&mut self) -> Option<IprevOutput> {
+        if let Some(h) = self.iprev.take() {
+            self.iprev_done = h.await.ok();
+        }
+        self.iprev_done.clone()
+    }
+
+    async fn spf(&mut self) -> Option<SpfOutput> {
+        match self.spf.take() {
+            Some(h) => h.await.ok(),
+            None => None,
+        }
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Some(h) = self.spf.take() {
+            h.abort();
+        }
+        if let Some(h) = self.iprev.take() {
+            h.abort();
+        }
+    }
+}
+
+/// The reply for a finished message, and the reason when it is a refusal.
+pub(super) struct Finished {
+    pub(super) reply: Reply,
+    pub(super) reason: Option<String>,
+}
+
+/// Finish a message: checks, verdict, enqueue.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn finish(
+    shared: &Shared,
+    ctx: &Ctx,
+    s: &Session,
+    body: &mut BodySink,
+    mut rcpts: Vec<Recipient>,
+    tls: Option<&str>,
+    size: u64,
+    early: &mut Early,
+) -> Finished {
+    let fail = |reply: Reply, reason: &str| Finished {
+        reply,
+        reason: Some(reason.to_string()),
+    };
+    let Some(txn) = s.transaction() else {
+        return fail(replies::LOCAL_ERROR, "no transaction");
+    };
+    let cfg = &shared.config;
+    let id = ctx.qid.clone().unwrap_or_else(new_id);
+    let mut body = match body.finish().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
+            return fail(replies::LOCAL_ERROR, "spool write failed");
+        }
+    };
+    let raw: Arc<Vec<u8>> = match &body {
+        Body::Inline(b) => b.clone(),
+        Body::Spooled(p) => match tokio::fs::read(p).await {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
+                discard(&body);
+                return fail(replies::LOCAL_ERROR, "spool read failed");
+            }
+        },
+        Body::Stored => Arc::new(Vec::new()),
+    };
+
+    let mut headers = String::new();
+    let mut verdict_note = None;
+    if let Some(account) = s.authenticated() {
+        // Submitted by a local account: its identity is proven by AUTH, not by DNS.
+        headers.push_str(&authres::submitted(&cfg.hostname, account));
+    } else if ctx.listener == ListenerKind::Mx {
+        let mail_from = txn.mail_from.to_string();
+        let env = Envelope {
+            ip: ctx.peer.ip(),
+            helo: s.helo().unwrap_or(""),
+            mail_from: &mail_from,
+            hostname: &cfg.hostname,
+        };
+        let spf = early.spf().await;
+        let iprev = early.iprev().await;
+        let out = sender::evaluate(&shared.dns, cfg, &env, &raw, spf, iprev).await;
+        let v = &out.verdict;
+        tracing::info!(
+            event = "sender_auth",
+            session = %ctx.session,
+            qid = %id,
+            ip = %ctx.peer.ip(),
+            from = %mail_from,
+            header_from = out.from_domain.as_deref().unwrap_or("-"),
+            results = %out.summary,
+            action = v.action.name(),
+            reason = v.deciding.as_ref().map(|r| r.code.as_str()).unwrap_or("-"),
+        );
+        if let (Some(would), Some(r)) = (&v.would, &v.deciding) {
+            tracing::info!(event = "would_reject", session = %ctx.session, qid = %id, ip = %ctx.peer.ip(),
+                would = would.name(), reason = r.code.as_str(), detail = %r.detail, "observe mode: delivered anyway");
+        }
+        match &v.action {
+            Action::Reject(reply) | Action::TempFail(reply) => {
+                discard(&body);
+                let r = v
+                    .deciding
+                    .as_ref()
+                    .map(|r| format!("{}: {}", r.code.as_str(), r.detail));
+                return Finished {
+                    reply: reply.clone(),
+                    reason: r,
+                };
+            }
+            Action::Junk => {
+                for r in rcpts.iter_mut() {
+                    if let Route::Local { folder, .. } = &mut r.route {
+                        *folder = Folder::Junk;
+                    }
+                }
+                let why = v
+                    .deciding
+                    .as_ref()
+                    .map(|r| r.detail.clone())
+                    .unwrap_or_default();
+                verdict_note = Some(format!(
+                    "X-Mailwarden-Verdict: junk; {}\r\n",
+                    why.replace(['\r', '\n'], " ")
+                ));
+            }
+            Action::Accept => {}
+        }
+        headers.push_str(&out.header);
+    }
+
+    // RFC 8601 §5: results claiming to be ours did not come from us.
+    if let Some(clean) = authres::strip_forged(&raw, &cfg.hostname) {
+        tracing::info!(event = "forged_auth_results_removed", session = %ctx.session, qid = %id,
+            reason = Code::ForgedAuthResults.as_str());
+        body = match body {
+            Body::Spooled(p) => match rewrite(&p, &clean).await {
+                Ok(()) => Body::Spooled(p),
+                Err(e) => {
+                    tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
+                    discard(&Body::Spooled(p));
+                    return fail(replies::LOCAL_ERROR, "spool rewrite failed");
+                }
+            },
+            _ => Body::Inline(Arc::new(clean)),
+        };
+    }
+    if let Some(note) = verdict_note {
+        headers.insert_str(0, &note);
+    }
+    let reply = enqueue(shared, ctx, s, body, rcpts, tls, size, id, headers).await;
+    let reason = (!reply.is_positive()).then(|| "queue failure".to_string());
+    Finished { reply, reason }
+}
+
+fn discard(body: &Body) {
+    if let Body::Spooled(p) = body {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+async fn rewrite(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    let mut f = tokio::fs::File::create(path).await?;
+    f.write_all(content).await?;
+    f.flush().await
+}
+
+/// Commit the message to the queue. `headers` go above our Received header.
+#[allow(clippy::too_many_arguments)]
+async fn enqueue(
+    shared: &Shared,
+    ctx: &Ctx,
+    s: &Session,
+    body: Body,
+    rcpts: Vec<Recipient>,
+    tls: Option<&str>,
+    size: u64,
+    id: String,
+    headers: String,
+) -> Reply {
+    let Some(txn) = s.transaction() else {
+        return replies::LOCAL_ERROR;
+    };
+    let now = unix_now();
+    let single = (rcpts.len() == 1).then(|| rcpts[0].address.clone());
+    let mut prepend = headers;
+    prepend += &received::header(&received::Trace {
+        helo: s.helo().unwrap_or("unknown"),
+        ip: ctx.peer.ip(),
+        hostname: &shared.config.hostname,
+        esmtp: s.esmtp(),
+        smtputf8: txn.params.smtputf8,
+        tls,
+        authenticated: s.authenticated().is_some(),
+        id: &id,
+        single_rcpt: single.as_deref(),
+        time: now,
+    });
+    let nrcpt = rcpts.len();
+    let msg = Message {
+        id: id.clone(),
+        created: now,
+        sender: txn.mail_from.to_string(),
+        size,
+        meta: Meta {
+            session: ctx.session.clone(),
+            listener: ctx.listener.name().to_string(),
+            client_ip: ctx.peer.ip().to_string(),
+            helo: s.helo().unwrap_or_default().to_string(),
+            tls: tls.map(str::to_string),
+            auth: s.authenticated().map(str::to_string),
+            prepend,
+        },
+        rcpts,
+        body,
+    };
+    match shared.queue.enqueue(msg).await {
+        Ok(()) => {
+            tracing::info!(
+                event = "queued",
+                session = %ctx.session,
+                qid = %id,
+                ip = %ctx.peer.ip(),
+                user = s.authenticated().unwrap_or("-"),
+                from = %txn.mail_from,
+                rcpts = nrcpt,
+                size,
+            );
+            replies::queued(&id)
+        }
+        Err(e) => {
+            tracing::error!(event = "enqueue_failed", session = %ctx.session, qid = %id, error = %e);
+            // enqueue removed the spool file already.
+            if e.is_full() {
+                replies::NO_STORAGE
+            } else {
+                replies::LOCAL_ERROR
+            }
+        }
+    }
+}
