@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 struct Harness {
+    _dns: mailwarden_testdns::TestDns,
     _dir: tempfile::TempDir,
     running: Running,
     accounts: Accounts,
@@ -27,10 +28,14 @@ impl Harness {
         config.listen.mx = String::new();
         config.listen.submission = String::new();
         config.listen.submissions = String::new();
+        // Sender checks resolve through a loopback server that knows no names.
+        let dns = mailwarden_testdns::TestDns::start(mailwarden_testdns::Zones::new());
+        config.dns.nameservers = vec![dns.addr.to_string()];
         tweak(&mut config);
         let running = server::start(config.clone()).await.unwrap();
         let accounts = running.shared.accounts.clone();
         Harness {
+            _dns: dns,
             _dir: dir,
             running,
             accounts,

@@ -31,6 +31,8 @@ def main():
     p.add_argument("--subject", default="test")
     p.add_argument("--body", default="Hello from smtplib.\n")
     p.add_argument("--count", type=int, default=1, help="messages on one connection")
+    p.add_argument("--raw", action="store_true", help="send the message read from stdin as is")
+    p.add_argument("--source", help="client address to connect from (127.0.0.0/8)")
     args = p.parse_args()
 
     ctx = ssl.create_default_context()
@@ -38,10 +40,11 @@ def main():
     ctx.verify_mode = ssl.CERT_NONE
     stage = "connect"
     try:
+        src = (args.source, 0) if args.source else None
         if args.mode == "ssl":
-            s = smtplib.SMTP_SSL(args.host, args.port, context=ctx, timeout=30)
+            s = smtplib.SMTP_SSL(args.host, args.port, context=ctx, timeout=30, source_address=src)
         else:
-            s = smtplib.SMTP(args.host, args.port, timeout=30)
+            s = smtplib.SMTP(args.host, args.port, timeout=30, source_address=src)
         stage = "ehlo"
         s.ehlo("client.example.net")
         if args.mode == "starttls":
@@ -56,6 +59,13 @@ def main():
             else:
                 s.login(args.user, args.password)
         refused = {}
+        if args.raw:
+            stage = "send"
+            r = s.sendmail(args.sender, args.to, sys.stdin.buffer.read())
+            refused.update({k: [v[0], v[1].decode()] for k, v in r.items()})
+            s.quit()
+            json.dump({"ok": True, "refused": refused}, sys.stdout)
+            return
         for i in range(args.count):
             msg = EmailMessage()
             msg["From"] = args.header_from or args.sender

@@ -5,5 +5,6 @@ mod cli;
 mod crash;
 mod limits;
 mod mx;
+mod sender_auth;
 mod submission;
 mod support;

@@ -11,7 +11,11 @@ fn server_with_users() -> Server {
 
 fn assert_trace(m: &str, proto: &str) {
     assert!(
-        m.starts_with("Return-Path: <alice@example.test>\nDelivered-To: bob@example.test\nReceived: from client.example.net ([127.0.0.1])\n\tby mx.example.test (mailwarden) with "),
+        m.starts_with(
+            "Return-Path: <alice@example.test>\nDelivered-To: bob@example.test\n\
+             Authentication-Results: mx.example.test;\n\tauth=pass smtp.auth=alice@example.test\n\
+             Received: from client.example.net ([127.0.0.1])\n\tby mx.example.test (mailwarden) with "
+        ),
         "unexpected head:\n{m}"
     );
     assert!(

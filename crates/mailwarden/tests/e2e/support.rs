@@ -52,6 +52,8 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
 }
 
 pub struct Server {
+    /// The loopback DNS server this instance resolves through (NXDOMAIN for unknown names).
+    pub dns: mailwarden_testdns::TestDns,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     child: Option<Child>,
@@ -60,14 +62,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start with the base config plus `extra` (TOML, merged key by key).
+    /// Start with the base config plus `extra` (TOML, merged key by key), resolving through a
+    /// loopback DNS server that knows nothing (every name is NXDOMAIN).
     pub fn start(extra: &str) -> Server {
+        Server::start_with_zones(extra, "")
+    }
+
+    /// Start with a loopback DNS server serving `zones` (see mailwarden-testdns).
+    pub fn start_with_zones(extra: &str, zones: &str) -> Server {
+        let dns = mailwarden_testdns::TestDns::with_text(zones);
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = base_config(&dir.path().join("data"));
+        let dns_cfg = format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\n",
+            dns.addr
+        );
+        merge(&mut cfg, dns_cfg.parse().expect("dns config"));
         merge(&mut cfg, extra.parse().expect("extra config"));
         let config_path = dir.path().join("mailwarden.toml");
         std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
         let mut s = Server {
+            dns,
             dir,
             config_path,
             child: None,
@@ -292,12 +307,28 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 
 /// Send with smtplib (`tests/clients/send.py`); returns its JSON report.
 pub fn smtplib(port: SocketAddr, mode: &str, args: &[&str]) -> Value {
-    let out = Command::new("python3")
+    smtplib_stdin(port, mode, args, None)
+}
+
+/// As [`smtplib`], with a raw message on standard input (`--raw`).
+pub fn smtplib_stdin(port: SocketAddr, mode: &str, args: &[&str], stdin: Option<&[u8]>) -> Value {
+    let mut child = Command::new("python3")
         .arg(clients_dir().join("send.py"))
         .args(["--port", &port.port().to_string(), "--mode", mode])
         .args(args)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("python3");
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().unwrap();
+        if let Some(b) = stdin {
+            i.write_all(b).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
             "send.py failed: {}\n{}",
