@@ -4,11 +4,17 @@
 # nothing about speed (that is compare.sh's job, on a quiet machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p mailwarden -p mailwarden-bench
+cargo build -q -p mailwarden -p mailwarden-bench -p mailwarden-testdns
 MW=target/debug/mailwarden
 LOAD=target/debug/mwload
 W=$(mktemp -d)
-trap 'kill "${PID:-0}" 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill "${PID:-0}" "${DNSPID:-0}" 2>/dev/null || true; rm -rf "$W"' EXIT
+# Sender checks need DNS: the benchmarks' records on a loopback server.
+bench/auth-fixture.sh "$W/auth"
+target/debug/mwdns "$W/auth/zone" > "$W/dns.out" &
+DNSPID=$!
+for _ in $(seq 100); do grep -q "^listening" "$W/dns.out" 2>/dev/null && break; sleep 0.1; done
+DNS=$(awk '$1 == "listening" {print $2}' "$W/dns.out")
 cat > "$W/mw.toml" <<CF
 hostname = "mx.bench.test"
 data_dir = "$W/data"
@@ -17,6 +23,8 @@ domains = ["bench.test"]
 mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
+[dns]
+nameservers = ["$DNS"]
 [smtp]
 max_connections_per_ip = 1000
 CF
@@ -39,6 +47,7 @@ PY
 }
 run 300 --server "$(addr mx)" -c 10 -n 300 -s 1024
 run 100 --server "$(addr mx)" -c 5 -n 100 -k 10 -s 20000
+run 50 --server "$(addr mx)" -c 5 -n 50 --message-file "$W/auth/signed.eml" --from load@signed.bench.example
 run 50 --server "$(addr submission)" --mode starttls --auth bob@bench.test:pw -c 5 -n 50
 run 50 --server "$(addr submissions)" --mode tls --auth bob@bench.test:pw -c 5 -n 50
 "$LOAD" --json --server "$(addr mx)" --idle 200 --probes 3 --idle-secs 0.5 > "$W/idle.json"
@@ -53,4 +62,11 @@ for _ in $(seq 300); do
 done
 n=$(ls "$W/data/mail/bench.test/bob/Maildir/new" | wc -l)
 [ "$n" -eq "$total" ] || { echo "delivered $n of $total"; exit 1; }
-echo "smoke: $total messages delivered"
+# sed, not head: head would close the pipe early and pipefail would report SIGPIPE.
+signed=$(grep -l "^Subject: signed load" "$W/data/mail/bench.test/bob/Maildir/new/"* | sed -n 1p)
+[ -n "$signed" ] || { echo "no signed message delivered"; exit 1; }
+awk '/^Authentication-Results:/ {on=1; print; next} on && /^[ \t]/ {print; next} {on=0}' "$signed" > "$W/ar"
+for want in spf=pass dkim=pass dmarc=pass; do
+  grep -q "$want" "$W/ar" || { echo "signed message lacks $want:"; cat "$W/ar"; exit 1; }
+done
+echo "smoke: $total messages delivered; the signed ones with spf, dkim and dmarc pass"
