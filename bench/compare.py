@@ -15,6 +15,11 @@ until every accepted message is in the Maildir, and records:
                many processes
   client cpu   mwload's own CPU per message, to show when the client is the limit
 
+A server's process tree includes the processes named by its "extra_pidfiles" while they run
+(Postfix's OpenDKIM milter in the sender-authentication scenario), so their CPU and memory count.
+In that scenario, a delivered message is also checked for a dkim=pass result, so that a server
+that silently skipped verification could not look fast.
+
 It prints a table of medians with the ratio mailwarden/Postfix and writes bench/results/*.json.
 """
 import argparse
@@ -60,9 +65,16 @@ def tree(pid):
     return pids
 
 
-def cpu_seconds(root):
-    """CPU of the whole tree: root incl. reaped children, plus live descendants."""
+def cpu_seconds(roots):
+    """CPU of the whole trees: each root incl. reaped children, plus live descendants."""
     total = 0.0
+    for root in roots:
+        total += tree_cpu_ticks(root)
+    return total / CLK
+
+
+def tree_cpu_ticks(root):
+    total = 0
     for p in tree(root):
         try:
             f = stat_fields(p)
@@ -72,12 +84,12 @@ def cpu_seconds(root):
         total += utime + stime
         if p == root:
             total += cutime + cstime
-    return total / CLK
+    return total
 
 
-def pss_kb(root):
+def pss_kb(roots):
     total = 0
-    for p in tree(root):
+    for p in (p for root in roots for p in tree(root)):
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
@@ -123,10 +135,31 @@ def clear_maildir(d):
         os.chown(new, st.st_uid, st.st_gid)
 
 
-def run_once(server, scenario, mwload):
+def auth_results(maildir):
+    """The Authentication-Results header lines of one delivered message, unfolded."""
+    new = os.path.join(maildir, "new")
+    names = sorted(os.listdir(new))
+    if not names:
+        return ""
+    with open(os.path.join(new, names[-1]), "rb") as f:
+        head = f.read(65536).split(b"\r\n\r\n")[0].split(b"\n\n")[0].decode("latin-1")
+    out, on = [], False
+    for line in head.splitlines():
+        if line.lower().startswith("authentication-results:"):
+            on = True
+            out.append(line)
+        elif on and line[:1] in (" ", "\t"):
+            out[-1] += " " + line.strip()
+        else:
+            on = False
+    return "\n".join(out)
+
+
+def run_once(server, scenario, mwload, subst):
     """One measurement of one scenario on one server."""
     clear_maildir(server["maildir"])
-    args = [mwload, "--json", "--server", server[scenario.get("port", "mx")]] + scenario["args"]
+    args = [mwload, "--json", "--server", server[scenario.get("port", "mx")]] + [
+        a.format(**subst) for a in scenario["args"]]
     if scenario.get("auth"):
         args += ["--auth", server["auth"]]
     root = server["pid"]()
@@ -162,6 +195,11 @@ def run_once(server, scenario, mwload):
         result["txn_p99_us"] = report["txn_us"]["p99"]
         result["setup_p50_us"] = report["setup_us"]["p50"]
         result["errors"] = report["conn_errors"] + report["replies"]["4xx"] + report["replies"]["5xx"]
+        if scenario.get("profile") == "auth":
+            ar = auth_results(server["maildir"])
+            result["dkim_pass"] = "dkim=pass" in ar
+            if not result["dkim_pass"]:
+                raise RuntimeError(f"{server['name']} delivered signed mail without dkim=pass: {ar!r}")
     else:
         time.sleep(0.2)
         sampler.stop.set()
@@ -192,6 +230,9 @@ SCENARIOS = {
     "mx-100k-c50": {"title": "MX 100 KB, 50 connections", "args": ["-c", "50", "-n", "3000", "-s", "102400"]},
     "mx-1k-c50-k10": {"title": "MX 1 KB, 50 conn, 10 msg/conn",
                       "args": ["-c", "50", "-n", "20000", "-k", "10", "-s", "1024"]},
+    "mx-1k-c50-auth": {"title": "MX 1 KB signed, c50, sender checks", "profile": "auth",
+                       "args": ["-c", "50", "-n", "15000", "--message-file", "{signed_message}",
+                                "--from", "load@signed.bench.example"]},
     "starttls-1k-c50": {"title": "STARTTLS 1 KB, 50 connections",
                         "args": ["-c", "50", "-n", "5000", "-s", "1024", "--mode", "starttls"]},
     "submit-tls-auth": {"title": "Submission, implicit TLS + AUTH", "port": "submissions", "auth": True,
@@ -199,6 +240,17 @@ SCENARIOS = {
     "idle-10k": {"title": "10,000 idle sessions", "args": ["--idle", "10000", "--probes", "20", "--idle-secs", "3",
                                                           "--source", ",".join(f"127.0.{i}.1" for i in range(1, 41))]},
 }
+
+
+def live_pids(pidfiles):
+    """The pids named by the pidfiles that exist now; the first must."""
+    pids = [int(open(pidfiles[0]).read().strip())]
+    for pf in pidfiles[1:]:
+        try:
+            pids.append(int(open(pf).read().strip()))
+        except (OSError, ValueError):
+            pass
+    return pids
 
 
 def median(xs):
@@ -213,11 +265,12 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--signed-message", default="", help="DKIM-signed message for the auth scenario")
     args = ap.parse_args()
     servers = json.load(open(args.servers))
     for s in servers:
-        pidfile = s["pidfile"]
-        s["pid"] = (lambda pf: lambda: int(open(pf).read().strip()))(pidfile)
+        s["pid"] = (lambda pfs: lambda: live_pids(pfs))([s["pidfile"]] + s.get("extra_pidfiles", []))
+    subst = {"signed_message": args.signed_message}
     names = [x for x in args.scenarios.split(",") if x]
     results = {}
     resource_children_delta()
@@ -227,12 +280,12 @@ def main():
         # Fresh processes for each scenario: memory peaks must not carry over.
         for srv in servers:
             subprocess.run([srv["stop"]], check=True)
-            subprocess.run([srv["start"]], check=True)
+            subprocess.run([srv["start"], sc.get("profile", "plain")], check=True)
         time.sleep(1)
         for rep in range(args.reps):
             order = servers if rep % 2 == 0 else list(reversed(servers))
             for srv in order:
-                r = run_once(srv, sc, args.mwload)
+                r = run_once(srv, sc, args.mwload, subst)
                 r["rep"] = rep
                 runs.append(r)
                 print(f"  {name} rep {rep} {srv['name']}: " + ", ".join(

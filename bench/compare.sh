@@ -4,6 +4,11 @@
 #   bench/compare.sh                  # every scenario, 3 repetitions
 #   bench/compare.sh --reps 5 --scenarios mx-1k-c50,mx-100k-c50
 #
+# The sender-authentication scenario (mx-1k-c50-auth) sends DKIM-signed mail from a domain
+# with SPF and DMARC records, served by mwdns on loopback. mailwarden checks SPF, DKIM, DMARC,
+# ARC and iprev as it always does; Postfix gets OpenDKIM as a verifying milter for that scenario
+# only (Postfix has no sender checks of its own), resolving through the same mwdns.
+#
 # Builds release binaries, installs Postfix from apt if needed (without configuring or starting
 # the system instance), runs a private Postfix instance under a temporary directory on its own
 # loopback ports, and never touches port 25 or /etc/postfix. Results: a table on stdout and
@@ -25,7 +30,10 @@ if ! command -v postfix >/dev/null; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix sasl2-bin libsasl2-modules >/dev/null
 fi
-cargo build --release -q -p mailwarden -p mailwarden-bench
+if ! command -v opendkim >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends opendkim >/dev/null
+fi
+cargo build --release -q -p mailwarden -p mailwarden-bench -p mailwarden-testdns
 MW=$ROOT/target/release/mailwarden
 MWLOAD=$ROOT/target/release/mwload
 
@@ -34,14 +42,26 @@ W=$(mktemp -d /tmp/mwbench.XXXXXX)
 chmod 755 "$W"   # Postfix's daemons run as the postfix user and must reach their queue
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MW_MX=$(free_port); MW_SUB=$(free_port); MW_SUBS=$(free_port); PF_MX=$(free_port); PF_TLS=$(free_port)
+MILTER=$(free_port)
 
 cleanup() {
   [ -x "$W/mw/stop" ] && "$W/mw/stop" || true
+  [ -x "$W/pf/stop" ] && "$W/pf/stop" || true
+  kill "${DNSPID:-0}" 2>/dev/null || true
   postfix -c "$W/pf/etc" stop >/dev/null 2>&1 || true
   sleep 1
-  rm -rf "$W"
+  if [ -n "${KEEP_WORKDIR:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
+
+# DNS for both servers: the sender-authentication records, on loopback port 53 (OpenDKIM's
+# Nameservers option takes addresses without ports).
+"$ROOT/bench/auth-fixture.sh" "$W/auth"
+chmod 644 "$W/auth/signed.eml"
+"$ROOT/target/release/mwdns" "$W/auth/zone" 127.0.2.53:53 > "$W/dns.out" &
+DNSPID=$!
+for _ in $(seq 100); do grep -q "^listening" "$W/dns.out" 2>/dev/null && break; sleep 0.1; done
+DNS=$(awk '$1 == "listening" {print $2}' "$W/dns.out")
 
 # mailwarden: same durability as always (group commit, fsynced Maildir); limits raised only
 # where the scenarios need it (50 connections and 10,000 idle sessions from loopback).
@@ -54,6 +74,8 @@ domains = ["bench.test"]
 mx = "127.0.0.1:$MW_MX"
 submission = "127.0.0.1:$MW_SUB"
 submissions = "127.0.0.1:$MW_SUBS"
+[dns]
+nameservers = ["$DNS"]
 [smtp]
 max_connections = 30000
 max_connections_per_ip = 20000
@@ -82,8 +104,30 @@ chmod +x "$W/mw/start" "$W/mw/stop"
 "$W/mw/start" && "$W/mw/stop"
 "$ROOT/bench/postfix/setup.sh" "$W/pf" "$PF_MX" "$PF_TLS" "$W/mw/data/tls/cert.pem" "$W/mw/data/tls/key.pem" </dev/null \
   || { echo "Postfix did not start; its log:" >&2; cat "$W/pf/maillog" >&2; exit 1; }
+# OpenDKIM in verify mode, resolving through mwdns. (ResolverConfiguration is not used: its
+# unbound config parser is not thread-safe and fails under concurrent milter connections.)
+mkdir -p "$W/dkim"
+chown opendkim "$W/dkim" 2>/dev/null || true
+cat > "$W/dkim/opendkim.conf" <<CF
+Mode v
+Socket inet:$MILTER@127.0.0.1
+PidFile $W/dkim/pid
+Nameservers ${DNS%:*}
+Syslog no
+AlwaysAddARHeader yes
+AuthservID pf.bench.test
+UserID opendkim
+CF
+# start PROFILE: "auth" adds the OpenDKIM milter, anything else runs Postfix alone.
 cat > "$W/pf/start" <<SH
 #!/bin/sh
+if [ "\$1" = auth ]; then
+  opendkim -f -x "$W/dkim/opendkim.conf" >>"$W/dkim/log" 2>&1 &
+  for i in \$(seq 100); do ss -ltn | grep -q ":$MILTER " && break; sleep 0.1; done
+  postconf -c "$W/pf/etc" smtpd_milters=inet:127.0.0.1:$MILTER milter_default_action=tempfail
+else
+  postconf -c "$W/pf/etc" -X smtpd_milters
+fi
 postfix -c "$W/pf/etc" start >/dev/null 2>&1 || exit 1
 for i in \$(seq 300); do [ -s "$W/pf/queue/pid/master.pid" ] && ss -ltn | grep -q ":$PF_MX " && exit 0; sleep 0.1; done
 exit 1
@@ -92,6 +136,11 @@ cat > "$W/pf/stop" <<SH
 #!/bin/sh
 postfix -c "$W/pf/etc" stop >/dev/null 2>&1
 while pgrep -f "master -w" >/dev/null && [ -s "$W/pf/queue/pid/master.pid" ] && kill -0 \$(cat "$W/pf/queue/pid/master.pid") 2>/dev/null; do sleep 0.2; done
+if [ -s "$W/dkim/pid" ]; then
+  pid=\$(cat "$W/dkim/pid"); kill \$pid 2>/dev/null
+  while kill -0 \$pid 2>/dev/null; do sleep 0.1; done
+  rm -f "$W/dkim/pid"
+fi
 exit 0
 SH
 chmod +x "$W/pf/start" "$W/pf/stop"
@@ -104,6 +153,7 @@ cat > "$W/servers.json" <<JS
   "mx": "127.0.0.1:$MW_MX", "submissions": "127.0.0.1:$MW_SUBS", "auth": "bob@bench.test:pw",
   "maildir": "$W/mw/data/mail/bench.test/bob/Maildir"},
  {"name": "postfix", "version": "$(postconf -c "$W/pf/etc" -h mail_version)", "pidfile": "$W/pf/queue/pid/master.pid",
+  "extra_pidfiles": ["$W/dkim/pid"],
   "start": "$W/pf/start", "stop": "$W/pf/stop",
   "mx": "127.0.0.1:$PF_MX", "submissions": "127.0.0.1:$PF_TLS", "auth": "bob@bench.test:pw",
   "maildir": "$W/pf/mail/bench.test/bob/Maildir"}
@@ -112,4 +162,5 @@ JS
 
 OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
 python3 "$ROOT/bench/compare.py" --servers "$W/servers.json" --mwload "$MWLOAD" --reps "$REPS" \
+  --signed-message "$W/auth/signed.eml" \
   ${SCENARIOS:+--scenarios "$SCENARIOS"} --out "$OUT"

@@ -457,6 +457,15 @@ impl TestDns {
     /// Start on 127.0.0.1, UDP and TCP on the same free port, in a thread of its own (so it
     /// works from plain tests and from any async runtime).
     pub fn start(zones: Zones) -> TestDns {
+        TestDns::start_on(zones, SocketAddr::from(([127, 0, 0, 1], 0))).expect("start testdns")
+    }
+
+    /// Start on a given loopback address; port 0 picks a free port shared by UDP and TCP.
+    /// Other than loopback is refused: this server answers with made-up records.
+    pub fn start_on(zones: Zones, at: SocketAddr) -> Result<TestDns, String> {
+        if !at.ip().is_loopback() {
+            return Err(format!("{at} is not a loopback address"));
+        }
         let zones = Arc::new(RwLock::new(zones));
         let queries = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -470,17 +479,33 @@ impl TestDns {
                     .build()
                     .expect("testdns runtime");
                 rt.block_on(async move {
-                    // UDP gets a free port; TCP must get the same one. Retry if it is taken.
+                    // With port 0, UDP gets a free port and TCP must get the same one:
+                    // retry while it is taken. A fixed port is tried once.
                     let (udp, tcp) = loop {
-                        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                            .await
-                            .expect("bind udp");
-                        let port = udp.local_addr().expect("udp addr").port();
-                        if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                            break (udp, tcp);
+                        let udp = match tokio::net::UdpSocket::bind(at).await {
+                            Ok(u) => u,
+                            Err(e) => {
+                                let _ = addr_tx.send(Err(format!("bind udp {at}: {e}")));
+                                return;
+                            }
+                        };
+                        let bound = match udp.local_addr() {
+                            Ok(a) => a,
+                            Err(e) => {
+                                let _ = addr_tx.send(Err(format!("udp address: {e}")));
+                                return;
+                            }
+                        };
+                        match tokio::net::TcpListener::bind(bound).await {
+                            Ok(tcp) => break (udp, tcp),
+                            Err(e) if at.port() != 0 => {
+                                let _ = addr_tx.send(Err(format!("bind tcp {bound}: {e}")));
+                                return;
+                            }
+                            Err(_) => continue,
                         }
                     };
-                    let _ = addr_tx.send(udp.local_addr().expect("udp addr"));
+                    let _ = addr_tx.send(udp.local_addr().map_err(|e| e.to_string()));
                     let mut server = hickory_server::Server::new(Handler {
                         zones: z,
                         queries: q,
@@ -491,15 +516,22 @@ impl TestDns {
                     let _ = server.shutdown_gracefully().await;
                 });
             })
-            .expect("spawn testdns thread");
-        let addr = addr_rx.recv().expect("testdns address");
-        TestDns {
+            .map_err(|e| format!("spawn testdns thread: {e}"))?;
+        let addr = match addr_rx.recv() {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err("testdns thread ended before binding".into()),
+        };
+        Ok(TestDns {
             addr,
             zones,
             queries,
             stop: Some(stop_tx),
             thread: Some(thread),
-        }
+        })
     }
 
     /// Start with zone text.
