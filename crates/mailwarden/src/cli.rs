@@ -1,4 +1,4 @@
-//! The `mailwarden` command line: `serve`, `user`, `config`.
+//! The `mailwarden` command line: `serve`, `user`, `config`, `dkim`, `queue`.
 //!
 //! Every command takes `-c FILE` (else `$MAILWARDEN_CONFIG`, else `./mailwarden.toml`, else the
 //! built-in defaults), so the CLI and the server always agree on the data directory. Account
@@ -41,6 +41,52 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        cmd: DkimCmd,
+    },
+    /// Show and control the mail queue (a running server follows at once).
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Generate a signing key for a domain and print the DNS records to publish. Without
+    /// --algorithm, two keys: Ed25519 (selector S-ed25519) and RSA-2048 (S-rsa), so mail is
+    /// dual-signed (RFC 8463). With --algorithm, one key with selector S.
+    Keygen {
+        domain: String,
+        /// Selector (default: mw and the current year and month, e.g. mw202611).
+        #[arg(long)]
+        selector: Option<String>,
+        /// ed25519 or rsa (default: both).
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages with each recipient's state.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message's envelope, recipients, attempts and last replies.
+    Show { id: String },
+    /// Make deferred recipients due now (all messages, or one).
+    Retry { id: Option<String> },
+    /// Hold a message: its waiting recipients are not delivered until released.
+    Hold { id: String },
+    /// Release a held message for delivery now.
+    Release { id: String },
+    /// Delete a message without delivering or bouncing it.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +158,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(crate::server::serve(loaded))?;
         }
         Cmd::User { cmd } => user(&loaded, cmd)?,
+        Cmd::Dkim { cmd } => dkim(&loaded, cmd)?,
+        Cmd::Queue { cmd } => return queue(&loaded, cmd),
         Cmd::Config {
             cmd: ConfigCmd::Show { defaults, changed },
         } => {
@@ -176,6 +224,177 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<()> {
                 println!("{a}");
             }
             Ok(())
+        }
+    };
+    store.close();
+    result
+}
+
+fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {
+    use crate::dkim::keys::{Algorithm, generate, txt_strings};
+    let DkimCmd::Keygen {
+        domain,
+        selector,
+        algorithm,
+    } = cmd;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let base = selector.unwrap_or_else(|| {
+        let date = crate::util::rfc5322_date(crate::util::unix_now());
+        // "Mon, 23 Nov 2026 ..." -> 202611
+        let parts: Vec<&str> = date.split_whitespace().collect();
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .iter()
+        .position(|m| parts.get(2) == Some(m))
+        .map_or(0, |i| i + 1);
+        format!("mw{}{month:02}", parts.get(3).unwrap_or(&"0000"))
+    });
+    let wanted: Vec<(Algorithm, String)> = match algorithm.as_deref() {
+        None => vec![
+            (Algorithm::Ed25519, format!("{base}-ed25519")),
+            (Algorithm::Rsa, format!("{base}-rsa")),
+        ],
+        Some(a) => {
+            let alg = Algorithm::parse(a)
+                .ok_or_else(|| anyhow::anyhow!("--algorithm must be ed25519 or rsa, not {a:?}"))?;
+            vec![(alg, base)]
+        }
+    };
+    let data_dir = &loaded.config.data_dir;
+    crate::store::create_private_dir(data_dir)?;
+    let mut made = Vec::new();
+    for (alg, sel) in wanted {
+        let g = generate(data_dir, &domain, &sel, alg)?;
+        println!(
+            "stored {} key for {domain}, selector {}: {}",
+            g.algorithm.name(),
+            g.selector,
+            g.path.display()
+        );
+        made.push(g);
+    }
+    println!();
+    println!("Publish in DNS:");
+    for g in &made {
+        println!("{} IN TXT {}", g.record_name, txt_strings(&g.record));
+    }
+    println!();
+    println!("Suggested SPF and DMARC records (adjust SPF if other hosts send for {domain}):");
+    println!("{domain}. IN TXT \"v=spf1 mx -all\"");
+    println!(
+        "_dmarc.{domain}. IN TXT \"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@{domain}\""
+    );
+    println!();
+    println!(
+        "Mail from {domain} that local accounts submit is signed with these keys from now on (dkim.sign)."
+    );
+    Ok(())
+}
+
+fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
+    use crate::queue::admin;
+    let store = Store::open(&loaded.config.data_dir)?;
+    let age = |t: i64| {
+        let s = (crate::util::unix_now() - t).max(0);
+        match s {
+            0..60 => format!("{s}s"),
+            60..3600 => format!("{}m", s / 60),
+            3600..86400 => format!("{}h", s / 3600),
+            _ => format!("{}d", s / 86400),
+        }
+    };
+    let missing = |id: &str| {
+        eprintln!("mailwarden: no queued message {id}");
+        Ok(ExitCode::from(1))
+    };
+    let result = match cmd {
+        QueueCmd::List { json } => {
+            let all = admin::list(&store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("queue is empty");
+            } else {
+                println!(
+                    "{:<14} {:>5} {:>8}  {:<30} recipients",
+                    "ID", "AGE", "SIZE", "SENDER"
+                );
+                for m in &all {
+                    let states: Vec<String> = m
+                        .recipients
+                        .iter()
+                        .map(|r| format!("{} ({})", r.address, r.status))
+                        .collect();
+                    let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+                    println!(
+                        "{:<14} {:>5} {:>8}  {:<30} {}",
+                        m.id,
+                        age(m.created),
+                        m.size,
+                        sender,
+                        states.join(", ")
+                    );
+                }
+                println!("{} message(s)", all.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::Show { id } => match admin::show(&store, &id)? {
+            None => missing(&id),
+            Some(m) => {
+                println!("id:       {}", m.id);
+                println!(
+                    "arrived:  {} ({} ago)",
+                    crate::util::rfc5322_date(m.created),
+                    age(m.created)
+                );
+                println!("sender:   <{}>", m.sender);
+                println!("size:     {}", m.size);
+                for r in &m.recipients {
+                    println!("rcpt:     <{}> {} {}", r.address, r.route, r.status);
+                    println!("          attempts: {}", r.attempts);
+                    if r.status == "deferred" {
+                        let wait = r.next_attempt - crate::util::unix_now();
+                        println!("          next attempt: in {}s", wait.max(0));
+                    }
+                    if let Some(reply) = &r.last_reply {
+                        println!("          last reply: {reply}");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        QueueCmd::Retry { id } => {
+            let n = admin::retry(&store, id.as_deref())?;
+            println!("{n} deferred recipient(s) due now");
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::Hold { id } => {
+            if admin::show(&store, &id)?.is_none() {
+                missing(&id)
+            } else {
+                let n = admin::hold(&store, &id)?;
+                println!("held {n} recipient(s) of {id}");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        QueueCmd::Release { id } => {
+            if admin::show(&store, &id)?.is_none() {
+                missing(&id)
+            } else {
+                let n = admin::release(&store, &id)?;
+                println!("released {n} recipient(s) of {id}");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        QueueCmd::Delete { id } => {
+            if admin::delete(&store, &loaded.config.data_dir, &id)? {
+                println!("deleted {id}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                missing(&id)
+            }
         }
     };
     store.close();

@@ -18,6 +18,8 @@ pub struct Trace<'a> {
     /// reveals the other recipients.
     pub single_rcpt: Option<&'a str>,
     pub time: i64,
+    /// Leave out the `from` clause (the client's HELO and IP): `submission.hide_client`.
+    pub hide_client: bool,
 }
 
 pub fn protocol(esmtp: bool, smtputf8: bool, tls: bool, auth: bool) -> String {
@@ -49,8 +51,13 @@ pub fn header(t: &Trace) -> String {
         .chars()
         .filter(|c| !c.is_control() && *c != '(' && *c != ')')
         .collect();
+    let from = if t.hide_client {
+        String::new()
+    } else {
+        format!("from {helo} ([{ip}])\r\n\t")
+    };
     let mut h = format!(
-        "Received: from {helo} ([{ip}])\r\n\tby {} (mailwarden) with {} id {}",
+        "Received: {from}by {} (mailwarden) with {} id {}",
         t.hostname,
         protocol(t.esmtp, t.smtputf8, t.tls.is_some(), t.authenticated),
         t.id
@@ -91,10 +98,36 @@ mod tests {
             id: "0ABC",
             single_rcpt: Some("alice@example.test"),
             time: 0,
+            hide_client: false,
         });
         assert_eq!(
             h,
             "Received: from clientevil ([127.0.0.1])\r\n\tby mx.example.test (mailwarden) with ESMTPSA id 0ABC\r\n\t(TLSv1.3 TLS13_AES_128_GCM_SHA256)\r\n\tfor <alice@example.test>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn hidden_client_leaves_no_trace_of_it() {
+        let h = header(&Trace {
+            helo: "alice-laptop.corp.internal",
+            ip: "10.1.2.3".parse().unwrap(),
+            hostname: "mx.example.test",
+            esmtp: true,
+            smtputf8: false,
+            tls: None,
+            authenticated: true,
+            id: "0ABC",
+            single_rcpt: None,
+            time: 0,
+            hide_client: true,
+        });
+        assert!(
+            h.starts_with("Received: by mx.example.test (mailwarden) with ESMTPA id 0ABC;"),
+            "{h}"
+        );
+        assert!(
+            !h.contains("10.1.2.3") && !h.contains("alice-laptop"),
+            "{h}"
         );
     }
 }

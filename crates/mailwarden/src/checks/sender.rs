@@ -49,6 +49,9 @@ pub struct Outcome {
     pub summary: String,
     /// The RFC5322.From domain DMARC evaluated, if any.
     pub from_domain: Option<String>,
+    /// SPF or DMARC passed: the envelope sender is who it claims, so a bounce to it is not
+    /// backscatter.
+    pub sender_verified: bool,
 }
 
 /// SPF for the MAIL FROM identity, or the HELO identity for the null sender (evaluated by
@@ -247,11 +250,13 @@ pub async fn evaluate(
     let Some(msg) = AuthenticatedMessage::parse(raw) else {
         // No parseable header section: nothing to verify or align.
         let header = ar.to_header();
+        let sender_verified = verified(&reasons);
         return Outcome {
             verdict: Verdict::accept(reasons),
             header,
             summary: summary.join(" "),
             from_domain: None,
+            sender_verified,
         };
     };
     let from_domain = msg
@@ -450,6 +455,7 @@ pub async fn evaluate(
         Some((r, _)) => (Action::Accept, Some(action), Some(r)),
         None => (Action::Accept, None, None),
     };
+    let sender_verified = verified(&reasons);
     Outcome {
         verdict: Verdict {
             action: verdict_action,
@@ -460,5 +466,12 @@ pub async fn evaluate(
         header: ar.to_header(),
         summary: summary.join(" "),
         from_domain,
+        sender_verified,
     }
+}
+
+fn verified(reasons: &[Reason]) -> bool {
+    reasons
+        .iter()
+        .any(|r| matches!(r.code, Code::SpfPass | Code::DmarcPass))
 }

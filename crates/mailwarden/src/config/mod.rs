@@ -44,6 +44,8 @@ section! {
         pub smtp: Smtp = Smtp::default(),
         pub auth: Auth = Auth::default(),
         pub queue: Queue = Queue::default(),
+        pub delivery: Delivery = Delivery::default(),
+        pub submission: Submission = Submission::default(),
         pub log: Log = Log::default(),
     }
 }
@@ -116,6 +118,19 @@ section! {
     /// Authentication-Results header.
     pub struct Dkim {
         pub mode: Mode = Mode::Enforce,
+        /// Sign mail that local accounts submit, with every key `mailwarden dkim keygen` stored
+        /// for the `From:` domain (the newest key of each algorithm: Ed25519 and RSA give a
+        /// dual signature, RFC 8463 §4). relaxed/relaxed canonicalization.
+        pub sign: bool = true,
+        /// Header fields to sign, in this order, when present. `From` is always signed, and
+        /// signed once more than it occurs (oversigned) so that no `From:` can be added later.
+        pub sign_headers: Vec<String> = [
+            "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "In-Reply-To",
+            "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+            "Content-Disposition", "Content-ID", "Content-Description",
+        ]
+        .map(String::from)
+        .to_vec(),
     }
 }
 
@@ -232,6 +247,55 @@ section! {
         /// How a delivered Maildir file is made durable. Either way it is on stable storage
         /// before it becomes visible in `new/` and before the queue records it delivered.
         pub maildir_sync: MaildirSync = MaildirSync::File,
+    }
+}
+
+section! {
+    /// Outbound delivery over SMTP (RFC 5321 §5): MX records in preference order, then the
+    /// domain's A/AAAA; a null MX (RFC 7505) fails at once. Recipients that fail temporarily
+    /// are retried on `retry_schedule` until `max_age`; then, or on a permanent failure, the
+    /// sender gets a delivery status notification (RFC 3464) if it is a local account or its
+    /// message passed SPF or DMARC (never for a bounce, so no backscatter).
+    pub struct Delivery {
+        /// Destination port. Only tests and special setups change it from 25.
+        pub port: u16 = 25,
+        /// Waits between attempts: the n-th retry waits the n-th entry; past the end, the last
+        /// entry repeats.
+        pub retry_schedule: Vec<Duration> = vec![
+            Duration::secs(60),
+            Duration::secs(300),
+            Duration::secs(900),
+            Duration::secs(1800),
+            Duration::secs(3600),
+            Duration::secs(7200),
+            Duration::secs(14400),
+        ],
+        /// Give up on a recipient this long after the message arrived, and bounce it.
+        pub max_age: Duration = Duration::secs(5 * 86400),
+        /// Connections at once to one destination domain.
+        pub max_connections_per_domain: usize = 4,
+        /// Outbound connections at once in all.
+        pub max_connections: usize = 100,
+        /// Messages sent over one connection before it is closed and a new one opened.
+        pub max_messages_per_connection: usize = 100,
+        /// Time allowed to establish a TCP connection to one address. The SMTP command
+        /// timeouts follow RFC 5321 §4.5.3.2 (greeting, MAIL, RCPT 5 min; DATA 2 min; each
+        /// data block 3 min; the final dot 10 min).
+        pub connect_timeout: Duration = Duration::secs(30),
+        /// STARTTLS is used whenever the destination offers it; if the handshake fails, the
+        /// message goes without TLS. For the domains listed here TLS is required: without it,
+        /// recipients are deferred. Certificates are not verified (as Postfix's `encrypt`).
+        pub require_tls: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
+    /// Mail that local accounts submit (ports 587 and 465).
+    pub struct Submission {
+        /// Leave the client's HELO name and IP address out of the Received header, so a
+        /// message never reveals the sender's private network address or machine name. The
+        /// header still records our host, the protocol (ESMTPSA) and the queue id.
+        pub hide_client: bool = false,
     }
 }
 
@@ -403,6 +467,16 @@ impl Config {
             || s.max_connections_per_ip < 1
         {
             errs.push("smtp limits must be at least 1".into());
+        }
+        let d = &self.delivery;
+        if d.retry_schedule.is_empty() || d.retry_schedule.iter().any(|t| t.get().is_zero()) {
+            errs.push("delivery.retry_schedule must list at least one wait, none of them 0".into());
+        }
+        if d.max_connections_per_domain < 1
+            || d.max_connections < 1
+            || d.max_messages_per_connection < 1
+        {
+            errs.push("delivery limits must be at least 1".into());
         }
         if errs.is_empty() {
             Ok(())

@@ -9,6 +9,7 @@
 //! `failed` (permanent), `held` (kept back by an administrator or a policy). A message leaves
 //! the queue when no recipient is `queued`, `deferred` or `held` any more.
 
+pub mod admin;
 pub mod manager;
 
 use crate::fsync::{DirSync, sync_file};
@@ -33,6 +34,10 @@ pub struct Meta {
     /// Header lines (CRLF-terminated) to put in front of the body at delivery: Received and,
     /// later, Authentication-Results.
     pub prepend: String,
+    /// The envelope sender was verified (SPF pass or DMARC pass) when the message arrived, so
+    /// a bounce to it is not backscatter.
+    #[serde(default)]
+    pub sender_verified: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +126,34 @@ pub struct Message {
 /// A recipient's new status and the reply that explains it.
 pub type Outcome = (u32, Status, Option<String>);
 
+/// A remote recipient's new status after an attempt.
+#[derive(Debug, Clone)]
+pub struct RemoteOutcome {
+    pub idx: u32,
+    pub status: Status,
+    pub reply: Option<String>,
+    /// For `deferred`: when to try again (Unix time).
+    pub next_attempt: i64,
+}
+
+/// Delete a message whose recipients are all final. True if it was deleted.
+pub(crate) fn finish_if_done(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
+    let left: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
+             AND status IN ('queued', 'deferred', 'held')",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    if left > 0 {
+        return Ok(false);
+    }
+    c.prepare_cached("DELETE FROM queue_rcpt WHERE id = ?1")?
+        .execute([id])?;
+    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+        .execute([id])?;
+    Ok(true)
+}
+
 /// Outcomes for one message.
 pub struct Record {
     pub id: String,
@@ -176,6 +209,8 @@ pub struct Queue {
     notify: mpsc::UnboundedSender<Dispatch>,
     held: Arc<AtomicU64>,
     budget: u64,
+    /// Wakes outbound delivery when a message with remote recipients is committed.
+    pub remote_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Queue {
@@ -196,6 +231,7 @@ impl Queue {
                 notify: tx,
                 held: Arc::new(AtomicU64::new(0)),
                 budget: memory_budget,
+                remote_ready: Arc::new(tokio::sync::Notify::new()),
             }),
             rx,
         ))
@@ -265,6 +301,9 @@ impl Queue {
                 let _ = std::fs::remove_file(p);
             }
             return Err(e.into());
+        }
+        if msg.rcpts.iter().any(|r| r.route == Route::Remote) {
+            self.remote_ready.notify_one();
         }
         let mut msg = msg;
         let held = match &msg.body {
@@ -366,6 +405,16 @@ impl Queue {
     /// Load a message with its `queued` recipients. Without `with_body`, an inline body stays
     /// in the store ([`Body::Stored`]).
     pub fn load(&self, id: &str, with_body: bool) -> Result<Option<Message>, QueueError> {
+        self.load_with(id, with_body, |_, status| status == "queued")
+    }
+
+    /// Load a message with the recipients `keep(idx, status)` selects.
+    pub fn load_with(
+        &self,
+        id: &str,
+        with_body: bool,
+        keep: impl Fn(u32, &str) -> bool,
+    ) -> Result<Option<Message>, QueueError> {
         let sql = if with_body {
             "SELECT created, sender, size, body, spooled, meta FROM queue WHERE id = ?1"
         } else {
@@ -389,27 +438,36 @@ impl Queue {
         };
         let rcpts = self.store.read(|c| {
             let mut st = c.prepare(
-                "SELECT idx, address, route, mailbox, folder FROM queue_rcpt \
-                 WHERE id = ?1 AND status = 'queued' ORDER BY idx",
+                "SELECT idx, address, route, mailbox, folder, status FROM queue_rcpt \
+                 WHERE id = ?1 ORDER BY idx",
             )?;
             st.query_map([id], |r| {
                 let route: String = r.get(2)?;
                 let mailbox: Option<String> = r.get(3)?;
                 let folder: Option<String> = r.get(4)?;
-                Ok(Recipient {
-                    idx: r.get(0)?,
-                    address: r.get(1)?,
-                    route: match (route.as_str(), mailbox) {
-                        ("local", Some(mailbox)) => Route::Local {
-                            mailbox,
-                            folder: Folder::parse(folder.as_deref()),
+                let status: String = r.get(5)?;
+                Ok((
+                    status,
+                    Recipient {
+                        idx: r.get(0)?,
+                        address: r.get(1)?,
+                        route: match (route.as_str(), mailbox) {
+                            ("local", Some(mailbox)) => Route::Local {
+                                mailbox,
+                                folder: Folder::parse(folder.as_deref()),
+                            },
+                            _ => Route::Remote,
                         },
-                        _ => Route::Remote,
                     },
-                })
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()
         })?;
+        let rcpts: Vec<Recipient> = rcpts
+            .into_iter()
+            .filter(|(status, r)| keep(r.idx, status))
+            .map(|(_, r)| r)
+            .collect();
         let meta: Meta = serde_json::from_str(&meta)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let body = if spooled {
@@ -455,6 +513,71 @@ impl Queue {
             }
         }
         Ok(removed)
+    }
+
+    /// Remote recipients due for an attempt: `queued`, or `deferred` with their time come.
+    /// Returns (message id, recipient index, attempts so far), oldest messages first.
+    pub fn due_remote(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, u32, u32)>, QueueError> {
+        Ok(self.store.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, idx, attempts FROM queue_rcpt WHERE route = 'remote' \
+                 AND ((status = 'queued') OR (status = 'deferred' AND next_attempt <= ?1)) \
+                 ORDER BY id, idx LIMIT ?2",
+            )?;
+            st.query_map(rusqlite::params![now, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })?)
+    }
+
+    /// Record the outcome of remote delivery attempts for one message in one commit; a
+    /// deferred recipient gets its next attempt time. Recipients that an administrator held
+    /// or deleted meanwhile keep that state. Removes the message when nothing is left to do;
+    /// returns whether it did.
+    pub async fn record_remote(
+        &self,
+        id: &str,
+        outcomes: Vec<RemoteOutcome>,
+    ) -> Result<bool, QueueError> {
+        let id2 = id.to_string();
+        let finished = self
+            .store
+            .write(move |c| {
+                let now = unix_now();
+                let mut update = c.prepare_cached(
+                    "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
+                     attempts = attempts + 1, next_attempt = ?6 \
+                     WHERE id = ?1 AND idx = ?2 AND status IN ('queued', 'deferred')",
+                )?;
+                for o in &outcomes {
+                    update.execute(rusqlite::params![
+                        id2,
+                        o.idx,
+                        o.status.as_str(),
+                        o.reply,
+                        now,
+                        o.next_attempt
+                    ])?;
+                }
+                finish_if_done(c, &id2)
+            })
+            .await?;
+        if finished {
+            self.remove_spool(id);
+        }
+        Ok(finished)
+    }
+
+    fn remove_spool(&self, id: &str) {
+        let p = self.spool_path(id);
+        if p.exists() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     pub fn dispatch(&self, msg: Message, recovering: bool) {

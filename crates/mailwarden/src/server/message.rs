@@ -199,6 +199,7 @@ pub(super) async fn finish(
 
     let mut headers = String::new();
     let mut verdict_note = None;
+    let mut sender_verified = false;
     if let Some(account) = s.authenticated() {
         // Submitted by a local account: its identity is proven by AUTH, not by DNS.
         headers.push_str(&authres::submitted(&cfg.hostname, account));
@@ -214,6 +215,7 @@ pub(super) async fn finish(
         let iprev = early.iprev().await;
         let out = sender::evaluate(&shared.dns, cfg, &env, &raw, spf, iprev).await;
         let v = &out.verdict;
+        sender_verified = out.sender_verified;
         tracing::info!(
             event = "sender_auth",
             session = %ctx.session,
@@ -263,7 +265,10 @@ pub(super) async fn finish(
     }
 
     // RFC 8601 §5: results claiming to be ours did not come from us.
+    let mut content = raw.clone();
     if let Some(clean) = authres::strip_forged(&raw, &cfg.hostname) {
+        let clean = Arc::new(clean);
+        content = clean.clone();
         tracing::info!(event = "forged_auth_results_removed", session = %ctx.session, qid = %id,
             reason = Code::ForgedAuthResults.as_str());
         body = match body {
@@ -275,13 +280,30 @@ pub(super) async fn finish(
                     return fail(replies::LOCAL_ERROR, "spool rewrite failed");
                 }
             },
-            _ => Body::Inline(Arc::new(clean)),
+            _ => Body::Inline(clean),
         };
     }
     if let Some(note) = verdict_note {
         headers.insert_str(0, &note);
     }
-    let reply = enqueue(shared, ctx, s, body, rcpts, tls, size, id, headers).await;
+    if s.authenticated().is_some() && cfg.dkim.sign {
+        headers.insert_str(0, &dkim_sign(shared, &id, content).await);
+    }
+    let reply = enqueue(
+        shared,
+        ctx,
+        s,
+        Queued {
+            body,
+            rcpts,
+            tls,
+            size,
+            id,
+            headers,
+            sender_verified,
+        },
+    )
+    .await;
     let reason = (!reply.is_positive()).then(|| "queue failure".to_string());
     Finished { reply, reason }
 }
@@ -292,25 +314,81 @@ fn discard(body: &Body) {
     }
 }
 
+/// DKIM-Signature fields for submitted mail, one per key of the `From:` domain (none if the
+/// domain has no key). Signing failures are logged and the mail goes unsigned: refusing it
+/// would not help the user.
+async fn dkim_sign(shared: &Shared, id: &str, content: Arc<Vec<u8>>) -> String {
+    let from_domain = mail_parser::MessageParser::new()
+        .parse_headers(content.as_slice())
+        .and_then(|m| {
+            m.from()
+                .and_then(|f| f.first())
+                .and_then(|a| a.address())
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        });
+    let Some(domain) = from_domain else {
+        return String::new();
+    };
+    let keys = shared.keyring.keys_for(&domain);
+    if keys.is_empty() {
+        return String::new();
+    }
+    let sign_headers = shared.config.dkim.sign_headers.clone();
+    let d = domain.clone();
+    let signed = tokio::task::spawn_blocking(move || {
+        let now = unix_now().max(0) as u64;
+        keys.iter()
+            .map(|k| {
+                crate::dkim::sign::sign(k, &d, &content, &sign_headers, now)
+                    .map(|h| (k.selector.clone(), h))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let mut out = String::new();
+    for r in signed.unwrap_or_default() {
+        match r {
+            Ok((selector, h)) => {
+                tracing::info!(event = "dkim_signed", qid = %id, domain = %domain, selector = %selector);
+                out.push_str(&h);
+            }
+            Err(e) => {
+                tracing::error!(event = "dkim_sign_failed", qid = %id, domain = %domain, error = %e)
+            }
+        }
+    }
+    out
+}
+
 async fn rewrite(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
     let mut f = tokio::fs::File::create(path).await?;
     f.write_all(content).await?;
     f.flush().await
 }
 
-/// Commit the message to the queue. `headers` go above our Received header.
-#[allow(clippy::too_many_arguments)]
-async fn enqueue(
-    shared: &Shared,
-    ctx: &Ctx,
-    s: &Session,
+/// A finished message on its way into the queue.
+struct Queued<'a> {
     body: Body,
     rcpts: Vec<Recipient>,
-    tls: Option<&str>,
+    tls: Option<&'a str>,
     size: u64,
     id: String,
+    /// Header lines that go above our Received header.
     headers: String,
-) -> Reply {
+    sender_verified: bool,
+}
+
+/// Commit the message to the queue.
+async fn enqueue(shared: &Shared, ctx: &Ctx, s: &Session, q: Queued<'_>) -> Reply {
+    let Queued {
+        body,
+        rcpts,
+        tls,
+        size,
+        id,
+        headers,
+        sender_verified,
+    } = q;
     let Some(txn) = s.transaction() else {
         return replies::LOCAL_ERROR;
     };
@@ -328,6 +406,7 @@ async fn enqueue(
         id: &id,
         single_rcpt: single.as_deref(),
         time: now,
+        hide_client: s.authenticated().is_some() && shared.config.submission.hide_client,
     });
     let nrcpt = rcpts.len();
     let msg = Message {
@@ -343,6 +422,7 @@ async fn enqueue(
             tls: tls.map(str::to_string),
             auth: s.authenticated().map(str::to_string),
             prepend,
+            sender_verified,
         },
         rcpts,
         body,

@@ -63,6 +63,8 @@ pub struct Shared {
     pub routing: Routing,
     pub dns: Arc<crate::dns::Dns>,
     pub queue: Arc<Queue>,
+    /// DKIM keys for signing submitted mail.
+    pub keyring: crate::dkim::keys::Keyring,
     pub tls: tokio_rustls::TlsAcceptor,
     pub limiter: Arc<ConnLimiter>,
     pub shutdown: watch::Receiver<bool>,
@@ -150,8 +152,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared {
         auth: Authenticator::new(accounts.clone(), config.auth.cache_ttl.get()),
         routing: Routing::new(&config, accounts.clone()),
-        dns,
-        accounts,
+        dns: dns.clone(),
+        keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
+        accounts: accounts.clone(),
         queue: queue.clone(),
         tls: tls.acceptor,
         limiter: ConnLimiter::new(
@@ -191,6 +194,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for m in recovered {
         queue.dispatch(m, true);
     }
+    tasks.push(crate::outbound::spawn(
+        config.clone(),
+        queue.clone(),
+        dns,
+        Routing::new(&config, accounts),
+    ));
 
     let mut bound = Vec::new();
     for (kind, l) in listeners {
