@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod limits;
 mod mx;
+mod outbound;
 mod sender_auth;
 mod submission;
 mod support;

@@ -267,6 +267,29 @@ impl Server {
         self.spawn();
     }
 
+    /// Write the ports bound now into the config, so that a later start binds the same ones
+    /// (a peer's `delivery.port` keeps pointing at this instance).
+    pub fn pin_ports(&mut self) {
+        let mut cfg: toml::Table = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let listen = cfg
+            .get_mut("listen")
+            .and_then(|l| l.as_table_mut())
+            .unwrap();
+        for (name, addr) in &self.ports {
+            listen.insert(name.clone(), toml::Value::String(addr.to_string()));
+        }
+        std::fs::write(&self.config_path, toml::to_string(&cfg).unwrap()).unwrap();
+    }
+
+    /// Start again after [`Server::stop`] or [`Server::kill9`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
     /// Stop with SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
