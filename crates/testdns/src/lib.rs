@@ -24,7 +24,7 @@
 #![forbid(unsafe_code)]
 
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -387,8 +387,15 @@ impl RequestHandler for Handler {
                 return send(&mut response_handle, resp, request).await;
             }
             Answer::NxDomain => {
-                let resp = MessageResponseBuilder::new(&request.queries, edns.as_ref())
-                    .error_msg(&request.metadata, ResponseCode::NXDomain);
+                let soa = [negative_soa()];
+                meta.response_code = ResponseCode::NXDomain;
+                let resp = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+                    meta,
+                    std::iter::empty(),
+                    std::iter::empty(),
+                    soa.iter(),
+                    std::iter::empty(),
+                );
                 return send(&mut response_handle, resp, request).await;
             }
             Answer::Records(recs) => to_records(&qname, &recs),
@@ -397,15 +404,37 @@ impl RequestHandler for Handler {
                 .flat_map(|(owner, rec)| to_records(&owner, &[rec]))
                 .collect(),
         };
+        // NODATA carries the SOA too, so resolvers cache it like NXDOMAIN.
+        let soa: Vec<Record> = if records.is_empty() {
+            vec![negative_soa()]
+        } else {
+            Vec::new()
+        };
         let resp = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
             meta,
             records.iter(),
             std::iter::empty(),
-            std::iter::empty(),
+            soa.iter(),
             std::iter::empty(),
         );
         send(&mut response_handle, resp, request).await
     }
+}
+
+/// The SOA of negative answers (RFC 2308 §3): without it resolvers may not cache NXDOMAIN and
+/// NODATA at all, which real authoritative servers never make them do. TTL and minimum 60 s,
+/// like the positive answers.
+fn negative_soa() -> Record {
+    let soa = SOA::new(
+        Name::from_ascii("ns.testdns.").expect("static name"),
+        Name::from_ascii("hostmaster.testdns.").expect("static name"),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
+    Record::from_rdata(Name::root(), 60, RData::SOA(soa))
 }
 
 fn to_records(name: &str, recs: &[Rec]) -> Vec<Record> {
