@@ -76,12 +76,45 @@ impl BodySink {
     }
 }
 
+/// A check started early: finished at once (its DNS answers were cached), or running in a
+/// task of its own while the client sends the rest of the transaction.
+pub(super) enum Started<T> {
+    Done(T),
+    Running(JoinHandle<T>),
+}
+
+impl<T: Send + 'static> Started<T> {
+    /// Poll `fut` once; spawn it only if it is still waiting. With warm caches this saves a
+    /// task and a cross-thread wake-up per check, a measurable share of a message's CPU.
+    fn start(fut: impl std::future::Future<Output = T> + Send + 'static) -> Started<T> {
+        let mut fut = Box::pin(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => Started::Done(v),
+            std::task::Poll::Pending => Started::Running(tokio::spawn(fut)),
+        }
+    }
+
+    async fn finish(self) -> Option<T> {
+        match self {
+            Started::Done(v) => Some(v),
+            Started::Running(h) => h.await.ok(),
+        }
+    }
+
+    fn abort(&self) {
+        if let Started::Running(h) = self {
+            h.abort();
+        }
+    }
+}
+
 /// Checks started before the end of DATA: iprev from connect, SPF from MAIL FROM.
 #[derive(Default)]
 pub(super) struct Early {
-    pub(super) iprev: Option<JoinHandle<IprevOutput>>,
+    pub(super) iprev: Option<Started<IprevOutput>>,
     pub(super) iprev_done: Option<IprevOutput>,
-    pub(super) spf: Option<JoinHandle<SpfOutput>>,
+    pub(super) spf: Option<Started<SpfOutput>>,
 }
 
 impl Early {
@@ -94,7 +127,7 @@ impl Early {
         let mut e = Early::default();
         if kind == ListenerKind::Mx && shared.config.iprev.mode != crate::config::Mode::Off {
             let dns = shared.dns.clone();
-            e.iprev = Some(tokio::spawn(async move { sender::iprev(&dns, ip).await }));
+            e.iprev = Some(Started::start(async move { sender::iprev(&dns, ip).await }));
         }
         e
     }
@@ -119,21 +152,21 @@ impl Early {
             mail_from.to_string(),
             shared.config.hostname.clone(),
         );
-        self.spf = Some(tokio::spawn(async move {
+        self.spf = Some(Started::start(async move {
             sender::spf(&dns, ip, &helo, &host, &from).await
         }));
     }
 
     async fn iprev(&mut self) -> Option<IprevOutput> {
         if let Some(h) = self.iprev.take() {
-            self.iprev_done = h.await.ok();
+            self.iprev_done = h.finish().await;
         }
         self.iprev_done.clone()
     }
 
     async fn spf(&mut self) -> Option<SpfOutput> {
         match self.spf.take() {
-            Some(h) => h.await.ok(),
+            Some(h) => h.finish().await,
             None => None,
         }
     }
