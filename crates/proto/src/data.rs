@@ -66,10 +66,7 @@ impl DataReader {
             if self.st == St::Middle {
                 // Fast path: copy up to the next CR or LF.
                 let rest = &input[i..];
-                let n = rest
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(rest.len());
+                let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                 if n > 0 {
                     self.emit(&rest[..n], out);
                     self.line_len += n;

@@ -109,22 +109,36 @@ impl Prepared {
 }
 
 /// Convert CRLF to LF, streaming: a CR at the end of one call is held in `pending_cr`.
-pub fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>, pending_cr: &mut bool) {
-    for &b in input {
-        if *pending_cr {
-            *pending_cr = false;
-            if b == b'\n' {
-                out.push(b'\n');
-                continue;
-            }
+/// Copies the runs between CRs whole: this runs over every delivered byte.
+pub fn crlf_to_lf(mut input: &[u8], out: &mut Vec<u8>, pending_cr: &mut bool) {
+    out.reserve(input.len() + 1);
+    if *pending_cr && !input.is_empty() {
+        *pending_cr = false;
+        if input[0] == b'\n' {
+            out.push(b'\n');
+            input = &input[1..];
+        } else {
             out.push(b'\r');
         }
-        if b == b'\r' {
-            *pending_cr = true;
-        } else {
-            out.push(b);
+    }
+    while let Some(i) = memchr::memchr(b'\r', input) {
+        out.extend_from_slice(&input[..i]);
+        match input.get(i + 1) {
+            None => {
+                *pending_cr = true;
+                return;
+            }
+            Some(b'\n') => {
+                out.push(b'\n');
+                input = &input[i + 2..];
+            }
+            Some(_) => {
+                out.push(b'\r');
+                input = &input[i + 1..];
+            }
         }
     }
+    out.extend_from_slice(input);
 }
 
 impl Maildir {
@@ -431,5 +445,51 @@ mod tests {
         crlf_to_lf(b"\nb\rc\r\n", &mut out, &mut cr);
         assert_eq!(out, b"a\nb\rc\n");
         assert!(!cr);
+    }
+
+    #[test]
+    fn lf_conversion_is_the_same_at_every_split() {
+        // Every CRLF becomes LF; a lone CR stays, also when it ends the input.
+        let reference = |input: &[u8]| {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < input.len() {
+                if input[i] == b'\r' && input.get(i + 1) == Some(&b'\n') {
+                    out.push(b'\n');
+                    i += 2;
+                } else {
+                    out.push(input[i]);
+                    i += 1;
+                }
+            }
+            out
+        };
+        let inputs: [&[u8]; 6] = [
+            b"plain",
+            b"a\r\nb\r\n",
+            b"\r\r\n\r",
+            b"x\ry\n\r\n\r\r",
+            b"\r",
+            b"",
+        ];
+        for input in inputs {
+            for split in 0..=input.len() {
+                for split2 in split..=input.len() {
+                    let mut out = Vec::new();
+                    let mut cr = false;
+                    crlf_to_lf(&input[..split], &mut out, &mut cr);
+                    crlf_to_lf(&input[split..split2], &mut out, &mut cr);
+                    crlf_to_lf(&input[split2..], &mut out, &mut cr);
+                    if cr {
+                        out.push(b'\r');
+                    }
+                    assert_eq!(
+                        out,
+                        reference(input),
+                        "{input:?} split at {split}, {split2}"
+                    );
+                }
+            }
+        }
     }
 }
