@@ -48,8 +48,8 @@ PY
 run 300 --server "$(addr mx)" -c 10 -n 300 -s 1024
 run 100 --server "$(addr mx)" -c 5 -n 100 -k 10 -s 20000
 run 50 --server "$(addr mx)" -c 5 -n 50 --message-file "$W/auth/signed.eml" --from load@signed.bench.example
-run 50 --server "$(addr submission)" --mode starttls --auth bob@bench.test:pw -c 5 -n 50
-run 50 --server "$(addr submissions)" --mode tls --auth bob@bench.test:pw -c 5 -n 50
+run 50 --server "$(addr submission)" --mode starttls --auth bob@bench.test:pw --from bob@bench.test -c 5 -n 50
+run 50 --server "$(addr submissions)" --mode tls --auth bob@bench.test:pw --from bob@bench.test -c 5 -n 50
 "$LOAD" --json --server "$(addr mx)" --idle 200 --probes 3 --idle-secs 0.5 > "$W/idle.json"
 python3 - "$W/idle.json" <<'PY'
 import json, sys

@@ -59,6 +59,20 @@ pub fn canonical(addr: &str) -> Result<String, AccountError> {
     Ok(format!("{local}@{domain}"))
 }
 
+/// An alias as stored: a canonical mailbox, or `@domain`.
+fn alias_form(address: &str) -> Result<String, AccountError> {
+    let a = address.trim();
+    if let Some(domain) = a.strip_prefix('@').or_else(|| a.strip_prefix("*@")) {
+        let d = address::domain(domain, false)
+            .map_err(|_| AccountError::BadAddress(address.to_string(), "not a domain name"))?;
+        return Ok(format!("@{}", d.to_lowercase()));
+    }
+    let m = address::parse_mailbox(a, false).map_err(|_| {
+        AccountError::BadAddress(address.to_string(), "not local@domain or @domain")
+    })?;
+    Ok(format!("{}@{}", m.local.to_lowercase(), m.domain).to_lowercase())
+}
+
 pub fn hash_password(password: &[u8]) -> Result<String, AccountError> {
     if password.is_empty() {
         return Err(AccountError::EmptyPassword);
@@ -138,6 +152,71 @@ impl Accounts {
                 c.prepare_cached("SELECT address FROM accounts ORDER BY domain, address")?;
             st.query_map([], |r| r.get(0))?.collect()
         })?)
+    }
+
+    /// Let `account` send as `address`: a mailbox, or `@domain` for a whole domain.
+    pub fn alias_add(&self, account: &str, address: &str) -> Result<String, AccountError> {
+        let account = canonical(account)?;
+        if !self.exists(&account)? {
+            return Err(AccountError::NotFound(account));
+        }
+        let alias = alias_form(address)?;
+        let (acc, al) = (account.clone(), alias.clone());
+        self.store.write_blocking(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO sender_aliases(account, address, created) VALUES (?1, ?2, ?3)",
+                rusqlite::params![acc, al, unix_now()],
+            )
+        })?;
+        Ok(alias)
+    }
+
+    pub fn alias_remove(&self, account: &str, address: &str) -> Result<String, AccountError> {
+        let account = canonical(account)?;
+        let alias = alias_form(address)?;
+        let (acc, al) = (account.clone(), alias.clone());
+        let n = self.store.write_blocking(move |c| {
+            c.execute(
+                "DELETE FROM sender_aliases WHERE account = ?1 AND address = ?2",
+                [acc, al],
+            )
+        })?;
+        if n == 0 {
+            return Err(AccountError::NotFound(format!("{alias} for {account}")));
+        }
+        Ok(alias)
+    }
+
+    pub fn aliases(&self, account: &str) -> Result<Vec<String>, AccountError> {
+        let account = canonical(account)?;
+        Ok(self.store.read(|c| {
+            c.prepare_cached(
+                "SELECT address FROM sender_aliases WHERE account = ?1 ORDER BY address",
+            )?
+            .query_map([&account], |r| r.get(0))?
+            .collect()
+        })?)
+    }
+
+    /// May `account` (canonical) use `address` as a sender: it is the account itself, one of
+    /// its aliases, or in a domain granted to it. Case-insensitive, as mail systems treat
+    /// local parts in practice.
+    pub fn may_send_as(&self, account: &str, address: &str) -> Result<bool, StoreError> {
+        let address = address.trim().to_lowercase();
+        let account = account.to_lowercase();
+        if address == account {
+            return Ok(true);
+        }
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return Ok(false);
+        };
+        let domain_grant = format!("@{domain}");
+        self.store.read(|c| {
+            c.prepare_cached(
+                "SELECT 1 FROM sender_aliases WHERE account = ?1 AND address IN (?2, ?3)",
+            )?
+            .exists(rusqlite::params![account, address, domain_grant])
+        })
     }
 
     /// Does this (canonical) address have an account?

@@ -108,6 +108,21 @@ enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Addresses an account may send as, besides its own.
+    Alias {
+        #[command(subcommand)]
+        cmd: AliasCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Let ACCOUNT send as ADDRESS (a mailbox), or as any address of a domain (@DOMAIN).
+    Add { account: String, address: String },
+    /// Take that right back.
+    Remove { account: String, address: String },
+    /// List an account's aliases.
+    List { account: String },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +240,24 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        UserCmd::Alias { cmd } => match cmd {
+            AliasCmd::Add { account, address } => {
+                let alias = accounts.alias_add(&account, &address)?;
+                println!("{account} may now send as {alias}");
+                Ok(())
+            }
+            AliasCmd::Remove { account, address } => {
+                let alias = accounts.alias_remove(&account, &address)?;
+                println!("{account} may no longer send as {alias}");
+                Ok(())
+            }
+            AliasCmd::List { account } => {
+                for a in accounts.aliases(&account)? {
+                    println!("{a}");
+                }
+                Ok(())
+            }
+        },
     };
     store.close();
     result

@@ -99,7 +99,18 @@ CREATE TABLE queue_rcpt(
 CREATE INDEX queue_rcpt_status ON queue_rcpt(status, next_attempt);
 "#;
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+/// Addresses an account may send as besides its own (`mailwarden user alias`): a mailbox
+/// `local@domain`, or `@domain` for every address of a domain.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE sender_aliases(
+    account TEXT NOT NULL,
+    address TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY(account, address)
+) WITHOUT ROWID;
+"#;
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

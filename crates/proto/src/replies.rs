@@ -140,6 +140,32 @@ pub fn spf_reject(domain: &str) -> Reply {
     )
 }
 
+/// `550 5.7.1`: the authenticated user may not send as this address (envelope sender, or the
+/// `From:`/`Sender:` header). The address is echoed in a harmless alphabet.
+pub fn sender_not_owned(what: &str, address: &str) -> Reply {
+    let clean: String = address
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "@.-_+".contains(*c))
+        .take(254)
+        .collect();
+    Reply::owned(
+        550,
+        Some(Status(5, 7, 1)),
+        format!(
+            "{what} <{clean}> is not one of your addresses; ask your administrator for an alias"
+        ),
+    )
+}
+
+/// `550 5.7.1`: submitted mail must name its author with an address (RFC 5322 §3.6.2).
+pub fn sender_header_missing() -> Reply {
+    Reply::owned(
+        550,
+        Some(Status(5, 7, 1)),
+        "The message needs a From: header with one of your addresses".to_string(),
+    )
+}
+
 pub fn auth_challenge(text: &str) -> Reply {
     Reply::owned(334, None, text.to_string())
 }

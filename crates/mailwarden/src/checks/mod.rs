@@ -2,6 +2,7 @@
 
 pub mod arc;
 pub mod authres;
+pub mod ownership;
 pub mod relay;
 pub mod sender;
 pub mod spf;

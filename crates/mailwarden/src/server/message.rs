@@ -234,7 +234,15 @@ pub(super) async fn finish(
     let mut verdict_note = None;
     let mut sender_verified = false;
     if let Some(account) = s.authenticated() {
-        // Submitted by a local account: its identity is proven by AUTH, not by DNS.
+        // Submitted by a local account: its identity is proven by AUTH, not by DNS; what it
+        // may claim to be in From:/Sender: is what it owns.
+        if let Err(r) = crate::checks::ownership::header(&shared.accounts, account, &raw) {
+            discard(&body);
+            return Finished {
+                reply: r.reply,
+                reason: Some(r.reason),
+            };
+        }
         headers.push_str(&authres::submitted(&cfg.hostname, account));
     } else if ctx.listener == ListenerKind::Mx {
         let mail_from = txn.mail_from.to_string();

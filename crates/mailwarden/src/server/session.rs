@@ -221,13 +221,35 @@ where
                         &from.to_string(),
                     );
                 }
-                if let Some(Event::Refused {
-                    verb,
-                    reply,
-                    reason,
-                }) = s.mail_decision(replies::MAIL_OK, "")
-                {
-                    ctx.reject(&s, verb, &reply, reason, None);
+                // Submission: the envelope sender must be one of the account's addresses.
+                let owned = match s.authenticated() {
+                    Some(account) if kind != ListenerKind::Mx => {
+                        crate::checks::ownership::envelope(
+                            &shared.accounts,
+                            account,
+                            &from.to_string(),
+                        )
+                    }
+                    _ => Ok(()),
+                };
+                match owned {
+                    Ok(()) => {
+                        if let Some(Event::Refused {
+                            verb,
+                            reply,
+                            reason,
+                        }) = s.mail_decision(replies::MAIL_OK, "")
+                        {
+                            ctx.reject(&s, verb, &reply, reason, None);
+                        }
+                    }
+                    Err(r) => {
+                        if let Some(Event::Refused { verb, reply, .. }) =
+                            s.mail_decision(r.reply, "sender not owned")
+                        {
+                            ctx.reject(&s, verb, &reply, &r.reason, None);
+                        }
+                    }
                 }
             }
             Event::Rcpt { to } => {

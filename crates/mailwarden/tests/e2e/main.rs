@@ -6,6 +6,7 @@ mod crash;
 mod limits;
 mod mx;
 mod outbound;
+mod ownership;
 mod sender_auth;
 mod submission;
 mod support;

@@ -1,0 +1,148 @@
+//! Sender ownership on submission: an authenticated account may use as envelope sender (MAIL
+//! FROM), header `From:` and header `Sender:` only addresses it owns: its own, its aliases, and
+//! any address of a domain granted to it (`mailwarden user alias add ACCOUNT ADDRESS|@DOMAIN`).
+//! Postfix and Stalwart check only the envelope; a forged `From:` is what a reader sees, so the
+//! header is checked too (RFC 5322 §3.6.2). The null sender `<>` is allowed in the envelope
+//! (RFC 8098 read receipts need it); its `From:` is still checked.
+
+use crate::accounts::Accounts;
+use mail_parser::{HeaderName, HeaderValue, MessageParser};
+use mailwarden_proto::{Reply, replies};
+
+/// Why a sender is refused: the reply and the reason for the log.
+pub struct Refusal {
+    pub reply: Reply,
+    pub reason: String,
+}
+
+fn not_owned(what: &str, address: &str, account: &str) -> Refusal {
+    Refusal {
+        reply: replies::sender_not_owned(what, address),
+        reason: format!("{what} <{address}> is not an address of {account}"),
+    }
+}
+
+/// The envelope sender, at MAIL FROM.
+pub fn envelope(accounts: &Accounts, account: &str, mail_from: &str) -> Result<(), Refusal> {
+    if mail_from.is_empty() {
+        return Ok(());
+    }
+    match accounts.may_send_as(account, mail_from) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(not_owned("envelope sender", mail_from, account)),
+        Err(e) => Err(Refusal {
+            reply: replies::LOCAL_ERROR,
+            reason: format!("store unavailable: {e}"),
+        }),
+    }
+}
+
+/// Every `From:` and `Sender:` address of the message header.
+pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<(), Refusal> {
+    let Some(msg) = MessageParser::new().parse_headers(raw) else {
+        return Err(Refusal {
+            reply: replies::sender_header_missing(),
+            reason: "no parseable header".into(),
+        });
+    };
+    let mut froms = 0;
+    for h in msg.headers() {
+        let what = match h.name {
+            HeaderName::From => "From:",
+            HeaderName::Sender => "Sender:",
+            _ => continue,
+        };
+        if h.name == HeaderName::From {
+            froms += 1;
+        }
+        let addresses: Vec<Option<&str>> = match &h.value {
+            HeaderValue::Address(a) => a.iter().map(|x| x.address()).collect(),
+            _ => vec![None],
+        };
+        if addresses.is_empty() {
+            return Err(Refusal {
+                reply: replies::sender_header_missing(),
+                reason: format!("{what} holds no address"),
+            });
+        }
+        for a in addresses {
+            let Some(a) = a.filter(|a| a.contains('@')) else {
+                return Err(Refusal {
+                    reply: replies::sender_header_missing(),
+                    reason: format!("{what} holds a name without an address"),
+                });
+            };
+            match accounts.may_send_as(account, a) {
+                Ok(true) => {}
+                Ok(false) => return Err(not_owned(what, a, account)),
+                Err(e) => {
+                    return Err(Refusal {
+                        reply: replies::LOCAL_ERROR,
+                        reason: format!("store unavailable: {e}"),
+                    });
+                }
+            }
+        }
+    }
+    if froms == 0 {
+        return Err(Refusal {
+            reply: replies::sender_header_missing(),
+            reason: "no From: header".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn accounts() -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Accounts::new(Store::open(dir.path()).unwrap());
+        a.add("alice@example.test", b"pw").unwrap();
+        a.add("bob@example.test", b"pw").unwrap();
+        (dir, a)
+    }
+
+    #[test]
+    fn own_address_aliases_and_domains() {
+        let (_d, a) = accounts();
+        let me = "alice@example.test";
+        assert!(envelope(&a, me, "Alice@Example.test").is_ok());
+        assert!(envelope(&a, me, "").is_ok());
+        assert!(envelope(&a, me, "bob@example.test").is_err());
+        a.alias_add(me, "sales@example.test").unwrap();
+        assert!(envelope(&a, me, "sales@example.test").is_ok());
+        assert!(envelope(&a, "bob@example.test", "sales@example.test").is_err());
+        a.alias_add(me, "@brand.test").unwrap();
+        assert!(envelope(&a, me, "anyone@brand.test").is_ok());
+        assert!(envelope(&a, me, "anyone@sub.brand.test").is_err());
+        a.alias_remove(me, "@brand.test").unwrap();
+        assert!(envelope(&a, me, "anyone@brand.test").is_err());
+        assert_eq!(a.aliases(me).unwrap(), vec!["sales@example.test"]);
+    }
+
+    #[test]
+    fn header_from_and_sender_are_checked() {
+        let (_d, a) = accounts();
+        let me = "alice@example.test";
+        let ok = b"From: Alice <alice@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
+        assert!(header(&a, me, ok).is_ok());
+        let forged = b"From: Bob <bob@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
+        let r = header(&a, me, forged).unwrap_err();
+        assert_eq!(r.reply.code, 550);
+        assert!(r.reason.contains("bob@example.test"), "{}", r.reason);
+        let sender = b"From: alice@example.test\r\nSender: bob@example.test\r\n\r\nx\r\n";
+        assert!(header(&a, me, sender).is_err());
+        let two = b"From: alice@example.test, bob@example.test\r\n\r\nx\r\n";
+        assert!(header(&a, me, two).is_err());
+        let name_only = b"From: \"Yessenia Lakeshia\"\r\n\r\nx\r\n";
+        assert!(header(&a, me, name_only).is_err());
+        let none = b"Subject: no from\r\n\r\nx\r\n";
+        assert!(header(&a, me, none).is_err());
+        let twice = b"From: alice@example.test\r\nFrom: bob@example.test\r\n\r\nx\r\n";
+        assert!(header(&a, me, twice).is_err());
+    }
+}

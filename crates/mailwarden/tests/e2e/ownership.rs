@@ -1,0 +1,173 @@
+//! Sender ownership on submission, end to end: an account sends only as its own addresses,
+//! in the envelope and in the From:/Sender: header; `user alias` grants more, at once.
+
+use crate::support::*;
+
+fn server() -> Server {
+    let s = Server::start("");
+    s.add_user("alice@example.test", "alice-pw");
+    s.add_user("bob@example.test", "bob-pw");
+    s
+}
+
+fn send_as(s: &Server, envelope: &str, header_from: &str, subject: &str) -> serde_json::Value {
+    smtplib(
+        s.submissions(),
+        "ssl",
+        &[
+            "--user",
+            "alice@example.test",
+            "--password",
+            "alice-pw",
+            "--from",
+            envelope,
+            "--header-from",
+            header_from,
+            "--to",
+            "bob@example.test",
+            "--subject",
+            subject,
+        ],
+    )
+}
+
+#[test]
+fn another_users_address_is_refused_in_the_envelope() {
+    let s = server();
+    let r = send_as(&s, "bob@example.test", "alice@example.test", "env-spoof");
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["code"], 550, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("5.7.1"), "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("bob@example.test"),
+        "{r}"
+    );
+    let line = s.wait_log(&["event=\"reject\"", "envelope sender <bob@example.test>"]);
+    assert!(line.contains("alice@example.test"), "{line}");
+    assert!(s.messages("bob@example.test").is_empty());
+}
+
+#[test]
+fn another_users_address_is_refused_in_the_header() {
+    let s = server();
+    let r = send_as(
+        &s,
+        "alice@example.test",
+        "Bob <bob@example.test>",
+        "hdr-spoof",
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["code"], 550, "{r}");
+    assert_eq!(r["stage"], "send", "refused at the end of DATA: {r}");
+    s.wait_log(&["event=\"reject\"", "From: <bob@example.test>"]);
+    // A display name without any address is no author either.
+    let r = send_as(
+        &s,
+        "alice@example.test",
+        "\"Yessenia Lakeshia\"",
+        "no-address",
+    );
+    assert_eq!(r["code"], 550, "{r}");
+    assert!(s.messages("bob@example.test").is_empty());
+}
+
+#[test]
+fn aliases_and_domain_grants_apply_to_the_running_server() {
+    let s = server();
+    let r = send_as(
+        &s,
+        "sales@example.test",
+        "sales@example.test",
+        "before-alias",
+    );
+    assert_eq!(r["code"], 550, "{r}");
+
+    let out = s.cli(
+        &[
+            "user",
+            "alias",
+            "add",
+            "alice@example.test",
+            "sales@example.test",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = send_as(
+        &s,
+        "sales@example.test",
+        "Sales <sales@example.test>",
+        "with-alias",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+
+    let out = s.cli(
+        &["user", "alias", "add", "alice@example.test", "@brand.test"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = send_as(&s, "news@brand.test", "news@brand.test", "with-domain");
+    assert_eq!(r["ok"], true, "{r}");
+    // bob got no rights from alice's aliases.
+    let r = smtplib(
+        s.submissions(),
+        "ssl",
+        &[
+            "--user",
+            "bob@example.test",
+            "--password",
+            "bob-pw",
+            "--from",
+            "sales@example.test",
+            "--to",
+            "alice@example.test",
+        ],
+    );
+    assert_eq!(r["code"], 550, "{r}");
+
+    let list = s.cli(&["user", "alias", "list", "alice@example.test"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "@brand.test\nsales@example.test\n"
+    );
+    let out = s.cli(
+        &[
+            "user",
+            "alias",
+            "remove",
+            "alice@example.test",
+            "sales@example.test",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let r = send_as(
+        &s,
+        "sales@example.test",
+        "sales@example.test",
+        "after-remove",
+    );
+    assert_eq!(r["code"], 550, "{r}");
+
+    let got = s.wait_messages("bob@example.test", 2);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().any(|m| m.contains("Subject: with-alias")));
+    assert!(got.iter().any(|m| m.contains("Subject: with-domain")));
+}
+
+#[test]
+fn the_null_sender_is_allowed_with_an_owned_from() {
+    let s = server();
+    let r = send_as(&s, "", "alice@example.test", "receipt");
+    assert_eq!(r["ok"], true, "{r}");
+    let m = s.wait_messages("bob@example.test", 1);
+    assert!(m[0].starts_with("Return-Path: <>"), "{}", m[0]);
+}
