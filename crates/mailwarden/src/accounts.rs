@@ -154,6 +154,11 @@ impl Accounts {
         })?)
     }
 
+    /// The store the accounts live in (containment state sits beside them).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Let `account` send as `address`: a mailbox, or `@domain` for a whole domain.
     pub fn alias_add(&self, account: &str, address: &str) -> Result<String, AccountError> {
         let account = canonical(account)?;

@@ -108,6 +108,24 @@ enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Show an account's containment state (active, throttled, suspended) and its evidence.
+    Status { address: String },
+    /// Suspend an account: no AUTH, no sending; its mail waiting for delivery is held.
+    Suspend {
+        address: String,
+        /// Why, for `user status` and the logs.
+        #[arg(long, default_value = "suspended by an administrator")]
+        reason: String,
+    },
+    /// Make a suspended account active again, releasing (--release) or deleting (--delete) the
+    /// mail held meanwhile.
+    Resume {
+        address: String,
+        #[arg(long, conflicts_with = "delete")]
+        release: bool,
+        #[arg(long)]
+        delete: bool,
+    },
     /// Addresses an account may send as, besides its own.
     Alias {
         #[command(subcommand)]
@@ -172,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(crate::server::serve(loaded))?;
         }
-        Cmd::User { cmd } => user(&loaded, cmd)?,
+        Cmd::User { cmd } => return user(&loaded, cmd),
         Cmd::Dkim { cmd } => dkim(&loaded, cmd)?,
         Cmd::Queue { cmd } => return queue(&loaded, cmd),
         Cmd::Config {
@@ -194,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<()> {
+fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
     let store = Store::open(&loaded.config.data_dir)?;
     let accounts = Accounts::new(store.clone());
     let result = match cmd {
@@ -240,6 +258,58 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        UserCmd::Status { address } => {
+            let addr = crate::accounts::canonical(&address)?;
+            let st = crate::containment::state(&store, &addr)?;
+            println!("account:  {addr}");
+            println!("state:    {}", st.state.as_str());
+            if st.since > 0 {
+                println!("since:    {}", crate::util::rfc5322_date(st.since));
+                println!("reason:   {}", st.reason);
+                if !st.evidence.is_empty() {
+                    println!("evidence: {}", st.evidence);
+                }
+            }
+            let held = crate::containment::held(&store, &addr)?;
+            if held > 0 {
+                println!("held:     {held} recipient(s) waiting for a resume");
+            }
+            Ok(())
+        }
+        UserCmd::Suspend { address, reason } => {
+            let addr = crate::accounts::canonical(&address)?;
+            if !accounts.exists(&addr)? {
+                Err(crate::accounts::AccountError::NotFound(addr))
+            } else {
+                let held = crate::containment::suspend(&store, &addr, &reason, "by hand")?;
+                println!("suspended {addr}; {held} waiting recipient(s) held");
+                Ok(())
+            }
+        }
+        UserCmd::Resume {
+            address,
+            release,
+            delete,
+        } => {
+            let addr = crate::accounts::canonical(&address)?;
+            let held = crate::containment::held(&store, &addr)?;
+            if held > 0 && !release && !delete {
+                println!(
+                    "{addr} has {held} held recipient(s): resume with --release to send them or --delete to drop them"
+                );
+                store.close();
+                return Ok(ExitCode::from(2));
+            }
+            let what = if delete {
+                crate::containment::HeldMail::Delete
+            } else {
+                crate::containment::HeldMail::Release
+            };
+            let n = crate::containment::resume(&store, &addr, what)?;
+            let done = if delete { "deleted" } else { "released" };
+            println!("{addr} is active again; {n} held recipient(s) {done}");
+            Ok(())
+        }
         UserCmd::Alias { cmd } => match cmd {
             AliasCmd::Add { account, address } => {
                 let alias = accounts.alias_add(&account, &address)?;
@@ -260,7 +330,8 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<()> {
         },
     };
     store.close();
-    result
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod containment;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;

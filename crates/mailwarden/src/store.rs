@@ -110,7 +110,18 @@ CREATE TABLE sender_aliases(
 ) WITHOUT ROWID;
 "#;
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+/// Account containment state (`containment.rs`): absent means active.
+const SCHEMA_V3: &str = r#"
+CREATE TABLE account_state(
+    account TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    evidence TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+"#;
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -64,6 +64,10 @@ replies! {
     RELAY_DENIED = 554 (5, 7, 1) "Relay access denied";
     NO_SUCH_USER = 550 (5, 1, 1) "Mailbox unavailable";
     LITERAL_REFUSED = 553 (5, 1, 3) "Address literals are not accepted here";
+    /// RFC 4954 §6: the credentials are right, the account may not be used.
+    ACCOUNT_DISABLED = 525 (5, 7, 13) "Your account is suspended; contact your administrator";
+    /// Submission from an account suspended during the session.
+    ACCOUNT_SUSPENDED = 550 (5, 7, 1) "Your account is suspended and cannot send; contact your administrator";
 
     /// DMARC could not be evaluated because of a temporary DNS error: fail closed.
     AUTH_DNS_TEMP = 451 (4, 7, 0) "Temporary failure checking the sender's DMARC policy, try again later";

@@ -223,6 +223,15 @@ where
                 }
                 // Submission: the envelope sender must be one of the account's addresses.
                 let owned = match s.authenticated() {
+                    Some(account)
+                        if crate::containment::is_suspended(shared.accounts.store(), account)
+                            .unwrap_or(false) =>
+                    {
+                        Err(crate::checks::ownership::Refusal {
+                            reply: replies::ACCOUNT_SUSPENDED,
+                            reason: format!("account {account} is suspended"),
+                        })
+                    }
                     Some(account) if kind != ListenerKind::Mx => {
                         crate::checks::ownership::envelope(
                             &shared.accounts,
@@ -292,6 +301,22 @@ where
                     .verify(&credentials.username, credentials.password.expose())
                     .await
                 {
+                    Ok(Verdict::Ok(account))
+                        if crate::containment::is_suspended(shared.accounts.store(), &account)
+                            .unwrap_or(false) =>
+                    {
+                        if let Event::Refused { verb, reply, .. } =
+                            s.auth_failed(replies::ACCOUNT_DISABLED, "account suspended")
+                        {
+                            ctx.reject(
+                                &s,
+                                verb,
+                                &reply,
+                                &format!("account {account} is suspended"),
+                                None,
+                            );
+                        }
+                    }
                     Ok(Verdict::Ok(account)) => {
                         tracing::info!(event = "auth_ok", session = %ctx.session, ip = %peer.ip(),
                             mechanism = mechanism.as_str(), user = %account);

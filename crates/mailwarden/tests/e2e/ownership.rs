@@ -171,3 +171,113 @@ fn the_null_sender_is_allowed_with_an_owned_from() {
     let m = s.wait_messages("bob@example.test", 1);
     assert!(m[0].starts_with("Return-Path: <>"), "{}", m[0]);
 }
+
+#[test]
+fn a_suspended_account_cannot_log_in_or_send_and_its_mail_is_held() {
+    // remote.test's DNS never answers: alice's message to it waits in the queue.
+    let s = Server::start_with_zones("", "remote.test TIMEOUT\n");
+    s.add_user("alice@example.test", "alice-pw");
+    s.add_user("bob@example.test", "bob-pw");
+    let r = send_as(&s, "alice@example.test", "alice@example.test", "before");
+    assert_eq!(r["ok"], true, "{r}");
+    let r = smtplib(
+        s.submissions(),
+        "ssl",
+        &[
+            "--user",
+            "alice@example.test",
+            "--password",
+            "alice-pw",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "carol@remote.test",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let waiting = "SELECT count(*) FROM queue_rcpt WHERE address = 'carol@remote.test'";
+    assert_eq!(s.query_count(waiting), 1);
+
+    let out = s.cli(
+        &[
+            "user",
+            "suspend",
+            "alice@example.test",
+            "--reason",
+            "phished",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 waiting recipient(s) held"));
+    assert_eq!(
+        s.query_count(
+            "SELECT count(*) FROM queue_rcpt WHERE address = 'carol@remote.test' AND status = 'held'"
+        ),
+        1
+    );
+    let status = s.cli(&["user", "status", "alice@example.test"], None);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("state:    suspended"), "{status}");
+    assert!(status.contains("reason:   phished"), "{status}");
+    assert!(status.contains("held:     1"), "{status}");
+
+    // The right password no longer opens the account (RFC 4954: 525 5.7.13).
+    let r = send_as(
+        &s,
+        "alice@example.test",
+        "alice@example.test",
+        "while-suspended",
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["stage"], "auth", "{r}");
+    assert_eq!(r["code"], 525, "{r}");
+    s.wait_log(&[
+        "event=\"reject\"",
+        "account alice@example.test is suspended",
+    ]);
+    // It still receives.
+    let r = smtplib(
+        s.submissions(),
+        "ssl",
+        &[
+            "--user",
+            "bob@example.test",
+            "--password",
+            "bob-pw",
+            "--from",
+            "bob@example.test",
+            "--to",
+            "alice@example.test",
+            "--subject",
+            "to-suspended",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    s.wait_messages("alice@example.test", 1);
+
+    // Resume asks what to do with the held mail, then releases it.
+    let out = s.cli(&["user", "resume", "alice@example.test"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--release"));
+    let out = s.cli(&["user", "resume", "alice@example.test", "--release"], None);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 held recipient(s) released"));
+    assert_eq!(
+        s.query_count(
+            "SELECT count(*) FROM queue_rcpt WHERE address = 'carol@remote.test' AND status = 'held'"
+        ),
+        0
+    );
+    let r = send_as(
+        &s,
+        "alice@example.test",
+        "alice@example.test",
+        "after-resume",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+}
