@@ -1,13 +1,23 @@
-//! Containing hijacked accounts: each account is `active`, `throttled` or `suspended`.
+//! Containing hijacked accounts: each account is `active`, `throttled` or `suspended`, and a
+//! [`Detector`] watches what accounts do and says when one must be stopped.
 //!
 //! A suspended account cannot authenticate (`525 5.7.13`, RFC 4954 §6) or submit
 //! (`550 5.7.1`), still receives mail, and its mail still waiting for delivery is held, not
 //! sent. `mailwarden user suspend|resume|status` act by hand; a resume releases or deletes
 //! the held mail. The state lives in the store, so the running server and the CLI agree at once.
 
+use crate::config::Containment as Cfg;
+use crate::limits::{Blocks, Clock, Counters, Key, Known, Metric, network};
 use crate::store::{Store, StoreError};
 use crate::util::unix_now;
 use rusqlite::OptionalExtension;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -162,9 +172,341 @@ pub fn resume(store: &Store, account: &str, held_mail: HeldMail) -> Result<usize
     })
 }
 
+/// Why an account must be suspended, with the numbers that show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    pub reason: &'static str,
+    pub evidence: String,
+}
+
+/// A limit reached: refuse with `451 4.7.1` for now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limited {
+    pub reason: String,
+}
+
+/// An account's usual hourly volume: the average over its active hours, updated as hours end.
+#[derive(Default, Clone, Copy)]
+struct Baseline {
+    hour: i64,
+    in_hour: u64,
+    active_hours: u64,
+    average: f64,
+}
+
+impl Baseline {
+    fn roll(&mut self, now: i64) {
+        let hour = now / HOUR;
+        if hour != self.hour {
+            if self.in_hour > 0 {
+                self.active_hours += 1;
+                // A moving average that settles after about a day of activity.
+                let w = (1.0 / self.active_hours as f64).max(1.0 / 24.0);
+                self.average += w * (self.in_hour as f64 - self.average);
+            }
+            self.hour = hour;
+            self.in_hour = 0;
+        }
+    }
+}
+
+/// Watches submissions and logins; decides limits and triggers. Time comes from the clock it
+/// is given, so tests can replay a week in a moment.
+pub struct Detector {
+    cfg: Cfg,
+    counters: Counters,
+    blocks: Blocks,
+    known: Known,
+    baselines: Mutex<HashMap<String, Baseline>>,
+}
+
+impl Detector {
+    pub fn new(cfg: &Cfg, clock: Arc<dyn Clock>) -> Detector {
+        Detector {
+            cfg: cfg.clone(),
+            counters: Counters::new(clock.clone(), DAY),
+            blocks: Blocks::new(clock),
+            known: Known::default(),
+            baselines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn baseline(&self, account: &str) -> f64 {
+        let now = self.counters.now_ms();
+        let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+        let e = b.entry(account.to_string()).or_default();
+        e.roll(now);
+        e.average
+    }
+
+    /// Before a new message (at MAIL FROM): is the account within its limits?
+    pub fn check_limits(&self, account: &str) -> Result<(), Limited> {
+        let key = Key::Account(account.to_string());
+        let sent = self.counters.count(&key, Metric::Messages, HOUR);
+        if sent >= self.cfg.max_messages_per_hour {
+            return Err(Limited {
+                reason: format!(
+                    "{account} sent {sent} messages in the last hour (limit {})",
+                    self.cfg.max_messages_per_hour
+                ),
+            });
+        }
+        let rcpts = self.counters.distinct(&key, Metric::Recipients, DAY);
+        if rcpts >= self.cfg.max_recipients_per_day {
+            return Err(Limited {
+                reason: format!(
+                    "{account} wrote to {rcpts} recipients in the last day (limit {})",
+                    self.cfg.max_recipients_per_day
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A message accepted from `account` for `rcpts`. Returns a trigger if this is a blast.
+    pub fn message(&self, account: &str, rcpts: &[String]) -> Option<Trigger> {
+        let key = Key::Account(account.to_string());
+        let usual = self.baseline(account);
+        {
+            let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+            b.entry(account.to_string()).or_default().in_hour += 1;
+        }
+        self.counters.add(key.clone(), Metric::Messages, 1);
+        for r in rcpts {
+            self.counters.add_distinct(
+                key.clone(),
+                Metric::Recipients,
+                &r.to_ascii_lowercase(),
+                DAY,
+            );
+        }
+        let new = self.known.learn(account, rcpts);
+        let f = self.cfg.burst_factor;
+        let per_minute = self.counters.count(&key, Metric::Messages, MINUTE);
+        let minute_limit = (self.cfg.burst_per_minute as f64).max(f * usual / 60.0);
+        if per_minute as f64 > minute_limit {
+            return Some(Trigger {
+                reason: "message burst",
+                evidence: format!(
+                    "{per_minute} messages in the last minute; limit {minute_limit:.0} (usual {usual:.0} per hour)"
+                ),
+            });
+        }
+        let per_hour = self.counters.count(&key, Metric::Messages, HOUR);
+        let hour_limit = (self.cfg.burst_per_hour_floor as f64).max(f * usual);
+        if per_hour as f64 > hour_limit {
+            return Some(Trigger {
+                reason: "hourly volume far above the usual",
+                evidence: format!(
+                    "{per_hour} messages in the last hour; limit {hour_limit:.0} (usual {usual:.0} per hour)"
+                ),
+            });
+        }
+        self.new_recipients(account, new)
+    }
+
+    fn new_recipients(&self, account: &str, new: usize) -> Option<Trigger> {
+        let key = Key::Account(account.to_string());
+        self.counters.add(key.clone(), Metric::NewRecipients, new);
+        let n = self.counters.count(&key, Metric::NewRecipients, HOUR);
+        (n > self.cfg.new_recipients_per_hour).then(|| Trigger {
+            reason: "many new recipients",
+            evidence: format!(
+                "{n} recipients never written to before, in the last hour (limit {})",
+                self.cfg.new_recipients_per_hour
+            ),
+        })
+    }
+
+    /// A RCPT from `account` to a local address that does not exist.
+    pub fn unknown_recipient(&self, account: &str) -> Option<Trigger> {
+        let key = Key::Account(account.to_string());
+        self.counters.add(key.clone(), Metric::UnknownRecipients, 1);
+        let n = self
+            .counters
+            .count(&key, Metric::UnknownRecipients, 10 * MINUTE);
+        (n > self.cfg.unknown_recipients).then(|| Trigger {
+            reason: "recipients that do not exist",
+            evidence: format!(
+                "{n} RCPTs to unknown local addresses in ten minutes (limit {})",
+                self.cfg.unknown_recipients
+            ),
+        })
+    }
+
+    /// A successful login.
+    pub fn login(&self, account: &str, ip: IpAddr) -> Option<Trigger> {
+        let net = network(ip).to_string();
+        let n = self.counters.add_distinct(
+            Key::Account(account.to_string()),
+            Metric::Logins,
+            &net,
+            HOUR,
+        );
+        (n >= self.cfg.login_networks_per_hour).then(|| Trigger {
+            reason: "logins from many networks",
+            evidence: format!(
+                "logins from {n} networks in the last hour (limit {})",
+                self.cfg.login_networks_per_hour
+            ),
+        })
+    }
+
+    /// May this IP try AUTH now? A blocked IP or network may not.
+    pub fn auth_allowed(&self, ip: IpAddr) -> bool {
+        !self.blocks.is_blocked(ip) && !self.blocks.is_blocked(network(ip))
+    }
+
+    /// A failed AUTH from `ip`. Blocks the IP, or its whole network, past the thresholds;
+    /// returns what was blocked. The account named is never locked: that would hand
+    /// attackers a way to shut its owner out.
+    pub fn auth_failed(&self, ip: IpAddr) -> Option<IpAddr> {
+        let block_ms = self.cfg.auth_block_time.get().as_millis() as i64;
+        let net = network(ip);
+        self.counters.add(Key::Ip(ip), Metric::AuthFailures, 1);
+        self.counters.add(Key::Net(net), Metric::AuthFailures, 1);
+        if self
+            .counters
+            .count(&Key::Net(net), Metric::AuthFailures, 10 * MINUTE)
+            >= self.cfg.auth_failures_per_network
+        {
+            self.blocks.block(net, block_ms);
+            return Some(net);
+        }
+        if self
+            .counters
+            .count(&Key::Ip(ip), Metric::AuthFailures, 10 * MINUTE)
+            >= self.cfg.auth_failures_per_ip
+        {
+            self.blocks.block(ip, block_ms);
+            return Some(ip);
+        }
+        None
+    }
+
+    /// Start an account afresh (after a resume).
+    pub fn forget(&self, account: &str) {
+        self.counters.clear(&Key::Account(account.to_string()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::ManualClock;
+
+    fn detector() -> (ManualClock, Detector) {
+        let clock = ManualClock::at(1_700_000_000_000);
+        let d = Detector::new(&Cfg::default(), Arc::new(clock.clone()));
+        (clock, d)
+    }
+
+    #[test]
+    fn a_blast_is_stopped_within_twenty_messages() {
+        let (clock, d) = detector();
+        let mut accepted = 0;
+        for i in 0..10_000 {
+            if d.check_limits("victim@x.test").is_err() {
+                break;
+            }
+            accepted += 1;
+            if let Some(t) = d.message("victim@x.test", &[format!("r{i}@random{i}.test")]) {
+                assert_eq!(t.reason, "message burst");
+                break;
+            }
+            clock.advance(50);
+        }
+        assert!(accepted <= 20, "{accepted} accepted before the trigger");
+        assert!(accepted > 10, "not before the configured burst: {accepted}");
+    }
+
+    #[test]
+    fn a_heavy_but_steady_sender_is_never_stopped_in_a_simulated_week() {
+        let (clock, d) = detector();
+        let colleagues: Vec<String> = (0..40).map(|i| format!("colleague{i}@uni.test")).collect();
+        let mut n = 0u64;
+        // 150 messages an hour, around the clock, to a pool of 200 correspondents; once a
+        // day one message to 40 colleagues.
+        for hour in 0..(7 * 24) {
+            for m in 0..150 {
+                assert!(
+                    d.check_limits("heavy@uni.test").is_ok(),
+                    "throttled in hour {hour}"
+                );
+                let to = format!("person{}@elsewhere.test", (n * 7919) % 200);
+                n += 1;
+                assert_eq!(
+                    d.message("heavy@uni.test", &[to]),
+                    None,
+                    "hour {hour}, message {m}"
+                );
+                clock.advance(HOUR / 150);
+            }
+            if hour % 24 == 9 {
+                assert!(d.check_limits("heavy@uni.test").is_ok());
+                assert_eq!(
+                    d.message("heavy@uni.test", &colleagues),
+                    None,
+                    "daily message, hour {hour}"
+                );
+            }
+        }
+        assert!(d.baseline("heavy@uni.test") > 140.0);
+    }
+
+    #[test]
+    fn the_hourly_limit_throttles_and_lifts() {
+        let (clock, d) = detector();
+        for i in 0..200 {
+            assert!(d.check_limits("a@x.test").is_ok(), "message {i}");
+            d.message("a@x.test", &["b@y.test".to_string()]);
+            clock.advance(10_000);
+        }
+        let e = d.check_limits("a@x.test").unwrap_err();
+        assert!(e.reason.contains("200 messages"), "{}", e.reason);
+        clock.advance(HOUR);
+        assert!(d.check_limits("a@x.test").is_ok());
+    }
+
+    #[test]
+    fn unknown_recipients_and_login_spread_trigger() {
+        let (_clock, d) = detector();
+        let mut t = None;
+        for _ in 0..21 {
+            t = d.unknown_recipient("a@x.test");
+        }
+        assert_eq!(t.unwrap().reason, "recipients that do not exist");
+        let mut t = None;
+        for i in 0..10u8 {
+            t = d.login("b@x.test", IpAddr::from([10, i, 0, 1]));
+        }
+        assert_eq!(t.unwrap().reason, "logins from many networks");
+        // Many logins from one network are one network.
+        for i in 0..50u8 {
+            assert!(d.login("c@x.test", IpAddr::from([10, 0, 0, i])).is_none());
+        }
+    }
+
+    #[test]
+    fn guessing_blocks_the_network_but_not_the_owner() {
+        let (clock, d) = detector();
+        let mut blocked = None;
+        for i in 1..=50u8 {
+            let ip = IpAddr::from([127, 0, 5, i]);
+            assert!(d.auth_allowed(ip) || blocked.is_some());
+            if let Some(b) = d.auth_failed(ip) {
+                blocked = Some(b);
+            }
+        }
+        assert_eq!(blocked, Some(IpAddr::from([127, 0, 5, 0])));
+        assert!(!d.auth_allowed(IpAddr::from([127, 0, 5, 200])));
+        assert!(
+            d.auth_allowed(IpAddr::from([127, 0, 9, 1])),
+            "the owner elsewhere"
+        );
+        clock.advance(16 * MINUTE);
+        assert!(d.auth_allowed(IpAddr::from([127, 0, 5, 200])));
+    }
 
     #[test]
     fn suspend_and_resume_round_trip() {

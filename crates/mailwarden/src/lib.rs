@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod fsync;
+pub mod limits;
 pub mod logging;
 pub mod outbound;
 pub mod queue;

@@ -64,6 +64,10 @@ replies! {
     RELAY_DENIED = 554 (5, 7, 1) "Relay access denied";
     NO_SUCH_USER = 550 (5, 1, 1) "Mailbox unavailable";
     LITERAL_REFUSED = 553 (5, 1, 3) "Address literals are not accepted here";
+    /// A per-account sending limit (`containment.max_*`): come back later.
+    RATE_LIMITED = 451 (4, 7, 1) "Sending limit reached, try again later";
+    /// Too many failed logins from the client's address or network.
+    AUTH_BLOCKED = 454 (4, 7, 0) "Too many failed logins from your network, try again later";
     /// RFC 4954 §6: the credentials are right, the account may not be used.
     ACCOUNT_DISABLED = 525 (5, 7, 13) "Your account is suspended; contact your administrator";
     /// Submission from an account suspended during the session.

@@ -46,6 +46,7 @@ section! {
         pub queue: Queue = Queue::default(),
         pub delivery: Delivery = Delivery::default(),
         pub submission: Submission = Submission::default(),
+        pub containment: Containment = Containment::default(),
         pub log: Log = Log::default(),
     }
 }
@@ -296,6 +297,44 @@ section! {
         /// message never reveals the sender's private network address or machine name. The
         /// header still records our host, the protocol (ESMTPSA) and the queue id.
         pub hide_client: bool = false,
+    }
+}
+
+section! {
+    /// Containing spambots and hijacked accounts on the submission ports: limits per account,
+    /// triggers that suspend an account by themselves (`user status` shows why; the postmaster
+    /// is told), and AUTH brute-force blocking. Defaults fit a university: a heavy but honest
+    /// sender is never stopped, a blast from a stolen password is within seconds.
+    pub struct Containment {
+        /// Messages one account may submit per hour; beyond, `451 4.7.1` until the hour has
+        /// room again.
+        pub max_messages_per_hour: usize = 200,
+        /// Distinct recipients one account may write to per day; beyond, `451 4.7.1`.
+        pub max_recipients_per_day: usize = 1000,
+        /// Suspend an account that submits more messages than this within one minute (or more
+        /// than `burst_factor` times its usual per-minute volume, if that is higher).
+        pub burst_per_minute: usize = 15,
+        /// How far above its own usual hourly volume (a moving average over the hours it was
+        /// active) an account may go before it is suspended.
+        pub burst_factor: f64 = 4.0,
+        /// The hourly burst trigger never fires below this many messages in the hour.
+        pub burst_per_hour_floor: usize = 300,
+        /// Suspend after this many distinct new recipients (never written to before) within
+        /// an hour.
+        pub new_recipients_per_hour: usize = 300,
+        /// Suspend after this many RCPTs to local addresses that do not exist within ten
+        /// minutes (address guessing with a stolen account).
+        pub unknown_recipients: usize = 20,
+        /// Suspend when one account logs in from this many different networks (/24, /64)
+        /// within an hour.
+        pub login_networks_per_hour: usize = 10,
+        /// AUTH failures from one IP within ten minutes before that IP is blocked.
+        pub auth_failures_per_ip: usize = 10,
+        /// AUTH failures from one /24 (/64) within ten minutes before the whole network is
+        /// blocked. Failures never lock an account: its owner, from a clean network, gets in.
+        pub auth_failures_per_network: usize = 30,
+        /// How long a blocked IP or network gets `454 4.7.0` for AUTH.
+        pub auth_block_time: Duration = Duration::secs(900),
     }
 }
 

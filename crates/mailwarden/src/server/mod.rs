@@ -6,6 +6,7 @@
 //! listeners and tell sessions to close with `421 4.3.2`.
 
 pub mod connlimit;
+mod contain;
 mod message;
 pub mod session;
 pub mod tls;
@@ -65,6 +66,8 @@ pub struct Shared {
     pub queue: Arc<Queue>,
     /// DKIM keys for signing submitted mail.
     pub keyring: crate::dkim::keys::Keyring,
+    /// Limits, anomaly triggers and AUTH brute-force blocks for the submission ports.
+    pub detector: crate::containment::Detector,
     pub tls: tokio_rustls::TlsAcceptor,
     pub limiter: Arc<ConnLimiter>,
     pub shutdown: watch::Receiver<bool>,
@@ -154,6 +157,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         routing: Routing::new(&config, accounts.clone()),
         dns: dns.clone(),
         keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
+        detector: crate::containment::Detector::new(
+            &config.containment,
+            Arc::new(crate::limits::SystemClock),
+        ),
         accounts: accounts.clone(),
         queue: queue.clone(),
         tls: tls.acceptor,

@@ -7,7 +7,7 @@
 //! session id, queue id, client, HELO, sender and recipient.
 
 use super::message::{self, BodySink, Early};
-use super::{ListenerKind, Shared};
+use super::{ListenerKind, Shared, contain};
 use crate::accounts::Verdict;
 use crate::checks::relay::RcptDecision;
 use crate::queue::{Folder, Recipient, Route};
@@ -233,11 +233,17 @@ where
                         })
                     }
                     Some(account) if kind != ListenerKind::Mx => {
-                        crate::checks::ownership::envelope(
-                            &shared.accounts,
-                            account,
-                            &from.to_string(),
-                        )
+                        match shared.detector.check_limits(account) {
+                            Err(l) => Err(crate::checks::ownership::Refusal {
+                                reply: replies::RATE_LIMITED,
+                                reason: l.reason,
+                            }),
+                            Ok(()) => crate::checks::ownership::envelope(
+                                &shared.accounts,
+                                account,
+                                &from.to_string(),
+                            ),
+                        }
                     }
                     _ => Ok(()),
                 };
@@ -289,6 +295,14 @@ where
                         {
                             ctx.reject(&s, verb, &reply, reason, Some(&addr));
                         }
+                        // Guessing local addresses with a stolen account (BlockCracking).
+                        if reason == "no such local user"
+                            && kind != ListenerKind::Mx
+                            && let Some(account) = s.authenticated().map(str::to_string)
+                            && let Some(t) = shared.detector.unknown_recipient(&account)
+                        {
+                            contain::suspend(&shared, &account, t, &ctx.session).await;
+                        }
                     }
                 }
             }
@@ -296,6 +310,21 @@ where
                 mechanism,
                 credentials,
             } => {
+                if !shared.detector.auth_allowed(peer.ip()) {
+                    // Blocked for guessing: not even the argon2 work is spent on it.
+                    if let Event::Refused { verb, reply, .. } =
+                        s.auth_failed(replies::AUTH_BLOCKED, "client network blocked")
+                    {
+                        ctx.reject(
+                            &s,
+                            verb,
+                            &reply,
+                            "AUTH from a network blocked for failed logins",
+                            None,
+                        );
+                    }
+                    continue;
+                }
                 match shared
                     .auth
                     .verify(&credentials.username, credentials.password.expose())
@@ -318,11 +347,31 @@ where
                         }
                     }
                     Ok(Verdict::Ok(account)) => {
+                        if let Some(t) = shared.detector.login(&account, peer.ip()) {
+                            contain::suspend(&shared, &account, t, &ctx.session).await;
+                            if let Event::Refused { verb, reply, .. } =
+                                s.auth_failed(replies::ACCOUNT_DISABLED, "account suspended")
+                            {
+                                ctx.reject(
+                                    &s,
+                                    verb,
+                                    &reply,
+                                    &format!("account {account} suspended at login"),
+                                    None,
+                                );
+                            }
+                            continue;
+                        }
                         tracing::info!(event = "auth_ok", session = %ctx.session, ip = %peer.ip(),
                             mechanism = mechanism.as_str(), user = %account);
                         s.auth_succeeded(account);
                     }
                     Ok(Verdict::Bad) => {
+                        if let Some(blocked) = shared.detector.auth_failed(peer.ip()) {
+                            tracing::warn!(event = "auth_blocked", session = %ctx.session,
+                                ip = %peer.ip(), blocked = %blocked,
+                                minutes = cfg.containment.auth_block_time.get().as_secs() / 60);
+                        }
                         let n = s.counters().auth_failures;
                         let delay = cfg
                             .auth
@@ -382,6 +431,7 @@ where
                     s.message_decision(reply);
                     continue;
                 }
+                let rcpt_list: Vec<String> = routed.iter().map(|r| r.address.clone()).collect();
                 let done = message::finish(
                     &shared,
                     &ctx,
@@ -396,6 +446,13 @@ where
                 let reply = done.reply;
                 if reply.is_positive() {
                     messages += 1;
+                    if kind != ListenerKind::Mx
+                        && let Some(account) = s.authenticated().map(str::to_string)
+                        && let Some(t) = shared.detector.message(&account, &rcpt_list)
+                    {
+                        // This message was accepted; the suspension holds it with the rest.
+                        contain::suspend(&shared, &account, t, &ctx.session).await;
+                    }
                 } else {
                     body.discard();
                     ctx.reject(

@@ -2,6 +2,7 @@
 //! port 0, driven by real clients: Python smtplib, a raw scripted Python client, swaks, curl.
 
 mod cli;
+mod containment;
 mod crash;
 mod limits;
 mod mx;

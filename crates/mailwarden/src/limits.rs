@@ -1,0 +1,265 @@
+//! Keyed counters over sliding time windows, with an injectable clock: the one component
+//! behind rate limits, anomaly triggers and brute-force blocking.
+//!
+//! Keys name what is counted for whom: an account, a client IP, its network (IPv4 /24,
+//! IPv6 /64) or a sender domain. Events older than the longest window asked about are dropped
+//! as new ones arrive, so memory follows the recent traffic only.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Milliseconds since the Unix epoch.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told: for tests that simulate days in milliseconds.
+#[derive(Clone, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn at(ms: i64) -> ManualClock {
+        ManualClock(Arc::new(AtomicI64::new(ms)))
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Account(String),
+    Ip(IpAddr),
+    /// IPv4 /24 or IPv6 /64.
+    Net(IpAddr),
+    SenderDomain(String),
+}
+
+/// The /24 or /64 that holds `ip`.
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::from([o[0], o[1], o[2], 0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].iter_mut().for_each(|x| *x = 0);
+            IpAddr::from(s)
+        }
+    }
+}
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Messages,
+    Recipients,
+    /// Recipients the account never wrote to before.
+    NewRecipients,
+    UnknownRecipients,
+    AuthFailures,
+    Logins,
+}
+
+/// Timestamps of events per (key, metric), and distinct values per (key, metric) with the
+/// time each was last seen.
+pub struct Counters {
+    clock: Arc<dyn Clock>,
+    /// Events older than this are forgotten.
+    horizon_ms: i64,
+    events: Mutex<HashMap<(Key, Metric), VecDeque<i64>>>,
+    distinct: Mutex<HashMap<(Key, Metric), HashMap<String, i64>>>,
+}
+
+impl Counters {
+    pub fn new(clock: Arc<dyn Clock>, horizon_ms: i64) -> Counters {
+        Counters {
+            clock,
+            horizon_ms,
+            events: Mutex::new(HashMap::new()),
+            distinct: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Count `n` events now.
+    pub fn add(&self, key: Key, metric: Metric, n: usize) {
+        let now = self.now_ms();
+        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let q = ev.entry((key, metric)).or_default();
+        while q.front().is_some_and(|t| now - t > self.horizon_ms) {
+            q.pop_front();
+        }
+        q.extend(std::iter::repeat_n(now, n));
+    }
+
+    /// Events in the last `window_ms`.
+    pub fn count(&self, key: &Key, metric: Metric, window_ms: i64) -> usize {
+        let now = self.now_ms();
+        let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        ev.get(&(key.clone(), metric))
+            .map(|q| {
+                q.iter()
+                    .rev()
+                    .take_while(|t| now - **t <= window_ms)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Record a value; returns how many distinct values were seen in the last `window_ms`.
+    pub fn add_distinct(&self, key: Key, metric: Metric, value: &str, window_ms: i64) -> usize {
+        let now = self.now_ms();
+        let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
+        let set = d.entry((key, metric)).or_default();
+        set.retain(|_, t| now - *t <= self.horizon_ms);
+        set.insert(value.to_string(), now);
+        set.values().filter(|t| now - **t <= window_ms).count()
+    }
+
+    /// Distinct values seen in the last `window_ms`.
+    pub fn distinct(&self, key: &Key, metric: Metric, window_ms: i64) -> usize {
+        let now = self.now_ms();
+        let d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
+        d.get(&(key.clone(), metric))
+            .map(|set| set.values().filter(|t| now - **t <= window_ms).count())
+            .unwrap_or(0)
+    }
+
+    /// Forget everything about a key (after a suspension is lifted, say).
+    pub fn clear(&self, key: &Key) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, _), _| k != key);
+        self.distinct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, _), _| k != key);
+    }
+}
+
+/// Keys of a block list with expiry (IPs or networks blocked after brute force).
+pub struct Blocks {
+    clock: Arc<dyn Clock>,
+    until: Mutex<HashMap<IpAddr, i64>>,
+}
+
+impl Blocks {
+    pub fn new(clock: Arc<dyn Clock>) -> Blocks {
+        Blocks {
+            clock,
+            until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn block(&self, what: IpAddr, for_ms: i64) {
+        let until = self.clock.now_ms() + for_ms;
+        self.until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(what, until);
+    }
+
+    pub fn is_blocked(&self, what: IpAddr) -> bool {
+        let now = self.clock.now_ms();
+        let mut m = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, t| *t > now);
+        m.contains_key(&what)
+    }
+}
+
+/// Recipients an account has written to before (its correspondents), remembered in memory.
+#[derive(Default)]
+pub struct Known(Mutex<HashMap<String, HashSet<String>>>);
+
+impl Known {
+    /// Remember the recipients; return how many were new.
+    pub fn learn(&self, account: &str, rcpts: &[String]) -> usize {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let set = m.entry(account.to_string()).or_default();
+        rcpts
+            .iter()
+            .filter(|r| set.insert(r.to_ascii_lowercase()))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_slide_with_the_clock() {
+        let clock = ManualClock::at(1_000_000);
+        let c = Counters::new(Arc::new(clock.clone()), 3_600_000);
+        let k = Key::Account("a@x".into());
+        c.add(k.clone(), Metric::Messages, 3);
+        clock.advance(30_000);
+        c.add(k.clone(), Metric::Messages, 1);
+        assert_eq!(c.count(&k, Metric::Messages, 60_000), 4);
+        assert_eq!(c.count(&k, Metric::Messages, 10_000), 1);
+        clock.advance(61_000);
+        assert_eq!(c.count(&k, Metric::Messages, 60_000), 0);
+        assert_eq!(c.count(&k, Metric::Messages, 3_600_000), 4);
+        assert_eq!(
+            c.count(&Key::Account("b@x".into()), Metric::Messages, 60_000),
+            0
+        );
+    }
+
+    #[test]
+    fn distinct_values_and_networks() {
+        let clock = ManualClock::at(0);
+        let c = Counters::new(Arc::new(clock.clone()), 3_600_000);
+        let k = Key::Account("a@x".into());
+        assert_eq!(
+            c.add_distinct(k.clone(), Metric::Logins, "1.2.3.4", 3_600_000),
+            1
+        );
+        assert_eq!(
+            c.add_distinct(k.clone(), Metric::Logins, "1.2.3.4", 3_600_000),
+            1
+        );
+        assert_eq!(
+            c.add_distinct(k.clone(), Metric::Logins, "1.2.3.5", 3_600_000),
+            2
+        );
+        assert_eq!(
+            network("127.0.5.77".parse().unwrap()),
+            "127.0.5.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        let b = Blocks::new(Arc::new(clock.clone()));
+        b.block("127.0.5.0".parse().unwrap(), 1000);
+        assert!(b.is_blocked("127.0.5.0".parse().unwrap()));
+        clock.advance(1001);
+        assert!(!b.is_blocked("127.0.5.0".parse().unwrap()));
+    }
+}

@@ -1,0 +1,146 @@
+//! Containing a hijacked account and a password-guessing botnet, end to end with the real
+//! binary. The trigger arithmetic over long periods (a heavy sender's simulated week) is in
+//! `containment.rs`'s tests, with an injected clock.
+
+use crate::support::*;
+
+/// External recipients' DNS never answers, so whatever is accepted stays in the queue where
+/// the test can see whether it is held.
+fn server() -> Server {
+    let zones: String = (0..97)
+        .map(|i| format!("victim{i}.test TIMEOUT\n"))
+        .collect();
+    let s = Server::start_with_zones("", &zones);
+    s.add_user("alice@example.test", "alice-pw");
+    s.add_user("postmaster@example.test", "pm-pw");
+    s
+}
+
+#[test]
+fn a_hijacked_account_blasting_spam_is_suspended_within_twenty_messages() {
+    let s = server();
+    let out = run(
+        "python3",
+        &[
+            clients_dir().join("blast.py").to_str().unwrap(),
+            "--port",
+            &s.submissions().port().to_string(),
+            "--user",
+            "alice@example.test",
+            "--password",
+            "alice-pw",
+            "--count",
+            "10000",
+        ],
+        None,
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("blast.py: {}", String::from_utf8_lossy(&out.stderr)));
+    let accepted = r["accepted"].as_u64().unwrap();
+    eprintln!("hijacked account: {accepted} messages accepted before the suspension");
+    assert!(accepted <= 20, "{r}");
+    assert_eq!(r["code"], 550, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("suspended"), "{r}");
+
+    // Everything it queued waits, held: nothing of it can leave.
+    let remote = "SELECT count(*) FROM queue_rcpt WHERE route = 'remote'";
+    let held = "SELECT count(*) FROM queue_rcpt WHERE route = 'remote' AND status = 'held'";
+    assert_eq!(s.query_count(remote), accepted as i64);
+    assert_eq!(s.query_count(held), accepted as i64);
+
+    let line = s.wait_log(&["event=\"account_suspended\"", "alice@example.test"]);
+    assert!(line.contains("message burst"), "{line}");
+    let status = s.cli(&["user", "status", "alice@example.test"], None);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("state:    suspended"), "{status}");
+    assert!(
+        status.contains("messages in the last minute"),
+        "evidence: {status}"
+    );
+    // The postmaster is told, with what to do.
+    let notes = s.wait_messages("postmaster@example.test", 1);
+    assert!(
+        notes[0].contains("Subject: Account suspended: alice@example.test"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        notes[0].contains("user resume alice@example.test"),
+        "{}",
+        notes[0]
+    );
+    // The password alone no longer opens the account.
+    let r = smtplib(
+        s.submissions(),
+        "ssl",
+        &[
+            "--user",
+            "alice@example.test",
+            "--password",
+            "alice-pw",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "postmaster@example.test",
+        ],
+    );
+    assert_eq!(r["code"], 525, "{r}");
+}
+
+#[test]
+fn a_guessing_botnet_is_blocked_while_the_owner_still_gets_in() {
+    let s = server();
+    let mut codes = Vec::new();
+    for i in 1..=50 {
+        let src = format!("127.0.5.{i}");
+        let r = smtplib(
+            s.submissions(),
+            "ssl",
+            // One mechanism, so one failure per address (smtplib's login() tries each).
+            &[
+                "--source",
+                &src,
+                "--auth",
+                "PLAIN",
+                "--user",
+                "alice@example.test",
+                "--password",
+                &format!("guess{i}"),
+                "--from",
+                "alice@example.test",
+                "--to",
+                "postmaster@example.test",
+            ],
+        );
+        assert_eq!(r["ok"], false, "{r}");
+        codes.push(r["code"].as_i64().unwrap_or(0));
+    }
+    // The first guesses are plain failures; once the /24 has had 30, the whole network is
+    // blocked and no password is even checked.
+    assert!(codes[..30].iter().all(|c| *c == 535), "{codes:?}");
+    assert!(codes[30..].iter().all(|c| *c == 454), "{codes:?}");
+    s.wait_log(&["event=\"auth_blocked\"", "blocked=127.0.5.0"]);
+
+    // The owner, from another network, logs in and sends.
+    let r = smtplib(
+        s.submissions(),
+        "ssl",
+        &[
+            "--source",
+            "127.0.9.1",
+            "--user",
+            "alice@example.test",
+            "--password",
+            "alice-pw",
+            "--from",
+            "alice@example.test",
+            "--to",
+            "postmaster@example.test",
+            "--subject",
+            "still-me",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let got = s.wait_messages("postmaster@example.test", 1);
+    assert!(got[0].contains("Subject: still-me"));
+}
