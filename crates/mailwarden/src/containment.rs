@@ -469,6 +469,45 @@ mod tests {
     }
 
     #[test]
+    fn an_hourly_surge_far_above_the_usual_triggers() {
+        let mut cfg = Cfg::default();
+        cfg.max_messages_per_hour = 100_000;
+        let clock = ManualClock::at(1_700_000_000_000);
+        let d = Detector::new(&cfg, Arc::new(clock.clone()));
+        // A day at 100 an hour sets the usual volume...
+        for _ in 0..24 * 100 {
+            assert_eq!(d.message("a@x.test", &["b@y.test".to_string()]), None);
+            clock.advance(HOUR / 100);
+        }
+        // ...then 12 a minute, under the minute trigger, adds up to more than 4x in the hour.
+        let mut t = None;
+        for _ in 0..60 * 12 {
+            t = t.or(d.message("a@x.test", &["b@y.test".to_string()]));
+            clock.advance(MINUTE / 12);
+        }
+        let t = t.expect("triggered");
+        assert_eq!(t.reason, "hourly volume far above the usual");
+        assert!(
+            t.evidence.contains("messages in the last hour"),
+            "{}",
+            t.evidence
+        );
+    }
+
+    #[test]
+    fn many_new_recipients_trigger() {
+        let (clock, d) = detector();
+        let mut t = None;
+        // Ten new addresses a message, three messages a minute: no burst, but 300+ strangers.
+        for i in 0..40 {
+            let rcpts: Vec<String> = (0..10).map(|j| format!("s{i}-{j}@far.test")).collect();
+            t = t.or(d.message("a@x.test", &rcpts));
+            clock.advance(20_000);
+        }
+        assert_eq!(t.expect("triggered").reason, "many new recipients");
+    }
+
+    #[test]
     fn unknown_recipients_and_login_spread_trigger() {
         let (_clock, d) = detector();
         let mut t = None;
