@@ -37,24 +37,22 @@ pub fn envelope(accounts: &Accounts, account: &str, mail_from: &str) -> Result<(
     }
 }
 
-/// Every `From:` and `Sender:` address of the message header.
-pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<(), Refusal> {
+/// Every `From:` and `Sender:` address of the message header. Returns the domain of the first
+/// `From:` address (the DKIM signing domain), so the header is parsed once.
+pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<String, Refusal> {
     let Some(msg) = MessageParser::new().parse_headers(raw) else {
         return Err(Refusal {
             reply: replies::sender_header_missing(),
             reason: "no parseable header".into(),
         });
     };
-    let mut froms = 0;
+    let mut from_domain = None;
     for h in msg.headers() {
         let what = match h.name {
             HeaderName::From => "From:",
             HeaderName::Sender => "Sender:",
             _ => continue,
         };
-        if h.name == HeaderName::From {
-            froms += 1;
-        }
         let addresses: Vec<Option<&str>> = match &h.value {
             HeaderValue::Address(a) => a.iter().map(|x| x.address()).collect(),
             _ => vec![None],
@@ -73,7 +71,11 @@ pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<(), Refu
                 });
             };
             match accounts.may_send_as(account, a) {
-                Ok(true) => {}
+                Ok(true) => {
+                    if h.name == HeaderName::From && from_domain.is_none() {
+                        from_domain = a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+                    }
+                }
                 Ok(false) => return Err(not_owned(what, a, account)),
                 Err(e) => {
                     return Err(Refusal {
@@ -84,13 +86,10 @@ pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<(), Refu
             }
         }
     }
-    if froms == 0 {
-        return Err(Refusal {
-            reply: replies::sender_header_missing(),
-            reason: "no From: header".into(),
-        });
-    }
-    Ok(())
+    from_domain.ok_or_else(|| Refusal {
+        reply: replies::sender_header_missing(),
+        reason: "no From: header".into(),
+    })
 }
 
 #[cfg(test)]
@@ -129,7 +128,7 @@ mod tests {
         let (_d, a) = accounts();
         let me = "alice@example.test";
         let ok = b"From: Alice <alice@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
-        assert!(header(&a, me, ok).is_ok());
+        assert_eq!(header(&a, me, ok).ok().as_deref(), Some("example.test"));
         let forged = b"From: Bob <bob@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
         let r = header(&a, me, forged).unwrap_err();
         assert_eq!(r.reply.code, 550);

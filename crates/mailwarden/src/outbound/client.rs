@@ -289,31 +289,27 @@ impl Conn {
     }
 
     async fn write(&mut self, data: &[u8], limit: Duration) -> Result<(), String> {
-        match timeout(limit, self.io.get_mut().write_all(data)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.broken = true;
-                Err(format!("write failed: {e}"))
-            }
-            Err(_) => {
-                self.broken = true;
-                Err("write timed out".into())
-            }
-        }
+        let r = timeout(limit, self.io.get_mut().write_all(data)).await;
+        self.written(r)
     }
 
     async fn flush(&mut self, limit: Duration) -> Result<(), String> {
-        match timeout(limit, self.io.get_mut().flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.broken = true;
-                Err(format!("write failed: {e}"))
-            }
-            Err(_) => {
-                self.broken = true;
-                Err("write timed out".into())
-            }
-        }
+        let r = timeout(limit, self.io.get_mut().flush()).await;
+        self.written(r)
+    }
+
+    /// A failed or late write leaves the connection out of sync for good.
+    fn written(
+        &mut self,
+        r: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    ) -> Result<(), String> {
+        let e = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("write failed: {e}"),
+            Err(_) => "write timed out".into(),
+        };
+        self.broken = true;
+        Err(e)
     }
 
     async fn command(&mut self, cmd: &str, limit: Duration) -> Result<Reply, String> {

@@ -233,15 +233,19 @@ pub(super) async fn finish(
     let mut headers = String::new();
     let mut verdict_note = None;
     let mut sender_verified = false;
+    let mut signing_domain = None;
     if let Some(account) = s.authenticated() {
         // Submitted by a local account: its identity is proven by AUTH, not by DNS; what it
         // may claim to be in From:/Sender: is what it owns.
-        if let Err(r) = crate::checks::ownership::header(&shared.accounts, account, &raw) {
-            discard(&body);
-            return Finished {
-                reply: r.reply,
-                reason: Some(r.reason),
-            };
+        match crate::checks::ownership::header(&shared.accounts, account, &raw) {
+            Ok(domain) => signing_domain = Some(domain),
+            Err(r) => {
+                discard(&body);
+                return Finished {
+                    reply: r.reply,
+                    reason: Some(r.reason),
+                };
+            }
         }
         headers.push_str(&authres::submitted(&cfg.hostname, account));
     } else if ctx.listener == ListenerKind::Mx {
@@ -327,8 +331,8 @@ pub(super) async fn finish(
     if let Some(note) = verdict_note {
         headers.insert_str(0, &note);
     }
-    if s.authenticated().is_some() && cfg.dkim.sign {
-        headers.insert_str(0, &dkim_sign(shared, &id, content).await);
+    if let Some(domain) = signing_domain.filter(|_| cfg.dkim.sign) {
+        headers.insert_str(0, &dkim_sign(shared, &id, content, domain).await);
     }
     let reply = enqueue(
         shared,
@@ -358,18 +362,7 @@ fn discard(body: &Body) {
 /// DKIM-Signature fields for submitted mail, one per key of the `From:` domain (none if the
 /// domain has no key). Signing failures are logged and the mail goes unsigned: refusing it
 /// would not help the user.
-async fn dkim_sign(shared: &Shared, id: &str, content: Arc<Vec<u8>>) -> String {
-    let from_domain = mail_parser::MessageParser::new()
-        .parse_headers(content.as_slice())
-        .and_then(|m| {
-            m.from()
-                .and_then(|f| f.first())
-                .and_then(|a| a.address())
-                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
-        });
-    let Some(domain) = from_domain else {
-        return String::new();
-    };
+async fn dkim_sign(shared: &Shared, id: &str, content: Arc<Vec<u8>>, domain: String) -> String {
     let keys = shared.keyring.keys_for(&domain);
     if keys.is_empty() {
         return String::new();

@@ -89,6 +89,14 @@ impl Ctx {
             reason,
         );
     }
+
+    /// Refuse an AUTH attempt (`reason` counts in the session) and log it once with
+    /// `detail`, which never holds the attempted name.
+    fn refuse_auth(&self, s: &mut Session, reply: Reply, reason: &'static str, detail: &str) {
+        if let Event::Refused { verb, reply, .. } = s.auth_failed(reply, reason) {
+            self.reject(s, verb, &reply, detail, None);
+        }
+    }
 }
 
 pub async fn run<IO>(io: IO, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>)
@@ -312,17 +320,12 @@ where
             } => {
                 if !shared.detector.auth_allowed(peer.ip()) {
                     // Blocked for guessing: not even the argon2 work is spent on it.
-                    if let Event::Refused { verb, reply, .. } =
-                        s.auth_failed(replies::AUTH_BLOCKED, "client network blocked")
-                    {
-                        ctx.reject(
-                            &s,
-                            verb,
-                            &reply,
-                            "AUTH from a network blocked for failed logins",
-                            None,
-                        );
-                    }
+                    ctx.refuse_auth(
+                        &mut s,
+                        replies::AUTH_BLOCKED,
+                        "client network blocked",
+                        "AUTH from a network blocked for failed logins",
+                    );
                     continue;
                 }
                 match shared
@@ -334,32 +337,22 @@ where
                         if crate::containment::is_suspended(shared.accounts.store(), &account)
                             .unwrap_or(false) =>
                     {
-                        if let Event::Refused { verb, reply, .. } =
-                            s.auth_failed(replies::ACCOUNT_DISABLED, "account suspended")
-                        {
-                            ctx.reject(
-                                &s,
-                                verb,
-                                &reply,
-                                &format!("account {account} is suspended"),
-                                None,
-                            );
-                        }
+                        ctx.refuse_auth(
+                            &mut s,
+                            replies::ACCOUNT_DISABLED,
+                            "account suspended",
+                            &format!("account {account} is suspended"),
+                        );
                     }
                     Ok(Verdict::Ok(account)) => {
                         if let Some(t) = shared.detector.login(&account, peer.ip()) {
                             contain::suspend(&shared, &account, t, &ctx.session).await;
-                            if let Event::Refused { verb, reply, .. } =
-                                s.auth_failed(replies::ACCOUNT_DISABLED, "account suspended")
-                            {
-                                ctx.reject(
-                                    &s,
-                                    verb,
-                                    &reply,
-                                    &format!("account {account} suspended at login"),
-                                    None,
-                                );
-                            }
+                            ctx.refuse_auth(
+                                &mut s,
+                                replies::ACCOUNT_DISABLED,
+                                "account suspended",
+                                &format!("account {account} suspended at login"),
+                            );
                             continue;
                         }
                         tracing::info!(event = "auth_ok", session = %ctx.session, ip = %peer.ip(),
@@ -380,26 +373,22 @@ where
                             .saturating_mul(1u32 << n.min(16))
                             .min(cfg.auth.max_failure_delay.get());
                         tokio::time::sleep(delay).await;
-                        if let Event::Refused {
-                            verb,
-                            reply,
-                            reason,
-                        } = s.auth_failed(replies::AUTH_FAILED, "invalid credentials")
-                        {
-                            // The attempted name is part of the AUTH payload: not logged.
-                            ctx.reject(&s, verb, &reply, reason, None);
-                        }
+                        // The attempted name is part of the AUTH payload: not logged.
+                        ctx.refuse_auth(
+                            &mut s,
+                            replies::AUTH_FAILED,
+                            "invalid credentials",
+                            "invalid credentials",
+                        );
                     }
                     Err(e) => {
                         tracing::error!(event = "auth_backend_error", session = %ctx.session, error = %e);
-                        if let Event::Refused {
-                            verb,
-                            reply,
-                            reason,
-                        } = s.auth_failed(replies::AUTH_TEMP, "auth backend error")
-                        {
-                            ctx.reject(&s, verb, &reply, reason, None);
-                        }
+                        ctx.refuse_auth(
+                            &mut s,
+                            replies::AUTH_TEMP,
+                            "auth backend error",
+                            "auth backend error",
+                        );
                     }
                 }
             }
