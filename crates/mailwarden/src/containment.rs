@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
+/// Active hours an account needs before its hourly volume counts as its usual one.
+const MIN_BASELINE_HOURS: u64 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -231,32 +233,52 @@ impl Detector {
         }
     }
 
-    fn baseline(&self, account: &str) -> f64 {
+    /// The limits that apply to `account`: its first matching override, else the defaults.
+    fn limits(&self, account: &str) -> (usize, usize, usize) {
+        let domain = account.rsplit_once('@').map(|(_, d)| format!("@{d}"));
+        let o = self.cfg.overrides.iter().find(|o| {
+            o.accounts.iter().any(|a| {
+                a.eq_ignore_ascii_case(account)
+                    || domain.as_deref().is_some_and(|d| a.eq_ignore_ascii_case(d))
+            })
+        });
+        let c = &self.cfg;
+        (
+            o.and_then(|o| o.max_messages_per_hour)
+                .unwrap_or(c.max_messages_per_hour),
+            o.and_then(|o| o.max_recipients_per_day)
+                .unwrap_or(c.max_recipients_per_day),
+            o.and_then(|o| o.burst_per_minute)
+                .unwrap_or(c.burst_per_minute),
+        )
+    }
+
+    /// The account's usual hourly volume and how many active hours it rests on.
+    fn baseline(&self, account: &str) -> (f64, u64) {
         let now = self.counters.now_ms();
         let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
         let e = b.entry(account.to_string()).or_default();
         e.roll(now);
-        e.average
+        (e.average, e.active_hours)
     }
 
     /// Before a new message (at MAIL FROM): is the account within its limits?
     pub fn check_limits(&self, account: &str) -> Result<(), Limited> {
         let key = Key::Account(account.to_string());
+        let (per_hour, per_day, _) = self.limits(account);
         let sent = self.counters.count(&key, Metric::Messages, HOUR);
-        if sent >= self.cfg.max_messages_per_hour {
+        if sent >= per_hour {
             return Err(Limited {
                 reason: format!(
-                    "{account} sent {sent} messages in the last hour (limit {})",
-                    self.cfg.max_messages_per_hour
+                    "{account} sent {sent} messages in the last hour (limit {per_hour})"
                 ),
             });
         }
         let rcpts = self.counters.distinct(&key, Metric::Recipients, DAY);
-        if rcpts >= self.cfg.max_recipients_per_day {
+        if rcpts >= per_day {
             return Err(Limited {
                 reason: format!(
-                    "{account} wrote to {rcpts} recipients in the last day (limit {})",
-                    self.cfg.max_recipients_per_day
+                    "{account} wrote to {rcpts} recipients in the last day (limit {per_day})"
                 ),
             });
         }
@@ -266,7 +288,7 @@ impl Detector {
     /// A message accepted from `account` for `rcpts`. Returns a trigger if this is a blast.
     pub fn message(&self, account: &str, rcpts: &[String]) -> Option<Trigger> {
         let key = Key::Account(account.to_string());
-        let usual = self.baseline(account);
+        let (usual, known_hours) = self.baseline(account);
         {
             let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
             b.entry(account.to_string()).or_default().in_hour += 1;
@@ -283,7 +305,8 @@ impl Detector {
         let new = self.known.learn(account, rcpts);
         let f = self.cfg.burst_factor;
         let per_minute = self.counters.count(&key, Metric::Messages, MINUTE);
-        let minute_limit = (self.cfg.burst_per_minute as f64).max(f * usual / 60.0);
+        let (_, _, burst) = self.limits(account);
+        let minute_limit = (burst as f64).max(f * usual / 60.0);
         if per_minute as f64 > minute_limit {
             return Some(Trigger {
                 reason: "message burst",
@@ -294,7 +317,8 @@ impl Detector {
         }
         let per_hour = self.counters.count(&key, Metric::Messages, HOUR);
         let hour_limit = (self.cfg.burst_per_hour_floor as f64).max(f * usual);
-        if per_hour as f64 > hour_limit {
+        // Without a few active hours there is no usual volume to be far above.
+        if known_hours >= MIN_BASELINE_HOURS && per_hour as f64 > hour_limit {
             return Some(Trigger {
                 reason: "hourly volume far above the usual",
                 evidence: format!(
@@ -451,7 +475,7 @@ mod tests {
                 );
             }
         }
-        assert!(d.baseline("heavy@uni.test") > 140.0);
+        assert!(d.baseline("heavy@uni.test").0 > 140.0);
     }
 
     #[test]
@@ -505,6 +529,29 @@ mod tests {
             clock.advance(20_000);
         }
         assert_eq!(t.expect("triggered").reason, "many new recipients");
+    }
+
+    #[test]
+    fn overrides_apply_to_accounts_and_domains() {
+        let cfg: Cfg = toml::from_str(
+            "[[overrides]]\naccounts = [\"list@x.test\"]\nmax_messages_per_hour = 1000\n\
+             burst_per_minute = 100\n\
+             [[overrides]]\naccounts = [\"@staff.test\"]\nmax_messages_per_hour = 5\n",
+        )
+        .unwrap();
+        let clock = ManualClock::at(1_700_000_000_000);
+        let d = Detector::new(&cfg, Arc::new(clock.clone()));
+        for i in 0..500 {
+            assert!(d.check_limits("list@x.test").is_ok(), "message {i}");
+            assert_eq!(d.message("list@x.test", &["m@y.test".to_string()]), None);
+            clock.advance(1_000);
+        }
+        for _ in 0..5 {
+            assert!(d.check_limits("bob@staff.test").is_ok());
+            d.message("bob@staff.test", &["m@y.test".to_string()]);
+        }
+        assert!(d.check_limits("bob@staff.test").is_err());
+        assert_eq!(d.limits("other@x.test").0, 200, "the defaults elsewhere");
     }
 
     #[test]

@@ -317,7 +317,8 @@ section! {
         /// How far above its own usual hourly volume (a moving average over the hours it was
         /// active) an account may go before it is suspended.
         pub burst_factor: f64 = 4.0,
-        /// The hourly burst trigger never fires below this many messages in the hour.
+        /// The hourly burst trigger never fires below this many messages in the hour, nor
+        /// before the account has a few active hours of history.
         pub burst_per_hour_floor: usize = 300,
         /// Suspend after this many distinct new recipients (never written to before) within
         /// an hour.
@@ -335,6 +336,22 @@ section! {
         pub auth_failures_per_network: usize = 30,
         /// How long a blocked IP or network gets `454 4.7.0` for AUTH.
         pub auth_block_time: Duration = Duration::secs(900),
+        /// Other limits for some accounts or groups, the first match winning. Each entry is a
+        /// `[[containment.overrides]]` table with `accounts` (addresses, or `@domain` for
+        /// every account of a domain) and any of `max_messages_per_hour`,
+        /// `max_recipients_per_day` and `burst_per_minute`.
+        pub overrides: Vec<LimitOverride> = Vec::new(),
+    }
+}
+
+section! {
+    /// Limits for a group of accounts (one `[[containment.overrides]]` entry).
+    pub struct LimitOverride {
+        /// Accounts this applies to: addresses, or `@domain` for every account of a domain.
+        pub accounts: Vec<String> = Vec::new(),
+        pub max_messages_per_hour: Option<usize> = None,
+        pub max_recipients_per_day: Option<usize> = None,
+        pub burst_per_minute: Option<usize> = None,
     }
 }
 
