@@ -327,6 +327,7 @@ pub async fn evaluate(
         }
     };
 
+    let mut spf_speaks = cfg.dmarc.mode == Mode::Off;
     if cfg.dmarc.mode != Mode::Off {
         let spf_for_dmarc = spf_out
             .clone()
@@ -411,27 +412,11 @@ pub async fn evaluate(
                     if domain.is_empty() { "-" } else { &domain }
                 ),
             ));
-            // Without DMARC, SPF speaks for itself.
-            if let Some(s) = &spf_out {
-                let mode = cfg.spf.mode;
-                match s.result() {
-                    SpfResult::Fail if cfg.spf.reject_fail_without_dmarc => decide(
-                        Action::Reject(replies::spf_reject(s.domain())),
-                        spf_reason(s),
-                        mode,
-                        &mut reasons,
-                    ),
-                    SpfResult::TempError => decide(
-                        Action::TempFail(replies::SPF_TEMP),
-                        spf_reason(s),
-                        mode,
-                        &mut reasons,
-                    ),
-                    _ => {}
-                }
-            }
+            spf_speaks = true;
         }
-    } else if let Some(s) = &spf_out {
+    }
+    // Without DMARC (no record, or the check off), SPF speaks for itself.
+    if spf_speaks && let Some(s) = &spf_out {
         let mode = cfg.spf.mode;
         match s.result() {
             SpfResult::Fail if cfg.spf.reject_fail_without_dmarc => decide(
