@@ -159,16 +159,12 @@ pub fn resume(store: &Store, account: &str, held_mail: HeldMail) -> Result<usize
         };
         // This account's messages with nothing left to do go (their spool files, if any,
         // are removed as orphans at the next start).
-        let done: Vec<String> = c
-            .prepare(
-                "SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1 AND id NOT IN \
-                 (SELECT id FROM queue_rcpt WHERE status IN ('queued', 'deferred', 'held'))",
-            )?
+        let ids: Vec<String> = c
+            .prepare("SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1")?
             .query_map([&a], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        for id in done {
-            c.execute("DELETE FROM queue_rcpt WHERE id = ?1", [&id])?;
-            c.execute("DELETE FROM queue WHERE id = ?1", [&id])?;
+        for id in ids {
+            crate::queue::finish_if_done(c, &id)?;
         }
         Ok(n)
     })
