@@ -343,16 +343,8 @@ fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {
     } = cmd;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let base = selector.unwrap_or_else(|| {
-        let date = crate::util::rfc5322_date(crate::util::unix_now());
-        // "Mon, 23 Nov 2026 ..." -> 202611
-        let parts: Vec<&str> = date.split_whitespace().collect();
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ]
-        .iter()
-        .position(|m| parts.get(2) == Some(m))
-        .map_or(0, |i| i + 1);
-        format!("mw{}{month:02}", parts.get(3).unwrap_or(&"0000"))
+        let (year, month, _) = crate::util::civil_date(crate::util::unix_now());
+        format!("mw{year}{month:02}")
     });
     let wanted: Vec<(Algorithm, String)> = match algorithm.as_deref() {
         None => vec![

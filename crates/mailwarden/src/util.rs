@@ -63,6 +63,11 @@ pub fn rfc5322_date(unix: i64) -> String {
     )
 }
 
+/// The UTC (year, month, day) of a Unix time.
+pub fn civil_date(unix: i64) -> (i64, u32, u32) {
+    civil_from_days(unix.div_euclid(86_400))
+}
+
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -89,6 +94,7 @@ mod tests {
             "Mon, 23 Nov 2026 09:22:00 +0000"
         );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(civil_date(1_795_425_720), (2026, 11, 23));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub fn split_headers(message: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
     let mut fields: Vec<Field<'_>> = Vec::new();
     let mut pos = 0;
     while pos < message.len() {
-        let line_end = memchr_lf(&message[pos..]).map(|i| pos + i + 1);
+        let line_end = memchr::memchr(b'\n', &message[pos..]).map(|i| pos + i + 1);
         let line_end = line_end.unwrap_or(message.len());
         let line = &message[pos..line_end];
         if line == b"\r\n" || line == b"\n" {
@@ -36,10 +36,6 @@ pub fn split_headers(message: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
         pos = line_end;
     }
     (fields, &message[message.len()..])
-}
-
-fn memchr_lf(s: &[u8]) -> Option<usize> {
-    s.iter().position(|b| *b == b'\n')
 }
 
 /// The `h=` list for a message: every configured name as often as the message has it, and
