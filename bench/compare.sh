@@ -76,17 +76,11 @@ submission = "127.0.0.1:$MW_SUB"
 submissions = "127.0.0.1:$MW_SUBS"
 [dns]
 nameservers = ["$DNS"]
-[containment]
-# A load generator is a blast by design: lift the per-account limits and triggers.
-max_messages_per_hour = 1000000000
-max_recipients_per_day = 1000000000
-burst_per_minute = 1000000000
-burst_per_hour_floor = 1000000000
-new_recipients_per_hour = 1000000000
 [smtp]
 max_connections = 30000
 max_connections_per_ip = 20000
 CF
+cat "$ROOT/bench/limits-off.toml" >> "$W/mw/mailwarden.toml"
 echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw/mailwarden.toml" >/dev/null
 
 # Start/stop scripts: compare.py restarts both servers before each scenario, so every memory

@@ -25,16 +25,10 @@ submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 [dns]
 nameservers = ["$DNS"]
-[containment]
-# A load generator is a blast by design: lift the per-account limits and triggers.
-max_messages_per_hour = 1000000000
-max_recipients_per_day = 1000000000
-burst_per_minute = 1000000000
-burst_per_hour_floor = 1000000000
-new_recipients_per_hour = 1000000000
 [smtp]
 max_connections_per_ip = 1000
 CF
+cat bench/limits-off.toml >> "$W/mw.toml"
 echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw.toml" >/dev/null
 "$MW" serve -c "$W/mw.toml" >"$W/out" 2>"$W/log" &
 PID=$!
