@@ -70,19 +70,12 @@ fn a_hijacked_account_blasting_spam_is_suspended_within_twenty_messages() {
         notes[0]
     );
     // The password alone no longer opens the account.
-    let r = smtplib(
-        s.submissions(),
-        "ssl",
-        &[
-            "--user",
-            "alice@example.test",
-            "--password",
-            "alice-pw",
-            "--from",
-            "alice@example.test",
-            "--to",
-            "postmaster@example.test",
-        ],
+    let r = submit(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        "postmaster@example.test",
+        &[],
     );
     assert_eq!(r["code"], 525, "{r}");
 }
@@ -122,23 +115,12 @@ fn a_guessing_botnet_is_blocked_while_the_owner_still_gets_in() {
     s.wait_log(&["event=\"auth_blocked\"", "blocked=127.0.5.0"]);
 
     // The owner, from another network, logs in and sends.
-    let r = smtplib(
-        s.submissions(),
-        "ssl",
-        &[
-            "--source",
-            "127.0.9.1",
-            "--user",
-            "alice@example.test",
-            "--password",
-            "alice-pw",
-            "--from",
-            "alice@example.test",
-            "--to",
-            "postmaster@example.test",
-            "--subject",
-            "still-me",
-        ],
+    let r = submit(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        "postmaster@example.test",
+        &["--source", "127.0.9.1", "--subject", "still-me"],
     );
     assert_eq!(r["ok"], true, "{r}");
     let got = s.wait_messages("postmaster@example.test", 1);

@@ -64,22 +64,7 @@ fn publish(servers: &[&Server], records: &[String]) {
 }
 
 fn send(a: &Server, to: &str, subject: &str) -> serde_json::Value {
-    smtplib(
-        a.submissions(),
-        "ssl",
-        &[
-            "--user",
-            "alice@a.test",
-            "--password",
-            "alicepw",
-            "--from",
-            "alice@a.test",
-            "--to",
-            to,
-            "--subject",
-            subject,
-        ],
-    )
+    submit(a, "alice@a.test", "alicepw", to, &["--subject", subject])
 }
 
 fn with_subject<'a>(msgs: &'a [String], subject: &str) -> Vec<&'a String> {
@@ -356,20 +341,16 @@ fn a_bounce_is_never_bounced() {
     let b = start_b();
     let a = start_a(b.mx().port(), "");
     // An authenticated user sending with the null reverse-path, to a refused recipient.
-    let r = smtplib(
-        a.submissions(),
-        "ssl",
+    let r = submit(
+        &a,
+        "alice@a.test",
+        "alicepw",
+        "nobody@b.test",
         &[
-            "--user",
-            "alice@a.test",
-            "--password",
-            "alicepw",
             "--from",
             "",
             "--header-from",
             "alice@a.test",
-            "--to",
-            "nobody@b.test",
             "--subject",
             "null-sender",
         ],

@@ -11,20 +11,16 @@ fn server() -> Server {
 }
 
 fn send_as(s: &Server, envelope: &str, header_from: &str, subject: &str) -> serde_json::Value {
-    smtplib(
-        s.submissions(),
-        "ssl",
+    submit(
+        s,
+        "alice@example.test",
+        "alice-pw",
+        "bob@example.test",
         &[
-            "--user",
-            "alice@example.test",
-            "--password",
-            "alice-pw",
             "--from",
             envelope,
             "--header-from",
             header_from,
-            "--to",
-            "bob@example.test",
             "--subject",
             subject,
         ],
@@ -117,19 +113,12 @@ fn aliases_and_domain_grants_apply_to_the_running_server() {
     let r = send_as(&s, "news@brand.test", "news@brand.test", "with-domain");
     assert_eq!(r["ok"], true, "{r}");
     // bob got no rights from alice's aliases.
-    let r = smtplib(
-        s.submissions(),
-        "ssl",
-        &[
-            "--user",
-            "bob@example.test",
-            "--password",
-            "bob-pw",
-            "--from",
-            "sales@example.test",
-            "--to",
-            "alice@example.test",
-        ],
+    let r = submit(
+        &s,
+        "bob@example.test",
+        "bob-pw",
+        "alice@example.test",
+        &["--from", "sales@example.test"],
     );
     assert_eq!(r["code"], 550, "{r}");
 
@@ -180,19 +169,12 @@ fn a_suspended_account_cannot_log_in_or_send_and_its_mail_is_held() {
     s.add_user("bob@example.test", "bob-pw");
     let r = send_as(&s, "alice@example.test", "alice@example.test", "before");
     assert_eq!(r["ok"], true, "{r}");
-    let r = smtplib(
-        s.submissions(),
-        "ssl",
-        &[
-            "--user",
-            "alice@example.test",
-            "--password",
-            "alice-pw",
-            "--from",
-            "alice@example.test",
-            "--to",
-            "carol@remote.test",
-        ],
+    let r = submit(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        "carol@remote.test",
+        &[],
     );
     assert_eq!(r["ok"], true, "{r}");
     let waiting = "SELECT count(*) FROM queue_rcpt WHERE address = 'carol@remote.test'";
@@ -241,21 +223,12 @@ fn a_suspended_account_cannot_log_in_or_send_and_its_mail_is_held() {
         "account alice@example.test is suspended",
     ]);
     // It still receives.
-    let r = smtplib(
-        s.submissions(),
-        "ssl",
-        &[
-            "--user",
-            "bob@example.test",
-            "--password",
-            "bob-pw",
-            "--from",
-            "bob@example.test",
-            "--to",
-            "alice@example.test",
-            "--subject",
-            "to-suspended",
-        ],
+    let r = submit(
+        &s,
+        "bob@example.test",
+        "bob-pw",
+        "alice@example.test",
+        &["--subject", "to-suspended"],
     );
     assert_eq!(r["ok"], true, "{r}");
     s.wait_messages("alice@example.test", 1);

@@ -333,6 +333,23 @@ pub fn smtplib(port: SocketAddr, mode: &str, args: &[&str]) -> Value {
     smtplib_stdin(port, mode, args, None)
 }
 
+/// Submit one message on 465 as `user`, from the user's own address to `to`. `extra` adds
+/// send.py arguments; a later `--from` there replaces the default sender.
+pub fn submit(s: &Server, user: &str, password: &str, to: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--user",
+        user,
+        "--password",
+        password,
+        "--from",
+        user,
+        "--to",
+        to,
+    ];
+    args.extend_from_slice(extra);
+    smtplib(s.submissions(), "ssl", &args)
+}
+
 /// As [`smtplib`], with a raw message on standard input (`--raw`).
 pub fn smtplib_stdin(port: SocketAddr, mode: &str, args: &[&str], stdin: Option<&[u8]>) -> Value {
     let mut child = Command::new("python3")
