@@ -362,19 +362,21 @@ pub async fn evaluate(
             dmarc_side(dkim_side)
         );
         let mode = cfg.dmarc.mode;
-        if dmarc.dmarc_record().is_some() {
-            if passed {
-                reasons.push(Reason::new(Code::DmarcPass, detail));
-                summary.push("dmarc=pass".into());
-            } else if temp {
-                summary.push("dmarc=temperror".into());
-                decide(
-                    Action::TempFail(replies::AUTH_DNS_TEMP),
-                    Reason::new(Code::DmarcTempError, detail),
-                    mode,
-                    &mut reasons,
-                );
-            } else if arc_trusted_pass && cfg.arc.mode == Mode::Enforce {
+        let has_record = dmarc.dmarc_record().is_some();
+        if has_record && passed {
+            reasons.push(Reason::new(Code::DmarcPass, detail));
+            summary.push("dmarc=pass".into());
+        } else if temp {
+            // With or without a record found: a DNS failure never passes.
+            summary.push("dmarc=temperror".into());
+            decide(
+                Action::TempFail(replies::AUTH_DNS_TEMP),
+                Reason::new(Code::DmarcTempError, detail),
+                mode,
+                &mut reasons,
+            );
+        } else if has_record {
+            if arc_trusted_pass && cfg.arc.mode == Mode::Enforce {
                 summary.push("dmarc=fail".into());
                 reasons.push(Reason::new(Code::DmarcFail, detail));
                 reasons.push(Reason::new(
@@ -395,14 +397,6 @@ pub async fn evaluate(
                     _ => reasons.push(r),
                 }
             }
-        } else if temp {
-            summary.push("dmarc=temperror".into());
-            decide(
-                Action::TempFail(replies::AUTH_DNS_TEMP),
-                Reason::new(Code::DmarcTempError, detail),
-                mode,
-                &mut reasons,
-            );
         } else {
             summary.push("dmarc=none".into());
             reasons.push(Reason::new(
