@@ -19,8 +19,8 @@ pub mod route;
 use crate::checks::relay::{RcptDecision, Routing};
 use crate::config::Config;
 use crate::dns::Dns;
-use crate::queue::{Body, Folder, Message, Meta, Queue, Recipient, RemoteOutcome, Route, Status};
-use crate::util::{new_id, unix_now};
+use crate::queue::{Body, Folder, Message, Queue, Recipient, RemoteOutcome, Route, Status};
+use crate::util::unix_now;
 use client::{ConnectError, Connector, Outgoing, RcptResult, TlsMode};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -364,12 +364,7 @@ impl Outbound {
                 }
                 RcptResult::Failed(status, text) => {
                     tracing::info!(event = "bounced", qid = %msg.id, rcpt = %r.address, reply = %text);
-                    outcomes.push(RemoteOutcome {
-                        idx: r.idx,
-                        status: Status::Failed,
-                        reply: Some(text.clone()),
-                        next_attempt: 0,
-                    });
+                    outcomes.push(RemoteOutcome::failed(r.idx, text.clone()));
                     failed.push(dsn::Failed {
                         address: r.address.clone(),
                         status,
@@ -408,12 +403,7 @@ impl Outbound {
                 diagnostic: format!("delivery time expired; last error: {text}"),
                 from_smtp: false,
             });
-            return RemoteOutcome {
-                idx: r.idx,
-                status: Status::Failed,
-                reply: Some(format!("expired: {text}")),
-                next_attempt: 0,
-            };
+            return RemoteOutcome::failed(r.idx, format!("expired: {text}"));
         }
         RemoteOutcome {
             idx: r.idx,
@@ -451,12 +441,7 @@ impl Outbound {
         let mut dsns = Vec::new();
         for (r, (status, why)) in failed {
             tracing::info!(event = "bounced", qid = %msg.id, rcpt = %r.address, reason = %why);
-            outcomes.push(RemoteOutcome {
-                idx: r.idx,
-                status: Status::Failed,
-                reply: Some(why.clone()),
-                next_attempt: 0,
-            });
+            outcomes.push(RemoteOutcome::failed(r.idx, why.clone()));
             dsns.push(dsn::Failed {
                 address: r.address,
                 status,
@@ -532,29 +517,13 @@ impl Outbound {
             &failed,
             now,
         );
-        let id = new_id();
-        let dsn_msg = Message {
-            id: id.clone(),
-            created: now,
-            sender: String::new(),
-            size: body.len() as u64,
-            meta: Meta {
-                session: String::new(),
-                listener: "dsn".into(),
-                client_ip: "127.0.0.1".into(),
-                helo: self.config.hostname.clone(),
-                tls: None,
-                auth: None,
-                prepend: String::new(),
-                sender_verified: false,
-            },
-            rcpts: vec![Recipient {
-                idx: 0,
-                address: msg.sender.clone(),
-                route,
-            }],
-            body: Body::Inline(Arc::new(body)),
+        let to = Recipient {
+            idx: 0,
+            address: msg.sender.clone(),
+            route,
         };
+        let dsn_msg = Message::generated("dsn", &self.config.hostname, now, to, body);
+        let id = dsn_msg.id.clone();
         match self.queue.enqueue(dsn_msg).await {
             Ok(()) => tracing::info!(event = "bounce_queued", qid = %id, original = %msg.id,
                 to = %msg.sender, recipients = failed.len()),

@@ -123,6 +123,33 @@ pub struct Message {
     pub body: Body,
 }
 
+impl Message {
+    /// A message mailwarden writes itself (a bounce, a notice to the postmaster): from the
+    /// null sender `<>`, so it can never cause a bounce in turn.
+    pub fn generated(
+        listener: &str,
+        hostname: &str,
+        now: i64,
+        to: Recipient,
+        content: Vec<u8>,
+    ) -> Message {
+        Message {
+            id: crate::util::new_id(),
+            created: now,
+            sender: String::new(),
+            size: content.len() as u64,
+            meta: Meta {
+                listener: listener.to_string(),
+                client_ip: "127.0.0.1".into(),
+                helo: hostname.to_string(),
+                ..Meta::default()
+            },
+            rcpts: vec![to],
+            body: Body::Inline(Arc::new(content)),
+        }
+    }
+}
+
 /// A recipient's new status and the reply that explains it.
 pub type Outcome = (u32, Status, Option<String>);
 
@@ -134,6 +161,18 @@ pub struct RemoteOutcome {
     pub reply: Option<String>,
     /// For `deferred`: when to try again (Unix time).
     pub next_attempt: i64,
+}
+
+impl RemoteOutcome {
+    /// Failed for good, with the reply or reason.
+    pub fn failed(idx: u32, reply: String) -> RemoteOutcome {
+        RemoteOutcome {
+            idx,
+            status: Status::Failed,
+            reply: Some(reply),
+            next_attempt: 0,
+        }
+    }
 }
 
 /// Delete a message whose recipients are all final. True if it was deleted.

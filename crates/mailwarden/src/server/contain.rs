@@ -4,9 +4,8 @@
 use super::Shared;
 use crate::checks::relay::RcptDecision;
 use crate::containment::{self, Trigger};
-use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
+use crate::queue::{Folder, Message, Recipient, Route};
 use crate::util::{new_id, rfc5322_date, unix_now};
-use std::sync::Arc;
 
 pub(super) async fn suspend(shared: &Shared, account: &str, t: Trigger, session: &str) {
     let store = shared.accounts.store().clone();
@@ -56,27 +55,15 @@ async fn notify_postmaster(shared: &Shared, account: &str, t: &Trigger, held: us
         reason = t.reason,
         evidence = t.evidence,
     );
-    let msg = Message {
-        id: id.clone(),
-        created: now,
-        sender: String::new(),
-        size: body.len() as u64,
-        meta: Meta {
-            listener: "containment".into(),
-            client_ip: "127.0.0.1".into(),
-            helo: cfg.hostname.clone(),
-            ..Meta::default()
+    let to = Recipient {
+        idx: 0,
+        address: mailbox.clone(),
+        route: Route::Local {
+            mailbox,
+            folder: Folder::Inbox,
         },
-        rcpts: vec![Recipient {
-            idx: 0,
-            address: mailbox.clone(),
-            route: Route::Local {
-                mailbox,
-                folder: Folder::Inbox,
-            },
-        }],
-        body: Body::Inline(Arc::new(body.into_bytes())),
     };
+    let msg = Message::generated("containment", &cfg.hostname, now, to, body.into_bytes());
     if let Err(e) = shared.queue.enqueue(msg).await {
         tracing::error!(event = "postmaster_notice_failed", account, error = %e);
     }
