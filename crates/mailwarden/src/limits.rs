@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Milliseconds since the Unix epoch.
@@ -79,6 +79,8 @@ pub enum Metric {
     UnknownRecipients,
     AuthFailures,
     Logins,
+    /// Recipients that remote servers refused with 5xx.
+    RemoteRejections,
 }
 
 /// Timestamps of events per (key, metric), and distinct values per (key, metric) with the
@@ -89,7 +91,13 @@ pub struct Counters {
     horizon_ms: i64,
     events: Mutex<HashMap<(Key, Metric), VecDeque<i64>>>,
     distinct: Mutex<HashMap<(Key, Metric), HashMap<String, i64>>>,
+    /// Updates since the last sweep of keys that went quiet.
+    updates: AtomicU64,
 }
+
+/// Updates between sweeps: keys a client invents (IPs, account names in failed AUTH) must
+/// not pile up, but a sweep walks every key.
+const SWEEP_EVERY: u64 = 4096;
 
 impl Counters {
     pub fn new(clock: Arc<dyn Clock>, horizon_ms: i64) -> Counters {
@@ -98,7 +106,34 @@ impl Counters {
             horizon_ms,
             events: Mutex::new(HashMap::new()),
             distinct: Mutex::new(HashMap::new()),
+            updates: AtomicU64::new(0),
         }
+    }
+
+    /// Drop keys with nothing inside the horizon, every `SWEEP_EVERY` updates.
+    fn maybe_sweep(&self, now: i64) {
+        if self.updates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return;
+        }
+        let h = self.horizon_ms;
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, q| q.back().is_some_and(|t| now - t <= h));
+        self.distinct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, set| set.values().any(|t| now - t <= h));
+    }
+
+    /// Keys with anything counted (for tests of the sweep).
+    pub fn keys(&self) -> usize {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).len()
+            + self
+                .distinct
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len()
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -108,6 +143,7 @@ impl Counters {
     /// Count `n` events now.
     pub fn add(&self, key: Key, metric: Metric, n: usize) {
         let now = self.now_ms();
+        self.maybe_sweep(now);
         let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let q = ev.entry((key, metric)).or_default();
         while q.front().is_some_and(|t| now - t > self.horizon_ms) {
@@ -133,6 +169,7 @@ impl Counters {
     /// Record a value; returns how many distinct values were seen in the last `window_ms`.
     pub fn add_distinct(&self, key: Key, metric: Metric, value: &str, window_ms: i64) -> usize {
         let now = self.now_ms();
+        self.maybe_sweep(now);
         let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
         let set = d.entry((key, metric)).or_default();
         set.retain(|_, t| now - *t <= self.horizon_ms);
@@ -261,5 +298,24 @@ mod tests {
         assert!(b.is_blocked("127.0.5.0".parse().unwrap()));
         clock.advance(1001);
         assert!(!b.is_blocked("127.0.5.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn keys_that_went_quiet_are_swept() {
+        let clock = ManualClock::at(0);
+        let c = Counters::new(Arc::new(clock.clone()), 60_000);
+        for i in 0..SWEEP_EVERY as u32 {
+            c.add(
+                Key::Ip(IpAddr::from(i.to_be_bytes())),
+                Metric::AuthFailures,
+                1,
+            );
+        }
+        assert!(c.keys() > 4000);
+        clock.advance(61_000);
+        for _ in 0..SWEEP_EVERY {
+            c.add(Key::Account("a@x".into()), Metric::Messages, 1);
+        }
+        assert_eq!(c.keys(), 1);
     }
 }

@@ -64,8 +64,6 @@ replies! {
     RELAY_DENIED = 554 (5, 7, 1) "Relay access denied";
     NO_SUCH_USER = 550 (5, 1, 1) "Mailbox unavailable";
     LITERAL_REFUSED = 553 (5, 1, 3) "Address literals are not accepted here";
-    /// A per-account sending limit (`containment.max_*`): come back later.
-    RATE_LIMITED = 451 (4, 7, 1) "Sending limit reached, try again later";
     /// Too many failed logins from the client's address or network.
     AUTH_BLOCKED = 454 (4, 7, 0) "Too many failed logins from your network, try again later";
     /// RFC 4954 §6: the credentials are right, the account may not be used.
@@ -145,6 +143,16 @@ pub fn spf_reject(domain: &str) -> Reply {
         550,
         Some(Status(5, 7, 23)),
         format!("SPF validation failed for {}", domain_text(domain)),
+    )
+}
+
+/// `451 4.7.1`: an account's sending limit is reached; `why` (ours, not the client's words)
+/// says which limit, so the user knows how long to wait.
+pub fn rate_limited(why: &str) -> Reply {
+    Reply::owned(
+        451,
+        Some(Status(4, 7, 1)),
+        format!("Sending limit reached: {why}; try again later"),
     )
 }
 

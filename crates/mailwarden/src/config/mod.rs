@@ -329,7 +329,12 @@ section! {
         /// Suspend when one account logs in from this many different networks (/24, /64)
         /// within an hour.
         pub login_networks_per_hour: usize = 10,
-        /// AUTH failures from one IP within ten minutes before that IP is blocked.
+        /// Suspend when remote servers refuse, with a 5xx reply, more than this many
+        /// recipients of one account's mail within an hour (Exim's BlockCracking).
+        pub remote_rejections_per_hour: usize = 30,
+        /// AUTH failures from one IP within ten minutes before that IP is blocked. The delay
+        /// before a failure's answer (`auth.failure_delay`) doubles with the failures in that
+        /// time from the IP or for the account named, whichever is more.
         pub auth_failures_per_ip: usize = 10,
         /// AUTH failures from one /24 (/64) within ten minutes before the whole network is
         /// blocked. Failures never lock an account: its owner, from a clean network, gets in.

@@ -18,6 +18,7 @@ pub mod route;
 
 use crate::checks::relay::{RcptDecision, Routing};
 use crate::config::Config;
+use crate::containment::Containment;
 use crate::dns::Dns;
 use crate::queue::{Body, Folder, Message, Queue, Recipient, RemoteOutcome, Route, Status};
 use crate::util::unix_now;
@@ -51,6 +52,8 @@ pub struct Outbound {
     queue: Arc<Queue>,
     dns: Arc<Dns>,
     routing: Routing,
+    /// Told of 5xx replies to submitted mail: a stream of them is a containment trigger.
+    contain: Arc<Containment>,
     connector: Connector,
     connections: Arc<Semaphore>,
     inflight: Mutex<HashSet<(String, u32)>>,
@@ -62,6 +65,7 @@ pub fn spawn(
     queue: Arc<Queue>,
     dns: Arc<Dns>,
     routing: Routing,
+    contain: Arc<Containment>,
 ) -> tokio::task::JoinHandle<()> {
     let out = Arc::new(Outbound {
         connector: Connector {
@@ -75,6 +79,7 @@ pub fn spawn(
         queue,
         dns,
         routing,
+        contain,
         inflight: Mutex::new(HashSet::new()),
         domains: Mutex::new(HashMap::new()),
     });
@@ -376,6 +381,11 @@ impl Outbound {
             }
         }
         self.record(msg, outcomes).await;
+        if let Some(account) = &msg.meta.auth {
+            for _ in failed.iter().filter(|f| f.from_smtp) {
+                self.contain.remote_rejected(account, &msg.id).await;
+            }
+        }
         self.bounce(msg, failed).await;
         true
     }

@@ -6,7 +6,6 @@
 //! listeners and tell sessions to close with `421 4.3.2`.
 
 pub mod connlimit;
-mod contain;
 mod message;
 pub mod session;
 pub mod tls;
@@ -66,8 +65,9 @@ pub struct Shared {
     pub queue: Arc<Queue>,
     /// DKIM keys for signing submitted mail.
     pub keyring: crate::dkim::keys::Keyring,
-    /// Limits, anomaly triggers and AUTH brute-force blocks for the submission ports.
-    pub detector: crate::containment::Detector,
+    /// Limits, anomaly triggers, suspension and AUTH brute-force blocks for the submission
+    /// ports (and outbound delivery's 5xx replies).
+    pub contain: Arc<crate::containment::Containment>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub limiter: Arc<ConnLimiter>,
     pub shutdown: watch::Receiver<bool>,
@@ -152,15 +152,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let accounts = Accounts::new(store.clone());
     let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let contain = Arc::new(crate::containment::Containment::new(
+        config.clone(),
+        store.clone(),
+        queue.clone(),
+        Routing::new(&config, accounts.clone()),
+        Arc::new(crate::limits::SystemClock),
+    ));
     let shared = Arc::new(Shared {
         auth: Authenticator::new(accounts.clone(), config.auth.cache_ttl.get()),
         routing: Routing::new(&config, accounts.clone()),
         dns: dns.clone(),
         keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
-        detector: crate::containment::Detector::new(
-            &config.containment,
-            Arc::new(crate::limits::SystemClock),
-        ),
+        contain: contain.clone(),
         accounts: accounts.clone(),
         queue: queue.clone(),
         tls: tls.acceptor,
@@ -206,6 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         queue.clone(),
         dns,
         Routing::new(&config, accounts),
+        contain,
     ));
 
     let mut bound = Vec::new();

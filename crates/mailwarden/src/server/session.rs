@@ -7,7 +7,7 @@
 //! session id, queue id, client, HELO, sender and recipient.
 
 use super::message::{self, BodySink, Early};
-use super::{ListenerKind, Shared, contain};
+use super::{ListenerKind, Shared};
 use crate::accounts::Verdict;
 use crate::checks::relay::RcptDecision;
 use crate::queue::{Folder, Recipient, Route};
@@ -241,11 +241,14 @@ where
                         })
                     }
                     Some(account) if kind != ListenerKind::Mx => {
-                        match shared.detector.check_limits(account) {
-                            Err(l) => Err(crate::checks::ownership::Refusal {
-                                reply: replies::RATE_LIMITED,
-                                reason: l.reason,
-                            }),
+                        match shared.contain.detector.check_limits(account) {
+                            Err(l) => {
+                                shared.contain.throttled(account, &l).await;
+                                Err(crate::checks::ownership::Refusal {
+                                    reply: replies::rate_limited(&l.reason),
+                                    reason: l.reason,
+                                })
+                            }
                             Ok(()) => crate::checks::ownership::envelope(
                                 &shared.accounts,
                                 account,
@@ -307,9 +310,9 @@ where
                         if reason == "no such local user"
                             && kind != ListenerKind::Mx
                             && let Some(account) = s.authenticated().map(str::to_string)
-                            && let Some(t) = shared.detector.unknown_recipient(&account)
+                            && let Some(t) = shared.contain.detector.unknown_recipient(&account)
                         {
-                            contain::suspend(&shared, &account, t, &ctx.session).await;
+                            shared.contain.suspend(&account, t, &ctx.session).await;
                         }
                     }
                 }
@@ -318,7 +321,7 @@ where
                 mechanism,
                 credentials,
             } => {
-                if !shared.detector.auth_allowed(peer.ip()) {
+                if !shared.contain.detector.auth_allowed(peer.ip()) {
                     // Blocked for guessing: not even the argon2 work is spent on it.
                     ctx.refuse_auth(
                         &mut s,
@@ -345,8 +348,8 @@ where
                         );
                     }
                     Ok(Verdict::Ok(account)) => {
-                        if let Some(t) = shared.detector.login(&account, peer.ip()) {
-                            contain::suspend(&shared, &account, t, &ctx.session).await;
+                        if let Some(t) = shared.contain.detector.login(&account, peer.ip()) {
+                            shared.contain.suspend(&account, t, &ctx.session).await;
                             ctx.refuse_auth(
                                 &mut s,
                                 replies::ACCOUNT_DISABLED,
@@ -360,12 +363,21 @@ where
                         s.auth_succeeded(account);
                     }
                     Ok(Verdict::Bad) => {
-                        if let Some(blocked) = shared.detector.auth_failed(peer.ip()) {
+                        let f = shared
+                            .contain
+                            .detector
+                            .auth_failed(peer.ip(), &credentials.username);
+                        if let Some(blocked) = f.blocked {
                             tracing::warn!(event = "auth_blocked", session = %ctx.session,
                                 ip = %peer.ip(), blocked = %blocked,
                                 minutes = cfg.containment.auth_block_time.get().as_secs() / 60);
                         }
-                        let n = s.counters().auth_failures;
+                        // Earlier failures, in this session or anywhere for this IP or
+                        // account, double the wait.
+                        let n = s
+                            .counters()
+                            .auth_failures
+                            .max(f.recent.saturating_sub(1) as u32);
                         let delay = cfg
                             .auth
                             .failure_delay
@@ -437,10 +449,10 @@ where
                     messages += 1;
                     if kind != ListenerKind::Mx
                         && let Some(account) = s.authenticated().map(str::to_string)
-                        && let Some(t) = shared.detector.message(&account, &rcpt_list)
+                        && let Some(t) = shared.contain.detector.message(&account, &rcpt_list)
                     {
                         // This message was accepted; the suspension holds it with the rest.
-                        contain::suspend(&shared, &account, t, &ctx.session).await;
+                        shared.contain.suspend(&account, t, &ctx.session).await;
                     }
                 } else {
                     body.discard();

@@ -126,3 +126,34 @@ fn a_guessing_botnet_is_blocked_while_the_owner_still_gets_in() {
     let got = s.wait_messages("postmaster@example.test", 1);
     assert!(got[0].contains("Subject: still-me"));
 }
+
+#[test]
+fn the_hourly_limit_answers_451_and_shows_the_account_throttled() {
+    let s = Server::start("[containment]\nmax_messages_per_hour = 3\n");
+    s.add_user("alice@example.test", "alice-pw");
+    for i in 0..3 {
+        let r = submit(
+            &s,
+            "alice@example.test",
+            "alice-pw",
+            "alice@example.test",
+            &["--subject", &format!("n{i}")],
+        );
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let r = submit(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        "alice@example.test",
+        &[],
+    );
+    assert_eq!(r["code"], 451, "{r}");
+    let text = r["message"].as_str().unwrap();
+    assert!(text.starts_with("4.7.1"), "{r}");
+    assert!(text.contains("3 messages in the last hour"), "{r}");
+    let status = s.cli(&["user", "status", "alice@example.test"], None);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("state:    throttled"), "{status}");
+    assert!(status.contains("limit 3"), "{status}");
+}

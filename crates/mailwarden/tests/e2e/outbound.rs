@@ -458,3 +458,35 @@ fn keys_are_private_and_hidden_clients_leave_no_trace() {
     );
     assert!(!a_received[0].contains("client.example.net"), "{msg}");
 }
+
+#[test]
+fn an_account_whose_mail_remote_servers_keep_refusing_is_suspended() {
+    let b = start_b();
+    let a = start_a(
+        b.mx().port(),
+        "[containment]\nremote_rejections_per_hour = 3\n",
+    );
+    a.add_user("postmaster@a.test", "pmpw");
+    // b.test has no such users: its MX answers 550 5.1.1 to each.
+    for i in 0..4 {
+        let r = send(&a, &format!("nobody{i}@b.test"), &format!("guess-{i}"));
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let line = a.wait_log(&["event=\"account_suspended\"", "alice@a.test"]);
+    assert!(line.contains("remote servers refuse its mail"), "{line}");
+    let status = a.cli(&["user", "status", "alice@a.test"], None);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("state:    suspended"), "{status}");
+    assert!(status.contains("refused with 5xx"), "{status}");
+    let r = send(&a, "bob@b.test", "after");
+    assert_eq!(r["code"], 525, "{r}");
+    // One notice, however many refusals arrive afterwards.
+    let notes = a.wait_messages("postmaster@a.test", 1);
+    assert!(notes[0].contains("Subject: Account suspended: alice@a.test"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        a.log_lines(&["event=\"account_suspended\""]).len(),
+        1,
+        "suspended once"
+    );
+}

@@ -1,16 +1,9 @@
-//! Containing hijacked accounts: each account is `active`, `throttled` or `suspended`, and a
-//! [`Detector`] watches what accounts do and says when one must be stopped.
-//!
-//! A suspended account cannot authenticate (`525 5.7.13`, RFC 4954 §6) or submit
-//! (`550 5.7.1`), still receives mail, and its mail still waiting for delivery is held, not
-//! sent. `mailwarden user suspend|resume|status` act by hand; a resume releases or deletes
-//! the held mail. The state lives in the store, so the running server and the CLI agree at once.
+//! The [`Detector`]: watches what accounts do on the submission ports and decides limits
+//! (`451 4.7.1`), suspension triggers and AUTH brute-force blocks, over sliding windows of
+//! [`crate::limits::Counters`] with an injectable clock.
 
 use crate::config::Containment as Cfg;
 use crate::limits::{Blocks, Clock, Counters, Key, Known, Metric, network};
-use crate::store::{Store, StoreError};
-use crate::util::unix_now;
-use rusqlite::OptionalExtension;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -20,155 +13,6 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
 /// Active hours an account needs before its hourly volume counts as its usual one.
 const MIN_BASELINE_HOURS: u64 = 3;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Active,
-    Throttled,
-    Suspended,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Active => "active",
-            State::Throttled => "throttled",
-            State::Suspended => "suspended",
-        }
-    }
-
-    fn parse(s: &str) -> State {
-        match s {
-            "throttled" => State::Throttled,
-            "suspended" => State::Suspended,
-            _ => State::Active,
-        }
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AccountState {
-    pub state: State,
-    /// When the state began (Unix time); 0 for an account that was never contained.
-    pub since: i64,
-    pub reason: String,
-    /// What triggered it, for `user status`.
-    pub evidence: String,
-}
-
-pub fn state(store: &Store, account: &str) -> Result<AccountState, StoreError> {
-    let row = store.read(|c| {
-        c.prepare_cached(
-            "SELECT state, since, reason, evidence FROM account_state WHERE account = ?1",
-        )?
-        .query_row([account], |r| {
-            Ok(AccountState {
-                state: State::parse(&r.get::<_, String>(0)?),
-                since: r.get(1)?,
-                reason: r.get(2)?,
-                evidence: r.get(3)?,
-            })
-        })
-        .optional()
-    })?;
-    Ok(row.unwrap_or(AccountState {
-        state: State::Active,
-        since: 0,
-        reason: String::new(),
-        evidence: String::new(),
-    }))
-}
-
-pub fn is_suspended(store: &Store, account: &str) -> Result<bool, StoreError> {
-    Ok(state(store, account)?.state == State::Suspended)
-}
-
-/// Recipients of this account's submitted mail that still wait for delivery.
-const WAITING_OF: &str = "id IN (SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1)";
-
-/// Suspend an account and hold its mail that waits for delivery. Returns how many recipients
-/// were held.
-pub fn suspend(
-    store: &Store,
-    account: &str,
-    reason: &str,
-    evidence: &str,
-) -> Result<usize, StoreError> {
-    let (a, r, e) = (
-        account.to_string(),
-        reason.to_string(),
-        evidence.to_string(),
-    );
-    store.write_blocking(move |c| {
-        let now = unix_now();
-        c.execute(
-            "INSERT INTO account_state(account, state, since, reason, evidence) \
-             VALUES (?1, 'suspended', ?2, ?3, ?4) \
-             ON CONFLICT(account) DO UPDATE SET state = 'suspended', since = ?2, reason = ?3, \
-             evidence = ?4",
-            rusqlite::params![a, now, r, e],
-        )?;
-        c.execute(
-            &format!(
-                "UPDATE queue_rcpt SET status = 'held', updated = ?2 \
-                 WHERE status IN ('queued', 'deferred') AND route = 'remote' AND {WAITING_OF}"
-            ),
-            rusqlite::params![a, now],
-        )
-    })
-}
-
-/// What to do with held mail when an account resumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeldMail {
-    Release,
-    Delete,
-}
-
-/// Count the recipients held for this account.
-pub fn held(store: &Store, account: &str) -> Result<usize, StoreError> {
-    let n: i64 = store.read(|c| {
-        c.query_row(
-            &format!("SELECT count(*) FROM queue_rcpt WHERE status = 'held' AND {WAITING_OF}"),
-            [account],
-            |r| r.get(0),
-        )
-    })?;
-    Ok(n as usize)
-}
-
-/// Make an account active again; release its held mail for delivery now, or delete it.
-/// Returns how many recipients were released or deleted.
-pub fn resume(store: &Store, account: &str, held_mail: HeldMail) -> Result<usize, StoreError> {
-    let a = account.to_string();
-    store.write_blocking(move |c| {
-        c.execute("DELETE FROM account_state WHERE account = ?1", [&a])?;
-        let n = match held_mail {
-            HeldMail::Release => c.execute(
-                &format!(
-                    "UPDATE queue_rcpt SET status = 'deferred', next_attempt = 0, updated = ?2 \
-                     WHERE status = 'held' AND {WAITING_OF}"
-                ),
-                rusqlite::params![a, unix_now()],
-            )?,
-            HeldMail::Delete => c.execute(
-                &format!("UPDATE queue_rcpt SET status = 'failed', last_reply = 'deleted when the account resumed', updated = ?2 WHERE status = 'held' AND {WAITING_OF}"),
-                rusqlite::params![a, unix_now()],
-            )?,
-        };
-        // This account's messages with nothing left to do go (their spool files, if any,
-        // are removed as orphans at the next start).
-        let ids: Vec<String> = c
-            .prepare("SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1")?
-            .query_map([&a], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for id in ids {
-            crate::queue::finish_if_done(c, &id)?;
-        }
-        Ok(n)
-    })
-}
 
 /// Why an account must be suspended, with the numbers that show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +25,16 @@ pub struct Trigger {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limited {
     pub reason: String,
+}
+
+/// What a failed AUTH led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// The IP or network blocked by this failure, if it crossed a threshold.
+    pub blocked: Option<IpAddr>,
+    /// Failures in the last ten minutes from this IP or for this account, whichever is more;
+    /// the delay before the answer grows with it.
+    pub recent: usize,
 }
 
 /// An account's usual hourly volume: the average over its active hours, updated as hours end.
@@ -377,31 +231,52 @@ impl Detector {
         !self.blocks.is_blocked(ip) && !self.blocks.is_blocked(network(ip))
     }
 
-    /// A failed AUTH from `ip`. Blocks the IP, or its whole network, past the thresholds;
-    /// returns what was blocked. The account named is never locked: that would hand
-    /// attackers a way to shut its owner out.
-    pub fn auth_failed(&self, ip: IpAddr) -> Option<IpAddr> {
+    /// A failed AUTH from `ip` that named `account`. Blocks the IP, or its whole network,
+    /// past the thresholds. The account is never locked: that would hand attackers a way to
+    /// shut its owner out; its failures only lengthen the delay before each failure's answer,
+    /// which a correct password never waits for.
+    pub fn auth_failed(&self, ip: IpAddr, account: &str) -> AuthFailure {
         let block_ms = self.cfg.auth_block_time.get().as_millis() as i64;
         let net = network(ip);
-        self.counters.add(Key::Ip(ip), Metric::AuthFailures, 1);
-        self.counters.add(Key::Net(net), Metric::AuthFailures, 1);
-        if self
-            .counters
-            .count(&Key::Net(net), Metric::AuthFailures, 10 * MINUTE)
-            >= self.cfg.auth_failures_per_network
-        {
+        let keys = [
+            Key::Ip(ip),
+            Key::Net(net),
+            Key::Account(account.to_ascii_lowercase()),
+        ];
+        for k in &keys {
+            self.counters.add(k.clone(), Metric::AuthFailures, 1);
+        }
+        let [by_ip, by_net, by_account] =
+            keys.map(|k| self.counters.count(&k, Metric::AuthFailures, 10 * MINUTE));
+        let blocked = if by_net >= self.cfg.auth_failures_per_network {
             self.blocks.block(net, block_ms);
-            return Some(net);
-        }
-        if self
-            .counters
-            .count(&Key::Ip(ip), Metric::AuthFailures, 10 * MINUTE)
-            >= self.cfg.auth_failures_per_ip
-        {
+            Some(net)
+        } else if by_ip >= self.cfg.auth_failures_per_ip {
             self.blocks.block(ip, block_ms);
-            return Some(ip);
+            Some(ip)
+        } else {
+            None
+        };
+        AuthFailure {
+            blocked,
+            recent: by_ip.max(by_account),
         }
-        None
+    }
+
+    /// A remote server refused, with a 5xx, a recipient of mail `account` submitted: many
+    /// in a short time is a spammer's list of guessed or dead addresses (Exim's
+    /// BlockCracking).
+    pub fn remote_rejected(&self, account: &str) -> Option<Trigger> {
+        let key = Key::Account(account.to_string());
+        self.counters.add(key.clone(), Metric::RemoteRejections, 1);
+        let n = self.counters.count(&key, Metric::RemoteRejections, HOUR);
+        (n > self.cfg.remote_rejections_per_hour).then(|| Trigger {
+            reason: "remote servers refuse its mail",
+            evidence: format!(
+                "{n} recipients refused with 5xx by remote servers in the last hour (limit {})",
+                self.cfg.remote_rejections_per_hour
+            ),
+        })
     }
 
     /// Start an account afresh (after a resume).
@@ -576,7 +451,7 @@ mod tests {
         for i in 1..=50u8 {
             let ip = IpAddr::from([127, 0, 5, i]);
             assert!(d.auth_allowed(ip) || blocked.is_some());
-            if let Some(b) = d.auth_failed(ip) {
+            if let Some(b) = d.auth_failed(ip, "owner@x.test").blocked {
                 blocked = Some(b);
             }
         }
@@ -591,18 +466,37 @@ mod tests {
     }
 
     #[test]
-    fn suspend_and_resume_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(state(&store, "a@x.test").unwrap().state, State::Active);
-        suspend(&store, "a@x.test", "by hand", "admin").unwrap();
-        let st = state(&store, "a@x.test").unwrap();
-        assert_eq!(st.state, State::Suspended);
-        assert_eq!(st.reason, "by hand");
-        assert!(st.since > 0);
-        assert!(is_suspended(&store, "a@x.test").unwrap());
-        assert!(!is_suspended(&store, "b@x.test").unwrap());
-        resume(&store, "a@x.test", HeldMail::Release).unwrap();
-        assert_eq!(state(&store, "a@x.test").unwrap().state, State::Active);
+    fn failures_lengthen_delays_per_ip_and_per_account() {
+        let (_clock, d) = detector();
+        let ip = IpAddr::from([127, 0, 6, 1]);
+        let recent: Vec<usize> = (0..3)
+            .map(|_| d.auth_failed(ip, "a@x.test").recent)
+            .collect();
+        assert_eq!(recent, [1, 2, 3]);
+        // A new IP guessing the same account still meets the account's failures...
+        assert_eq!(
+            d.auth_failed(IpAddr::from([127, 0, 7, 1]), "A@x.test")
+                .recent,
+            4
+        );
+        // ...and an IP with failures meets its own, whatever account it names.
+        assert_eq!(d.auth_failed(ip, "b@x.test").recent, 4);
+        assert_eq!(
+            d.auth_failed(IpAddr::from([127, 0, 8, 1]), "c@x.test")
+                .recent,
+            1
+        );
+    }
+
+    #[test]
+    fn remote_rejections_trigger() {
+        let (_clock, d) = detector();
+        let n = Cfg::default().remote_rejections_per_hour;
+        for _ in 0..n {
+            assert_eq!(d.remote_rejected("a@x.test"), None);
+        }
+        let t = d.remote_rejected("a@x.test").expect("triggered");
+        assert_eq!(t.reason, "remote servers refuse its mail");
+        assert_eq!(d.remote_rejected("b@x.test"), None);
     }
 }

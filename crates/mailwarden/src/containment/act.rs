@@ -1,0 +1,141 @@
+//! Acting on containment: suspend an account when the [`Detector`] names a trigger (its mail
+//! waiting for delivery is held), tell the postmaster, and log it; record throttling so
+//! `user status` shows it. Sessions and outbound delivery (remote 5xx replies) both feed it.
+
+use super::{Detector, Limited, Trigger};
+use crate::checks::relay::{RcptDecision, Routing};
+use crate::config::Config;
+use crate::limits::Clock;
+use crate::queue::{Folder, Message, Queue, Recipient, Route};
+use crate::store::Store;
+use crate::util::{new_id, rfc5322_date, unix_now};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How often, at most, a throttled account's state is written to the store.
+const THROTTLE_RECORD_SECS: i64 = 60;
+
+pub struct Containment {
+    pub detector: Detector,
+    config: Arc<Config>,
+    store: Store,
+    queue: Arc<Queue>,
+    routing: Routing,
+    throttle_recorded: Mutex<HashMap<String, i64>>,
+}
+
+impl Containment {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        queue: Arc<Queue>,
+        routing: Routing,
+        clock: Arc<dyn Clock>,
+    ) -> Containment {
+        Containment {
+            detector: Detector::new(&config.containment, clock),
+            config,
+            store,
+            queue,
+            routing,
+            throttle_recorded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Suspend `account` for `t`; `context` names the session or message that showed it.
+    pub async fn suspend(&self, account: &str, t: Trigger, context: &str) {
+        let store = self.store.clone();
+        let (a, reason, evidence) = (account.to_string(), t.reason, t.evidence.clone());
+        // Once is enough: outbound replies can still arrive for mail sent before.
+        let held = tokio::task::spawn_blocking(move || {
+            if super::is_suspended(&store, &a)? {
+                return Ok(None);
+            }
+            super::suspend(&store, &a, reason, &evidence).map(Some)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        let held = match held {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(event = "suspend_failed", account, error = %e);
+                return;
+            }
+        };
+        tracing::warn!(event = "account_suspended", context, account, reason = t.reason,
+            evidence = %t.evidence, held);
+        self.notify_postmaster(account, &t, held).await;
+    }
+
+    /// A limit refused `account` a message: record it as throttled (at most once a minute).
+    pub async fn throttled(&self, account: &str, l: &Limited) {
+        let now = unix_now();
+        {
+            let mut m = self
+                .throttle_recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            m.retain(|_, t| now - *t < THROTTLE_RECORD_SECS);
+            if m.contains_key(account) {
+                return;
+            }
+            m.insert(account.to_string(), now);
+        }
+        let store = self.store.clone();
+        let (a, r) = (account.to_string(), l.reason.clone());
+        match tokio::task::spawn_blocking(move || super::throttle(&store, &a, &r)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(event = "throttle_record_failed", account, error = %e),
+            Err(e) => tracing::error!(event = "throttle_record_failed", account, error = %e),
+        }
+    }
+
+    /// A remote server refused, with a 5xx, a recipient of mail `account` submitted.
+    pub async fn remote_rejected(&self, account: &str, qid: &str) {
+        if let Some(t) = self.detector.remote_rejected(account) {
+            self.suspend(account, t, qid).await;
+        }
+    }
+
+    async fn notify_postmaster(&self, account: &str, t: &Trigger, held: usize) {
+        let cfg = &self.config;
+        let RcptDecision::Local { mailbox } = self
+            .routing
+            .decide(&mailwarden_proto::address::ForwardPath::Postmaster, true)
+        else {
+            return;
+        };
+        let now = unix_now();
+        let id = new_id();
+        let body = format!(
+            "From: mailwarden <MAILER-DAEMON@{host}>\r\nTo: <{mailbox}>\r\n\
+         Subject: Account suspended: {account}\r\nDate: {date}\r\n\
+         Message-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         mailwarden suspended the account {account}.\r\n\r\n\
+         Reason:   {reason}\r\nEvidence: {evidence}\r\nHeld:     {held} recipient(s) of mail \
+         waiting for delivery\r\n\r\n\
+         It cannot log in or send until you resume it:\r\n\
+         \x20 mailwarden user status {account}\r\n\
+         \x20 mailwarden user resume {account} --release   (or --delete)\r\n",
+            host = cfg.hostname,
+            date = rfc5322_date(now),
+            reason = t.reason,
+            evidence = t.evidence,
+        );
+        let to = Recipient {
+            idx: 0,
+            address: mailbox.clone(),
+            route: Route::Local {
+                mailbox,
+                folder: Folder::Inbox,
+            },
+        };
+        let msg = Message::generated("containment", &cfg.hostname, now, to, body.into_bytes());
+        if let Err(e) = self.queue.enqueue(msg).await {
+            tracing::error!(event = "postmaster_notice_failed", account, error = %e);
+        }
+    }
+}
