@@ -17,6 +17,7 @@ pub mod dns;
 pub mod fsync;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod outbound;
 pub mod queue;
 pub mod received;

@@ -62,6 +62,8 @@ section! {
         pub submission: String = "127.0.0.1:2587".to_string(),
         /// Message submission over implicit TLS (RFC 8314). AUTH is required.
         pub submissions: String = "127.0.0.1:2465".to_string(),
+        /// Prometheus metrics (`GET /metrics`). Loopback addresses only; empty turns it off.
+        pub metrics: String = "127.0.0.1:2580".to_string(),
     }
 }
 
@@ -507,6 +509,19 @@ impl Config {
                 errs.push(format!("listen.{name} = {addr:?} is not ip:port"));
             }
         }
+        if !self.listen.metrics.is_empty() {
+            match self.listen.metrics.parse::<SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                Ok(_) => errs.push(format!(
+                    "listen.metrics = {:?}: admin surfaces listen on loopback only",
+                    self.listen.metrics
+                )),
+                Err(_) => errs.push(format!(
+                    "listen.metrics = {:?} is not ip:port",
+                    self.listen.metrics
+                )),
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             errs.push("tls.cert and tls.key must be given together".to_string());
         }
@@ -649,5 +664,16 @@ mod tests {
         assert!(e.contains("domains"), "{e}");
         assert!(e.contains("listen.mx"), "{e}");
         assert!(e.contains("tls.cert"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_only() {
+        let c = parse("[listen]\nmetrics = \"0.0.0.0:9100\"").unwrap();
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("loopback only"), "{e}");
+        for ok in ["127.0.0.1:9100", "[::1]:9100", ""] {
+            let c = parse(&format!("[listen]\nmetrics = \"{ok}\"")).unwrap();
+            assert!(c.validate().is_ok(), "{ok}");
+        }
     }
 }

@@ -64,6 +64,8 @@ impl Containment {
                 return;
             }
         };
+        metrics::counter!("mailwarden_account_suspensions_total", "reason" => t.reason)
+            .increment(1);
         tracing::warn!(event = "account_suspended", context, account, reason = t.reason,
             evidence = %t.evidence, held);
         self.notify_postmaster(account, &t, held).await;
@@ -71,6 +73,7 @@ impl Containment {
 
     /// A limit refused `account` a message: record it as throttled (at most once a minute).
     pub async fn throttled(&self, account: &str, l: &Limited) {
+        metrics::counter!("mailwarden_rate_limited_total").increment(1);
         let now = unix_now();
         {
             let mut m = self

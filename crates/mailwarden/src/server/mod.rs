@@ -106,6 +106,8 @@ impl Shared {
 pub struct Running {
     pub shared: Arc<Shared>,
     pub bound: Vec<(ListenerKind, std::net::SocketAddr)>,
+    /// Where `/metrics` is served, if it is.
+    pub metrics: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     store: Store,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -187,6 +189,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         listeners.push((ListenerKind::from_name(name), l));
     }
 
+    let metrics = if config.listen.metrics.is_empty() {
+        None
+    } else {
+        let addr = &config.listen.metrics;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.metrics)"))?;
+        // Before anything is counted.
+        Some((l, crate::metrics::install()))
+    };
+
     let orphans = queue.remove_orphan_spools()?;
     let recovered = queue.recover()?;
     if orphans > 0 || !recovered.is_empty() {
@@ -213,6 +226,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         contain,
     ));
 
+    let metrics = match metrics {
+        Some((l, handle)) => {
+            let addr = l.local_addr()?;
+            tasks.push(tokio::spawn(crate::metrics::serve(l, handle)));
+            Some(addr)
+        }
+        None => None,
+    };
     let mut bound = Vec::new();
     for (kind, l) in listeners {
         bound.push((kind, l.local_addr()?));
@@ -222,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         shared,
         bound,
+        metrics,
         shutdown: shutdown_tx,
         store,
         tasks,
@@ -265,6 +287,12 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             ListenerKind::Submissions => "submission over implicit TLS; AUTH PLAIN/LOGIN required",
         };
         writeln!(out, "listening {} {}    ({what})", kind.name(), addr)?;
+    }
+    if let Some(a) = running.metrics {
+        writeln!(
+            out,
+            "listening metrics {a}    (Prometheus text at GET /metrics; loopback only)"
+        )?;
     }
     let domain = config
         .domains

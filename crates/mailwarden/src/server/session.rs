@@ -88,6 +88,10 @@ impl Ctx {
             reply = %reply,
             reason,
         );
+        metrics::counter!("mailwarden_smtp_rejections_total",
+            "listener" => self.listener.name(), "verb" => verb.as_str(),
+            "code" => reply.code.to_string())
+        .increment(1);
     }
 
     /// Refuse an AUTH attempt (`reason` counts in the session) and log it once with
@@ -367,7 +371,9 @@ where
                             .contain
                             .detector
                             .auth_failed(peer.ip(), &credentials.username);
+                        metrics::counter!("mailwarden_auth_failures_total").increment(1);
                         if let Some(blocked) = f.blocked {
+                            metrics::counter!("mailwarden_auth_blocks_total").increment(1);
                             tracing::warn!(event = "auth_blocked", session = %ctx.session,
                                 ip = %peer.ip(), blocked = %blocked,
                                 minutes = cfg.containment.auth_block_time.get().as_secs() / 60);
@@ -447,6 +453,8 @@ where
                 let reply = done.reply;
                 if reply.is_positive() {
                     messages += 1;
+                    metrics::counter!("mailwarden_messages_accepted_total", "listener" => kind.name())
+                        .increment(1);
                     if kind != ListenerKind::Mx
                         && let Some(account) = s.authenticated().map(str::to_string)
                         && let Some(t) = shared.contain.detector.message(&account, &rcpt_list)

@@ -57,6 +57,11 @@ fn a_hijacked_account_blasting_spam_is_suspended_within_twenty_messages() {
         status.contains("messages in the last minute"),
         "evidence: {status}"
     );
+    let m = s.metrics();
+    assert!(
+        m.contains("mailwarden_account_suspensions_total{reason=\"message burst\"} 1"),
+        "{m}"
+    );
     // The postmaster is told, with what to do.
     let notes = s.wait_messages("postmaster@example.test", 1);
     assert!(
@@ -113,6 +118,9 @@ fn a_guessing_botnet_is_blocked_while_the_owner_still_gets_in() {
     assert!(codes[..30].iter().all(|c| *c == 535), "{codes:?}");
     assert!(codes[30..].iter().all(|c| *c == 454), "{codes:?}");
     s.wait_log(&["event=\"auth_blocked\"", "blocked=127.0.5.0"]);
+    let m = s.metrics();
+    assert!(m.contains("mailwarden_auth_failures_total 30"), "{m}");
+    assert!(m.contains("mailwarden_auth_blocks_total 1"), "{m}");
 
     // The owner, from another network, logs in and sends.
     let r = submit(

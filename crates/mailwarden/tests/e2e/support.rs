@@ -29,6 +29,7 @@ domains = ["example.test"]
 mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
 [auth]
 failure_delay = "50ms"
 max_failure_delay = "200ms"
@@ -120,7 +121,7 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         self.ports.clear();
-        let want = 3;
+        let want = 4;
         while self.ports.len() < want {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -143,6 +144,17 @@ impl Server {
 
     pub fn mx(&self) -> SocketAddr {
         self.ports["mx"]
+    }
+    /// The Prometheus text at `/metrics`, fetched with curl.
+    pub fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.ports["metrics"]);
+        let out = run("curl", &["-sSf", "--max-time", "5", &url], None);
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
     pub fn submission(&self) -> SocketAddr {
         self.ports["submission"]
