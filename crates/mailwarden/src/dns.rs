@@ -96,10 +96,18 @@ type Cached<'a, P> = Parameters<
 pub struct Dns {
     pub auth: MessageAuthenticator,
     pub caches: Caches,
+    /// The first configured nameserver, asked directly for loopback PTRs (see
+    /// [`Dns::prime_loopback_ptr`]); `None` with the system resolver.
+    direct: Option<(std::net::SocketAddr, std::time::Duration)>,
 }
 
 impl Dns {
     pub fn new(cfg: &DnsConfig) -> anyhow::Result<Dns> {
+        let direct = cfg
+            .nameservers
+            .iter()
+            .find_map(|s| parse_nameserver(s))
+            .map(|a| (a, cfg.timeout.get()));
         let (config, mut opts) = if cfg.nameservers.is_empty() {
             mail_auth::hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| anyhow::anyhow!("cannot read the system resolver config: {e}"))?
@@ -131,7 +139,75 @@ impl Dns {
         Ok(Dns {
             auth,
             caches: Caches::default(),
+            direct,
         })
+    }
+
+    /// hickory answers every PTR query under `127.in-addr.arpa` and for `::1` itself, with
+    /// `localhost` (RFC 6761 §6.3), so a loopback client could never have another name. When
+    /// nameservers are configured, ask the first one directly and put its answer in the PTR
+    /// cache, where the iprev check finds it. This is what lets loopback test beds play
+    /// clients with and without reverse names; other addresses never come here.
+    pub async fn prime_loopback_ptr(&self, ip: IpAddr) {
+        use mail_auth::hickory_resolver::proto::op::{Message, Query, ResponseCode};
+        use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
+        let Some((server, timeout)) = self.direct else {
+            return;
+        };
+        if !ip.is_loopback() || ResolverCache::get(&self.caches.ptr, &ip).is_some() {
+            return;
+        }
+        let mut q = Message::query();
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from(ip), RecordType::PTR));
+        let Ok(wire) = q.to_vec() else { return };
+        let answer = async {
+            let bind: std::net::SocketAddr = if server.is_ipv4() {
+                ([127, 0, 0, 1], 0).into()
+            } else {
+                (Ipv6Addr::LOCALHOST, 0).into()
+            };
+            let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
+            sock.send_to(&wire, server).await.ok()?;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf).await.ok()?;
+                let Ok(m) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if from == server && m.metadata.id == q.metadata.id {
+                    return Some(m);
+                }
+            }
+        };
+        // No answer leaves the cache empty: the normal lookup then runs, as it would anyway.
+        let Ok(Some(m)) = tokio::time::timeout(timeout, answer).await else {
+            return;
+        };
+        if !matches!(
+            m.metadata.response_code,
+            ResponseCode::NoError | ResponseCode::NXDomain
+        ) {
+            return;
+        }
+        let mut ttl = 300u32;
+        let names: Vec<Box<str>> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => {
+                    ttl = ttl.min(r.ttl);
+                    Some(p.to_lowercase().to_ascii().into_boxed_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let until = Instant::now() + std::time::Duration::from_secs(ttl.max(1) as u64);
+        let set = RecordSet {
+            rrset: names.into(),
+            dnssec_status: mail_auth::DnssecStatus::Indeterminate,
+        };
+        ResolverCache::insert(&self.caches.ptr, ip, set, until);
     }
 
     /// Wrap check parameters with the caches.

@@ -45,6 +45,34 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system clock shifted by a number of milliseconds read from a file at each call: how
+/// end-to-end tests move the real binary's time (greylisting delays, a simulated week). Only
+/// `MAILWARDEN_TEST_CLOCK=FILE` in the environment turns it on, and the server says so at
+/// startup.
+pub struct FileClock(std::path::PathBuf);
+
+impl Clock for FileClock {
+    fn now_ms(&self) -> i64 {
+        let offset = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        SystemClock.now_ms() + offset
+    }
+}
+
+/// The server's clock: the system's, or a [`FileClock`] when the environment asks for one.
+pub fn server_clock() -> Arc<dyn Clock> {
+    match std::env::var_os("MAILWARDEN_TEST_CLOCK") {
+        Some(path) => {
+            tracing::warn!(event = "test_clock", file = %std::path::Path::new(&path).display(),
+                "time is shifted by the offset in this file (MAILWARDEN_TEST_CLOCK)");
+            Arc::new(FileClock(path.into()))
+        }
+        None => Arc::new(SystemClock),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
     Account(String),

@@ -121,7 +121,20 @@ CREATE TABLE account_state(
 ) WITHOUT ROWID;
 "#;
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+/// Screening's memory: clients and senders that proved themselves (`pregreet:IP`,
+/// `grey:NETWORK`, `sender:DOMAIN`) until a time, and greylisting triplets.
+const SCHEMA_V4: &str = r#"
+CREATE TABLE screen_memory(
+    key TEXT PRIMARY KEY,
+    until INTEGER NOT NULL
+);
+CREATE TABLE greylist(
+    triplet TEXT PRIMARY KEY,
+    first_seen INTEGER NOT NULL
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

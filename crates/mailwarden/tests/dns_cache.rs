@@ -40,3 +40,53 @@ async fn repeated_checks_are_answered_from_the_cache() {
     }
     assert_eq!(server.queries(), asked, "later rounds came from the cache");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_lists_are_asked_once_and_a_silent_list_does_not_count() {
+    use mailwarden::config::screening::{Dnsbl, ListZone};
+    use mailwarden::screening::{Reason, dnsbl};
+    use std::sync::Arc;
+    let server = TestDns::with_text(
+        "2.0.0.127.bl.test A 127.0.0.2\n\
+         2.0.0.127.slow.test TIMEOUT\n\
+         3.0.0.127.slow.test TIMEOUT\n",
+    );
+    let mut cfg = DnsConfig::default();
+    cfg.nameservers = vec![server.addr.to_string()];
+    cfg.timeout = Duration::millis(300);
+    cfg.attempts = 1;
+    let dns = Arc::new(Dns::new(&cfg).unwrap());
+    let zone = |z: &str| ListZone {
+        zone: z.into(),
+        ..ListZone::default()
+    };
+    let lists = Dnsbl {
+        zones: vec![zone("bl.test"), zone("slow.test")],
+        ..Dnsbl::default()
+    };
+    let t = cfg.timeout.get();
+    let listed = dnsbl::ip_lists(dns.clone(), &lists, "127.0.0.2".parse().unwrap(), t).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].reason, Reason::DnsblListed);
+    assert_eq!(listed[0].source, "bl.test");
+    let clean = dnsbl::ip_lists(dns.clone(), &lists, "127.0.0.4".parse().unwrap(), t).await;
+    assert!(clean.is_empty(), "{clean:?}");
+    let lists_only = Dnsbl {
+        zones: vec![zone("bl.test")],
+        ..Dnsbl::default()
+    };
+    let asked = server.queries();
+    for _ in 0..3 {
+        let again =
+            dnsbl::ip_lists(dns.clone(), &lists_only, "127.0.0.2".parse().unwrap(), t).await;
+        assert_eq!(again.len(), 1);
+        let clean =
+            dnsbl::ip_lists(dns.clone(), &lists_only, "127.0.0.4".parse().unwrap(), t).await;
+        assert!(clean.is_empty());
+    }
+    assert_eq!(
+        server.queries(),
+        asked,
+        "answers, positive and negative, came from the cache"
+    );
+}

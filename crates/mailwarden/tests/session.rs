@@ -28,6 +28,9 @@ impl Harness {
         config.listen.mx = String::new();
         config.listen.submission = String::new();
         config.listen.submissions = String::new();
+        config.listen.metrics = String::new();
+        // The in-process client reads the banner at once; pregreet has its own e2e tests.
+        config.screening.pregreet.mode = mailwarden::config::Mode::Off;
         // Sender checks resolve through a loopback server that knows no names.
         let dns = mailwarden_testdns::TestDns::start(mailwarden_testdns::Zones::new());
         config.dns.nameservers = vec![dns.addr.to_string()];
@@ -58,6 +61,7 @@ impl Harness {
         tokio::spawn(server::session::run(
             theirs,
             peer,
+            "127.0.0.1:25".parse().unwrap(),
             kind,
             self.running.shared.clone(),
         ));

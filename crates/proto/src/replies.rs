@@ -25,6 +25,17 @@ replies! {
 
     UNRECOGNIZED = 500 (5, 5, 2) "Command unrecognized";
     NON_SMTP = 500 (5, 5, 1) "Not an SMTP command";
+    /// Screening: a non-SMTP command closes the session.
+    NON_SMTP_CLOSE = 554 (5, 5, 1) "Not an SMTP command; closing";
+    /// Screening: the client spoke before the greeting ended (pregreet).
+    EARLY_TALKER = 554 (5, 5, 1) "Protocol error: you talked before the greeting";
+    /// Screening: commands pipelined although PIPELINING was not offered (RFC 2920 §3.1).
+    PIPELINING_REJECTED = 550 (5, 5, 1) "Protocol error: commands sent without waiting for replies";
+    /// Screening: the client's PTR is missing or does not resolve back (RFC 7372 X.7.25).
+    RDNS_REJECTED = 550 (5, 7, 25) "Reverse DNS validation failed for your address";
+    RDNS_TEMP = 450 (4, 7, 25) "Temporary failure checking your reverse DNS, try again later";
+    /// Screening: smart greylisting, first attempt.
+    GREYLISTED = 451 (4, 7, 1) "Greylisted, please try again later";
     LINE_TOO_LONG = 500 (5, 5, 2) "Line too long";
     BAD_ENCODING = 500 (5, 5, 2) "Command is not valid UTF-8";
     SYNTAX = 501 (5, 5, 4) "Syntax error in parameters or arguments";
@@ -92,6 +103,33 @@ replies! {
 /// `220 host ESMTP mailwarden`. No version: it only helps attackers.
 pub fn greeting(hostname: &str) -> Reply {
     Reply::owned(220, None, format!("{hostname} ESMTP mailwarden"))
+}
+
+/// The first line of a pregreet banner; the final `220` follows after the wait.
+pub fn greeting_first(hostname: &str) -> String {
+    format!("220-{hostname} ESMTP mailwarden\r\n")
+}
+
+/// Screening: `550 5.7.1` for a HELO name that breaks a rule; `why` is ours.
+pub fn helo_rejected(why: &str) -> Reply {
+    Reply::owned(
+        550,
+        Some(Status(5, 7, 1)),
+        format!("HELO/EHLO refused: {why}"),
+    )
+}
+
+/// Screening: `554 5.7.1` naming the DNS lists that list the client (their zones are
+/// configuration, the address is the client's own: both safe to echo).
+pub fn dnsbl_rejected(ip: &str, lists: &[&str]) -> Reply {
+    Reply::owned(
+        554,
+        Some(Status(5, 7, 1)),
+        format!(
+            "Service unavailable; client [{ip}] listed by {}",
+            lists.join(", ")
+        ),
+    )
 }
 
 pub fn helo(hostname: &str) -> Reply {

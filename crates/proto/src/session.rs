@@ -66,6 +66,9 @@ pub struct SessionConfig {
     /// MAIL requires a successful AUTH (submission).
     pub auth_required: bool,
     pub bare_lf: BareLf,
+    /// A non-SMTP command (an HTTP request line, say) closes the session at once with
+    /// `554 5.5.1` instead of counting as one more error.
+    pub close_on_non_smtp: bool,
 }
 
 /// Input buffer shared by the driver (which appends) and the session (which consumes).
@@ -207,6 +210,10 @@ pub struct Counters {
     pub transactions: u32,
     pub auth_failures: u32,
     pub bare_lf_commands: u32,
+    /// Commands that arrived with more input behind them although PIPELINING was not
+    /// offered (before EHLO, or after HELO): RFC 2920 §3.1 says wait for each reply.
+    pub unauthorized_pipelining: u32,
+    pub non_smtp_commands: u32,
 }
 
 pub struct Session {
@@ -459,6 +466,9 @@ impl Session {
                     );
                 }
                 Some(Line::Complete) => {
+                    if !inbuf.unread().is_empty() && !matches!(self.helo, Some((_, true))) {
+                        self.counters.unauthorized_pipelining += 1;
+                    }
                     let parsed = command::parse(&self.line);
                     if let Some(ev) = self.command(parsed, inbuf) {
                         return ev;
@@ -480,7 +490,18 @@ impl Session {
                     CommandError::Unrecognized => {
                         (Verb::Unknown, replies::UNRECOGNIZED, "unrecognized command")
                     }
-                    CommandError::NonSmtp => (Verb::Unknown, replies::NON_SMTP, "non-SMTP command"),
+                    CommandError::NonSmtp => {
+                        self.counters.non_smtp_commands += 1;
+                        if self.cfg.close_on_non_smtp {
+                            self.close_with(&replies::NON_SMTP_CLOSE);
+                            return Some(Event::Refused {
+                                verb: Verb::Unknown,
+                                reply: replies::NON_SMTP_CLOSE,
+                                reason: "non-SMTP command",
+                            });
+                        }
+                        (Verb::Unknown, replies::NON_SMTP, "non-SMTP command")
+                    }
                     CommandError::Encoding => {
                         (Verb::Unknown, replies::BAD_ENCODING, "command not UTF-8")
                     }

@@ -3,7 +3,7 @@
 //! Each `tests/transcripts/*.smtp` file is a dialogue:
 //!
 //! ```text
-//! ! tls auth_offered auth_required bare_lf=normalize recipients=2 errors=3 size=100
+//! ! tls auth_offered auth_required close_on_non_smtp bare_lf=normalize recipients=2 errors=3 size=100
 //! ! local example.test
 //! ! user alice@example.test secret
 //! S: 220 *                 expected reply line; a trailing `*` matches any rest
@@ -11,6 +11,7 @@
 //! R: DATA\r\nabc\n.\n      raw bytes with \r \n \t \\ \xNN escapes, nothing appended
 //! M: abc\r\n               the body of the last accepted message
 //! N: 1                     number of messages accepted so far
+//! P: 1                     commands pipelined without PIPELINING so far
 //! X:                       the server closed the connection
 //! ```
 //!
@@ -147,6 +148,7 @@ fn run_file(path: &Path) {
         auth_offered: false,
         auth_required: false,
         bare_lf: BareLf::Reject,
+        close_on_non_smtp: false,
     };
     let mut local = Vec::new();
     let mut users = Vec::new();
@@ -173,6 +175,7 @@ fn run_file(path: &Path) {
                 "implicit_tls" => cfg.tls_at_start = true,
                 "auth_offered" => cfg.auth_offered = true,
                 "auth_required" => cfg.auth_required = true,
+                "close_on_non_smtp" => cfg.close_on_non_smtp = true,
                 "bare_lf" => {
                     cfg.bare_lf = if v == "normalize" {
                         BareLf::Normalize
@@ -251,6 +254,11 @@ fn run_file(path: &Path) {
                 r.messages.len(),
                 rest.parse::<usize>().unwrap(),
                 "{where_}: message count"
+            ),
+            "P:" => assert_eq!(
+                r.s.counters().unauthorized_pipelining,
+                rest.parse::<u32>().unwrap(),
+                "{where_}: commands pipelined without PIPELINING"
             ),
             "X:" => assert!(r.closed, "{where_}: expected the server to close"),
             _ => panic!("{where_}: unknown line `{line}`"),

@@ -7,10 +7,12 @@
 
 pub mod docs;
 pub(crate) mod schema;
+pub mod screening;
 pub mod units;
 
 use anyhow::{Context, bail};
 use schema::{choice, section};
+pub use screening::Screening;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 pub use units::{ByteSize, Duration};
@@ -47,6 +49,7 @@ section! {
         pub delivery: Delivery = Delivery::default(),
         pub submission: Submission = Submission::default(),
         pub containment: Containment = Containment::default(),
+        pub screening: Screening = Screening::default(),
         pub log: Log = Log::default(),
     }
 }

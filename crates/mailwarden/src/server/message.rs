@@ -86,7 +86,7 @@ pub(super) enum Started<T> {
 impl<T: Send + 'static> Started<T> {
     /// Poll `fut` once; spawn it only if it is still waiting. With warm caches this saves a
     /// task and a cross-thread wake-up per check, a measurable share of a message's CPU.
-    fn start(fut: impl std::future::Future<Output = T> + Send + 'static) -> Started<T> {
+    pub(super) fn start(fut: impl std::future::Future<Output = T> + Send + 'static) -> Started<T> {
         let mut fut = Box::pin(fut);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match fut.as_mut().poll(&mut cx) {
@@ -95,14 +95,14 @@ impl<T: Send + 'static> Started<T> {
         }
     }
 
-    async fn finish(self) -> Option<T> {
+    pub(super) async fn finish(self) -> Option<T> {
         match self {
             Started::Done(v) => Some(v),
             Started::Running(h) => h.await.ok(),
         }
     }
 
-    fn abort(&self) {
+    pub(super) fn abort(&self) {
         if let Started::Running(h) = self {
             h.abort();
         }
@@ -115,6 +115,8 @@ pub(super) struct Early {
     pub(super) iprev: Option<Started<IprevOutput>>,
     pub(super) iprev_done: Option<IprevOutput>,
     pub(super) spf: Option<Started<SpfOutput>>,
+    /// SPF finished early (greylisting asked at RCPT), kept for the end of DATA.
+    pub(super) spf_done: Option<SpfOutput>,
 }
 
 impl Early {
@@ -125,9 +127,14 @@ impl Early {
         ip: std::net::IpAddr,
     ) -> Early {
         let mut e = Early::default();
-        if kind == ListenerKind::Mx && shared.config.iprev.mode != crate::config::Mode::Off {
+        let off = crate::config::Mode::Off;
+        let cfg = &shared.config;
+        if kind == ListenerKind::Mx && (cfg.iprev.mode != off || cfg.screening.rdns.mode != off) {
             let dns = shared.dns.clone();
-            e.iprev = Some(Started::start(async move { sender::iprev(&dns, ip).await }));
+            e.iprev = Some(Started::start(async move {
+                dns.prime_loopback_ptr(ip).await;
+                sender::iprev(&dns, ip).await
+            }));
         }
         e
     }
@@ -143,6 +150,7 @@ impl Early {
         if let Some(h) = self.spf.take() {
             h.abort();
         }
+        self.spf_done = None;
         if shared.config.spf.mode == crate::config::Mode::Off {
             return;
         }
@@ -157,7 +165,7 @@ impl Early {
         }));
     }
 
-    async fn iprev(&mut self) -> Option<IprevOutput> {
+    pub(super) async fn iprev(&mut self) -> Option<IprevOutput> {
         if let Some(h) = self.iprev.take() {
             self.iprev_done = h.finish().await;
         }
@@ -167,8 +175,16 @@ impl Early {
     async fn spf(&mut self) -> Option<SpfOutput> {
         match self.spf.take() {
             Some(h) => h.finish().await,
-            None => None,
+            None => self.spf_done.take(),
         }
+    }
+
+    /// The transaction's SPF result, waiting for it if needed, without using it up.
+    pub(super) async fn spf_peek(&mut self) -> Option<SpfOutput> {
+        if let Some(h) = self.spf.take() {
+            self.spf_done = h.finish().await;
+        }
+        self.spf_done.clone()
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod connlimit;
 mod message;
+mod screen;
 pub mod session;
 pub mod tls;
 
@@ -68,6 +69,8 @@ pub struct Shared {
     /// Limits, anomaly triggers, suspension and AUTH brute-force blocks for the submission
     /// ports (and outbound delivery's 5xx replies).
     pub contain: Arc<crate::containment::Containment>,
+    /// Time for limits, screening memory and greylisting (shifted in end-to-end tests).
+    pub clock: Arc<dyn crate::limits::Clock>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub limiter: Arc<ConnLimiter>,
     pub shutdown: watch::Receiver<bool>,
@@ -98,6 +101,8 @@ impl Shared {
                 BareLfMode::Reject => BareLf::Reject,
                 BareLfMode::Normalize => BareLf::Normalize,
             },
+            close_on_non_smtp: !submission
+                && self.config.screening.protocol.mode == crate::config::Mode::Enforce,
         }
     }
 }
@@ -154,12 +159,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let accounts = Accounts::new(store.clone());
     let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let clock = crate::limits::server_clock();
     let contain = Arc::new(crate::containment::Containment::new(
         config.clone(),
         store.clone(),
         queue.clone(),
         Routing::new(&config, accounts.clone()),
-        Arc::new(crate::limits::SystemClock),
+        clock.clone(),
     ));
     let shared = Arc::new(Shared {
         auth: Authenticator::new(accounts.clone(), config.auth.cache_ttl.get()),
@@ -167,6 +173,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         dns: dns.clone(),
         keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
         contain: contain.clone(),
+        clock,
         accounts: accounts.clone(),
         queue: queue.clone(),
         tls: tls.acceptor,
@@ -255,7 +262,8 @@ async fn accept_loop(l: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
         match l.accept().await {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
-                tokio::spawn(session::run(sock, peer, kind, shared.clone()));
+                let local = sock.local_addr().unwrap_or(peer);
+                tokio::spawn(session::run(sock, peer, local, kind, shared.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.

@@ -7,6 +7,7 @@
 //! session id, queue id, client, HELO, sender and recipient.
 
 use super::message::{self, BodySink, Early};
+use super::screen::Screen;
 use super::{ListenerKind, Shared};
 use crate::accounts::Verdict;
 use crate::checks::relay::RcptDecision;
@@ -103,8 +104,13 @@ impl Ctx {
     }
 }
 
-pub async fn run<IO>(io: IO, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>)
-where
+pub async fn run<IO>(
+    io: IO,
+    peer: SocketAddr,
+    local: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &shared.config;
@@ -148,6 +154,14 @@ where
     let mut s = Session::new(shared.session_config(kind));
     let mut inbuf = InBuf::with_capacity(1024);
     let mut early = Early::at_connect(&shared, kind, peer.ip());
+    let mut screen = (kind == ListenerKind::Mx).then(|| Screen::at_connect(&shared, peer, local));
+    if let (Some(sc), Stream::Plain(io)) = (screen.as_mut(), &mut stream) {
+        let mut talked = Vec::new();
+        if !sc.pregreet(&shared, io, &ctx.session, &mut talked).await {
+            return;
+        }
+        inbuf.extend(&talked);
+    }
     let mut body = BodySink {
         buf: Vec::new(),
         inline_max: cfg.queue.inline_max.0 as usize,
@@ -225,6 +239,9 @@ where
                 routed.clear();
                 ctx.qid = Some(new_id());
                 ctx.from = Some(from.to_string());
+                if let Some(sc) = screen.as_mut() {
+                    sc.at_mail(&shared, s.helo().unwrap_or(""), &from.to_string());
+                }
                 if kind == ListenerKind::Mx && s.authenticated().is_none() {
                     early.at_mail(
                         &shared,
@@ -284,7 +301,7 @@ where
             }
             Event::Rcpt { to } => {
                 let addr = to.to_string();
-                let route = match shared.routing.decide(&to, s.authenticated().is_some()) {
+                let mut route = match shared.routing.decide(&to, s.authenticated().is_some()) {
                     RcptDecision::Local { mailbox } => Ok(Route::Local {
                         mailbox,
                         folder: Folder::Inbox,
@@ -292,6 +309,21 @@ where
                     RcptDecision::Remote => Ok(Route::Remote),
                     RcptDecision::Refuse { reply, reason } => Err((reply, reason)),
                 };
+                // Screening acts here, late, so the one reject line names everything.
+                let mut detail = None;
+                if let Some(sc) = screen.as_mut() {
+                    let mut refusal = sc.verdict(&shared, &s, &mut early, &ctx.session).await;
+                    if refusal.is_none() && route.is_ok() {
+                        let from = ctx.from.clone().unwrap_or_default();
+                        refusal = sc
+                            .greylist(&shared, &mut early, &from, &addr, &ctx.session)
+                            .await;
+                    }
+                    if let Some(r) = refusal {
+                        route = Err((r.reply, r.reason));
+                        detail = Some(format!("{}: {}", r.reason, r.detail));
+                    }
+                }
                 match route {
                     Ok(route) => {
                         routed.push(Recipient {
@@ -308,7 +340,8 @@ where
                             reason,
                         }) = s.rcpt_decision(reply, reason)
                         {
-                            ctx.reject(&s, verb, &reply, reason, Some(&addr));
+                            let why = detail.as_deref().unwrap_or(reason);
+                            ctx.reject(&s, verb, &reply, why, Some(&addr));
                         }
                         // Guessing local addresses with a stolen account (BlockCracking).
                         if reason == "no such local user"
@@ -484,6 +517,9 @@ where
         }
     }
     body.discard();
+    if let Some(sc) = screen.as_mut() {
+        sc.at_end(&shared, &s, &ctx.session).await;
+    }
     let c = s.counters();
     tracing::info!(
         event = "disconnect",

@@ -30,6 +30,9 @@ mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 metrics = "127.0.0.1:0"
+[screening.pregreet]
+# A 2 s wait per new client would slow every MX test; e2e::screening turns it on.
+mode = "off"
 [auth]
 failure_delay = "50ms"
 max_failure_delay = "200ms"
@@ -99,6 +102,7 @@ impl Server {
             .args(["serve", "-c"])
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
+            .env("MAILWARDEN_TEST_CLOCK", self.dir.path().join("clock"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -145,6 +149,17 @@ impl Server {
     pub fn mx(&self) -> SocketAddr {
         self.ports["mx"]
     }
+    /// Move the server's clock forward (`MAILWARDEN_TEST_CLOCK`): greylisting delays and
+    /// screening memory without waiting.
+    pub fn advance_clock(&self, secs: i64) {
+        let path = self.dir.path().join("clock");
+        let now: i64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        std::fs::write(&path, (now + secs * 1000).to_string()).unwrap();
+    }
+
     /// The Prometheus text at `/metrics`, fetched with curl.
     pub fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.ports["metrics"]);
