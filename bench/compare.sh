@@ -74,6 +74,7 @@ domains = ["bench.test"]
 mx = "127.0.0.1:$MW_MX"
 submission = "127.0.0.1:$MW_SUB"
 submissions = "127.0.0.1:$MW_SUBS"
+metrics = "127.0.0.1:0"
 [dns]
 nameservers = ["$DNS"]
 [smtp]

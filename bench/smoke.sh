@@ -23,6 +23,7 @@ domains = ["bench.test"]
 mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
 [dns]
 nameservers = ["$DNS"]
 [smtp]
