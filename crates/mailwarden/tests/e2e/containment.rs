@@ -165,3 +165,58 @@ fn the_hourly_limit_answers_451_and_shows_the_account_throttled() {
     assert!(status.contains("state:    throttled"), "{status}");
     assert!(status.contains("limit 3"), "{status}");
 }
+
+#[test]
+fn a_heavy_but_steady_user_is_never_throttled_in_a_simulated_week() {
+    let s = Server::start("");
+    s.add_user("heavy@example.test", "heavy-pw");
+    // Its usual correspondents, and the colleagues of its daily message: local accounts, so
+    // every message is delivered and nothing waits in the queue.
+    let people: Vec<String> = (0..100).map(|i| format!("p{i}@example.test")).collect();
+    let colleagues: Vec<String> = (0..40).map(|i| format!("c{i}@example.test")).collect();
+    for a in people.iter().chain(&colleagues) {
+        s.add_user(a, "pw");
+    }
+    let port = s.submissions().port().to_string();
+    let clock = s.dir.path().join("clock");
+    let mut args = vec![
+        clients_dir()
+            .join("steady.py")
+            .to_string_lossy()
+            .into_owned(),
+        "--port".into(),
+        port,
+        "--user".into(),
+        "heavy@example.test".into(),
+        "--password".into(),
+        "heavy-pw".into(),
+        "--clock".into(),
+        clock.to_string_lossy().into_owned(),
+        "--hours".into(),
+        "168".into(),
+        "--per-hour".into(),
+        "150".into(),
+    ];
+    for p in &people {
+        args.extend(["--to".into(), p.clone()]);
+    }
+    for c in &colleagues {
+        args.extend(["--colleague".into(), c.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("python3", &args, None);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("steady.py: {}", String::from_utf8_lossy(&out.stderr)));
+    eprintln!("heavy user: {r}");
+    assert_eq!(r["code"], serde_json::Value::Null, "refused: {r}");
+    assert_eq!(r["sent"], 168 * 150 + 7, "{r}");
+    let status = s.cli(&["user", "status", "heavy@example.test"], None);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("state:    active"), "{status}");
+    assert!(s.log_lines(&["event=\"account_suspended\""]).is_empty());
+    assert_eq!(
+        s.messages("c0@example.test").len(),
+        7,
+        "one daily message a day"
+    );
+}
