@@ -109,6 +109,7 @@ pub enum Metric {
     Logins,
     /// Recipients that remote servers refused with 5xx.
     RemoteRejections,
+    Connections,
 }
 
 /// Timestamps of events per (key, metric), and distinct values per (key, metric) with the

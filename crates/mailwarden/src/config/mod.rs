@@ -316,6 +316,12 @@ section! {
         pub max_messages_per_hour: usize = 200,
         /// Distinct recipients one account may write to per day; beyond, `451 4.7.1`.
         pub max_recipients_per_day: usize = 1000,
+        /// Messages per hour submitted with one envelope sender domain, over all accounts
+        /// (a domain grant or many hijacked accounts at once); beyond, `451 4.7.1`.
+        pub max_messages_per_hour_per_domain: usize = 10000,
+        /// New connections per minute from one IP, on every listener; beyond, `421 4.7.0`
+        /// at connect. 0 turns it off.
+        pub max_connections_per_minute_per_ip: usize = 600,
         /// Suspend an account that submits more messages than this within one minute (or more
         /// than `burst_factor` times its usual per-minute volume, if that is higher).
         pub burst_per_minute: usize = 15,

@@ -135,6 +135,45 @@ impl Detector {
         Ok(())
     }
 
+    /// A new connection from `ip` (any listener): within the per-minute rate?
+    pub fn connection(&self, ip: IpAddr) -> Result<(), Limited> {
+        let max = self.cfg.max_connections_per_minute_per_ip;
+        if max == 0 {
+            return Ok(());
+        }
+        let key = Key::Ip(ip);
+        self.counters.add(key.clone(), Metric::Connections, 1);
+        let n = self.counters.count(&key, Metric::Connections, MINUTE);
+        if n > max {
+            return Err(Limited {
+                reason: format!("{n} connections from {ip} in the last minute (limit {max})"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Before a new message from the envelope sender `domain` (at MAIL FROM).
+    pub fn check_domain(&self, domain: &str) -> Result<(), Limited> {
+        let key = Key::SenderDomain(domain.to_ascii_lowercase());
+        let max = self.cfg.max_messages_per_hour_per_domain;
+        let n = self.counters.count(&key, Metric::Messages, HOUR);
+        if n >= max {
+            return Err(Limited {
+                reason: format!("{n} messages from {domain} in the last hour (limit {max})"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A message accepted with the envelope sender `domain`.
+    pub fn domain_message(&self, domain: &str) {
+        self.counters.add(
+            Key::SenderDomain(domain.to_ascii_lowercase()),
+            Metric::Messages,
+            1,
+        );
+    }
+
     /// A message accepted from `account` for `rcpts`. Returns a trigger if this is a blast.
     pub fn message(&self, account: &str, rcpts: &[String]) -> Option<Trigger> {
         let key = Key::Account(account.to_string());
@@ -498,5 +537,30 @@ mod tests {
         let t = d.remote_rejected("a@x.test").expect("triggered");
         assert_eq!(t.reason, "remote servers refuse its mail");
         assert_eq!(d.remote_rejected("b@x.test"), None);
+    }
+
+    #[test]
+    fn connection_rate_and_sender_domain_limits() {
+        let mut cfg = Cfg::default();
+        cfg.max_connections_per_minute_per_ip = 3;
+        cfg.max_messages_per_hour_per_domain = 2;
+        let clock = ManualClock::at(1_700_000_000_000);
+        let d = Detector::new(&cfg, Arc::new(clock.clone()));
+        let ip = IpAddr::from([127, 0, 0, 9]);
+        for _ in 0..3 {
+            assert!(d.connection(ip).is_ok());
+        }
+        let e = d.connection(ip).unwrap_err();
+        assert!(e.reason.contains("4 connections"), "{}", e.reason);
+        assert!(d.connection(IpAddr::from([127, 0, 0, 10])).is_ok());
+        clock.advance(MINUTE + 1);
+        assert!(d.connection(ip).is_ok());
+
+        for _ in 0..2 {
+            assert!(d.check_domain("Uni.test").is_ok());
+            d.domain_message("uni.test");
+        }
+        assert!(d.check_domain("uni.test").is_err());
+        assert!(d.check_domain("other.test").is_ok());
     }
 }

@@ -122,12 +122,24 @@ pub async fn run<IO>(
         from: None,
     };
     let mut stream = Stream::Plain(io);
-    let _slot = match shared.limiter.acquire(peer.ip()) {
+    let acquired = shared
+        .limiter
+        .acquire(peer.ip())
+        .map_err(|why| format!("{why:?}"));
+    let acquired = acquired.and_then(|slot| {
+        shared
+            .contain
+            .detector
+            .connection(peer.ip())
+            .map(|()| slot)
+            .map_err(|l| l.reason)
+    });
+    let _slot = match acquired {
         Ok(slot) => slot,
         Err(why) => {
             let r = replies::TOO_MANY_CONNECTIONS;
             tracing::info!(event = "reject", session = %ctx.session, listener = kind.name(), ip = %peer.ip(),
-                verb = "CONNECT", reply = %r, reason = ?why);
+                verb = "CONNECT", reply = %r, reason = %why);
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 stream.write_all(r.to_wire().as_bytes()),
@@ -262,7 +274,15 @@ pub async fn run<IO>(
                         })
                     }
                     Some(account) if kind != ListenerKind::Mx => {
-                        match shared.contain.detector.check_limits(account) {
+                        let d = &shared.contain.detector;
+                        let sender = from.to_string();
+                        let limited =
+                            d.check_limits(account)
+                                .and_then(|()| match sender.rsplit_once('@') {
+                                    Some((_, domain)) => d.check_domain(domain),
+                                    None => Ok(()),
+                                });
+                        match limited {
                             Err(l) => {
                                 shared.contain.throttled(account, &l).await;
                                 Err(crate::checks::ownership::Refusal {
@@ -488,6 +508,12 @@ pub async fn run<IO>(
                     messages += 1;
                     metrics::counter!("mailwarden_messages_accepted_total", "listener" => kind.name())
                         .increment(1);
+                    if kind != ListenerKind::Mx
+                        && let Some((_, domain)) =
+                            ctx.from.as_deref().and_then(|f| f.rsplit_once('@'))
+                    {
+                        shared.contain.detector.domain_message(domain);
+                    }
                     if kind != ListenerKind::Mx
                         && let Some(account) = s.authenticated().map(str::to_string)
                         && let Some(t) = shared.contain.detector.message(&account, &rcpt_list)

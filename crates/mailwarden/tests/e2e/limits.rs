@@ -287,3 +287,32 @@ fn auth_failures_close_the_session() {
     assert!(r.reply(5).starts_with("421 4.7.0"), "{:?}", r.replies);
     assert!(r.closed);
 }
+
+#[test]
+fn connection_rate_per_ip_answers_421_at_connect() {
+    let s = Server::start("[containment]\nmax_connections_per_minute_per_ip = 3");
+    for _ in 0..3 {
+        let r = raw(
+            s.mx(),
+            false,
+            Some("127.0.0.1"),
+            &[Step::Read, Step::Cmd("QUIT")],
+        );
+        assert!(r.reply(0).starts_with("220 "), "{:?}", r.replies);
+    }
+    let r = raw(s.mx(), false, Some("127.0.0.1"), &[Step::Read]);
+    assert!(r.reply(0).starts_with("421 4.7.0"), "{:?}", r.replies);
+    s.wait_log(&[
+        "event=\"reject\"",
+        "verb=\"CONNECT\"",
+        "4 connections from 127.0.0.1",
+    ]);
+    // Another address is counted on its own.
+    let r = raw(
+        s.mx(),
+        false,
+        Some("127.0.0.2"),
+        &[Step::Read, Step::Cmd("QUIT")],
+    );
+    assert!(r.reply(0).starts_with("220 "), "{:?}", r.replies);
+}
