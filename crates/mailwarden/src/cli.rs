@@ -1,4 +1,5 @@
-//! The `mailwarden` command line: `serve`, `user`, `config`, `dkim`, `queue`.
+//! The `mailwarden` command line: `serve`, `user`, `config`, `dkim`, `queue`, `log`,
+//! `explain`.
 //!
 //! Every command takes `-c FILE` (else `$MAILWARDEN_CONFIG`, else `./mailwarden.toml`, else the
 //! built-in defaults), so the CLI and the server always agree on the data directory. Account
@@ -50,6 +51,47 @@ enum Cmd {
     Queue {
         #[command(subcommand)]
         cmd: QueueCmd,
+    },
+    /// Decision records: what was decided about each SMTP transaction.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+    /// Say why a transaction got its verdict: its decision record, deciding reasons first.
+    Explain {
+        /// The record's id (the queue id shown by `log search` and in the logs as qid).
+        id: String,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Find decision records, newest first; every option given must match.
+    Search {
+        #[arg(long)]
+        ip: Option<String>,
+        /// The envelope sender, or @DOMAIN for any sender of a domain.
+        #[arg(long)]
+        sender: Option<String>,
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// Only records this recent: a duration (`2h`, `7d`) or a Unix time.
+        #[arg(long)]
+        since: Option<String>,
+        /// accept, junk, tempfail, reject or abandoned.
+        #[arg(long)]
+        action: Option<String>,
+        /// A reason code, e.g. dnsbl_score, dmarc.fail, rcpt.no_such_local_user.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -193,6 +235,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::User { cmd } => return user(&loaded, cmd),
         Cmd::Dkim { cmd } => dkim(&loaded, cmd)?,
         Cmd::Queue { cmd } => return queue(&loaded, cmd),
+        Cmd::Log {
+            cmd:
+                LogCmd::Search {
+                    ip,
+                    sender,
+                    rcpt,
+                    since,
+                    action,
+                    reason,
+                    limit,
+                    json,
+                },
+        } => {
+            let since = since.map(|s| parse_since(&s)).transpose()?;
+            let f = crate::records::Filter {
+                ip,
+                sender,
+                rcpt,
+                since,
+                action,
+                reason,
+                limit,
+            };
+            let store = Store::open(&loaded.config.data_dir)?;
+            for r in crate::records::search(&store, &f)? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("{}", crate::records::report::line(&r));
+                }
+            }
+        }
+        Cmd::Explain { id, json } => {
+            let store = Store::open(&loaded.config.data_dir)?;
+            let Some(r) = crate::records::get(&store, &id)? else {
+                eprintln!("mailwarden: no decision record {id}");
+                return Ok(ExitCode::from(2));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", crate::records::report::text(&r));
+            }
+        }
         Cmd::Config {
             cmd: ConfigCmd::Show { defaults, changed },
         } => {
@@ -210,6 +296,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => print!("{}", reference_markdown()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: a duration back from now (`90m`, `2h`, `7d`) or a Unix time.
+fn parse_since(s: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = s.parse::<i64>() {
+        return Ok(t);
+    }
+    let d = config::units::parse_duration(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
+    Ok(crate::util::unix_now() - d.get().as_secs() as i64)
 }
 
 fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod queue;
 pub mod received;
+pub mod records;
 pub mod screening;
 pub mod server;
 pub mod store;

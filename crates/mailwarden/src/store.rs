@@ -134,7 +134,24 @@ CREATE TABLE greylist(
 );
 "#;
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+/// Decision records (`records`): the indexed fields `log search` filters on, and the whole
+/// record as JSON.
+const SCHEMA_V5: &str = r#"
+CREATE TABLE decisions(
+    id TEXT PRIMARY KEY,
+    time INTEGER NOT NULL,
+    ip TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    rcpts TEXT NOT NULL,
+    action TEXT NOT NULL,
+    codes TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX decisions_time ON decisions(time);
+CREATE INDEX decisions_ip ON decisions(ip);
+"#;
+
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -50,6 +50,7 @@ section! {
         pub submission: Submission = Submission::default(),
         pub containment: Containment = Containment::default(),
         pub screening: Screening = Screening::default(),
+        pub records: Records = Records::default(),
         pub log: Log = Log::default(),
     }
 }
@@ -357,6 +358,15 @@ section! {
         /// every account of a domain) and any of `max_messages_per_hour`,
         /// `max_recipients_per_day` and `burst_per_minute`.
         pub overrides: Vec<LimitOverride> = Vec::new(),
+    }
+}
+
+section! {
+    /// Decision records: one per SMTP transaction, for `mailwarden log search` and
+    /// `mailwarden explain`.
+    pub struct Records {
+        /// How long records are kept.
+        pub retention: Duration = Duration::secs(30 * 86400),
     }
 }
 

@@ -3,6 +3,7 @@
 //! Authentication-Results headers are removed, the verdict is applied (reject, tempfail, Junk)
 //! and the message, with its trace headers, is handed to the queue.
 
+use super::record::{self, MessageDecision};
 use super::session::Ctx;
 use super::{ListenerKind, Shared};
 use crate::checks::authres;
@@ -10,6 +11,7 @@ use crate::checks::sender::{self, Envelope};
 use crate::checks::verdict::{Action, Code};
 use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
 use crate::received;
+use crate::records;
 use crate::util::{new_id, unix_now};
 use mail_auth::{IprevOutput, SpfOutput};
 use mailwarden_proto::session::Session;
@@ -216,6 +218,7 @@ pub(super) async fn finish(
     tls: Option<&str>,
     size: u64,
     early: &mut Early,
+    notes: &mut MessageDecision,
 ) -> Finished {
     let fail = |reply: Reply, reason: &str| Finished {
         reply,
@@ -245,6 +248,8 @@ pub(super) async fn finish(
         },
         Body::Stored => Arc::new(Vec::new()),
     };
+    notes.message_id = records::header_value(&raw, "Message-ID");
+    notes.subject = records::header_value(&raw, "Subject");
 
     let mut headers = String::new();
     let mut verdict_note = None;
@@ -257,6 +262,12 @@ pub(super) async fn finish(
             Ok(domain) => signing_domain = Some(domain),
             Err(r) => {
                 discard(&body);
+                notes.reasons.push(record::reason(
+                    "ownership",
+                    "ownership.header".into(),
+                    &r.reason,
+                    true,
+                ));
                 return Finished {
                     reply: r.reply,
                     reason: Some(r.reason),
@@ -277,6 +288,23 @@ pub(super) async fn finish(
         let out = sender::evaluate(&shared.dns, cfg, &env, &raw, spf, iprev).await;
         let v = &out.verdict;
         sender_verified = out.sender_verified;
+        let acted = v.action != Action::Accept;
+        for r in &v.reasons {
+            let code = r.code.as_str();
+            let deciding = acted && v.deciding.as_ref().is_some_and(|d| d.code == r.code);
+            let check = code.split('.').next().unwrap_or(code);
+            notes
+                .reasons
+                .push(record::reason(check, code.to_string(), &r.detail, deciding));
+        }
+        if let (Some(would), Some(r)) = (&v.would, &v.deciding) {
+            notes.reasons.push(record::reason(
+                "observe",
+                format!("would_{}", would.name()),
+                &format!("{}: {}", r.code.as_str(), r.detail),
+                false,
+            ));
+        }
         tracing::info!(
             event = "sender_auth",
             session = %ctx.session,
@@ -305,6 +333,7 @@ pub(super) async fn finish(
                 };
             }
             Action::Junk => {
+                notes.junk = true;
                 for r in rcpts.iter_mut() {
                     if let Route::Local { folder, .. } = &mut r.route {
                         *folder = Folder::Junk;

@@ -7,6 +7,7 @@
 
 pub mod connlimit;
 mod message;
+mod record;
 mod screen;
 pub mod session;
 pub mod tls;

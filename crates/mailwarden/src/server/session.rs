@@ -7,6 +7,7 @@
 //! session id, queue id, client, HELO, sender and recipient.
 
 use super::message::{self, BodySink, Early};
+use super::record::{self, Recorder};
 use super::screen::Screen;
 use super::{ListenerKind, Shared};
 use crate::accounts::Verdict;
@@ -63,12 +64,15 @@ pub(super) struct Ctx {
     pub(super) peer: SocketAddr,
     pub(super) qid: Option<String>,
     pub(super) from: Option<String>,
+    /// The open transaction's decision record.
+    pub(super) rec: Recorder,
 }
 
 impl Ctx {
-    /// The one place refusals are logged.
+    /// The one place refusals are logged, and noted in the transaction's decision record.
+    /// `reason` is a short reason, or `code: detail` for screening's typed reasons.
     pub(super) fn reject(
-        &self,
+        &mut self,
         s: &Session,
         verb: Verb,
         reply: &Reply,
@@ -89,6 +93,15 @@ impl Ctx {
             reply = %reply,
             reason,
         );
+        let (head, _) = reason.split_once(": ").unwrap_or((reason, ""));
+        let why = match crate::screening::Reason::parse(head) {
+            Some(r) => record::reason("screen", r.as_str().to_string(), reason, true),
+            None => {
+                let check = verb.as_str().to_ascii_lowercase();
+                record::reason(&check, record::code(&check, head), reason, true)
+            }
+        };
+        self.rec.refused(rcpt, reply, why);
         metrics::counter!("mailwarden_smtp_rejections_total",
             "listener" => self.listener.name(), "verb" => verb.as_str(),
             "code" => reply.code.to_string())
@@ -97,7 +110,7 @@ impl Ctx {
 
     /// Refuse an AUTH attempt (`reason` counts in the session) and log it once with
     /// `detail`, which never holds the attempted name.
-    fn refuse_auth(&self, s: &mut Session, reply: Reply, reason: &'static str, detail: &str) {
+    fn refuse_auth(&mut self, s: &mut Session, reply: Reply, reason: &'static str, detail: &str) {
         if let Event::Refused { verb, reply, .. } = s.auth_failed(reply, reason) {
             self.reject(s, verb, &reply, detail, None);
         }
@@ -120,6 +133,7 @@ pub async fn run<IO>(
         peer,
         qid: None,
         from: None,
+        rec: Recorder::default(),
     };
     let mut stream = Stream::Plain(io);
     let acquired = shared
@@ -251,6 +265,20 @@ pub async fn run<IO>(
                 routed.clear();
                 ctx.qid = Some(new_id());
                 ctx.from = Some(from.to_string());
+                let base = crate::records::Record {
+                    id: ctx.qid.clone().unwrap_or_default(),
+                    session: ctx.session.clone(),
+                    listener: kind.name().to_string(),
+                    ip: peer.ip().to_string(),
+                    helo: s.helo().unwrap_or("").to_string(),
+                    tls: tls_info.clone(),
+                    account: s.authenticated().map(str::to_string),
+                    mail_from: from.to_string(),
+                    ..Default::default()
+                };
+                if let Some(prev) = ctx.rec.start(base) {
+                    record::spawn_save(&shared, prev, screen.as_ref(), &early);
+                }
                 if let Some(sc) = screen.as_mut() {
                     sc.at_mail(&shared, s.helo().unwrap_or(""), &from.to_string());
                 }
@@ -348,9 +376,10 @@ pub async fn run<IO>(
                     Ok(route) => {
                         routed.push(Recipient {
                             idx: routed.len() as u32,
-                            address: addr,
+                            address: addr.clone(),
                             route,
                         });
+                        ctx.rec.accepted_rcpt(&addr, &replies::RCPT_OK);
                         s.rcpt_decision(replies::RCPT_OK, "");
                     }
                     Err((reply, reason)) => {
@@ -492,6 +521,7 @@ pub async fn run<IO>(
                     continue;
                 }
                 let rcpt_list: Vec<String> = routed.iter().map(|r| r.address.clone()).collect();
+                let mut notes = record::MessageDecision::default();
                 let done = message::finish(
                     &shared,
                     &ctx,
@@ -501,9 +531,21 @@ pub async fn run<IO>(
                     tls_info.as_deref(),
                     flags.size,
                     &mut early,
+                    &mut notes,
                 )
                 .await;
                 let reply = done.reply;
+                if !reply.is_positive() && !notes.reasons.iter().any(|r| r.deciding) {
+                    let why = done.reason.as_deref().unwrap_or("refused");
+                    let head = why.split_once(": ").map_or(why, |(h, _)| h);
+                    notes.reasons.push(record::reason(
+                        "data",
+                        record::code("data", head),
+                        why,
+                        true,
+                    ));
+                }
+                ctx.rec.message(&reply, notes);
                 if reply.is_positive() {
                     messages += 1;
                     metrics::counter!("mailwarden_messages_accepted_total", "listener" => kind.name())
@@ -532,6 +574,9 @@ pub async fn run<IO>(
                     );
                 }
                 s.message_decision(reply);
+                if let Some(r) = ctx.rec.take() {
+                    record::spawn_save(&shared, r, screen.as_ref(), &early);
+                }
                 ctx.qid = None;
                 ctx.from = None;
             }
@@ -545,6 +590,9 @@ pub async fn run<IO>(
     body.discard();
     if let Some(sc) = screen.as_mut() {
         sc.at_end(&shared, &s, &ctx.session).await;
+    }
+    if let Some(r) = ctx.rec.take() {
+        record::spawn_save(&shared, r, screen.as_ref(), &early);
     }
     let c = s.counters();
     tracing::info!(

@@ -8,6 +8,7 @@ mod limits;
 mod mx;
 mod outbound;
 mod ownership;
+mod records;
 mod screening;
 mod sender_auth;
 mod submission;

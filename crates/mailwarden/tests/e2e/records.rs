@@ -1,0 +1,128 @@
+//! Decision records end to end: every transaction the real server decides is found with
+//! `mailwarden log search` and explained with `mailwarden explain`.
+
+use crate::support::*;
+use std::time::Duration;
+
+const ZONES: &str = "2.0.0.127.bl.test A 127.0.0.2\n";
+const CONFIG: &str = "[screening.dnsbl]\nzones = [{ zone = \"bl.test\", weight = 1.0 }]\n";
+
+fn cli_out(s: &Server, args: &[&str]) -> String {
+    let out = s.cli(args, None);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `log search ARGS --json`, waiting until it finds something (records are saved after the
+/// reply).
+fn search(s: &Server, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["log", "search", "--json"];
+    all.extend_from_slice(args);
+    wait_for(Duration::from_secs(10), || {
+        let found: Vec<serde_json::Value> = cli_out(s, &all)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
+    .unwrap_or_else(|| panic!("nothing found for {args:?}"))
+}
+
+#[test]
+fn rejected_and_accepted_transactions_are_found_and_explained() {
+    let s = Server::start_with_zones(CONFIG, ZONES);
+    s.add_user("alice@example.test", "pw");
+
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &["--from", "a@sender.test", "--to", "nosuch@example.test"],
+    );
+    assert_eq!(r["code"], 550, "{r}");
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &[
+            "--from",
+            "a@sender.test",
+            "--to",
+            "alice@example.test",
+            "--subject",
+            "hello-records",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &[
+            "--source",
+            "127.0.0.2",
+            "--from",
+            "b@sender.test",
+            "--to",
+            "alice@example.test",
+        ],
+    );
+    assert_eq!(r["code"], 554, "{r}");
+
+    // The unknown recipient.
+    let found = search(&s, &["--rcpt", "nosuch@example.test"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["action"], "reject");
+    let id = found[0]["id"].as_str().unwrap().to_string();
+    let report = cli_out(&s, &["explain", &id]);
+    assert!(
+        report.starts_with(&format!("{id} REJECT on mx")),
+        "{report}"
+    );
+    assert!(
+        report.contains("why:      rcpt.no_such_local_user"),
+        "{report}"
+    );
+    assert!(
+        report.contains("to:       <nosuch@example.test>  550 5.1.1"),
+        "{report}"
+    );
+
+    // The DNS-listed client: found by address and by reason, explained with the list.
+    let found = search(&s, &["--ip", "127.0.0.2", "--reason", "dnsbl_score"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let report = cli_out(&s, &["explain", found[0]["id"].as_str().unwrap()]);
+    let why = report
+        .find("why:      dnsbl_score (screen)")
+        .expect(&report);
+    let also = report.find("dnsbl_listed (screen)").expect(&report);
+    assert!(why < also, "deciding reason first:\n{report}");
+    assert!(report.contains("554 5.7.1"), "{report}");
+    assert!(report.contains("bl.test"), "{report}");
+
+    // The accepted message, with its Subject and its checks' results.
+    let found = search(&s, &["--action", "accept", "--sender", "@sender.test"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["subject"], "hello-records");
+    assert!(found[0]["message_id"].as_str().is_some(), "{:?}", found[0]);
+    let codes: Vec<&str> = found[0]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.iter().any(|c| c.starts_with("spf.")), "{codes:?}");
+    assert!(codes.iter().any(|c| c.starts_with("dmarc.")), "{codes:?}");
+
+    // Filters narrow: nothing accepted from the listed client, nothing in the future.
+    let none = cli_out(
+        &s,
+        &["log", "search", "--ip", "127.0.0.2", "--action", "accept"],
+    );
+    assert!(none.is_empty(), "{none}");
+    let all = cli_out(&s, &["log", "search", "--since", "1h"]);
+    assert_eq!(all.lines().count(), 3, "{all}");
+    let missing = s.cli(&["explain", "NOSUCHID"], None);
+    assert_eq!(missing.status.code(), Some(2));
+}
