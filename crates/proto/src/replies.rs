@@ -34,6 +34,8 @@ replies! {
     /// Screening: the client's PTR is missing or does not resolve back (RFC 7372 X.7.25).
     RDNS_REJECTED = 550 (5, 7, 25) "Reverse DNS validation failed for your address";
     RDNS_TEMP = 450 (4, 7, 25) "Temporary failure checking your reverse DNS, try again later";
+    /// Content scoring reached `scoring.reject`.
+    SPAM_REJECTED = 550 (5, 7, 1) "Message refused: its content scores as spam";
     /// Screening: smart greylisting, first attempt.
     GREYLISTED = 451 (4, 7, 1) "Greylisted, please try again later";
     LINE_TOO_LONG = 500 (5, 5, 2) "Line too long";

@@ -2,8 +2,10 @@
 
 pub mod arc;
 pub mod authres;
+pub mod headers;
 pub mod ownership;
 pub mod relay;
+pub mod scoring;
 pub mod sender;
 pub mod spf;
 pub mod verdict;

@@ -12,7 +12,7 @@ pub mod units;
 
 use anyhow::{Context, bail};
 use schema::{choice, section};
-pub use screening::Screening;
+pub use screening::{ListZone, Screening};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 pub use units::{ByteSize, Duration};
@@ -51,6 +51,7 @@ section! {
         pub containment: Containment = Containment::default(),
         pub screening: Screening = Screening::default(),
         pub records: Records = Records::default(),
+        pub scoring: Scoring = Scoring::default(),
         pub log: Log = Log::default(),
     }
 }
@@ -358,6 +359,28 @@ section! {
         /// every account of a domain) and any of `max_messages_per_hour`,
         /// `max_recipients_per_day` and `burst_per_minute`.
         pub overrides: Vec<LimitOverride> = Vec::new(),
+    }
+}
+
+section! {
+    /// Content scoring of mail from other servers: header-forgery and link heuristics (and URI
+    /// block lists) add up to a score, which thresholds map to actions. Sender authentication
+    /// (DMARC and friends) decides on its own first; a score never softens its verdict.
+    pub struct Scoring {
+        /// `observe` computes, records and logs the would-be action without acting.
+        pub mode: Mode = Mode::Enforce,
+        /// From this score on, the message carries `X-Spam-Score` and `X-Spam-Status`.
+        pub tag: f64 = 2.5,
+        /// From this score on, it is delivered to the recipients' Junk folder.
+        pub junk: f64 = 5.0,
+        /// From this score on, it is refused with `550 5.7.1`.
+        pub reject: f64 = 12.0,
+        /// Domain block lists asked for the hosts of links in the message (at most 10 hosts),
+        /// each `{ zone, weight, codes }` like `screening.dnsbl.domain_zones`.
+        pub uribl_zones: Vec<ListZone> = Vec::new(),
+        /// Add `X-Mailwarden-Warning: The sender of this message could not be verified` to
+        /// mail whose sender no check verified, so readers notice forgeries.
+        pub warning_header: bool = false,
     }
 }
 

@@ -7,6 +7,7 @@ use super::record::{self, MessageDecision};
 use super::session::Ctx;
 use super::{ListenerKind, Shared};
 use crate::checks::authres;
+use crate::checks::scoring::{self, Level};
 use crate::checks::sender::{self, Envelope};
 use crate::checks::verdict::{Action, Code};
 use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
@@ -352,6 +353,65 @@ pub(super) async fn finish(
             Action::Accept => {}
         }
         headers.push_str(&out.header);
+        let dmarc_policy = v
+            .reasons
+            .iter()
+            .any(|r| matches!(r.code, Code::DmarcPass | Code::DmarcFail));
+        let scored = scoring::score(
+            &shared.dns,
+            &cfg.scoring,
+            &raw,
+            unix_now(),
+            &cfg.hostname,
+            dmarc_policy,
+            cfg.dns.timeout.get(),
+        )
+        .await;
+        let enforce = cfg.scoring.mode == crate::config::Mode::Enforce;
+        let acting = matches!(scored.level, Level::Junk | Level::Reject);
+        for f in &scored.findings {
+            let check = f.code.split('.').next().unwrap_or(f.code);
+            let mut r = record::reason(check, f.code.to_string(), &f.detail, enforce && acting);
+            r.score = f.score;
+            notes.reasons.push(r);
+        }
+        if scored.level != Level::Clean {
+            tracing::info!(event = "scored", session = %ctx.session, qid = %id, score = scored.score,
+                level = scored.level.name(), enforce,
+                tests = %scored.findings.iter().map(|f| f.code).collect::<Vec<_>>().join(","));
+        }
+        if enforce {
+            match scored.level {
+                Level::Reject => {
+                    discard(&body);
+                    return Finished {
+                        reply: replies::SPAM_REJECTED,
+                        reason: Some(format!("spam score {}", scored.score)),
+                    };
+                }
+                Level::Junk if !notes.junk => {
+                    notes.junk = true;
+                    for r in rcpts.iter_mut() {
+                        if let Route::Local { folder, .. } = &mut r.route {
+                            *folder = Folder::Junk;
+                        }
+                    }
+                    verdict_note = Some(format!(
+                        "X-Mailwarden-Verdict: junk; spam score {}\r\n",
+                        scored.score
+                    ));
+                }
+                _ => {}
+            }
+            if scored.level != Level::Clean {
+                headers.push_str(&scoring::fields(&cfg.scoring, &scored));
+            }
+        }
+        if cfg.scoring.warning_header && !sender_verified {
+            headers.push_str(
+                "X-Mailwarden-Warning: The sender of this message could not be verified\r\n",
+            );
+        }
     }
 
     // RFC 8601 §5: results claiming to be ours did not come from us.

@@ -126,3 +126,122 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     let missing = s.cli(&["explain", "NOSUCHID"], None);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// The spam sample of the seeds (`../shared/seeds/004_*`), its header as printed there.
+const SEED_SPAM: &str = "From: \"Yessenia Lakeshia\"\r\n\
+Message-ID: <201105171916.8F06B8E1441DD3CA51BF4BA1@1f41un723>\r\n\
+To:\r\n\
+MIME-Version: 1.0\r\n\
+Date: Tue, 17 May 2011 14:17:47 -0500\r\n\
+Subject: Exquisite Replica Bags - Satisfaction Guaranteed or your money back\r\n\
+Content-Transfer-Encoding: 7bit\r\n\
+\r\n\
+Exquisite Replica Bags\r\n\
+\r\n\
+http://hotreplicaolympic.ru\r\n";
+
+#[test]
+fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
+    let s = Server::start("");
+    s.add_user("alice@example.test", "pw");
+    let r = smtplib_stdin(
+        s.mx(),
+        "plain",
+        &[
+            "--raw",
+            "--from",
+            "x@replica.test",
+            "--to",
+            "alice@example.test",
+        ],
+        Some(SEED_SPAM.as_bytes()),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let junk = s.maildir("alice@example.test").join(".Junk");
+    let m = wait_for(Duration::from_secs(20), || {
+        s.messages_in(&junk).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("nothing in Junk; log:\n{}", s.log()));
+    assert!(m.contains("X-Spam-Status: Yes, score="), "{m}");
+    assert!(m.contains("headers.from_no_address"), "{m}");
+    assert!(s.messages("alice@example.test").is_empty());
+
+    let found = search(
+        &s,
+        &[
+            "--action",
+            "junk",
+            "--reason",
+            "headers.message_id_not_fqdn",
+        ],
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    let report = cli_out(&s, &["explain", found[0]["id"].as_str().unwrap()]);
+    assert!(report.contains(" JUNK on mx"), "{report}");
+    let why = report.find("why:").expect(&report);
+    let also = report.find("also found:").unwrap_or(report.len());
+    for code in ["headers.from_no_address", "headers.message_id_not_fqdn"] {
+        let at = report
+            .find(code)
+            .unwrap_or_else(|| panic!("{code} in {report}"));
+        assert!(
+            why < at && at < also,
+            "{code} among the deciding reasons:\n{report}"
+        );
+    }
+
+    // A tidy message from the same client is neither tagged nor moved.
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &[
+            "--from",
+            "x@replica.test",
+            "--to",
+            "alice@example.test",
+            "--subject",
+            "tidy",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let inbox = s.wait_messages("alice@example.test", 1);
+    assert!(!inbox[0].contains("X-Spam-Status: Yes"), "{}", inbox[0]);
+}
+
+#[test]
+fn a_reject_threshold_refuses_and_the_warning_header_marks_unverified_senders() {
+    let s = Server::start("[scoring]\nreject = 4.0\nwarning_header = true\n");
+    s.add_user("alice@example.test", "pw");
+    let r = smtplib_stdin(
+        s.mx(),
+        "plain",
+        &[
+            "--raw",
+            "--from",
+            "x@replica.test",
+            "--to",
+            "alice@example.test",
+        ],
+        Some(SEED_SPAM.as_bytes()),
+    );
+    assert_eq!(r["code"], 550, "{r}");
+    assert!(r["message"].as_str().unwrap().starts_with("5.7.1"), "{r}");
+    let found = search(&s, &["--action", "reject"]);
+    assert_eq!(
+        found[0]["reply"].as_str().unwrap().get(..9),
+        Some("550 5.7.1")
+    );
+
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &["--from", "x@replica.test", "--to", "alice@example.test"],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let m = s.wait_messages("alice@example.test", 1);
+    assert!(
+        m[0].contains("X-Mailwarden-Warning: The sender of this message could not be verified"),
+        "{}",
+        m[0]
+    );
+}

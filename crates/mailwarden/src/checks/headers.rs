@@ -1,0 +1,562 @@
+//! Header-forgery and link heuristics (RFC 5322 §3.6 for the header rules): each finding is a
+//! scored reason with a stable code. Spamware fills headers carelessly (the seeds' sample has
+//! `From: "Yessenia Lakeshia"` with no address and `Message-ID: <...@1f41un723>`), and
+//! phishing hides where its links go.
+
+use mail_parser::{DateTime, MessageParser};
+
+/// One heuristic that matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub code: &'static str,
+    pub detail: String,
+    pub score: f64,
+}
+
+fn finding(code: &'static str, detail: impl Into<String>, score: f64) -> Finding {
+    Finding {
+        code,
+        detail: detail.into(),
+        score,
+    }
+}
+
+/// Fields RFC 5322 §3.6 allows at most once.
+const SINGLE: [&str; 11] = [
+    "date",
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "subject",
+];
+
+/// How far a Date may be ahead of us, and behind, before it is suspicious.
+const FUTURE_SECS: i64 = 86_400;
+const PAST_SECS: i64 = 30 * 86_400;
+
+/// The header section as (lowercase name, unfolded value) pairs.
+pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            out.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn get<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    f.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// The addr-spec of a From-like value, and the display name before it.
+pub fn mailbox(value: &str) -> (Option<String>, String) {
+    if let (Some(l), Some(r)) = (value.rfind('<'), value.rfind('>'))
+        && l < r
+    {
+        let addr = value[l + 1..r].trim();
+        let name = value[..l].trim().trim_matches('"').to_string();
+        return (addr.contains('@').then(|| addr.to_string()), name);
+    }
+    let bare = value.trim();
+    let ok = bare.contains('@') && !bare.contains([' ', '"', ',']);
+    (ok.then(|| bare.to_string()), String::new())
+}
+
+fn domain_of(addr: &str) -> Option<String> {
+    addr.rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// An address-looking token inside a display name.
+fn address_in(name: &str) -> Option<String> {
+    name.split(|c: char| c.is_whitespace() || "()<>\"'[],;".contains(c))
+        .find(|t| {
+            t.contains('@')
+                && t.rsplit_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        })
+        .map(|t| t.to_ascii_lowercase())
+}
+
+fn is_fqdn(d: &str) -> bool {
+    let d = d.trim_end_matches('.');
+    (d.starts_with('[') && d.ends_with(']'))
+        || (d.contains('.')
+            && mailwarden_proto::address::domain(d, false).is_ok()
+            && !d
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+                .bytes()
+                .all(|b| b.is_ascii_digit()))
+}
+
+/// Header rules. `now` is Unix time; `ours` our hostname (a Received line claiming to be from
+/// us was not written by us: ours is added after the checks); `from_has_dmarc` says whether
+/// the From domain publishes a DMARC policy.
+pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Finding> {
+    let f = fields(raw);
+    let mut out = Vec::new();
+
+    let from_addr = match get(&f, "from") {
+        None => {
+            out.push(finding("headers.from_missing", "no From: field", 2.0));
+            None
+        }
+        Some(v) => {
+            let (addr, name) = mailbox(v);
+            match &addr {
+                None => out.push(finding(
+                    "headers.from_no_address",
+                    format!("From: {v:?} has no address"),
+                    2.0,
+                )),
+                Some(a) => {
+                    if let Some(shown) = address_in(&name)
+                        && shown != a.to_ascii_lowercase()
+                    {
+                        out.push(finding(
+                            "headers.display_name_address",
+                            format!("From: shows {shown} but is {a}"),
+                            2.0,
+                        ));
+                    }
+                }
+            }
+            addr
+        }
+    };
+
+    match get(&f, "to") {
+        None => out.push(finding("headers.to_missing", "no To: field", 0.5)),
+        Some(v) if v.trim().is_empty() => {
+            out.push(finding("headers.to_empty", "To: is empty", 1.0))
+        }
+        Some(_) => {}
+    }
+
+    match get(&f, "date") {
+        None => out.push(finding("headers.date_missing", "no Date: field", 1.0)),
+        Some(v) => match DateTime::parse_rfc822(v) {
+            None => out.push(finding(
+                "headers.date_invalid",
+                format!("Date: {v:?} is not a date"),
+                1.0,
+            )),
+            Some(d) => {
+                let t = d.to_timestamp();
+                if t > now + FUTURE_SECS {
+                    out.push(finding(
+                        "headers.date_future",
+                        format!("Date: {v} is {} days ahead", (t - now) / 86_400),
+                        1.5,
+                    ));
+                } else if t < now - PAST_SECS {
+                    out.push(finding(
+                        "headers.date_past",
+                        format!("Date: {v} is {} days old", (now - t) / 86_400),
+                        1.0,
+                    ));
+                }
+            }
+        },
+    }
+
+    match get(&f, "message-id") {
+        None => out.push(finding("headers.message_id_missing", "no Message-ID", 0.5)),
+        Some(v) => {
+            let inner = v.trim().strip_prefix('<').and_then(|x| x.strip_suffix('>'));
+            match inner.and_then(|x| x.rsplit_once('@')) {
+                Some((l, r)) if !l.is_empty() && !r.is_empty() => {
+                    if !is_fqdn(r) {
+                        out.push(finding(
+                            "headers.message_id_not_fqdn",
+                            format!("Message-ID {v}: {r} is not a fully qualified domain"),
+                            1.5,
+                        ));
+                    }
+                }
+                _ => out.push(finding(
+                    "headers.message_id_malformed",
+                    format!("Message-ID {v:?} is not <left@right>"),
+                    1.5,
+                )),
+            }
+        }
+    }
+
+    for name in SINGLE {
+        let n = f.iter().filter(|(k, _)| k == name).count();
+        if n > 1 {
+            out.push(finding(
+                "headers.duplicate",
+                format!("{n} {name} fields (RFC 5322 allows one)"),
+                1.5,
+            ));
+        }
+    }
+
+    if from_has_dmarc
+        && let (Some(fd), Some(rt)) = (
+            from_addr.as_deref().and_then(domain_of),
+            get(&f, "reply-to"),
+        )
+        && let Some(rd) = mailbox(rt).0.as_deref().and_then(domain_of)
+        && rd != fd
+        && !rd.ends_with(&format!(".{fd}"))
+        && !fd.ends_with(&format!(".{rd}"))
+    {
+        out.push(finding(
+            "headers.reply_to_elsewhere",
+            format!("Reply-To goes to {rd}, From is {fd} (which has a DMARC policy)"),
+            1.0,
+        ));
+    }
+
+    let ours = ours.to_ascii_lowercase();
+    for (_, v) in f.iter().filter(|(n, _)| n == "received") {
+        let lv = v.to_ascii_lowercase();
+        if lv
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "by" && w[1].trim_end_matches([';', '.']) == ours)
+        {
+            out.push(finding(
+                "headers.forged_received",
+                format!("a Received field claims our host: {}", clip(v)),
+                2.0,
+            ));
+            break;
+        }
+    }
+    out
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+/// The host of a URL that starts at `s` (after the scheme), lowercased.
+fn url_host(s: &str) -> String {
+    let end = s
+        .find(|c: char| "/?#:\"'<> \t\r\n)".contains(c))
+        .unwrap_or(s.len());
+    let host = &s[..end];
+    // `[v6]` literals keep their brackets; `host:port` was cut at the colon above.
+    let host = if s.starts_with('[') {
+        s.find(']').map_or(host, |i| &s[..=i])
+    } else {
+        host
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Hosts of every `http(s)://` URL in `text`.
+pub fn url_hosts(text: &str) -> Vec<String> {
+    let lower = text.to_ascii_lowercase();
+    let mut out = Vec::new();
+    for scheme in ["http://", "https://"] {
+        let mut from = 0;
+        while let Some(i) = lower[from..].find(scheme) {
+            let start = from + i + scheme.len();
+            let h = url_host(&lower[start..]);
+            if !h.is_empty() && !out.contains(&h) {
+                out.push(h);
+            }
+            from = start;
+        }
+    }
+    out
+}
+
+fn is_ip_host(h: &str) -> bool {
+    h.parse::<std::net::Ipv4Addr>().is_ok() || (h.starts_with('[') && h.ends_with(']'))
+}
+
+/// The registrable-ish part for comparing two hosts: the last two labels.
+fn base(h: &str) -> String {
+    let labels: Vec<&str> = h.trim_start_matches("www.").rsplit('.').take(2).collect();
+    labels.into_iter().rev().collect::<Vec<_>>().join(".")
+}
+
+/// Anchors whose visible text names another domain than their `href`.
+fn link_mismatches(html: &str) -> Vec<(String, String)> {
+    let lower = html.to_ascii_lowercase();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("<a ") {
+        let start = from + i;
+        let Some(gt) = lower[start..].find('>').map(|g| start + g) else {
+            break;
+        };
+        let Some(close) = lower[gt..].find("</a>").map(|c| gt + c) else {
+            break;
+        };
+        let tag = &lower[start..gt];
+        let text = lower[gt + 1..close].trim();
+        from = close;
+        let Some(h) = tag.find("href=") else { continue };
+        let href = tag[h + 5..].trim_start_matches(['"', '\'']);
+        let Some(target) = url_hosts(href).into_iter().next() else {
+            continue;
+        };
+        // Visible text that looks like a URL or a bare domain.
+        let shown = url_hosts(text).into_iter().next().or_else(|| {
+            let t = text.trim_end_matches('/');
+            (t.starts_with("www.") && !t.contains(char::is_whitespace)).then(|| t.to_string())
+        });
+        if let Some(shown) = shown
+            && base(&shown) != base(&target)
+        {
+            out.push((shown, target));
+        }
+    }
+    out
+}
+
+/// Link rules over the decoded text and HTML parts; also returns every URL host, for URI
+/// block lists.
+pub fn check_links(raw: &[u8]) -> (Vec<Finding>, Vec<String>) {
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut hosts: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    let mut mismatches = Vec::new();
+    for i in 0.. {
+        let Some(t) = msg.body_text(i) else { break };
+        for h in url_hosts(&t) {
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+    }
+    for i in 0.. {
+        let Some(h) = msg.body_html(i) else { break };
+        for x in url_hosts(&h) {
+            if !hosts.contains(&x) {
+                hosts.push(x);
+            }
+        }
+        mismatches.extend(link_mismatches(&h));
+    }
+    if let Some(ip) = hosts.iter().find(|h| is_ip_host(h)) {
+        out.push(finding(
+            "content.ip_url",
+            format!("a link goes to a bare address: {ip}"),
+            1.5,
+        ));
+    }
+    if let Some((shown, target)) = mismatches.first() {
+        out.push(finding(
+            "content.link_mismatch",
+            format!("a link shows {shown} but goes to {target}"),
+            2.5,
+        ));
+    }
+    hosts.retain(|h| !is_ip_host(h));
+    (out, hosts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1795435200; // 2026-11-23 12:00 UTC
+    const GOOD: &str = "From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\n\
+        Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@mail.sender.test>\r\n\
+        Subject: hi\r\nReply-To: alice@lists.sender.test\r\n\
+        Received: from x by mx.sender.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n";
+
+    fn codes(raw: &str, dmarc: bool) -> Vec<&'static str> {
+        check(raw.as_bytes(), NOW, "mx.example.test", dmarc)
+            .into_iter()
+            .map(|f| f.code)
+            .collect()
+    }
+
+    fn with(field: &str, value: Option<&str>) -> String {
+        let mut out = String::new();
+        let mut replaced = false;
+        for line in GOOD.split_inclusive("\r\n") {
+            if line
+                .to_ascii_lowercase()
+                .starts_with(&format!("{}:", field.to_ascii_lowercase()))
+            {
+                if let Some(v) = value {
+                    out.push_str(&format!("{field}: {v}\r\n"));
+                }
+                replaced = true;
+            } else {
+                out.push_str(line);
+            }
+        }
+        assert!(replaced, "{field}");
+        out
+    }
+
+    #[test]
+    fn a_well_formed_message_has_no_findings() {
+        assert_eq!(codes(GOOD, true), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn from_without_an_address() {
+        assert_eq!(
+            codes(&with("From", Some("\"Yessenia Lakeshia\"")), false),
+            ["headers.from_no_address"]
+        );
+        assert_eq!(
+            codes(&with("From", Some("alice@sender.test")), false),
+            Vec::<&str>::new()
+        );
+        assert_eq!(codes(&with("From", None), false), ["headers.from_missing"]);
+    }
+
+    #[test]
+    fn to_empty_or_missing() {
+        assert_eq!(codes(&with("To", Some("")), false), ["headers.to_empty"]);
+        assert_eq!(codes(&with("To", None), false), ["headers.to_missing"]);
+    }
+
+    #[test]
+    fn date_missing_invalid_future_past() {
+        assert_eq!(codes(&with("Date", None), false), ["headers.date_missing"]);
+        assert_eq!(
+            codes(&with("Date", Some("yesterday")), false),
+            ["headers.date_invalid"]
+        );
+        assert_eq!(
+            codes(
+                &with("Date", Some("Mon, 23 Nov 2037 10:00:00 +0000")),
+                false
+            ),
+            ["headers.date_future"]
+        );
+        assert_eq!(
+            codes(
+                &with("Date", Some("Tue, 17 May 2011 14:17:47 -0500")),
+                false
+            ),
+            ["headers.date_past"]
+        );
+        assert_eq!(
+            codes(
+                &with("Date", Some("Sun, 22 Nov 2026 23:00:00 -0500")),
+                false
+            ),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn message_id_rules() {
+        assert_eq!(
+            codes(&with("Message-ID", None), false),
+            ["headers.message_id_missing"]
+        );
+        assert_eq!(
+            codes(
+                &with(
+                    "Message-ID",
+                    Some("<201105171916.8F06B8E1441DD3CA51BF4BA1@1f41un723>")
+                ),
+                false
+            ),
+            ["headers.message_id_not_fqdn"]
+        );
+        assert_eq!(
+            codes(&with("Message-ID", Some("no-brackets")), false),
+            ["headers.message_id_malformed"]
+        );
+        assert_eq!(
+            codes(&with("Message-ID", Some("<x@[192.0.2.1]>")), false),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn duplicated_single_fields() {
+        let dup = GOOD.replacen("Subject: hi\r\n", "Subject: hi\r\nSubject: again\r\n", 1);
+        assert_eq!(codes(&dup, false), ["headers.duplicate"]);
+        let received_twice = GOOD.replacen("Received:", "Received: from a by b; x\r\nReceived:", 1);
+        assert_eq!(codes(&received_twice, false), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn display_name_with_another_address() {
+        assert_eq!(
+            codes(
+                &with("From", Some("\"ceo@bank.test\" <x@evil.test>")),
+                false
+            ),
+            ["headers.display_name_address"]
+        );
+        assert_eq!(
+            codes(
+                &with("From", Some("\"alice@sender.test\" <Alice@sender.test>")),
+                false
+            ),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn reply_to_elsewhere_only_with_dmarc() {
+        let raw = with("Reply-To", Some("collect@elsewhere.test"));
+        assert_eq!(codes(&raw, true), ["headers.reply_to_elsewhere"]);
+        assert_eq!(codes(&raw, false), Vec::<&str>::new());
+        // A subdomain of the From domain is the same sender.
+        assert_eq!(codes(GOOD, true), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn received_claiming_our_host() {
+        let raw = GOOD.replacen("by mx.sender.test", "by mx.example.test", 1);
+        assert_eq!(codes(&raw, false), ["headers.forged_received"]);
+    }
+
+    fn link_codes(body: &str, html: bool) -> (Vec<&'static str>, Vec<String>) {
+        let ct = if html { "text/html" } else { "text/plain" };
+        let raw = format!("From: a@b.test\r\nContent-Type: {ct}\r\n\r\n{body}\r\n");
+        let (f, hosts) = check_links(raw.as_bytes());
+        (f.into_iter().map(|f| f.code).collect(), hosts)
+    }
+
+    #[test]
+    fn bare_ip_links() {
+        assert_eq!(
+            link_codes("see http://192.0.2.7/login", false).0,
+            ["content.ip_url"]
+        );
+        let (codes, hosts) = link_codes("see https://www.shop.test/a?b", false);
+        assert!(codes.is_empty());
+        assert_eq!(hosts, ["www.shop.test"]);
+    }
+
+    #[test]
+    fn link_text_naming_another_domain() {
+        let bad = r#"<a href="http://evil.test/x">https://www.bank.test/login</a>"#;
+        assert_eq!(link_codes(bad, true).0, ["content.link_mismatch"]);
+        let ok = r#"<a href="https://login.bank.test/x">https://www.bank.test/login</a> <a href="http://evil.test/">click here</a>"#;
+        assert!(link_codes(ok, true).0.is_empty());
+    }
+}
