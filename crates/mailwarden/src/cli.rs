@@ -1,5 +1,5 @@
 //! The `mailwarden` command line: `serve`, `user`, `config`, `dkim`, `queue`, `log`,
-//! `explain`.
+//! `explain`, `learn`.
 //!
 //! Every command takes `-c FILE` (else `$MAILWARDEN_CONFIG`, else `./mailwarden.toml`, else the
 //! built-in defaults), so the CLI and the server always agree on the data directory. Account
@@ -56,6 +56,14 @@ enum Cmd {
     Log {
         #[command(subcommand)]
         cmd: LogCmd,
+    },
+    /// Train the content classifier on labelled mail: every file in each directory is one
+    /// message (an mbox `From ` first line is allowed). Learning adds to what it knew.
+    Learn {
+        #[arg(long, value_name = "DIR")]
+        spam: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        ham: Vec<PathBuf>,
     },
     /// Say why a transaction got its verdict: its decision record, deciding reasons first.
     Explain {
@@ -266,6 +274,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", crate::records::report::line(&r));
                 }
             }
+        }
+        Cmd::Learn { spam, ham } => {
+            anyhow::ensure!(
+                !spam.is_empty() || !ham.is_empty(),
+                "give --spam DIR and/or --ham DIR"
+            );
+            let store = Store::open(&loaded.config.data_dir)?;
+            let mut model = crate::classifier::Model::load(&store)?;
+            let mut n = (0, 0);
+            for (dirs, is_spam) in [(&spam, true), (&ham, false)] {
+                for dir in dirs {
+                    for e in std::fs::read_dir(dir)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+                    {
+                        let p = e?.path();
+                        if p.is_file() {
+                            model.learn(&std::fs::read(&p)?, is_spam);
+                            if is_spam { n.0 += 1 } else { n.1 += 1 }
+                        }
+                    }
+                }
+            }
+            model.save(&store)?;
+            println!(
+                "learned {} spam and {} ham; the model now knows {} spam, {} ham, {} tokens",
+                n.0,
+                n.1,
+                model.spam_messages,
+                model.ham_messages,
+                model.tokens_known()
+            );
         }
         Cmd::Explain { id, json } => {
             let store = Store::open(&loaded.config.data_dir)?;

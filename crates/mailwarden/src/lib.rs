@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod checks;
+pub mod classifier;
 pub mod cli;
 pub mod config;
 pub mod containment;

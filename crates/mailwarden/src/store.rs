@@ -151,7 +151,22 @@ CREATE INDEX decisions_time ON decisions(time);
 CREATE INDEX decisions_ip ON decisions(ip);
 "#;
 
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+/// The content classifier's token counts (`classifier`).
+const SCHEMA_V6: &str = r#"
+CREATE TABLE bayes_tokens(
+    token TEXT PRIMARY KEY,
+    spam INTEGER NOT NULL,
+    ham INTEGER NOT NULL
+);
+CREATE TABLE bayes_meta(
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#;
+
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;

@@ -4,6 +4,7 @@
 //! clients' filters can use them.
 
 use super::headers::{self, Finding};
+use crate::classifier::{MIN_TRAINING, Model};
 use crate::config::{Mode, Scoring as Cfg};
 use crate::dns::Dns;
 use crate::screening::dnsbl;
@@ -51,10 +52,40 @@ pub fn level(cfg: &Cfg, score: f64) -> Level {
     }
 }
 
+/// The classifier's opinion as a finding, once it has learnt enough of both kinds.
+pub fn classify(model: &Model, raw: &[u8]) -> Option<Finding> {
+    if model.spam_messages < MIN_TRAINING || model.ham_messages < MIN_TRAINING {
+        return None;
+    }
+    let p = model.score(raw);
+    let score = if p >= 0.99 {
+        5.0
+    } else if p >= 0.9 {
+        3.0
+    } else if p >= 0.6 {
+        1.0
+    } else if p <= 0.1 {
+        -1.0
+    } else {
+        return None;
+    };
+    Some(Finding {
+        code: if score > 0.0 {
+            "content.classifier_spam"
+        } else {
+            "content.classifier_ham"
+        },
+        detail: format!("the classifier gives a spam probability of {p:.3}"),
+        score,
+    })
+}
+
 /// Score a message. `now` is Unix time, `ours` our hostname.
+#[allow(clippy::too_many_arguments)]
 pub async fn score(
     dns: &Arc<Dns>,
     cfg: &Cfg,
+    model: &Model,
     raw: &[u8],
     now: i64,
     ours: &str,
@@ -64,6 +95,7 @@ pub async fn score(
     let mut findings = headers::check(raw, now, ours, from_has_dmarc);
     let (links, hosts) = headers::check_links(raw);
     findings.extend(links);
+    findings.extend(classify(model, raw));
     if !cfg.uribl_zones.is_empty() && !hosts.is_empty() {
         let lists = crate::config::screening::Dnsbl {
             domain_zones: cfg.uribl_zones.clone(),
@@ -120,6 +152,22 @@ mod tests {
         assert_eq!(level(&cfg, cfg.reject + 1.0), Level::Reject);
     }
 
+    #[test]
+    fn the_classifier_speaks_only_once_trained() {
+        let spam = b"Subject: cheap replica watches\r\n\r\nbuy discount pills now\r\n";
+        let ham = b"Subject: meeting notes\r\n\r\nthe committee agenda for thursday\r\n";
+        let mut m = Model::default();
+        for _ in 0..MIN_TRAINING - 1 {
+            m.learn(spam, true);
+            m.learn(ham, false);
+        }
+        assert_eq!(classify(&m, spam), None, "too little training");
+        m.learn(spam, true);
+        m.learn(ham, false);
+        assert_eq!(classify(&m, spam).unwrap().code, "content.classifier_spam");
+        assert_eq!(classify(&m, ham).unwrap().code, "content.classifier_ham");
+    }
+
     #[tokio::test]
     async fn the_seed_sample_scores_as_spam() {
         // ../shared/seeds/004: the spam the project grew from, as its header shows it.
@@ -139,6 +187,7 @@ mod tests {
         let s = score(
             &dns,
             &cfg,
+            &Model::default(),
             raw,
             1_795_000_000,
             "mx.example.test",

@@ -360,6 +360,7 @@ pub(super) async fn finish(
         let scored = scoring::score(
             &shared.dns,
             &cfg.scoring,
+            &shared.classifier.get(),
             &raw,
             unix_now(),
             &cfg.hostname,

@@ -29,6 +29,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// How often the server looks for a newly trained classifier model.
+const CLASSIFIER_REFRESH: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerKind {
     /// Port 25: inbound mail for local domains.
@@ -70,6 +73,8 @@ pub struct Shared {
     /// Limits, anomaly triggers, suspension and AUTH brute-force blocks for the submission
     /// ports (and outbound delivery's 5xx replies).
     pub contain: Arc<crate::containment::Containment>,
+    /// The content classifier's model, reloaded when `mailwarden learn` changes it.
+    pub classifier: crate::classifier::Live,
     /// Time for limits, screening memory and greylisting (shifted in end-to-end tests).
     pub clock: Arc<dyn crate::limits::Clock>,
     pub tls: tokio_rustls::TlsAcceptor,
@@ -174,6 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         dns: dns.clone(),
         keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
         contain: contain.clone(),
+        classifier: crate::classifier::Live::default(),
         clock,
         accounts: accounts.clone(),
         queue: queue.clone(),
@@ -234,6 +240,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         contain,
     ));
 
+    {
+        let shared = shared.clone();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let s = store.clone();
+                let sh = shared.clone();
+                match tokio::task::spawn_blocking(move || sh.classifier.refresh(&s)).await {
+                    Ok(Ok(true)) => tracing::info!(event = "classifier_loaded"),
+                    Ok(Err(e)) => tracing::error!(event = "classifier_load_failed", error = %e),
+                    _ => {}
+                }
+                tokio::time::sleep(CLASSIFIER_REFRESH).await;
+            }
+        }));
+    }
     let metrics = match metrics {
         Some((l, handle)) => {
             let addr = l.local_addr()?;

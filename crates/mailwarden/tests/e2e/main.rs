@@ -1,6 +1,7 @@
 //! End-to-end tests (tier 3 in docs/testing.md): the real `mailwarden` binary on 127.0.0.1
 //! port 0, driven by real clients: Python smtplib, a raw scripted Python client, swaks, curl.
 
+mod classifier;
 mod cli;
 mod containment;
 mod crash;
