@@ -1,5 +1,5 @@
 //! The `mailwarden` command line: `serve`, `user`, `config`, `dkim`, `queue`, `log`,
-//! `explain`, `learn`.
+//! `explain`, `learn`, `quarantine`.
 //!
 //! Every command takes `-c FILE` (else `$MAILWARDEN_CONFIG`, else `./mailwarden.toml`, else the
 //! built-in defaults), so the CLI and the server always agree on the data directory. Account
@@ -57,6 +57,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// Messages kept for an administrator because their content scored as spam.
+    Quarantine {
+        #[command(subcommand)]
+        cmd: QuarantineCmd,
+    },
     /// Train the content classifier on labelled mail: every file in each directory is one
     /// message (an mbox `From ` first line is allowed). Learning adds to what it knew.
     Learn {
@@ -73,6 +78,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// List the messages waiting, oldest first.
+    List,
+    /// Print one message as it would be delivered.
+    Show { id: String },
+    /// Deliver it to the recipients' inboxes (the running server does so within a second).
+    Release {
+        id: String,
+        /// Also teach the classifier that it is ham.
+        #[arg(long)]
+        learn_ham: bool,
+    },
+    /// Throw it away.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -275,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Quarantine { cmd } => return quarantine(&loaded, cmd),
         Cmd::Learn { spam, ham } => {
             anyhow::ensure!(
                 !spam.is_empty() || !ham.is_empty(),
@@ -333,6 +356,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Config {
             cmd: ConfigCmd::Reference,
         } => print!("{}", reference_markdown()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
+    use crate::quarantine as q;
+    let store = Store::open(&loaded.config.data_dir)?;
+    let missing = |id: &str| {
+        eprintln!("mailwarden: nothing in quarantine as {id}");
+        Ok(ExitCode::from(2))
+    };
+    match cmd {
+        QuarantineCmd::List => {
+            for e in q::list(&store)? {
+                let to: Vec<&str> = e.rcpts.iter().map(|(a, _)| a.as_str()).collect();
+                println!(
+                    "{}  {}  score {:<5} <{}> -> {}  {}",
+                    e.id,
+                    crate::util::rfc5322_date(e.time),
+                    e.score,
+                    e.sender,
+                    to.join(","),
+                    e.reasons
+                );
+            }
+        }
+        QuarantineCmd::Show { id } => {
+            let Some(e) = q::get(&store, &id)? else {
+                return missing(&id);
+            };
+            std::io::stdout().write_all(&e.content)?;
+        }
+        QuarantineCmd::Release { id, learn_ham } => {
+            let Some(e) = q::get(&store, &id)? else {
+                return missing(&id);
+            };
+            if learn_ham {
+                let mut model = crate::classifier::Model::load(&store)?;
+                model.learn(&e.content, false);
+                model.save(&store)?;
+            }
+            if !q::release(&store, &id)? {
+                return missing(&id);
+            }
+            println!(
+                "released {id}{}; the running server delivers it",
+                if learn_ham {
+                    " and learnt it as ham"
+                } else {
+                    ""
+                }
+            );
+        }
+        QuarantineCmd::Delete { id } => {
+            if !q::delete(&store, &id)? {
+                return missing(&id);
+            }
+            println!("deleted {id}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

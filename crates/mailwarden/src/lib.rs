@@ -20,6 +20,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod quarantine;
 pub mod queue;
 pub mod received;
 pub mod records;

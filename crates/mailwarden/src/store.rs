@@ -164,8 +164,22 @@ CREATE TABLE bayes_meta(
 );
 "#;
 
+/// Messages kept for an administrator (`quarantine`), with their final content.
+const SCHEMA_V7: &str = r#"
+CREATE TABLE quarantine(
+    id TEXT PRIMARY KEY,
+    time INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    rcpts TEXT NOT NULL,
+    score REAL NOT NULL,
+    reasons TEXT NOT NULL,
+    content BLOB NOT NULL,
+    released INTEGER NOT NULL DEFAULT 0
+);
+"#;
+
 const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -19,6 +19,7 @@ pub enum Level {
     Clean,
     Tag,
     Junk,
+    Quarantine,
     Reject,
 }
 
@@ -28,6 +29,7 @@ impl Level {
             Level::Clean => "clean",
             Level::Tag => "tag",
             Level::Junk => "junk",
+            Level::Quarantine => "quarantine",
             Level::Reject => "reject",
         }
     }
@@ -43,6 +45,8 @@ pub struct Scored {
 pub fn level(cfg: &Cfg, score: f64) -> Level {
     if score >= cfg.reject {
         Level::Reject
+    } else if score >= cfg.quarantine {
+        Level::Quarantine
     } else if score >= cfg.junk {
         Level::Junk
     } else if score >= cfg.tag {
@@ -149,6 +153,7 @@ mod tests {
         assert_eq!(level(&cfg, 0.0), Level::Clean);
         assert_eq!(level(&cfg, cfg.tag), Level::Tag);
         assert_eq!(level(&cfg, cfg.junk), Level::Junk);
+        assert_eq!(level(&cfg, cfg.quarantine), Level::Quarantine);
         assert_eq!(level(&cfg, cfg.reject + 1.0), Level::Reject);
     }
 

@@ -373,6 +373,9 @@ section! {
         pub tag: f64 = 2.5,
         /// From this score on, it is delivered to the recipients' Junk folder.
         pub junk: f64 = 5.0,
+        /// From this score on, it is kept in quarantine for an administrator
+        /// (`mailwarden quarantine`), not delivered.
+        pub quarantine: f64 = 9.0,
         /// From this score on, it is refused with `550 5.7.1`.
         pub reject: f64 = 12.0,
         /// Domain block lists asked for the hosts of links in the message (at most 10 hosts),

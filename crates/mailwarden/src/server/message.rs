@@ -369,7 +369,10 @@ pub(super) async fn finish(
         )
         .await;
         let enforce = cfg.scoring.mode == crate::config::Mode::Enforce;
-        let acting = matches!(scored.level, Level::Junk | Level::Reject);
+        let acting = matches!(
+            scored.level,
+            Level::Junk | Level::Quarantine | Level::Reject
+        );
         for f in &scored.findings {
             let check = f.code.split('.').next().unwrap_or(f.code);
             let mut r = record::reason(check, f.code.to_string(), &f.detail, enforce && acting);
@@ -388,6 +391,49 @@ pub(super) async fn finish(
                     return Finished {
                         reply: replies::SPAM_REJECTED,
                         reason: Some(format!("spam score {}", scored.score)),
+                    };
+                }
+                Level::Quarantine => {
+                    let mut content = headers.clone().into_bytes();
+                    content.extend_from_slice(scoring::fields(&cfg.scoring, &scored).as_bytes());
+                    content.extend_from_slice(&raw);
+                    let e = crate::quarantine::Entry {
+                        id: id.clone(),
+                        time: unix_now(),
+                        sender: mail_from.clone(),
+                        rcpts: rcpts
+                            .iter()
+                            .filter_map(|r| match &r.route {
+                                Route::Local { mailbox, .. } => {
+                                    Some((r.address.clone(), mailbox.clone()))
+                                }
+                                Route::Remote => None,
+                            })
+                            .collect(),
+                        score: scored.score,
+                        reasons: scored
+                            .findings
+                            .iter()
+                            .map(|f| f.code)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        content,
+                    };
+                    discard(&body);
+                    return match crate::quarantine::hold(shared.accounts.store(), e).await {
+                        Ok(()) => {
+                            notes.quarantined = true;
+                            tracing::info!(event = "quarantined", session = %ctx.session, qid = %id,
+                                score = scored.score);
+                            Finished {
+                                reply: replies::queued(&id),
+                                reason: None,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(event = "quarantine_failed", qid = %id, error = %e);
+                            fail(replies::LOCAL_ERROR, "quarantine write failed")
+                        }
                     };
                 }
                 Level::Junk if !notes.junk => {

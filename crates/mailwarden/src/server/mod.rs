@@ -256,6 +256,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }));
     }
+    tasks.push(tokio::spawn(crate::quarantine::deliver_released(
+        store.clone(),
+        queue.clone(),
+    )));
     let metrics = match metrics {
         Some((l, handle)) => {
             let addr = l.local_addr()?;

@@ -86,7 +86,13 @@ impl Recorder {
         r.subject = d.subject;
         r.reasons.extend(d.reasons);
         r.action = if reply.is_positive() {
-            if d.junk { "junk" } else { "accept" }
+            if d.quarantined {
+                "quarantine"
+            } else if d.junk {
+                "junk"
+            } else {
+                "accept"
+            }
         } else if reply.is_transient() {
             "tempfail"
         } else {
@@ -116,6 +122,7 @@ impl Recorder {
 #[derive(Default)]
 pub(super) struct MessageDecision {
     pub(super) junk: bool,
+    pub(super) quarantined: bool,
     pub(super) reasons: Vec<Reason>,
     pub(super) message_id: Option<String>,
     pub(super) subject: Option<String>,

@@ -245,3 +245,72 @@ fn a_reject_threshold_refuses_and_the_warning_header_marks_unverified_senders() 
         m[0]
     );
 }
+
+#[test]
+fn quarantined_mail_is_held_then_released_or_deleted() {
+    let s = Server::start("[scoring]\nquarantine = 4.0\n");
+    s.add_user("alice@example.test", "pw");
+    let send_seed = || {
+        let r = smtplib_stdin(
+            s.mx(),
+            "plain",
+            &[
+                "--raw",
+                "--from",
+                "x@replica.test",
+                "--to",
+                "alice@example.test",
+            ],
+            Some(SEED_SPAM.as_bytes()),
+        );
+        assert_eq!(r["ok"], true, "held, not refused: {r}");
+    };
+    send_seed();
+    send_seed();
+    let list = cli_out(&s, &["quarantine", "list"]);
+    let ids: Vec<&str> = list
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(list.contains("headers.from_no_address"), "{list}");
+    let shown = cli_out(&s, &["quarantine", "show", ids[0]]);
+    assert!(shown.contains("Subject: Exquisite Replica Bags"), "{shown}");
+    assert!(shown.contains("X-Spam-Status: Yes"), "{shown}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        s.messages("alice@example.test").is_empty(),
+        "nothing delivered while held"
+    );
+    let found = search(&s, &["--action", "quarantine"]);
+    assert_eq!(found.len(), 2, "{found:?}");
+
+    let out = cli_out(&s, &["quarantine", "release", ids[0], "--learn-ham"]);
+    assert!(out.contains("learnt it as ham"), "{out}");
+    assert_eq!(
+        s.query_count("SELECT value FROM bayes_meta WHERE key = 'ham_messages'"),
+        1
+    );
+    let inbox = s.wait_messages("alice@example.test", 1);
+    assert!(
+        inbox[0].contains("Subject: Exquisite Replica Bags"),
+        "{}",
+        inbox[0]
+    );
+    s.wait_log(&["event=\"quarantine_released\"", ids[0]]);
+
+    assert!(cli_out(&s, &["quarantine", "delete", ids[1]]).contains("deleted"));
+    assert!(cli_out(&s, &["quarantine", "list"]).is_empty());
+    assert_eq!(
+        s.cli(&["quarantine", "release", ids[1]], None)
+            .status
+            .code(),
+        Some(2)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        s.messages("alice@example.test").len(),
+        1,
+        "the deleted one never arrives"
+    );
+}
