@@ -110,6 +110,8 @@ pub enum Metric {
     /// Recipients that remote servers refused with 5xx.
     RemoteRejections,
     Connections,
+    /// Submitted messages held because their content scored as spam.
+    SpamMessages,
 }
 
 /// Timestamps of events per (key, metric), and distinct values per (key, metric) with the

@@ -12,7 +12,9 @@ pub struct Entry {
     pub id: String,
     pub time: i64,
     pub sender: String,
-    /// (address, local mailbox) of each recipient.
+    /// The account that submitted it (outbound mail), whose rules apply when it is released.
+    pub account: Option<String>,
+    /// (address, local mailbox) of each recipient; an empty mailbox is a remote recipient.
     pub rcpts: Vec<(String, String)>,
     pub score: f64,
     /// The reason codes that put it here.
@@ -25,8 +27,8 @@ pub async fn hold(store: &Store, e: Entry) -> Result<(), StoreError> {
     store
         .write(move |c| {
             c.execute(
-                "INSERT INTO quarantine(id, time, sender, rcpts, score, reasons, content) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO quarantine(id, time, sender, rcpts, score, reasons, content, account) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 rusqlite::params![
                     e.id,
                     e.time,
@@ -34,7 +36,8 @@ pub async fn hold(store: &Store, e: Entry) -> Result<(), StoreError> {
                     serde_json::to_string(&e.rcpts).unwrap_or_default(),
                     e.score,
                     e.reasons,
-                    e.content
+                    e.content,
+                    e.account
                 ],
             )?;
             Ok(())
@@ -52,10 +55,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         score: r.get(4)?,
         reasons: r.get(5)?,
         content: r.get(6)?,
+        account: r.get(7)?,
     })
 }
 
-const COLUMNS: &str = "id, time, sender, rcpts, score, reasons, content";
+const COLUMNS: &str = "id, time, sender, rcpts, score, reasons, content, account";
 
 /// Messages waiting for a decision, oldest first.
 pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
@@ -138,9 +142,13 @@ pub async fn deliver_released(store: Store, queue: std::sync::Arc<crate::queue::
                 .map(|(i, (address, mailbox))| Recipient {
                     idx: i as u32,
                     address: address.clone(),
-                    route: Route::Local {
-                        mailbox: mailbox.clone(),
-                        folder: Folder::Inbox,
+                    route: if mailbox.is_empty() {
+                        Route::Remote
+                    } else {
+                        Route::Local {
+                            mailbox: mailbox.clone(),
+                            folder: Folder::Inbox,
+                        }
                     },
                 })
                 .collect();
@@ -151,6 +159,7 @@ pub async fn deliver_released(store: Store, queue: std::sync::Arc<crate::queue::
                 size: e.content.len() as u64,
                 meta: Meta {
                     listener: "quarantine".into(),
+                    auth: e.account.clone(),
                     ..Meta::default()
                 },
                 rcpts,
@@ -188,6 +197,7 @@ mod tests {
                     id: id.into(),
                     time: 1,
                     sender: "s@x.test".into(),
+                    account: None,
                     rcpts: vec![("a@example.test".into(), "a@example.test".into())],
                     score: 9.5,
                     reasons: "headers.from_no_address".into(),

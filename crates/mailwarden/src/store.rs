@@ -174,6 +174,7 @@ CREATE TABLE quarantine(
     score REAL NOT NULL,
     reasons TEXT NOT NULL,
     content BLOB NOT NULL,
+    account TEXT,
     released INTEGER NOT NULL DEFAULT 0
 );
 "#;

@@ -345,6 +345,9 @@ section! {
         /// Suspend when remote servers refuse, with a 5xx reply, more than this many
         /// recipients of one account's mail within an hour (Exim's BlockCracking).
         pub remote_rejections_per_hour: usize = 30,
+        /// Suspend when this many of an account's messages within an hour are held because
+        /// their content scores as spam (`scoring.quarantine`).
+        pub spam_messages_per_hour: usize = 3,
         /// AUTH failures from one IP within ten minutes before that IP is blocked. The delay
         /// before a failure's answer (`auth.failure_delay`) doubles with the failures in that
         /// time from the IP or for the account named, whichever is more.

@@ -135,6 +135,21 @@ impl Detector {
         Ok(())
     }
 
+    /// A message from `account` scored as spam and was held. One may be a false positive; a
+    /// few in an hour are a spammer.
+    pub fn outbound_spam(&self, account: &str, score: f64) -> Option<Trigger> {
+        let key = Key::Account(account.to_string());
+        self.counters.add(key.clone(), Metric::SpamMessages, 1);
+        let n = self.counters.count(&key, Metric::SpamMessages, HOUR);
+        (n >= self.cfg.spam_messages_per_hour).then(|| Trigger {
+            reason: "outbound mail scores as spam",
+            evidence: format!(
+                "{n} messages held as spam in the last hour, the last scoring {score} (limit {})",
+                self.cfg.spam_messages_per_hour
+            ),
+        })
+    }
+
     /// A new connection from `ip` (any listener): within the per-minute rate?
     pub fn connection(&self, ip: IpAddr) -> Result<(), Limited> {
         let max = self.cfg.max_connections_per_minute_per_ip;

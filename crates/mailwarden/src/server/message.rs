@@ -253,6 +253,7 @@ pub(super) async fn finish(
     notes.subject = records::header_value(&raw, "Subject");
 
     let mut headers = String::new();
+    let mut outbound_spam = None;
     let mut verdict_note = None;
     let mut sender_verified = false;
     let mut signing_domain = None;
@@ -276,6 +277,29 @@ pub(super) async fn finish(
             }
         }
         headers.push_str(&authres::submitted(&cfg.hostname, account));
+        // Outbound mail is scored like inbound: a hijacked account's spam is held.
+        let scored = scoring::score(
+            &shared.dns,
+            &cfg.scoring,
+            &shared.classifier.get(),
+            &raw,
+            unix_now(),
+            &cfg.hostname,
+            false,
+            cfg.dns.timeout.get(),
+        )
+        .await;
+        for f in &scored.findings {
+            let check = f.code.split('.').next().unwrap_or(f.code);
+            let mut r = record::reason(check, f.code.to_string(), &f.detail, false);
+            r.score = f.score;
+            notes.reasons.push(r);
+        }
+        if cfg.scoring.mode == crate::config::Mode::Enforce
+            && matches!(scored.level, Level::Quarantine | Level::Reject)
+        {
+            outbound_spam = Some(scored);
+        }
     } else if ctx.listener == ListenerKind::Mx {
         let mail_from = txn.mail_from.to_string();
         let env = Envelope {
@@ -397,44 +421,11 @@ pub(super) async fn finish(
                     let mut content = headers.clone().into_bytes();
                     content.extend_from_slice(scoring::fields(&cfg.scoring, &scored).as_bytes());
                     content.extend_from_slice(&raw);
-                    let e = crate::quarantine::Entry {
-                        id: id.clone(),
-                        time: unix_now(),
-                        sender: mail_from.clone(),
-                        rcpts: rcpts
-                            .iter()
-                            .filter_map(|r| match &r.route {
-                                Route::Local { mailbox, .. } => {
-                                    Some((r.address.clone(), mailbox.clone()))
-                                }
-                                Route::Remote => None,
-                            })
-                            .collect(),
-                        score: scored.score,
-                        reasons: scored
-                            .findings
-                            .iter()
-                            .map(|f| f.code)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        content,
-                    };
                     discard(&body);
-                    return match crate::quarantine::hold(shared.accounts.store(), e).await {
-                        Ok(()) => {
-                            notes.quarantined = true;
-                            tracing::info!(event = "quarantined", session = %ctx.session, qid = %id,
-                                score = scored.score);
-                            Finished {
-                                reply: replies::queued(&id),
-                                reason: None,
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(event = "quarantine_failed", qid = %id, error = %e);
-                            fail(replies::LOCAL_ERROR, "quarantine write failed")
-                        }
-                    };
+                    return hold(
+                        shared, ctx, &id, &mail_from, None, &rcpts, content, &scored, notes,
+                    )
+                    .await;
                 }
                 Level::Junk if !notes.junk => {
                     notes.junk = true;
@@ -486,6 +477,32 @@ pub(super) async fn finish(
     if let Some(domain) = signing_domain.filter(|_| cfg.dkim.sign) {
         headers.insert_str(0, &dkim_sign(shared, &id, content, domain).await);
     }
+    if let Some(scored) = outbound_spam {
+        // Signed already, so a release sends it as the account would have.
+        let mut held = headers.into_bytes();
+        held.extend_from_slice(&raw);
+        discard(&body);
+        let account = s.authenticated().map(str::to_string);
+        let sender = txn.mail_from.to_string();
+        let done = hold(
+            shared,
+            ctx,
+            &id,
+            &sender,
+            account.clone(),
+            &rcpts,
+            held,
+            &scored,
+            notes,
+        )
+        .await;
+        if let Some(a) = account
+            && let Some(t) = shared.contain.detector.outbound_spam(&a, scored.score)
+        {
+            shared.contain.suspend(&a, t, &ctx.session).await;
+        }
+        return done;
+    }
     let reply = enqueue(
         shared,
         ctx,
@@ -503,6 +520,63 @@ pub(super) async fn finish(
     .await;
     let reason = (!reply.is_positive()).then(|| "queue failure".to_string());
     Finished { reply, reason }
+}
+
+/// Keep a message in quarantine instead of queueing it; the client still gets its `250`.
+#[allow(clippy::too_many_arguments)]
+async fn hold(
+    shared: &Shared,
+    ctx: &Ctx,
+    id: &str,
+    sender: &str,
+    account: Option<String>,
+    rcpts: &[Recipient],
+    content: Vec<u8>,
+    scored: &scoring::Scored,
+    notes: &mut MessageDecision,
+) -> Finished {
+    let e = crate::quarantine::Entry {
+        id: id.to_string(),
+        time: unix_now(),
+        sender: sender.to_string(),
+        account,
+        rcpts: rcpts
+            .iter()
+            .map(|r| match &r.route {
+                Route::Local { mailbox, .. } => (r.address.clone(), mailbox.clone()),
+                Route::Remote => (r.address.clone(), String::new()),
+            })
+            .collect(),
+        score: scored.score,
+        reasons: scored
+            .findings
+            .iter()
+            .map(|f| f.code)
+            .collect::<Vec<_>>()
+            .join(","),
+        content,
+    };
+    match crate::quarantine::hold(shared.accounts.store(), e).await {
+        Ok(()) => {
+            notes.quarantined = true;
+            for r in notes.reasons.iter_mut().filter(|r| r.score > 0.0) {
+                r.deciding = true;
+            }
+            tracing::info!(event = "quarantined", session = %ctx.session, qid = %id,
+                score = scored.score);
+            Finished {
+                reply: replies::queued(id),
+                reason: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(event = "quarantine_failed", qid = %id, error = %e);
+            Finished {
+                reply: replies::LOCAL_ERROR,
+                reason: Some("quarantine write failed".into()),
+            }
+        }
+    }
 }
 
 fn discard(body: &Body) {

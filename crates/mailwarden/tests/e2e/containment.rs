@@ -220,3 +220,54 @@ fn a_heavy_but_steady_user_is_never_throttled_in_a_simulated_week() {
         "one daily message a day"
     );
 }
+
+#[test]
+fn outbound_mail_that_scores_as_spam_is_held_and_repeated_spam_suspends() {
+    let s =
+        Server::start("[scoring]\nquarantine = 3.0\n[containment]\nspam_messages_per_hour = 2\n");
+    s.add_user("alice@example.test", "alice-pw");
+    s.add_user("bob@example.test", "bob-pw");
+    s.add_user("postmaster@example.test", "pm-pw");
+    // No Date, no Message-ID, an empty To and a link to a bare address.
+    let spam = "From: alice@example.test\r\nTo:\r\nSubject: deal\r\n\r\nhttp://192.0.2.9/buy\r\n";
+    let send = || {
+        smtplib_stdin(
+            s.submissions(),
+            "ssl",
+            &[
+                "--raw",
+                "--user",
+                "alice@example.test",
+                "--password",
+                "alice-pw",
+                "--from",
+                "alice@example.test",
+                "--to",
+                "bob@example.test",
+            ],
+            Some(spam.as_bytes()),
+        )
+    };
+    let r = send();
+    assert_eq!(r["ok"], true, "held, the client is not told: {r}");
+    let list = String::from_utf8_lossy(&s.cli(&["quarantine", "list"], None).stdout).into_owned();
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.contains("content.ip_url"), "{list}");
+    assert_eq!(
+        s.query_count("SELECT count(*) FROM quarantine WHERE account = 'alice@example.test'"),
+        1
+    );
+
+    let r = send();
+    assert_eq!(r["ok"], true, "{r}");
+    let line = s.wait_log(&["event=\"account_suspended\"", "alice@example.test"]);
+    assert!(line.contains("outbound mail scores as spam"), "{line}");
+    assert_eq!(send()["code"], 525, "suspended: AUTH refused");
+    assert!(s.messages("bob@example.test").is_empty());
+
+    // An administrator who disagrees releases one; it is delivered.
+    let id = list.split_whitespace().next().unwrap();
+    assert!(s.cli(&["quarantine", "release", id], None).status.success());
+    let got = s.wait_messages("bob@example.test", 1);
+    assert!(got[0].contains("Subject: deal"), "{}", got[0]);
+}
