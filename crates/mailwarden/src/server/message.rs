@@ -278,23 +278,7 @@ pub(super) async fn finish(
         }
         headers.push_str(&authres::submitted(&cfg.hostname, account));
         // Outbound mail is scored like inbound: a hijacked account's spam is held.
-        let scored = scoring::score(
-            &shared.dns,
-            &cfg.scoring,
-            &shared.classifier.get(),
-            &raw,
-            unix_now(),
-            &cfg.hostname,
-            false,
-            cfg.dns.timeout.get(),
-        )
-        .await;
-        for f in &scored.findings {
-            let check = f.code.split('.').next().unwrap_or(f.code);
-            let mut r = record::reason(check, f.code.to_string(), &f.detail, false);
-            r.score = f.score;
-            notes.reasons.push(r);
-        }
+        let scored = score(shared, &raw, false, &mut notes.reasons).await;
         if cfg.scoring.mode == crate::config::Mode::Enforce
             && matches!(scored.level, Level::Quarantine | Level::Reject)
         {
@@ -381,27 +365,16 @@ pub(super) async fn finish(
             .reasons
             .iter()
             .any(|r| matches!(r.code, Code::DmarcPass | Code::DmarcFail));
-        let scored = scoring::score(
-            &shared.dns,
-            &cfg.scoring,
-            &shared.classifier.get(),
-            &raw,
-            unix_now(),
-            &cfg.hostname,
-            dmarc_policy,
-            cfg.dns.timeout.get(),
-        )
-        .await;
+        let scored = score(shared, &raw, dmarc_policy, &mut notes.reasons).await;
         let enforce = cfg.scoring.mode == crate::config::Mode::Enforce;
         let acting = matches!(
             scored.level,
             Level::Junk | Level::Quarantine | Level::Reject
         );
-        for f in &scored.findings {
-            let check = f.code.split('.').next().unwrap_or(f.code);
-            let mut r = record::reason(check, f.code.to_string(), &f.detail, enforce && acting);
-            r.score = f.score;
-            notes.reasons.push(r);
+        if enforce && acting {
+            for r in notes.reasons.iter_mut().filter(|r| r.score > 0.0) {
+                r.deciding = true;
+            }
         }
         if scored.level != Level::Clean {
             tracing::info!(event = "scored", session = %ctx.session, qid = %id, score = scored.score,
@@ -520,6 +493,34 @@ pub(super) async fn finish(
     .await;
     let reason = (!reply.is_positive()).then(|| "queue failure".to_string());
     Finished { reply, reason }
+}
+
+/// Content scoring ([`scoring`]), its findings added to the record's reasons.
+async fn score(
+    shared: &Shared,
+    raw: &[u8],
+    dmarc_policy: bool,
+    reasons: &mut Vec<records::Reason>,
+) -> scoring::Scored {
+    let cfg = &shared.config;
+    let scored = scoring::score(
+        &shared.dns,
+        &cfg.scoring,
+        &shared.classifier.get(),
+        raw,
+        unix_now(),
+        &cfg.hostname,
+        dmarc_policy,
+        cfg.dns.timeout.get(),
+    )
+    .await;
+    for f in &scored.findings {
+        let check = f.code.split('.').next().unwrap_or(f.code);
+        let mut r = record::reason(check, f.code.to_string(), &f.detail, false);
+        r.score = f.score;
+        reasons.push(r);
+    }
+    scored
 }
 
 /// Keep a message in quarantine instead of queueing it; the client still gets its `250`.

@@ -140,11 +140,9 @@ Exquisite Replica Bags\r\n\
 \r\n\
 http://hotreplicaolympic.ru\r\n";
 
-#[test]
-fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
-    let s = Server::start("");
-    s.add_user("alice@example.test", "pw");
-    let r = smtplib_stdin(
+/// The seed spam to alice over port 25.
+fn send_seed(s: &Server) -> serde_json::Value {
+    smtplib_stdin(
         s.mx(),
         "plain",
         &[
@@ -155,7 +153,14 @@ fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
             "alice@example.test",
         ],
         Some(SEED_SPAM.as_bytes()),
-    );
+    )
+}
+
+#[test]
+fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
+    let s = Server::start("");
+    s.add_user("alice@example.test", "pw");
+    let r = send_seed(&s);
     assert_eq!(r["ok"], true, "{r}");
     let junk = s.maildir("alice@example.test").join(".Junk");
     let m = wait_for(Duration::from_secs(20), || {
@@ -212,18 +217,7 @@ fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
 fn a_reject_threshold_refuses_and_the_warning_header_marks_unverified_senders() {
     let s = Server::start("[scoring]\nreject = 4.0\nwarning_header = true\n");
     s.add_user("alice@example.test", "pw");
-    let r = smtplib_stdin(
-        s.mx(),
-        "plain",
-        &[
-            "--raw",
-            "--from",
-            "x@replica.test",
-            "--to",
-            "alice@example.test",
-        ],
-        Some(SEED_SPAM.as_bytes()),
-    );
+    let r = send_seed(&s);
     assert_eq!(r["code"], 550, "{r}");
     assert!(r["message"].as_str().unwrap().starts_with("5.7.1"), "{r}");
     let found = search(&s, &["--action", "reject"]);
@@ -251,18 +245,7 @@ fn quarantined_mail_is_held_then_released_or_deleted() {
     let s = Server::start("[scoring]\nquarantine = 4.0\n");
     s.add_user("alice@example.test", "pw");
     let send_seed = || {
-        let r = smtplib_stdin(
-            s.mx(),
-            "plain",
-            &[
-                "--raw",
-                "--from",
-                "x@replica.test",
-                "--to",
-                "alice@example.test",
-            ],
-            Some(SEED_SPAM.as_bytes()),
-        );
+        let r = send_seed(&s);
         assert_eq!(r["ok"], true, "held, not refused: {r}");
     };
     send_seed();
