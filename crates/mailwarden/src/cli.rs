@@ -71,12 +71,26 @@ enum Cmd {
         ham: Vec<PathBuf>,
     },
     /// Say why a transaction got its verdict: its decision record, deciding reasons first.
+    /// Given a message file instead of an id, run the inbound checks on it offline (real DNS,
+    /// no delivery) and report what the server would decide.
     Explain {
-        /// The record's id (the queue id shown by `log search` and in the logs as qid).
+        /// A record's id (the `qid` of the logs, shown by `log search`), or FILE.eml.
         id: String,
         /// Print the record as JSON.
         #[arg(long)]
         json: bool,
+        /// FILE only: the client address (default 127.0.0.1).
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// FILE only: the HELO name (default localhost).
+        #[arg(long)]
+        helo: Option<String>,
+        /// FILE only: the envelope sender (default the From: address).
+        #[arg(long)]
+        mail_from: Option<String>,
+        /// FILE only: the recipient (default the postmaster).
+        #[arg(long)]
+        rcpt: Option<String>,
     },
 }
 
@@ -329,16 +343,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 model.tokens_known()
             );
         }
-        Cmd::Explain { id, json } => {
+        Cmd::Explain {
+            id,
+            json,
+            ip,
+            helo,
+            mail_from,
+            rcpt,
+        } => {
             let store = Store::open(&loaded.config.data_dir)?;
-            let Some(r) = crate::records::get(&store, &id)? else {
-                eprintln!("mailwarden: no decision record {id}");
-                return Ok(ExitCode::from(2));
+            let file = std::path::Path::new(&id);
+            let record = if file.is_file() {
+                let raw = std::fs::read(file)?;
+                let cfg = &loaded.config;
+                let client = crate::explain::client(cfg, &raw, ip, helo, mail_from, rcpt);
+                let model = crate::classifier::Model::load(&store)?;
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(crate::explain::run(cfg, &model, &raw, &client))?
+            } else {
+                let Some(r) = crate::records::get(&store, &id)? else {
+                    eprintln!("mailwarden: no decision record {id}, and no such file");
+                    return Ok(ExitCode::from(2));
+                };
+                r
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
-                print!("{}", crate::records::report::text(&r));
+                print!("{}", crate::records::report::text(&record));
             }
         }
         Cmd::Config {

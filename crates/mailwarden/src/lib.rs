@@ -15,6 +15,7 @@ pub mod containment;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+pub mod explain;
 pub mod fsync;
 pub mod limits;
 pub mod logging;

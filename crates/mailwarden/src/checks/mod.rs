@@ -3,6 +3,7 @@
 pub mod arc;
 pub mod authres;
 pub mod headers;
+pub mod inbound;
 pub mod ownership;
 pub mod relay;
 pub mod scoring;

@@ -7,9 +7,10 @@ use super::record::{self, MessageDecision};
 use super::session::Ctx;
 use super::{ListenerKind, Shared};
 use crate::checks::authres;
+use crate::checks::inbound;
 use crate::checks::scoring::{self, Level};
 use crate::checks::sender::{self, Envelope};
-use crate::checks::verdict::{Action, Code};
+use crate::checks::verdict::Code;
 use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
 use crate::received;
 use crate::records;
@@ -294,26 +295,12 @@ pub(super) async fn finish(
         };
         let spf = early.spf().await;
         let iprev = early.iprev().await;
-        let out = sender::evaluate(&shared.dns, cfg, &env, &raw, spf, iprev).await;
+        let model = shared.classifier.get();
+        let d = inbound::decide(&shared.dns, cfg, &model, &env, &raw, spf, iprev, unix_now()).await;
+        let (out, scored) = (&d.sender, &d.scored);
         let v = &out.verdict;
-        sender_verified = out.sender_verified;
-        let acted = v.action != Action::Accept;
-        for r in &v.reasons {
-            let code = r.code.as_str();
-            let deciding = acted && v.deciding.as_ref().is_some_and(|d| d.code == r.code);
-            let check = code.split('.').next().unwrap_or(code);
-            notes
-                .reasons
-                .push(record::reason(check, code.to_string(), &r.detail, deciding));
-        }
-        if let (Some(would), Some(r)) = (&v.would, &v.deciding) {
-            notes.reasons.push(record::reason(
-                "observe",
-                format!("would_{}", would.name()),
-                &format!("{}: {}", r.code.as_str(), r.detail),
-                false,
-            ));
-        }
+        sender_verified = d.sender_verified;
+        notes.reasons.extend(d.reasons);
         tracing::info!(
             event = "sender_auth",
             session = %ctx.session,
@@ -329,99 +316,40 @@ pub(super) async fn finish(
             tracing::info!(event = "would_reject", session = %ctx.session, qid = %id, ip = %ctx.peer.ip(),
                 would = would.name(), reason = r.code.as_str(), detail = %r.detail, "observe mode: delivered anyway");
         }
-        match &v.action {
-            Action::Reject(reply) | Action::TempFail(reply) => {
+        if scored.level != Level::Clean {
+            tracing::info!(event = "scored", session = %ctx.session, qid = %id, score = scored.score,
+                level = scored.level.name(),
+                enforce = cfg.scoring.mode == crate::config::Mode::Enforce,
+                tests = %scored.findings.iter().map(|f| f.code).collect::<Vec<_>>().join(","));
+        }
+        headers.push_str(&d.headers);
+        match d.outcome {
+            inbound::Outcome::Refuse { reply, reason } => {
                 discard(&body);
-                let r = v
-                    .deciding
-                    .as_ref()
-                    .map(|r| format!("{}: {}", r.code.as_str(), r.detail));
                 return Finished {
-                    reply: reply.clone(),
-                    reason: r,
+                    reply,
+                    reason: Some(reason),
                 };
             }
-            Action::Junk => {
+            inbound::Outcome::Quarantine => {
+                let mut content = headers.into_bytes();
+                content.extend_from_slice(&raw);
+                discard(&body);
+                return hold(
+                    shared, ctx, &id, &mail_from, None, &rcpts, content, scored, notes,
+                )
+                .await;
+            }
+            inbound::Outcome::Deliver { junk: Some(note) } => {
                 notes.junk = true;
                 for r in rcpts.iter_mut() {
                     if let Route::Local { folder, .. } = &mut r.route {
                         *folder = Folder::Junk;
                     }
                 }
-                let why = v
-                    .deciding
-                    .as_ref()
-                    .map(|r| r.detail.clone())
-                    .unwrap_or_default();
-                verdict_note = Some(format!(
-                    "X-Mailwarden-Verdict: junk; {}\r\n",
-                    why.replace(['\r', '\n'], " ")
-                ));
+                verdict_note = Some(note);
             }
-            Action::Accept => {}
-        }
-        headers.push_str(&out.header);
-        let dmarc_policy = v
-            .reasons
-            .iter()
-            .any(|r| matches!(r.code, Code::DmarcPass | Code::DmarcFail));
-        let scored = score(shared, &raw, dmarc_policy, &mut notes.reasons).await;
-        let enforce = cfg.scoring.mode == crate::config::Mode::Enforce;
-        let acting = matches!(
-            scored.level,
-            Level::Junk | Level::Quarantine | Level::Reject
-        );
-        if enforce && acting {
-            for r in notes.reasons.iter_mut().filter(|r| r.score > 0.0) {
-                r.deciding = true;
-            }
-        }
-        if scored.level != Level::Clean {
-            tracing::info!(event = "scored", session = %ctx.session, qid = %id, score = scored.score,
-                level = scored.level.name(), enforce,
-                tests = %scored.findings.iter().map(|f| f.code).collect::<Vec<_>>().join(","));
-        }
-        if enforce {
-            match scored.level {
-                Level::Reject => {
-                    discard(&body);
-                    return Finished {
-                        reply: replies::SPAM_REJECTED,
-                        reason: Some(format!("spam score {}", scored.score)),
-                    };
-                }
-                Level::Quarantine => {
-                    let mut content = headers.clone().into_bytes();
-                    content.extend_from_slice(scoring::fields(&cfg.scoring, &scored).as_bytes());
-                    content.extend_from_slice(&raw);
-                    discard(&body);
-                    return hold(
-                        shared, ctx, &id, &mail_from, None, &rcpts, content, &scored, notes,
-                    )
-                    .await;
-                }
-                Level::Junk if !notes.junk => {
-                    notes.junk = true;
-                    for r in rcpts.iter_mut() {
-                        if let Route::Local { folder, .. } = &mut r.route {
-                            *folder = Folder::Junk;
-                        }
-                    }
-                    verdict_note = Some(format!(
-                        "X-Mailwarden-Verdict: junk; spam score {}\r\n",
-                        scored.score
-                    ));
-                }
-                _ => {}
-            }
-            if scored.level != Level::Clean {
-                headers.push_str(&scoring::fields(&cfg.scoring, &scored));
-            }
-        }
-        if cfg.scoring.warning_header && !sender_verified {
-            headers.push_str(
-                "X-Mailwarden-Warning: The sender of this message could not be verified\r\n",
-            );
+            inbound::Outcome::Deliver { junk: None } => {}
         }
     }
 

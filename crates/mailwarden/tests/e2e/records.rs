@@ -297,3 +297,52 @@ fn quarantined_mail_is_held_then_released_or_deleted() {
         "the deleted one never arrives"
     );
 }
+
+#[test]
+fn explain_runs_the_inbound_checks_offline_on_a_message_file() {
+    let s = Server::start_with_zones(CONFIG, ZONES);
+    let file = s.dir.path().join("seed.eml");
+    std::fs::write(&file, SEED_SPAM).unwrap();
+    let f = file.to_str().unwrap();
+    let common = [
+        "--helo",
+        "mail.replica.test",
+        "--mail-from",
+        "x@replica.test",
+        "--rcpt",
+        "alice@example.test",
+    ];
+
+    let mut args = vec!["explain", f, "--ip", "127.0.0.1"];
+    args.extend_from_slice(&common);
+    let report = cli_out(&s, &args);
+    assert!(report.starts_with("offline JUNK on explain"), "{report}");
+    let also = report.find("also found:").unwrap_or(report.len());
+    for code in ["headers.from_no_address", "headers.message_id_not_fqdn"] {
+        let at = report
+            .find(code)
+            .unwrap_or_else(|| panic!("{code} in {report}"));
+        assert!(at < also, "{code} deciding:\n{report}");
+    }
+    assert!(
+        report.contains("subject:  Exquisite Replica Bags"),
+        "{report}"
+    );
+
+    // From a listed address it would not even be read.
+    let mut args = vec!["explain", f, "--json", "--ip", "127.0.0.2"];
+    args.extend_from_slice(&common);
+    let v: serde_json::Value = serde_json::from_str(&cli_out(&s, &args)).unwrap();
+    assert_eq!(v["action"], "reject", "{v}");
+    assert!(v["reply"].as_str().unwrap().starts_with("554 5.7.1"), "{v}");
+    let deciding: Vec<&str> = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["deciding"] == true)
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(deciding, ["dnsbl_score"], "{v}");
+    // Nothing was delivered or recorded.
+    assert!(cli_out(&s, &["log", "search"]).is_empty());
+}

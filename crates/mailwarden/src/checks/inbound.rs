@@ -1,0 +1,167 @@
+//! The decision at the end of DATA for mail from other servers: sender authentication
+//! ([`super::sender`]) first, then content scoring ([`super::scoring`]), combined into one
+//! outcome with every reason typed for the decision record. The server acts on it
+//! (`server/message.rs`); `mailwarden explain FILE.eml` prints it, so the offline report and
+//! the server cannot disagree.
+
+use super::scoring::{self, Level, Scored};
+use super::sender::{self, Envelope};
+use super::verdict::{Action, Code};
+use crate::classifier::Model;
+use crate::config::{Config, Mode};
+use crate::dns::Dns;
+use crate::records::Reason;
+use mail_auth::{IprevOutput, SpfOutput};
+use mailwarden_proto::{Reply, replies};
+use std::sync::Arc;
+
+pub enum Outcome {
+    /// Deliver; to Junk with this `X-Mailwarden-Verdict` note when it is `Some`.
+    Deliver { junk: Option<String> },
+    /// Keep for an administrator (`scoring.quarantine`).
+    Quarantine,
+    /// Refuse with this reply; `reason` for the log.
+    Refuse { reply: Reply, reason: String },
+}
+
+pub struct Decision {
+    pub outcome: Outcome,
+    pub reasons: Vec<Reason>,
+    /// Fields to prepend: Authentication-Results, and X-Spam-* or the warning when they apply.
+    pub headers: String,
+    pub sender_verified: bool,
+    pub sender: sender::Outcome,
+    pub scored: Scored,
+}
+
+fn reason(code: &str, detail: &str, score: f64, deciding: bool) -> Reason {
+    Reason {
+        check: code.split('.').next().unwrap_or(code).to_string(),
+        code: code.to_string(),
+        detail: detail.to_string(),
+        score,
+        deciding,
+    }
+}
+
+/// Decide on a received message. `spf` and `iprev` are results found earlier in the session,
+/// if any; `now` is Unix time.
+#[allow(clippy::too_many_arguments)]
+pub async fn decide(
+    dns: &Arc<Dns>,
+    cfg: &Config,
+    model: &Model,
+    env: &Envelope<'_>,
+    raw: &[u8],
+    spf: Option<SpfOutput>,
+    iprev: Option<IprevOutput>,
+    now: i64,
+) -> Decision {
+    let out = sender::evaluate(dns, cfg, env, raw, spf, iprev).await;
+    let v = &out.verdict;
+    let acted = v.action != Action::Accept;
+    let mut reasons: Vec<Reason> = Vec::new();
+    for r in &v.reasons {
+        let deciding = acted && v.deciding.as_ref().is_some_and(|d| d.code == r.code);
+        // The sender checks may name one finding twice (as a result and as the deciding one).
+        if !reasons
+            .iter()
+            .any(|x| x.code == r.code.as_str() && x.detail == r.detail)
+        {
+            reasons.push(reason(r.code.as_str(), &r.detail, 0.0, deciding));
+        }
+    }
+    if let (Some(would), Some(r)) = (&v.would, &v.deciding) {
+        reasons.push(Reason {
+            check: "observe".into(),
+            code: format!("would_{}", would.name()),
+            detail: format!("{}: {}", r.code.as_str(), r.detail),
+            score: 0.0,
+            deciding: false,
+        });
+    }
+    let dmarc_policy = v
+        .reasons
+        .iter()
+        .any(|r| matches!(r.code, Code::DmarcPass | Code::DmarcFail));
+    let scored = scoring::score(
+        dns,
+        &cfg.scoring,
+        model,
+        raw,
+        now,
+        &cfg.hostname,
+        dmarc_policy,
+        cfg.dns.timeout.get(),
+    )
+    .await;
+    let enforce = cfg.scoring.mode == Mode::Enforce;
+    // The score decides only what sender authentication left open.
+    let refused = matches!(v.action, Action::Reject(_) | Action::TempFail(_));
+    let acting = !refused
+        && matches!(
+            scored.level,
+            Level::Junk | Level::Quarantine | Level::Reject
+        );
+    reasons.extend(scored.findings.iter().map(|f| {
+        reason(
+            f.code,
+            &f.detail,
+            f.score,
+            enforce && acting && f.score > 0.0,
+        )
+    }));
+    let mut headers = out.header.clone();
+    let sender_verified = out.sender_verified;
+    let mut outcome = match &v.action {
+        Action::Reject(reply) | Action::TempFail(reply) => Outcome::Refuse {
+            reply: reply.clone(),
+            reason: v
+                .deciding
+                .as_ref()
+                .map(|r| format!("{}: {}", r.code.as_str(), r.detail))
+                .unwrap_or_default(),
+        },
+        Action::Junk => Outcome::Deliver {
+            junk: Some(format!(
+                "X-Mailwarden-Verdict: junk; {}\r\n",
+                v.deciding
+                    .as_ref()
+                    .map(|r| r.detail.replace(['\r', '\n'], " "))
+                    .unwrap_or_default()
+            )),
+        },
+        Action::Accept => Outcome::Deliver { junk: None },
+    };
+    if enforce && let Outcome::Deliver { junk } = &outcome {
+        outcome = match scored.level {
+            Level::Reject => Outcome::Refuse {
+                reply: replies::SPAM_REJECTED,
+                reason: format!("spam score {}", scored.score),
+            },
+            Level::Quarantine => Outcome::Quarantine,
+            Level::Junk if junk.is_none() => Outcome::Deliver {
+                junk: Some(format!(
+                    "X-Mailwarden-Verdict: junk; spam score {}\r\n",
+                    scored.score
+                )),
+            },
+            _ => Outcome::Deliver { junk: junk.clone() },
+        };
+        if scored.level != Level::Clean {
+            headers.push_str(&scoring::fields(&cfg.scoring, &scored));
+        }
+    }
+    if cfg.scoring.warning_header && !sender_verified {
+        headers
+            .push_str("X-Mailwarden-Warning: The sender of this message could not be verified\r\n");
+    }
+    Decision {
+        outcome,
+        reasons,
+        headers,
+        sender_verified,
+        sender: out,
+        scored,
+    }
+}
