@@ -250,6 +250,33 @@ pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Find
     out
 }
 
+/// The message with `tag` put in front of its Subject (a Subject is added if it has none).
+/// Breaks DKIM signatures over Subject, which is why `scoring.subject_tag` is off by default.
+pub fn tag_subject(raw: &[u8], tag: &str) -> Vec<u8> {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
+        .unwrap_or(raw.len());
+    let mut at = 0;
+    while at < end {
+        let line_end = memchr::memchr(b'\n', &raw[at..end]).map_or(end, |i| at + i + 1);
+        if raw[at..line_end].len() >= 8 && raw[at..at + 8].eq_ignore_ascii_case(b"subject:") {
+            let mut v = at + 8;
+            while v < line_end && (raw[v] == b' ' || raw[v] == b'\t') {
+                v += 1;
+            }
+            let mut out = raw[..v].to_vec();
+            out.extend_from_slice(tag.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(&raw[v..]);
+            return out;
+        }
+        at = line_end;
+    }
+    let mut out = format!("Subject: {tag}\r\n").into_bytes();
+    out.extend_from_slice(raw);
+    out
+}
+
 fn clip(s: &str) -> String {
     s.chars().take(120).collect()
 }
@@ -532,6 +559,20 @@ mod tests {
     fn received_claiming_our_host() {
         let raw = GOOD.replacen("by mx.sender.test", "by mx.example.test", 1);
         assert_eq!(codes(&raw, false), ["headers.forged_received"]);
+    }
+
+    #[test]
+    fn subject_tags() {
+        let t = tag_subject(
+            b"From: a@b\r\nSubject:  hello\r\n\r\nSubject: body\r\n",
+            "[SPAM]",
+        );
+        assert_eq!(
+            t,
+            b"From: a@b\r\nSubject:  [SPAM] hello\r\n\r\nSubject: body\r\n"
+        );
+        let t = tag_subject(b"From: a@b\r\n\r\nbody\r\n", "[SPAM]");
+        assert!(t.starts_with(b"Subject: [SPAM]\r\nFrom: a@b\r\n"));
     }
 
     fn link_codes(body: &str, html: bool) -> (Vec<&'static str>, Vec<String>) {

@@ -384,6 +384,9 @@ section! {
         /// Domain block lists asked for the hosts of links in the message (at most 10 hosts),
         /// each `{ zone, weight, codes }` like `screening.dnsbl.domain_zones`.
         pub uribl_zones: Vec<ListZone> = Vec::new(),
+        /// Put this before the Subject of mail scoring at `junk` or above, e.g. `[SPAM]`.
+        /// Empty: off. It breaks the sender's DKIM signature over Subject for later hops.
+        pub subject_tag: String = String::new(),
         /// Add `X-Mailwarden-Warning: The sender of this message could not be verified` to
         /// mail whose sender no check verified, so readers notice forgeries.
         pub warning_header: bool = false,

@@ -255,6 +255,7 @@ pub(super) async fn finish(
 
     let mut headers = String::new();
     let mut outbound_spam = None;
+    let mut tag_subject = false;
     let mut verdict_note = None;
     let mut sender_verified = false;
     let mut signing_domain = None;
@@ -323,6 +324,9 @@ pub(super) async fn finish(
                 tests = %scored.findings.iter().map(|f| f.code).collect::<Vec<_>>().join(","));
         }
         headers.push_str(&d.headers);
+        tag_subject = !cfg.scoring.subject_tag.is_empty()
+            && cfg.scoring.mode == crate::config::Mode::Enforce
+            && scored.score >= cfg.scoring.junk;
         match d.outcome {
             inbound::Outcome::Refuse { reply, reason } => {
                 discard(&body);
@@ -355,11 +359,21 @@ pub(super) async fn finish(
 
     // RFC 8601 §5: results claiming to be ours did not come from us.
     let mut content = raw.clone();
-    if let Some(clean) = authres::strip_forged(&raw, &cfg.hostname) {
-        let clean = Arc::new(clean);
-        content = clean.clone();
+    let mut rewritten = authres::strip_forged(&raw, &cfg.hostname);
+    if rewritten.is_some() {
         tracing::info!(event = "forged_auth_results_removed", session = %ctx.session, qid = %id,
             reason = Code::ForgedAuthResults.as_str());
+    }
+    if tag_subject {
+        let base = rewritten.as_deref().unwrap_or(&raw);
+        rewritten = Some(crate::checks::headers::tag_subject(
+            base,
+            &cfg.scoring.subject_tag,
+        ));
+    }
+    if let Some(clean) = rewritten {
+        let clean = Arc::new(clean);
+        content = clean.clone();
         body = match body {
             Body::Spooled(p) => match rewrite(&p, &clean).await {
                 Ok(()) => Body::Spooled(p),

@@ -346,3 +346,40 @@ fn explain_runs_the_inbound_checks_offline_on_a_message_file() {
     // Nothing was delivered or recorded.
     assert!(cli_out(&s, &["log", "search"]).is_empty());
 }
+
+#[test]
+fn a_listed_link_host_scores_and_the_subject_tag_marks_spam() {
+    let s = Server::start_with_zones(
+        "[scoring]\nsubject_tag = \"[SPAM]\"\nuribl_zones = [{ zone = \"uribl.test\", weight = 3.0 }]\n",
+        "hotreplicaolympic.ru.uribl.test A 127.0.0.2\n",
+    );
+    s.add_user("alice@example.test", "pw");
+    assert_eq!(send_seed(&s)["ok"], true);
+    let junk = s.maildir("alice@example.test").join(".Junk");
+    let m = wait_for(Duration::from_secs(20), || {
+        s.messages_in(&junk).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("nothing in Junk; log:\n{}", s.log()));
+    assert!(m.contains("Subject: [SPAM] Exquisite Replica Bags"), "{m}");
+    assert!(m.contains("content.uribl_listed"), "{m}");
+    let found = search(&s, &["--reason", "content.uribl_listed"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0]["score"].as_f64().unwrap() >= 8.5, "{:?}", found[0]);
+
+    // A tidy message keeps its Subject.
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &[
+            "--from",
+            "x@replica.test",
+            "--to",
+            "alice@example.test",
+            "--subject",
+            "tidy",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let inbox = s.wait_messages("alice@example.test", 1);
+    assert!(inbox[0].contains("Subject: tidy"), "{}", inbox[0]);
+}
