@@ -140,6 +140,24 @@ Exquisite Replica Bags\r\n\
 \r\n\
 http://hotreplicaolympic.ru\r\n";
 
+/// A tidy message to alice from the seed's sender; alice's inbox once it arrived.
+fn send_tidy(s: &Server) -> Vec<String> {
+    let r = smtplib(
+        s.mx(),
+        "plain",
+        &[
+            "--from",
+            "x@replica.test",
+            "--to",
+            "alice@example.test",
+            "--subject",
+            "tidy",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    s.wait_messages("alice@example.test", 1)
+}
+
 /// The seed spam to alice over port 25.
 fn send_seed(s: &Server) -> serde_json::Value {
     smtplib_stdin(
@@ -196,20 +214,7 @@ fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
     }
 
     // A tidy message from the same client is neither tagged nor moved.
-    let r = smtplib(
-        s.mx(),
-        "plain",
-        &[
-            "--from",
-            "x@replica.test",
-            "--to",
-            "alice@example.test",
-            "--subject",
-            "tidy",
-        ],
-    );
-    assert_eq!(r["ok"], true, "{r}");
-    let inbox = s.wait_messages("alice@example.test", 1);
+    let inbox = send_tidy(&s);
     assert!(!inbox[0].contains("X-Spam-Status: Yes"), "{}", inbox[0]);
 }
 
@@ -367,19 +372,6 @@ fn a_listed_link_host_scores_and_the_subject_tag_marks_spam() {
     assert!(found[0]["score"].as_f64().unwrap() >= 8.5, "{:?}", found[0]);
 
     // A tidy message keeps its Subject.
-    let r = smtplib(
-        s.mx(),
-        "plain",
-        &[
-            "--from",
-            "x@replica.test",
-            "--to",
-            "alice@example.test",
-            "--subject",
-            "tidy",
-        ],
-    );
-    assert_eq!(r["ok"], true, "{r}");
-    let inbox = s.wait_messages("alice@example.test", 1);
+    let inbox = send_tidy(&s);
     assert!(inbox[0].contains("Subject: tidy"), "{}", inbox[0]);
 }
