@@ -83,11 +83,8 @@ pub async fn run(cfg: &Config, model: &Model, raw: &[u8], c: &Client) -> anyhow:
                 .filter(|s| !signals.iter().any(|x| x.reason == s.reason)),
         )
         .map(|s| Reason {
-            check: "screen".into(),
-            code: s.reason.as_str().into(),
-            detail: s.detail.clone(),
-            score: s.score,
             deciding: Some(s.reason) == refusal,
+            ..Reason::from(s)
         })
         .collect();
     for w in &screened.would {

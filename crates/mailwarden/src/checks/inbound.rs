@@ -34,16 +34,6 @@ pub struct Decision {
     pub scored: Scored,
 }
 
-fn reason(code: &str, detail: &str, score: f64, deciding: bool) -> Reason {
-    Reason {
-        check: code.split('.').next().unwrap_or(code).to_string(),
-        code: code.to_string(),
-        detail: detail.to_string(),
-        score,
-        deciding,
-    }
-}
-
 /// Decide on a received message. `spf` and `iprev` are results found earlier in the session,
 /// if any; `now` is Unix time.
 #[allow(clippy::too_many_arguments)]
@@ -68,7 +58,12 @@ pub async fn decide(
             .iter()
             .any(|x| x.code == r.code.as_str() && x.detail == r.detail)
         {
-            reasons.push(reason(r.code.as_str(), &r.detail, 0.0, deciding));
+            reasons.push(Reason::coded(
+                r.code.as_str(),
+                r.detail.as_str(),
+                0.0,
+                deciding,
+            ));
         }
     }
     if let (Some(would), Some(r)) = (&v.would, &v.deciding) {
@@ -104,9 +99,9 @@ pub async fn decide(
             Level::Junk | Level::Quarantine | Level::Reject
         );
     reasons.extend(scored.findings.iter().map(|f| {
-        reason(
+        Reason::coded(
             f.code,
-            &f.detail,
+            f.detail.as_str(),
             f.score,
             enforce && acting && f.score > 0.0,
         )

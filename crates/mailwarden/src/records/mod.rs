@@ -28,6 +28,55 @@ pub struct Reason {
     pub deciding: bool,
 }
 
+impl Reason {
+    /// A finding named by a dotted code (`dmarc.fail`, `headers.to_empty`): its check is the
+    /// code's first part.
+    pub fn coded(code: &str, detail: impl Into<String>, score: f64, deciding: bool) -> Reason {
+        Reason {
+            check: code.split('.').next().unwrap_or(code).to_string(),
+            code: code.to_string(),
+            detail: detail.into(),
+            score,
+            deciding,
+        }
+    }
+
+    /// A refusal known by a short text (`no such local user` at RCPT): its code is
+    /// `rcpt.no_such_local_user`, and it decided.
+    pub fn refusal(check: &str, reason: &str, detail: &str) -> Reason {
+        let slug: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Reason {
+            check: check.to_string(),
+            code: format!("{check}.{slug}"),
+            detail: detail.to_string(),
+            score: 0.0,
+            deciding: true,
+        }
+    }
+}
+
+/// A screening signal, as the record keeps it (not deciding unless the caller says so).
+impl From<&crate::screening::Signal> for Reason {
+    fn from(s: &crate::screening::Signal) -> Reason {
+        Reason {
+            check: "screen".into(),
+            code: s.reason.as_str().into(),
+            detail: s.detail.clone(),
+            score: s.score,
+            deciding: false,
+        }
+    }
+}
+
 /// What became of one recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rcpt {

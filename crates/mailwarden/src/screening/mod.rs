@@ -82,32 +82,6 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
-        Reason::EarlyTalker,
-        Reason::NonSmtpCommand,
-        Reason::UnauthorizedPipelining,
-        Reason::BareLfCommand,
-        Reason::TooManyErrors,
-        Reason::DnsblListed,
-        Reason::DnswlListed,
-        Reason::RhsblListed,
-        Reason::DnsblScore,
-        Reason::NoPtr,
-        Reason::PtrNotConfirmed,
-        Reason::PtrTempError,
-        Reason::HeloSyntax,
-        Reason::HeloNotFqdn,
-        Reason::HeloIsOurs,
-        Reason::HeloLiteralMismatch,
-        Reason::HeloUnresolvable,
-        Reason::Greylisted,
-    ];
-
-    /// The reason with this stable name.
-    pub fn parse(name: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == name)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::EarlyTalker => "early_talker",
@@ -227,14 +201,6 @@ mod tests {
     use mailwarden_proto::replies;
 
     const IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-
-    #[test]
-    fn reason_names_round_trip() {
-        for r in Reason::ALL {
-            assert_eq!(Reason::parse(r.as_str()), Some(r));
-        }
-        assert_eq!(Reason::parse("nonsense"), None);
-    }
 
     #[test]
     fn enforce_refuses_observe_only_logs() {

@@ -3,7 +3,7 @@
 //! Authentication-Results headers are removed, the verdict is applied (reject, tempfail, Junk)
 //! and the message, with its trace headers, is handed to the queue.
 
-use super::record::{self, MessageDecision};
+use super::record::MessageDecision;
 use super::session::Ctx;
 use super::{ListenerKind, Shared};
 use crate::checks::authres;
@@ -266,10 +266,10 @@ pub(super) async fn finish(
             Ok(domain) => signing_domain = Some(domain),
             Err(r) => {
                 discard(&body);
-                notes.reasons.push(record::reason(
-                    "ownership",
-                    "ownership.header".into(),
-                    &r.reason,
+                notes.reasons.push(records::Reason::coded(
+                    "ownership.header",
+                    r.reason.as_str(),
+                    0.0,
                     true,
                 ));
                 return Finished {
@@ -457,10 +457,12 @@ async fn score(
     )
     .await;
     for f in &scored.findings {
-        let check = f.code.split('.').next().unwrap_or(f.code);
-        let mut r = record::reason(check, f.code.to_string(), &f.detail, false);
-        r.score = f.score;
-        reasons.push(r);
+        reasons.push(records::Reason::coded(
+            f.code,
+            f.detail.as_str(),
+            f.score,
+            false,
+        ));
     }
     scored
 }

@@ -21,31 +21,6 @@ pub(super) struct Recorder {
     decided: bool,
 }
 
-/// `no such local user` → `rcpt.no_such_local_user`.
-pub(super) fn code(prefix: &str, reason: &str) -> String {
-    let slug: String = reason
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{prefix}.{slug}")
-}
-
-pub(super) fn reason(check: &str, code: String, detail: &str, deciding: bool) -> Reason {
-    Reason {
-        check: check.to_string(),
-        code,
-        detail: detail.to_string(),
-        score: 0.0,
-        deciding,
-    }
-}
-
 impl Recorder {
     /// A new transaction (MAIL FROM). Returns the previous one's record, if any, to save.
     pub(super) fn start(&mut self, base: Record) -> Option<Record> {
@@ -144,15 +119,8 @@ pub(super) fn spawn_save(shared: &Arc<Shared>, r: Record, screen: Option<&Screen
 
 async fn save(shared: &Shared, mut r: Record, signals: &[Signal], ptr: Option<String>) {
     for s in signals {
-        let code = s.reason.as_str();
-        if !r.reasons.iter().any(|x| x.code == code) {
-            r.reasons.push(Reason {
-                check: "screen".into(),
-                code: code.into(),
-                detail: s.detail.clone(),
-                score: s.score,
-                deciding: false,
-            });
+        if !r.reasons.iter().any(|x| x.code == s.reason.as_str()) {
+            r.reasons.push(Reason::from(s));
         }
     }
     r.score = r.reasons.iter().map(|x| x.score).sum();

@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 #[derive(Clone)]
 pub(super) struct Refusal {
     pub(super) reply: Reply,
-    pub(super) reason: &'static str,
-    pub(super) detail: String,
+    /// The signal that refused.
+    pub(super) signal: Signal,
 }
 
 pub(super) struct Screen {
@@ -235,11 +235,20 @@ impl Screen {
         }
         let d = screening::decide(cfg, &self.signals, self.ip);
         let refusing = d.refuse.as_ref().map(|(_, s)| s.reason);
-        for sig in &self.signals {
-            // The early talker was logged when it talked.
-            if sig.reason == Reason::EarlyTalker {
-                continue;
-            }
+        // The DNS lists' total exists only in the decision; the early talker was logged
+        // when it talked.
+        let total = d
+            .refuse
+            .iter()
+            .map(|(_, s)| s)
+            .chain(&d.would)
+            .filter(|s| s.reason == Reason::DnsblScore);
+        for sig in self
+            .signals
+            .iter()
+            .filter(|s| s.reason != Reason::EarlyTalker)
+            .chain(total)
+        {
             let action = if Some(sig.reason) == refusing {
                 "reject"
             } else if d.would.iter().any(|w| w.reason == sig.reason) {
@@ -249,19 +258,7 @@ impl Screen {
             };
             log_signal(session, self.ip, sig, action);
         }
-        for w in d.would.iter().filter(|w| w.reason == Reason::DnsblScore) {
-            log_signal(session, self.ip, w, "would_reject");
-        }
-        let refusal = d.refuse.map(|(reply, sig)| {
-            if sig.reason == Reason::DnsblScore {
-                log_signal(session, self.ip, &sig, "reject");
-            }
-            Refusal {
-                reply,
-                reason: sig.reason.as_str(),
-                detail: sig.detail,
-            }
-        });
+        let refusal = d.refuse.map(|(reply, signal)| Refusal { reply, signal });
         self.decided = Some(refusal.clone());
         refusal
     }
@@ -318,12 +315,10 @@ impl Screen {
             &sig,
             if enforce { "tempfail" } else { "would_reject" },
         );
-        let detail = sig.detail.clone();
-        self.signals.push(sig);
+        self.signals.push(sig.clone());
         enforce.then_some(Refusal {
             reply: replies::GREYLISTED,
-            reason: Reason::Greylisted.as_str(),
-            detail,
+            signal: sig,
         })
     }
 

@@ -13,6 +13,7 @@ use super::{ListenerKind, Shared};
 use crate::accounts::Verdict;
 use crate::checks::relay::RcptDecision;
 use crate::queue::{Folder, Recipient, Route};
+use crate::records;
 use crate::util::new_id;
 use mailwarden_proto::command::Verb;
 use mailwarden_proto::session::{Event, InBuf, Session};
@@ -69,14 +70,29 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    /// The one place refusals are logged, and noted in the transaction's decision record.
-    /// `reason` is a short reason, or `code: detail` for screening's typed reasons.
+    /// Log a refusal known by a short reason, and note it in the transaction's decision
+    /// record under a code derived from it.
     pub(super) fn reject(
         &mut self,
         s: &Session,
         verb: Verb,
         reply: &Reply,
         reason: &str,
+        rcpt: Option<&str>,
+    ) {
+        let (head, _) = reason.split_once(": ").unwrap_or((reason, ""));
+        let why = records::Reason::refusal(&verb.as_str().to_ascii_lowercase(), head, reason);
+        self.reject_as(s, verb, reply, reason, why, rcpt);
+    }
+
+    /// The one place refusals are logged; `why` goes into the decision record as it is.
+    pub(super) fn reject_as(
+        &mut self,
+        s: &Session,
+        verb: Verb,
+        reply: &Reply,
+        reason: &str,
+        why: records::Reason,
         rcpt: Option<&str>,
     ) {
         tracing::info!(
@@ -93,14 +109,6 @@ impl Ctx {
             reply = %reply,
             reason,
         );
-        let (head, _) = reason.split_once(": ").unwrap_or((reason, ""));
-        let why = match crate::screening::Reason::parse(head) {
-            Some(r) => record::reason("screen", r.as_str().to_string(), reason, true),
-            None => {
-                let check = verb.as_str().to_ascii_lowercase();
-                record::reason(&check, record::code(&check, head), reason, true)
-            }
-        };
         self.rec.refused(rcpt, reply, why);
         metrics::counter!("mailwarden_smtp_rejections_total",
             "listener" => self.listener.name(), "verb" => verb.as_str(),
@@ -358,7 +366,7 @@ pub async fn run<IO>(
                     RcptDecision::Refuse { reply, reason } => Err((reply, reason)),
                 };
                 // Screening acts here, late, so the one reject line names everything.
-                let mut detail = None;
+                let mut screened = None;
                 if let Some(sc) = screen.as_mut() {
                     let mut refusal = sc.verdict(&shared, &s, &mut early, &ctx.session).await;
                     if refusal.is_none() && route.is_ok() {
@@ -368,8 +376,8 @@ pub async fn run<IO>(
                             .await;
                     }
                     if let Some(r) = refusal {
-                        route = Err((r.reply, r.reason));
-                        detail = Some(format!("{}: {}", r.reason, r.detail));
+                        route = Err((r.reply, r.signal.reason.as_str()));
+                        screened = Some(r.signal);
                     }
                 }
                 match route {
@@ -389,8 +397,17 @@ pub async fn run<IO>(
                             reason,
                         }) = s.rcpt_decision(reply, reason)
                         {
-                            let why = detail.as_deref().unwrap_or(reason);
-                            ctx.reject(&s, verb, &reply, why, Some(&addr));
+                            match &screened {
+                                Some(sig) => {
+                                    let text = format!("{}: {}", reason, sig.detail);
+                                    let why = records::Reason {
+                                        deciding: true,
+                                        ..records::Reason::from(sig)
+                                    };
+                                    ctx.reject_as(&s, verb, &reply, &text, why, Some(&addr));
+                                }
+                                None => ctx.reject(&s, verb, &reply, reason, Some(&addr)),
+                            }
                         }
                         // Guessing local addresses with a stolen account (BlockCracking).
                         if reason == "no such local user"
@@ -538,12 +555,9 @@ pub async fn run<IO>(
                 if !reply.is_positive() && !notes.reasons.iter().any(|r| r.deciding) {
                     let why = done.reason.as_deref().unwrap_or("refused");
                     let head = why.split_once(": ").map_or(why, |(h, _)| h);
-                    notes.reasons.push(record::reason(
-                        "data",
-                        record::code("data", head),
-                        why,
-                        true,
-                    ));
+                    notes
+                        .reasons
+                        .push(records::Reason::refusal("data", head, why));
                 }
                 ctx.rec.message(&reply, notes);
                 if reply.is_positive() {
