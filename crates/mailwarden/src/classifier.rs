@@ -7,8 +7,8 @@
 //! label). Tokens come from the decoded message (mail-parser): words of the Subject and the
 //! text parts (HTML turned to text), the sender's domain, link hosts and header names.
 
+use crate::checks::headers::{self, Parsed};
 use crate::store::{Store, StoreError};
-use mail_parser::MessageParser;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
@@ -71,12 +71,16 @@ pub fn tokens(raw: &[u8]) -> HashSet<String> {
     } else {
         raw
     };
-    let raw = &raw[..raw.len().min(MAX_BYTES)];
+    tokens_of(&Parsed::new(&raw[..raw.len().min(MAX_BYTES)]))
+}
+
+/// The distinct tokens of a message already parsed (the server's scoring shares the parse).
+pub fn tokens_of(p: &Parsed<'_>) -> HashSet<String> {
     let mut out = HashSet::new();
-    for (name, value) in crate::checks::headers::fields(raw) {
+    for (name, value) in &p.fields {
         out.insert(format!("h:{name}"));
         match name.as_str() {
-            "subject" => words(&value, "s:", &mut out),
+            "subject" => words(value, "s:", &mut out),
             "from" | "reply-to" | "return-path" => {
                 if let Some(d) = value
                     .rsplit_once('@')
@@ -84,7 +88,7 @@ pub fn tokens(raw: &[u8]) -> HashSet<String> {
                 {
                     out.insert(format!("{name}:{d}"));
                 }
-                words(&value, &format!("{name}:"), &mut out);
+                words(value, &format!("{name}:"), &mut out);
             }
             "content-type" | "x-mailer" | "user-agent" | "content-transfer-encoding" => {
                 let v = value.split(';').next().unwrap_or("").trim().to_lowercase();
@@ -93,20 +97,20 @@ pub fn tokens(raw: &[u8]) -> HashSet<String> {
             _ => {}
         }
     }
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = &p.msg else {
         return out;
     };
     for i in 0.. {
         let Some(t) = msg.body_text(i) else { break };
         words(&t, "", &mut out);
         bigrams(&t, &mut out);
-        for h in crate::checks::headers::url_hosts(&t) {
+        for h in headers::url_hosts(&t) {
             out.insert(format!("url:{h}"));
         }
     }
     for i in 0.. {
         let Some(h) = msg.body_html(i) else { break };
-        for host in crate::checks::headers::url_hosts(&h) {
+        for host in headers::url_hosts(&h) {
             out.insert(format!("url:{host}"));
         }
     }

@@ -3,7 +3,7 @@
 //! `From: "Yessenia Lakeshia"` with no address and `Message-ID: <...@1f41un723>`), and
 //! phishing hides where its links go.
 
-use mail_parser::{DateTime, MessageParser};
+use mail_parser::{DateTime, Message, MessageParser};
 
 /// One heuristic that matched.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +39,22 @@ const SINGLE: [&str; 11] = [
 /// How far a Date may be ahead of us, and behind, before it is suspicious.
 const FUTURE_SECS: i64 = 86_400;
 const PAST_SECS: i64 = 30 * 86_400;
+
+/// A message parsed once for all the content checks (heuristics, links, the classifier):
+/// its header fields and, when it parses, its MIME structure.
+pub struct Parsed<'a> {
+    pub fields: Vec<(String, String)>,
+    pub msg: Option<Message<'a>>,
+}
+
+impl<'a> Parsed<'a> {
+    pub fn new(raw: &'a [u8]) -> Parsed<'a> {
+        Parsed {
+            fields: fields(raw),
+            msg: MessageParser::default().parse(raw),
+        }
+    }
+}
 
 /// The header section as (lowercase name, unfolded value) pairs.
 pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
@@ -111,11 +127,11 @@ fn is_fqdn(d: &str) -> bool {
 /// Header rules. `now` is Unix time; `ours` our hostname (a Received line claiming to be from
 /// us was not written by us: ours is added after the checks); `from_has_dmarc` says whether
 /// the From domain publishes a DMARC policy.
-pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Finding> {
-    let f = fields(raw);
+pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Finding> {
+    let f = &p.fields;
     let mut out = Vec::new();
 
-    let from_addr = match get(&f, "from") {
+    let from_addr = match get(f, "from") {
         None => {
             out.push(finding("headers.from_missing", "no From: field", 2.0));
             None
@@ -144,7 +160,7 @@ pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Find
         }
     };
 
-    match get(&f, "to") {
+    match get(f, "to") {
         None => out.push(finding("headers.to_missing", "no To: field", 0.5)),
         Some(v) if v.trim().is_empty() => {
             out.push(finding("headers.to_empty", "To: is empty", 1.0))
@@ -152,7 +168,7 @@ pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Find
         Some(_) => {}
     }
 
-    match get(&f, "date") {
+    match get(f, "date") {
         None => out.push(finding("headers.date_missing", "no Date: field", 1.0)),
         Some(v) => match DateTime::parse_rfc822(v) {
             None => out.push(finding(
@@ -179,7 +195,7 @@ pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Find
         },
     }
 
-    match get(&f, "message-id") {
+    match get(f, "message-id") {
         None => out.push(finding("headers.message_id_missing", "no Message-ID", 0.5)),
         Some(v) => {
             let inner = v.trim().strip_prefix('<').and_then(|x| x.strip_suffix('>'));
@@ -214,10 +230,7 @@ pub fn check(raw: &[u8], now: i64, ours: &str, from_has_dmarc: bool) -> Vec<Find
     }
 
     if from_has_dmarc
-        && let (Some(fd), Some(rt)) = (
-            from_addr.as_deref().and_then(domain_of),
-            get(&f, "reply-to"),
-        )
+        && let (Some(fd), Some(rt)) = (from_addr.as_deref().and_then(domain_of), get(f, "reply-to"))
         && let Some(rd) = mailbox(rt).0.as_deref().and_then(domain_of)
         && rd != fd
         && !rd.ends_with(&format!(".{fd}"))
@@ -361,8 +374,8 @@ fn link_mismatches(html: &str) -> Vec<(String, String)> {
 
 /// Link rules over the decoded text and HTML parts; also returns every URL host, for URI
 /// block lists.
-pub fn check_links(raw: &[u8]) -> (Vec<Finding>, Vec<String>) {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+pub fn check_links(p: &Parsed<'_>) -> (Vec<Finding>, Vec<String>) {
+    let Some(msg) = &p.msg else {
         return (Vec::new(), Vec::new());
     };
     let mut hosts: Vec<String> = Vec::new();
@@ -414,7 +427,7 @@ mod tests {
         Received: from x by mx.sender.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n";
 
     fn codes(raw: &str, dmarc: bool) -> Vec<&'static str> {
-        check(raw.as_bytes(), NOW, "mx.example.test", dmarc)
+        check(&Parsed::new(raw.as_bytes()), NOW, "mx.example.test", dmarc)
             .into_iter()
             .map(|f| f.code)
             .collect()
@@ -578,7 +591,7 @@ mod tests {
     fn link_codes(body: &str, html: bool) -> (Vec<&'static str>, Vec<String>) {
         let ct = if html { "text/html" } else { "text/plain" };
         let raw = format!("From: a@b.test\r\nContent-Type: {ct}\r\n\r\n{body}\r\n");
-        let (f, hosts) = check_links(raw.as_bytes());
+        let (f, hosts) = check_links(&Parsed::new(raw.as_bytes()));
         (f.into_iter().map(|f| f.code).collect(), hosts)
     }
 

@@ -3,7 +3,7 @@
 //! `X-Spam-Score`/`X-Spam-Status` fields say what was found, in SpamAssassin's shape so mail
 //! clients' filters can use them.
 
-use super::headers::{self, Finding};
+use super::headers::{self, Finding, Parsed};
 use crate::classifier::{MIN_TRAINING, Model};
 use crate::config::{Mode, Scoring as Cfg};
 use crate::dns::Dns;
@@ -57,18 +57,18 @@ pub fn level(cfg: &Cfg, score: f64) -> Level {
 }
 
 /// The classifier's opinion as a finding, once it has learnt enough of both kinds.
-pub fn classify(model: &Model, raw: &[u8]) -> Option<Finding> {
+pub fn classify(model: &Model, p: &Parsed<'_>) -> Option<Finding> {
     if model.spam_messages < MIN_TRAINING || model.ham_messages < MIN_TRAINING {
         return None;
     }
-    let p = model.score(raw);
-    let score = if p >= 0.99 {
+    let prob = model.score_tokens(&crate::classifier::tokens_of(p));
+    let score = if prob >= 0.99 {
         5.0
-    } else if p >= 0.9 {
+    } else if prob >= 0.9 {
         3.0
-    } else if p >= 0.6 {
+    } else if prob >= 0.6 {
         1.0
-    } else if p <= 0.1 {
+    } else if prob <= 0.1 {
         -1.0
     } else {
         return None;
@@ -79,7 +79,7 @@ pub fn classify(model: &Model, raw: &[u8]) -> Option<Finding> {
         } else {
             "content.classifier_ham"
         },
-        detail: format!("the classifier gives a spam probability of {p:.3}"),
+        detail: format!("the classifier gives a spam probability of {prob:.3}"),
         score,
     })
 }
@@ -96,10 +96,11 @@ pub async fn score(
     from_has_dmarc: bool,
     dns_timeout: Duration,
 ) -> Scored {
-    let mut findings = headers::check(raw, now, ours, from_has_dmarc);
-    let (links, hosts) = headers::check_links(raw);
+    let parsed = Parsed::new(raw);
+    let mut findings = headers::check(&parsed, now, ours, from_has_dmarc);
+    let (links, hosts) = headers::check_links(&parsed);
     findings.extend(links);
-    findings.extend(classify(model, raw));
+    findings.extend(classify(model, &parsed));
     if !cfg.uribl_zones.is_empty() && !hosts.is_empty() {
         let lists = crate::config::screening::Dnsbl {
             domain_zones: cfg.uribl_zones.clone(),
@@ -166,11 +167,15 @@ mod tests {
             m.learn(spam, true);
             m.learn(ham, false);
         }
-        assert_eq!(classify(&m, spam), None, "too little training");
+        let (spam_p, ham_p) = (Parsed::new(spam), Parsed::new(ham));
+        assert_eq!(classify(&m, &spam_p), None, "too little training");
         m.learn(spam, true);
         m.learn(ham, false);
-        assert_eq!(classify(&m, spam).unwrap().code, "content.classifier_spam");
-        assert_eq!(classify(&m, ham).unwrap().code, "content.classifier_ham");
+        assert_eq!(
+            classify(&m, &spam_p).unwrap().code,
+            "content.classifier_spam"
+        );
+        assert_eq!(classify(&m, &ham_p).unwrap().code, "content.classifier_ham");
     }
 
     #[tokio::test]

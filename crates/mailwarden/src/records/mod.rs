@@ -248,28 +248,11 @@ fn like_escape(s: &str) -> String {
 
 /// The unfolded value of the first `name:` field of a message's header section.
 pub fn header_value(raw: &[u8], name: &str) -> Option<String> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
-        .unwrap_or(raw.len());
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut value: Option<String> = None;
-    for line in head.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if let Some(v) = value.as_mut() {
-            if line.starts_with([' ', '\t']) {
-                v.push(' ');
-                v.push_str(line.trim());
-                continue;
-            }
-            break;
-        }
-        if let Some((n, v)) = line.split_once(':')
-            && n.trim().eq_ignore_ascii_case(name)
-        {
-            value = Some(v.trim().to_string());
-        }
-    }
-    value.map(|v| v.chars().take(998).collect())
+    let name = name.to_ascii_lowercase();
+    crate::checks::headers::fields(raw)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.chars().take(998).collect())
 }
 
 #[cfg(test)]
