@@ -8,7 +8,7 @@
 use crate::accounts::Accounts;
 use crate::config::docs::{ShowMode, reference_markdown, show};
 use crate::config::{self, Loaded};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -654,6 +654,15 @@ fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
         eprintln!("mailwarden: no queued message {id}");
         Ok(ExitCode::from(1))
     };
+    // Hold or release a queued message's recipients.
+    let recipients_of = |id: &str, act: fn(&Store, &str) -> Result<usize, StoreError>, done| {
+        if admin::show(&store, id)?.is_none() {
+            return missing(id);
+        }
+        let n = act(&store, id)?;
+        println!("{done} {n} recipient(s) of {id}");
+        Ok(ExitCode::SUCCESS)
+    };
     let result = match cmd {
         QueueCmd::List { json } => {
             let all = admin::list(&store)?;
@@ -716,24 +725,8 @@ fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
             println!("{n} deferred recipient(s) due now");
             Ok(ExitCode::SUCCESS)
         }
-        QueueCmd::Hold { id } => {
-            if admin::show(&store, &id)?.is_none() {
-                missing(&id)
-            } else {
-                let n = admin::hold(&store, &id)?;
-                println!("held {n} recipient(s) of {id}");
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-        QueueCmd::Release { id } => {
-            if admin::show(&store, &id)?.is_none() {
-                missing(&id)
-            } else {
-                let n = admin::release(&store, &id)?;
-                println!("released {n} recipient(s) of {id}");
-                Ok(ExitCode::SUCCESS)
-            }
-        }
+        QueueCmd::Hold { id } => recipients_of(&id, admin::hold, "held"),
+        QueueCmd::Release { id } => recipients_of(&id, admin::release, "released"),
         QueueCmd::Delete { id } => {
             if admin::delete(&store, &loaded.config.data_dir, &id)? {
                 println!("deleted {id}");

@@ -158,6 +158,7 @@ impl Counters {
     }
 
     /// Keys with anything counted (for tests of the sweep).
+    #[cfg(test)]
     pub fn keys(&self) -> usize {
         self.events.lock().unwrap_or_else(|e| e.into_inner()).len()
             + self
