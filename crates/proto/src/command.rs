@@ -183,9 +183,13 @@ fn domain_arg(arg: &str, verb: Verb) -> Result<String, CommandError> {
     Ok(a.to_string())
 }
 
+/// `arg` without its leading keyword `kw` (ASCII, matched case-insensitively). Works on bytes:
+/// a client may put a multi-byte character where the keyword ends (`MAIL FRO€:`), and `get`
+/// refuses to cut inside it instead of panicking.
 fn keyword<'a>(arg: &'a str, kw: &str) -> Option<&'a str> {
-    if arg.len() >= kw.len() && arg[..kw.len()].eq_ignore_ascii_case(kw) {
-        Some(&arg[kw.len()..])
+    let head = arg.as_bytes().get(..kw.len())?;
+    if head.eq_ignore_ascii_case(kw.as_bytes()) {
+        arg.get(kw.len()..)
     } else {
         None
     }
@@ -360,6 +364,13 @@ mod tests {
     fn control_chars_and_bad_utf8() {
         assert_eq!(p("NOOP \0"), Err(CommandError::Unrecognized));
         assert_eq!(parse(b"NOOP \xff"), Err(CommandError::Encoding));
+    }
+
+    #[test]
+    fn a_multibyte_character_where_a_keyword_ends_is_a_syntax_error() {
+        assert_eq!(p("MAIL FRO€:<a@b>"), Err(CommandError::Syntax(Verb::Mail)));
+        assert_eq!(p("RCPT T€:<a@b>"), Err(CommandError::Syntax(Verb::Rcpt)));
+        assert_eq!(p("RCPT €"), Err(CommandError::Syntax(Verb::Rcpt)));
     }
 
     #[test]

@@ -132,6 +132,12 @@ struct Record {
     exp: Option<String>,
 }
 
+/// Whether `text` is a syntactically valid SPF record (§4.6, §12). Records come from DNS, which
+/// a sender controls: the fuzzer feeds this any bytes.
+pub fn record_is_valid(text: &str) -> bool {
+    parse_record(text).is_ok()
+}
+
 /// Parse a whole record (§4.6): any syntax error anywhere makes it a permerror, before any
 /// term is evaluated.
 fn parse_record(text: &str) -> Step<Record> {

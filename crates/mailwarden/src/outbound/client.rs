@@ -109,7 +109,7 @@ pub struct Extensions {
 }
 
 impl Extensions {
-    fn parse(reply: &Reply) -> Extensions {
+    pub fn parse(reply: &Reply) -> Extensions {
         let mut e = Extensions::default();
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_whitespace();
@@ -334,8 +334,10 @@ impl Conn {
     }
 
     async fn read_reply_inner(&mut self) -> Result<Reply, String> {
-        let mut lines = Vec::new();
-        let mut code = 0u16;
+        let mut reply = Reply {
+            code: 0,
+            lines: Vec::new(),
+        };
         loop {
             let mut line = Vec::new();
             let n = (&mut self.io)
@@ -349,26 +351,8 @@ impl Conn {
             if line.last() != Some(&b'\n') {
                 return Err("reply line too long".into());
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\r', '\n']);
-            let c: u16 = text
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| format!("malformed reply: {:?}", truncate(text, 80)))?;
-            if code != 0 && c != code {
-                return Err("reply lines disagree on the code".into());
-            }
-            code = c;
-            let sep = text.as_bytes().get(3).copied();
-            lines.push(text.get(4..).unwrap_or("").to_string());
-            if lines.len() > MAX_REPLY_LINES {
-                return Err("reply has too many lines".into());
-            }
-            match sep {
-                Some(b'-') => continue,
-                Some(b' ') | None => return Ok(Reply { code, lines }),
-                _ => return Err(format!("malformed reply: {:?}", truncate(text, 80))),
+            if reply_line(&mut reply, &line)? {
+                return Ok(reply);
             }
         }
     }
@@ -536,6 +520,34 @@ fn classify(r: &Reply, said: String) -> RcptResult {
         RcptResult::Deferred(r.status(), said)
     } else {
         RcptResult::Failed(r.status(), said)
+    }
+}
+
+/// Add one line of a server reply (with its line ending, at most `MAX_REPLY_LINE` bytes) to
+/// `reply`; true when it was the last line. Everything the server sends passes through here,
+/// so it takes any bytes: a malformed line is an error, never a panic.
+pub fn reply_line(reply: &mut Reply, line: &[u8]) -> Result<bool, String> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']);
+    let c: u16 = text
+        .get(..3)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse().ok())
+        .filter(|c| (200..600).contains(c))
+        .ok_or_else(|| format!("malformed reply: {:?}", truncate(text, 80)))?;
+    if reply.code != 0 && c != reply.code {
+        return Err("reply lines disagree on the code".into());
+    }
+    reply.code = c;
+    let sep = text.as_bytes().get(3).copied();
+    reply.lines.push(text.get(4..).unwrap_or("").to_string());
+    if reply.lines.len() > MAX_REPLY_LINES {
+        return Err("reply has too many lines".into());
+    }
+    match sep {
+        Some(b'-') => Ok(false),
+        Some(b' ') | None => Ok(true),
+        _ => Err(format!("malformed reply: {:?}", truncate(text, 80))),
     }
 }
 
