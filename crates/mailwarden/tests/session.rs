@@ -226,3 +226,125 @@ async fn shutdown_closes_idle_sessions_with_421() {
     stop.await.unwrap();
     assert_eq!(shared.limiter.active(), 0);
 }
+
+/// A connection that panics inside the session's read when the client sends `TRIPWIRE`: a
+/// stand-in for any bug a client's bytes might reach.
+struct Tripwire(DuplexStream);
+
+impl tokio::io::AsyncRead for Tripwire {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if buf.filled()[before..].windows(8).any(|w| w == b"TRIPWIRE") {
+            panic!("tripwire");
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tripwire {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_ends_only_its_session_with_421_and_leaves_nothing_behind() {
+    let h = Harness::new(|_| {}).await;
+    h.add_user("alice@example.test", "pw").await;
+    let (ours, theirs) = tokio::io::duplex(1024 * 1024);
+    let session = tokio::spawn(server::session::run(
+        Tripwire(theirs),
+        "192.0.2.40:5000".parse().unwrap(),
+        "127.0.0.1:25".parse().unwrap(),
+        ListenerKind::Mx,
+        h.running.shared.clone(),
+    ));
+    let mut c = Client {
+        io: ours,
+        buf: Vec::new(),
+        banner: String::new(),
+    };
+    c.banner = c.reply().await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<someone@remote.test>", "250").await;
+    c.expect("RCPT TO:<alice@example.test>", "250").await;
+    c.expect("DATA", "354").await;
+    // Past queue.inline_max, so the body is in a spool file when the bug strikes.
+    let line = format!("{}\r\n", "x".repeat(998));
+    for _ in 0..300 {
+        c.io.write_all(line.as_bytes()).await.unwrap();
+    }
+    let spool = h.config.data_dir.join("queue");
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .map(|d| d.flatten().filter(|e| e.path().is_file()).count())
+            .unwrap_or(0)
+    };
+    for _ in 0..200 {
+        if spooled() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(spooled(), 1, "the body was not spooled before the panic");
+    c.io.write_all(b"TRIPWIRE\r\n").await.unwrap();
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.3.0"), "{r}");
+    session.await.expect("the panic stayed inside the session");
+    assert_eq!(spooled(), 0, "spool file left behind");
+    assert_eq!(h.running.shared.limiter.active(), 0, "connection slot kept");
+    // The transaction's decision record says what happened.
+    let store = h.accounts.store().clone();
+    let mut found = None;
+    for _ in 0..100 {
+        let s = store.clone();
+        let recs = tokio::task::spawn_blocking(move || {
+            let f = mailwarden::records::Filter {
+                ip: Some("192.0.2.40".into()),
+                limit: 10,
+                ..Default::default()
+            };
+            mailwarden::records::search(&s, &f).unwrap()
+        })
+        .await
+        .unwrap();
+        found = recs.into_iter().find(|r| r.ip == "192.0.2.40");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rec = found.expect("no decision record for the panicked session");
+    assert_eq!(rec.action, "tempfail");
+    assert!(rec.reply.starts_with("421 4.3.0"), "{}", rec.reply);
+    assert!(
+        rec.reasons
+            .iter()
+            .any(|r| r.code == "session.panic" && r.deciding)
+    );
+    // Other sessions go on.
+    let mut other = h.client(ListenerKind::Mx, "192.0.2.41:5000").await;
+    other.expect("EHLO client.test", "250").await;
+    h.running.stop().await;
+}

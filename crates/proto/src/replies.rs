@@ -100,6 +100,8 @@ replies! {
     SESSION_TOO_LONG = 421 (4, 4, 2) "Session time limit reached, closing connection";
     TOO_MANY_CONNECTIONS = 421 (4, 7, 0) "Too many connections, try again later";
     SHUTTING_DOWN = 421 (4, 3, 2) "Service shutting down";
+    /// The session hit a bug; it ends, nothing it held is kept.
+    INTERNAL_ERROR = 421 (4, 3, 0) "Internal error, closing connection";
 }
 
 /// `220 host ESMTP mailwarden`. No version: it only helps attackers.

@@ -228,6 +228,8 @@ pub struct Session {
     line: Vec<u8>,
     discarding_line: bool,
     closing: bool,
+    /// The spool's filesystem is nearly full: DATA and BDAT get `452 4.3.1`.
+    storage_low: bool,
 }
 
 enum Line {
@@ -250,7 +252,15 @@ impl Session {
             line: Vec::new(),
             discarding_line: false,
             closing: false,
+            storage_low: false,
         }
+    }
+
+    /// Tell the session whether the spool's filesystem has room for messages. While it does
+    /// not, DATA and the first BDAT of a message are refused with `452 4.3.1`, so nothing is
+    /// half written. The driver decides MAIL itself.
+    pub fn set_storage_low(&mut self, low: bool) {
+        self.storage_low = low;
     }
 
     /// Queue the `220` banner.
@@ -609,6 +619,9 @@ impl Session {
                         "DATA without recipients",
                     ));
                 }
+                if self.storage_low {
+                    return Some(self.refuse(Verb::Data, replies::NO_STORAGE, "storage low"));
+                }
                 self.send(&replies::START_DATA);
                 let l = &self.cfg.limits;
                 self.state = State::Data(DataReader::new(
@@ -623,6 +636,9 @@ impl Session {
                     None => Some((replies::NEED_MAIL, "BDAT before MAIL")),
                     Some(t) if t.rcpts.is_empty() => {
                         Some((replies::NO_VALID_RCPT, "BDAT without recipients"))
+                    }
+                    Some(t) if t.chunks.is_none() && self.storage_low => {
+                        Some((replies::NO_STORAGE, "storage low"))
                     }
                     Some(t) => {
                         let l = &self.cfg.limits;

@@ -13,6 +13,7 @@
 //! N: 1                     number of messages accepted so far
 //! P: 1                     commands pipelined without PIPELINING so far
 //! X:                       the server closed the connection
+//! L: 1                     the spool's disk is (1) or is no longer (0) nearly full
 //! ```
 //!
 //! The policy is scripted: recipients in a `local` domain (and Postmaster) are accepted,
@@ -261,6 +262,7 @@ fn run_file(path: &Path) {
                 "{where_}: commands pipelined without PIPELINING"
             ),
             "X:" => assert!(r.closed, "{where_}: expected the server to close"),
+            "L:" => r.s.set_storage_low(rest == "1"),
             _ => panic!("{where_}: unknown line `{line}`"),
         }
     }

@@ -44,6 +44,7 @@ section! {
         pub arc: ArcCheck = ArcCheck::default(),
         pub iprev: Iprev = Iprev::default(),
         pub smtp: Smtp = Smtp::default(),
+        pub limits: Limits = Limits::default(),
         pub auth: Auth = Auth::default(),
         pub queue: Queue = Queue::default(),
         pub delivery: Delivery = Delivery::default(),
@@ -217,6 +218,17 @@ section! {
         /// Bare CR or LF in message content. Either way only `CRLF.CRLF` ends DATA, so one
         /// transaction can never turn into two (SMTP smuggling).
         pub bare_lf: BareLfMode = BareLfMode::Reject,
+    }
+}
+
+section! {
+    /// Bounds on what a client's bytes can cost the server beyond the SMTP session limits:
+    /// disk, memory and the work done on each message. Each cap sits where no legitimate
+    /// message reaches it.
+    pub struct Limits {
+        /// Free space the filesystem of `data_dir` must keep. Below it, MAIL and DATA get
+        /// `452 4.3.1` instead of a half-written message.
+        pub min_free_space: ByteSize = ByteSize::mib(100),
     }
 }
 

@@ -105,7 +105,12 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        for (m, u) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        for (m, u) in [
+            (1u64 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ] {
             if n >= m && n.is_multiple_of(m) {
                 return write!(f, "{}{u}", n / m);
             }
@@ -126,12 +131,14 @@ pub fn parse_size(s: &str) -> Result<ByteSize, String> {
         "KiB" | "K" | "k" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
         u => {
             return Err(format!(
-                "invalid size unit {u:?} in {s:?}: use KiB, MiB, GiB, KB, MB or GB"
+                "invalid size unit {u:?} in {s:?}: use KiB, MiB, GiB, TiB, KB, MB, GB or TB"
             ));
         }
     };
@@ -187,7 +194,8 @@ mod tests {
         assert_eq!(parse_size("25MiB").unwrap(), ByteSize::mib(25));
         assert_eq!(parse_size("1000").unwrap(), ByteSize(1000));
         assert_eq!(parse_size("2KB").unwrap(), ByteSize(2000));
-        assert!(parse_size("1TB").is_err());
+        assert_eq!(parse_size("1TiB").unwrap(), ByteSize(1 << 40));
+        assert!(parse_size("1PB").is_err());
         assert_eq!(ByteSize::mib(25).to_string(), "25MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000");
     }

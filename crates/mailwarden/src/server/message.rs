@@ -26,11 +26,36 @@ use tokio::task::JoinHandle;
 /// Message content as it arrives: in memory up to `queue.inline_max`, then in a spool file.
 pub(super) struct BodySink {
     pub(super) buf: Vec<u8>,
-    pub(super) inline_max: usize,
-    pub(super) spool: Option<(PathBuf, tokio::fs::File)>,
+    inline_max: usize,
+    spool: Option<SpoolFile>,
+}
+
+/// A spool file that lives no longer than its transaction: dropping it removes the file,
+/// whatever ends the transaction (RSET, QUIT, a timeout, a broken TLS handshake, a panic),
+/// unless the queue took it ([`BodySink::committed`]).
+struct SpoolFile {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    kept: bool,
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl BodySink {
+    pub(super) fn new(inline_max: usize) -> BodySink {
+        BodySink {
+            buf: Vec::new(),
+            inline_max,
+            spool: None,
+        }
+    }
+
     pub(super) async fn spill_if_large(
         &mut self,
         path: impl FnOnce() -> PathBuf,
@@ -40,16 +65,23 @@ impl BodySink {
         }
         if self.spool.is_none() {
             let p = path();
-            let f = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&p)
-                .await?;
-            self.spool = Some((p, f));
+            // Owned before it exists, so a failure below still removes what was created.
+            let spool = self.spool.insert(SpoolFile {
+                path: p.clone(),
+                file: None,
+                kept: false,
+            });
+            spool.file = Some(
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .await?,
+            );
         }
-        if let Some((_, f)) = self.spool.as_mut()
+        if let Some(f) = self.spool.as_mut().and_then(|s| s.file.as_mut())
             && !self.buf.is_empty()
         {
             f.write_all(&self.buf).await?;
@@ -58,25 +90,33 @@ impl BodySink {
         Ok(())
     }
 
-    /// Finish the body: flush a spool file or hand over the memory.
+    /// Finish the body: flush and close a spool file, or hand over the memory. The spool
+    /// file stays owned here until [`BodySink::committed`].
     async fn finish(&mut self) -> std::io::Result<Body> {
-        match self.spool.take() {
-            Some((p, mut f)) => {
-                f.write_all(&self.buf).await?;
-                f.flush().await?;
+        match self.spool.as_mut() {
+            Some(spool) => {
+                if let Some(mut f) = spool.file.take() {
+                    f.write_all(&self.buf).await?;
+                    f.flush().await?;
+                }
                 self.buf = Vec::new();
-                Ok(Body::Spooled(p))
+                Ok(Body::Spooled(spool.path.clone()))
             }
             None => Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf)))),
+        }
+    }
+
+    /// The queue owns the spool file now.
+    fn committed(&mut self) {
+        if let Some(mut s) = self.spool.take() {
+            s.kept = true;
         }
     }
 
     /// Drop whatever an unfinished or refused transaction left behind.
     pub(super) fn discard(&mut self) {
         self.buf = Vec::new();
-        if let Some((p, _)) = self.spool.take() {
-            let _ = std::fs::remove_file(p);
-        }
+        self.spool = None;
     }
 }
 
@@ -215,7 +255,7 @@ pub(super) async fn finish(
     shared: &Shared,
     ctx: &Ctx,
     s: &Session,
-    body: &mut BodySink,
+    sink: &mut BodySink,
     mut rcpts: Vec<Recipient>,
     tls: Option<&str>,
     size: u64,
@@ -231,7 +271,7 @@ pub(super) async fn finish(
     };
     let cfg = &shared.config;
     let id = ctx.qid.clone().unwrap_or_else(new_id);
-    let mut body = match body.finish().await {
+    let mut body = match sink.finish().await {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
@@ -244,7 +284,6 @@ pub(super) async fn finish(
             Ok(v) => Arc::new(v),
             Err(e) => {
                 tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
-                discard(&body);
                 return fail(replies::LOCAL_ERROR, "spool read failed");
             }
         },
@@ -265,7 +304,6 @@ pub(super) async fn finish(
         match crate::checks::ownership::header(&shared.accounts, account, &raw) {
             Ok(domain) => signing_domain = Some(domain),
             Err(r) => {
-                discard(&body);
                 notes.reasons.push(records::Reason::coded(
                     "ownership.header",
                     r.reason.as_str(),
@@ -329,7 +367,6 @@ pub(super) async fn finish(
             && scored.score >= cfg.scoring.junk;
         match d.outcome {
             inbound::Outcome::Refuse { reply, reason } => {
-                discard(&body);
                 return Finished {
                     reply,
                     reason: Some(reason),
@@ -338,7 +375,6 @@ pub(super) async fn finish(
             inbound::Outcome::Quarantine => {
                 let mut content = headers.into_bytes();
                 content.extend_from_slice(&raw);
-                discard(&body);
                 return hold(
                     shared, ctx, &id, &mail_from, None, &rcpts, content, scored, notes,
                 )
@@ -379,7 +415,6 @@ pub(super) async fn finish(
                 Ok(()) => Body::Spooled(p),
                 Err(e) => {
                     tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
-                    discard(&Body::Spooled(p));
                     return fail(replies::LOCAL_ERROR, "spool rewrite failed");
                 }
             },
@@ -396,7 +431,6 @@ pub(super) async fn finish(
         // Signed already, so a release sends it as the account would have.
         let mut held = headers.into_bytes();
         held.extend_from_slice(&raw);
-        discard(&body);
         let account = s.authenticated().map(str::to_string);
         let sender = txn.mail_from.to_string();
         let done = hold(
@@ -433,6 +467,9 @@ pub(super) async fn finish(
         },
     )
     .await;
+    if reply.is_positive() {
+        sink.committed();
+    }
     let reason = (!reply.is_positive()).then(|| "queue failure".to_string());
     Finished { reply, reason }
 }
@@ -521,12 +558,6 @@ async fn hold(
                 reason: Some("quarantine write failed".into()),
             }
         }
-    }
-}
-
-fn discard(body: &Body) {
-    if let Body::Spooled(p) = body {
-        let _ = std::fs::remove_file(p);
     }
 }
 

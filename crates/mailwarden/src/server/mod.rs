@@ -6,6 +6,7 @@
 //! listeners and tell sessions to close with `421 4.3.2`.
 
 pub mod connlimit;
+pub mod freespace;
 mod message;
 mod record;
 mod screen;
@@ -24,6 +25,7 @@ use connlimit::ConnLimiter;
 use mailwarden_proto::data::BareLf;
 use mailwarden_proto::session::{Limits, SessionConfig};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -79,6 +81,8 @@ pub struct Shared {
     pub clock: Arc<dyn crate::limits::Clock>,
     pub tls: tokio_rustls::TlsAcceptor,
     pub limiter: Arc<ConnLimiter>,
+    /// `limits.min_free_space` on the filesystem of `data_dir`.
+    pub free_space: freespace::FreeSpace,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -188,6 +192,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.smtp.max_connections,
             config.smtp.max_connections_per_ip,
         ),
+        free_space: freespace::FreeSpace::new(
+            config.data_dir.clone(),
+            config.limits.min_free_space.0,
+        ),
         shutdown: shutdown_rx,
         config: config.clone(),
     });
@@ -290,6 +298,11 @@ async fn accept_loop(l: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
                 let local = sock.local_addr().unwrap_or(peer);
+                // On a dual-stack listener IPv4 clients arrive as ::ffff:a.b.c.d. Everything
+                // keyed on the client (limits, networks, greylisting, DNS lists, SPF, records,
+                // metrics) must see the IPv4 address, or all of IPv4 is one /64.
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                let local = SocketAddr::new(local.ip().to_canonical(), local.port());
                 tokio::spawn(session::run(sock, peer, local, kind, shared.clone()));
             }
             Err(e) => {

@@ -78,6 +78,23 @@ impl Recorder {
         self.decided = true;
     }
 
+    /// The session broke off (a bug): the open transaction's record, or a new one from
+    /// `base` when none was open, ends with `reply` for `why`.
+    pub(super) fn abort(
+        &mut self,
+        reply: &Reply,
+        why: Reason,
+        base: impl FnOnce() -> Record,
+    ) -> Record {
+        let mut r = self.cur.take().unwrap_or_else(base);
+        r.reasons.push(why);
+        r.action = "tempfail".into();
+        r.reply = reply.to_string();
+        self.decided = false;
+        self.last_refusal = None;
+        r
+    }
+
     /// End the transaction: its record, ready to save.
     pub(super) fn take(&mut self) -> Option<Record> {
         let mut r = self.cur.take()?;

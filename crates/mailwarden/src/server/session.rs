@@ -27,6 +27,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 enum Stream<IO> {
     Plain(IO),
     Tls(Box<tokio_rustls::server::TlsStream<IO>>),
+    /// Lost in a failed TLS handshake.
+    Gone,
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection gone")
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
@@ -34,6 +40,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
         match self {
             Stream::Plain(s) => s.read_buf(buf).await,
             Stream::Tls(s) => s.read_buf(buf).await,
+            Stream::Gone => Err(gone()),
         }
     }
 
@@ -47,6 +54,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
                 s.write_all(data).await?;
                 s.flush().await
             }
+            Stream::Gone => Err(gone()),
         }
     }
 
@@ -54,6 +62,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
         let _ = match self {
             Stream::Plain(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
+            Stream::Gone => Ok(()),
         };
     }
 }
@@ -134,7 +143,6 @@ pub async fn run<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = &shared.config;
     let mut ctx = Ctx {
         session: new_id(),
         listener: kind,
@@ -172,13 +180,62 @@ pub async fn run<IO>(
     };
     tracing::info!(event = "connect", session = %ctx.session, listener = kind.name(), ip = %peer.ip(), port = peer.port());
     let started = Instant::now();
+    let mut body = BodySink::new(shared.config.queue.inline_max.0 as usize);
+    // Isolation: a bug that panics ends this session only. Its slot, its spool file and its
+    // tasks are released by their owners' drops; the client is told, and the record says so.
+    let served = CatchPanic::new(serve(
+        &mut stream,
+        &mut ctx,
+        &mut body,
+        local,
+        &shared,
+        started,
+    ))
+    .await;
+    let Err(panic) = served else { return };
+    metrics::counter!("mailwarden_session_panics_total", "listener" => kind.name()).increment(1);
+    tracing::error!(event = "session_panic", session = %ctx.session, ip = %peer.ip(), error = %panic);
+    let reply = replies::INTERNAL_ERROR;
+    if !matches!(stream, Stream::Gone) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            stream.write_all(reply.to_wire().as_bytes()),
+        )
+        .await;
+        stream.shutdown().await;
+    }
+    body.discard();
+    let why = records::Reason::coded("session.panic", panic, 0.0, true);
+    let record = ctx.rec.abort(&reply, why, || records::Record {
+        id: new_id(),
+        session: ctx.session.clone(),
+        listener: kind.name().to_string(),
+        ip: peer.ip().to_string(),
+        ..Default::default()
+    });
+    record::spawn_save(&shared, record, None, &Early::default());
+    tracing::info!(event = "disconnect", session = %ctx.session, ip = %peer.ip(), reason = "panic",
+        secs = started.elapsed().as_secs_f32());
+}
+
+/// Everything after admission: TLS on the implicit-TLS port, pregreet, and the command loop.
+async fn serve<IO>(
+    stream: &mut Stream<IO>,
+    ctx: &mut Ctx,
+    body: &mut BodySink,
+    local: SocketAddr,
+    shared: &Arc<Shared>,
+    started: Instant,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = shared.clone();
+    let cfg = &shared.config;
+    let (kind, peer) = (ctx.listener, ctx.peer);
     let mut tls_info: Option<String> = None;
     if kind == ListenerKind::Submissions {
         match upgrade(stream, &shared).await {
-            Ok((s, info)) => {
-                stream = s;
-                tls_info = Some(info);
-            }
+            Ok(info) => tls_info = Some(info),
             Err(e) => {
                 tracing::info!(event = "tls_failed", session = %ctx.session, ip = %peer.ip(), error = %e);
                 return;
@@ -189,18 +246,13 @@ pub async fn run<IO>(
     let mut inbuf = InBuf::with_capacity(1024);
     let mut early = Early::at_connect(&shared, kind, peer.ip());
     let mut screen = (kind == ListenerKind::Mx).then(|| Screen::at_connect(&shared, peer, local));
-    if let (Some(sc), Stream::Plain(io)) = (screen.as_mut(), &mut stream) {
+    if let (Some(sc), Stream::Plain(io)) = (screen.as_mut(), &mut *stream) {
         let mut talked = Vec::new();
         if !sc.pregreet(&shared, io, &ctx.session, &mut talked).await {
             return;
         }
         inbuf.extend(&talked);
     }
-    let mut body = BodySink {
-        buf: Vec::new(),
-        inline_max: cfg.queue.inline_max.0 as usize,
-        spool: None,
-    };
     let mut routed: Vec<Recipient> = Vec::new();
     let mut shutdown = shared.shutdown.clone();
     let deadline = tokio::time::Instant::now() + cfg.smtp.max_session_time.get();
@@ -208,6 +260,9 @@ pub async fn run<IO>(
     let mut end_reason = "quit";
     s.greet();
     loop {
+        if !s.in_data() {
+            s.set_storage_low(shared.free_space.is_low());
+        }
         match s.poll(&mut inbuf, &mut body.buf) {
             Event::NeedInput => {
                 if s.in_data() {
@@ -222,8 +277,7 @@ pub async fn run<IO>(
                 } else {
                     inbuf.shrink(4096);
                 }
-                if s.has_output() && !flush(&mut stream, &mut s, cfg.smtp.idle_timeout.get()).await
-                {
+                if s.has_output() && !flush(stream, &mut s, cfg.smtp.idle_timeout.get()).await {
                     end_reason = "write failed";
                     break;
                 }
@@ -300,6 +354,10 @@ pub async fn run<IO>(
                 }
                 // Submission: the envelope sender must be one of the account's addresses.
                 let owned = match s.authenticated() {
+                    _ if shared.free_space.is_low() => Err(crate::checks::ownership::Refusal {
+                        reply: replies::NO_STORAGE,
+                        reason: "storage low".into(),
+                    }),
                     Some(account)
                         if crate::containment::is_suspended(shared.accounts.store(), account)
                             .unwrap_or(false) =>
@@ -513,20 +571,20 @@ pub async fn run<IO>(
                 if discarded > 0 {
                     tracing::warn!(event = "starttls_injection", session = %ctx.session, ip = %peer.ip(), discarded);
                 }
-                if !flush(&mut stream, &mut s, cfg.smtp.idle_timeout.get()).await {
+                if !flush(stream, &mut s, cfg.smtp.idle_timeout.get()).await {
                     end_reason = "write failed";
                     break;
                 }
                 match upgrade(stream, &shared).await {
-                    Ok((st, info)) => {
-                        stream = st;
+                    Ok(info) => {
                         tracing::debug!(event = "starttls", session = %ctx.session, tls = %info);
                         tls_info = Some(info);
                         s.tls_started();
                     }
                     Err(e) => {
                         tracing::info!(event = "tls_failed", session = %ctx.session, ip = %peer.ip(), error = %e);
-                        return;
+                        end_reason = "tls failed";
+                        break;
                     }
                 }
             }
@@ -543,7 +601,7 @@ pub async fn run<IO>(
                     &shared,
                     &ctx,
                     &s,
-                    &mut body,
+                    body,
                     std::mem::take(&mut routed),
                     tls_info.as_deref(),
                     flags.size,
@@ -560,6 +618,8 @@ pub async fn run<IO>(
                         .push(records::Reason::refusal("data", head, why));
                 }
                 ctx.rec.message(&reply, notes);
+                // Whatever the queue did not take goes now, accepted (held in quarantine) or not.
+                body.discard();
                 if reply.is_positive() {
                     messages += 1;
                     metrics::counter!("mailwarden_messages_accepted_total", "listener" => kind.name())
@@ -578,7 +638,6 @@ pub async fn run<IO>(
                         shared.contain.suspend(&account, t, &ctx.session).await;
                     }
                 } else {
-                    body.discard();
                     ctx.reject(
                         &s,
                         Verb::Data,
@@ -595,7 +654,7 @@ pub async fn run<IO>(
                 ctx.from = None;
             }
             Event::Close => {
-                let _ = flush(&mut stream, &mut s, Duration::from_secs(5)).await;
+                let _ = flush(stream, &mut s, Duration::from_secs(5)).await;
                 stream.shutdown().await;
                 break;
             }
@@ -641,11 +700,12 @@ async fn flush<IO: AsyncRead + AsyncWrite + Unpin>(
     ok
 }
 
-async fn upgrade<IO>(stream: Stream<IO>, shared: &Shared) -> anyhow::Result<(Stream<IO>, String)>
+/// Turn the plain stream into TLS in place; on failure nothing is left of it.
+async fn upgrade<IO>(stream: &mut Stream<IO>, shared: &Shared) -> anyhow::Result<String>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let Stream::Plain(io) = stream else {
+    let Stream::Plain(io) = std::mem::replace(stream, Stream::Gone) else {
         anyhow::bail!("TLS already active");
     };
     let acceptor = shared.tls.clone();
@@ -656,5 +716,35 @@ where
     .await
     .map_err(|_| anyhow::anyhow!("handshake timeout"))??;
     let info = super::tls::describe(tls.get_ref().1);
-    Ok((Stream::Tls(Box::new(tls)), info))
+    *stream = Stream::Tls(Box::new(tls));
+    Ok(info)
+}
+
+/// Polls a future and turns a panic inside it into an `Err` with the panic's message.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> CatchPanic<F> {
+    fn new(f: F) -> CatchPanic<F> {
+        CatchPanic(Box::pin(f))
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(p) => std::task::Poll::Ready(Err(p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into()))),
+        }
+    }
 }
