@@ -599,7 +599,7 @@ async fn serve<IO>(
                 let mut notes = record::MessageDecision::default();
                 let done = message::finish(
                     &shared,
-                    &ctx,
+                    ctx,
                     &s,
                     body,
                     std::mem::take(&mut routed),
