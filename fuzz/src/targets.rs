@@ -481,7 +481,7 @@ fn header_seeds() -> Vec<Vec<u8>> {
 }
 
 fn headers(data: &[u8]) {
-    let p = headers::Parsed::new(data);
+    let p = headers::Parsed::with_defaults(data);
     let _ = headers::check(
         &p,
         1_795_435_200,
@@ -493,8 +493,9 @@ fn headers(data: &[u8]) {
         assert!(!h.is_empty());
     }
     let _ = mailwarden::classifier::tokens_of(&p);
-    let _ = headers::tag_subject(data, "[SPAM]");
+    let _ = headers::tag_subject(data, authres::header_end(data), "[SPAM]");
     let _ = mailwarden::records::header_value(data, "Subject");
+    let _ = mailwarden::checks::shape::count(data, 1000);
 }
 
 const SPF_DICT: &[&str] = &[
@@ -540,10 +541,16 @@ fn authres_seeds() -> Vec<Vec<u8>> {
 }
 
 fn authres(data: &[u8]) {
-    if let Some(out) = authres::strip_forged(data, "mx.example.test") {
+    if let Some(edit) = authres::strip_forged(data, "mx.example.test") {
+        let out = edit.apply(data);
         assert!(
             out.len() < data.len(),
             "removing fields made the message longer"
+        );
+        assert_eq!(
+            out[edit.head.len()..],
+            data[edit.rest..],
+            "the body changed"
         );
         // Only whole header fields go: what remains is still free of our forged results.
         assert_eq!(authres::strip_forged(&out, "mx.example.test"), None);

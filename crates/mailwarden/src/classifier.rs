@@ -22,8 +22,11 @@ const PRIOR: f64 = 0.5;
 const MIN_DISTANCE: f64 = 0.1;
 /// The most telling tokens used per message.
 const MAX_CLUES: usize = 150;
-/// Bytes of a message looked at: enough for any text, not for attachments.
+/// Bytes of a message looked at, and of its decoded text: enough for any letter, not for
+/// attachments, and a bound on the work a message can cost (tokens are allocated).
 const MAX_BYTES: usize = 256 * 1024;
+/// Link hosts turned into tokens at most.
+const MAX_HOSTS: usize = 200;
 
 #[derive(Debug, Default, Clone)]
 pub struct Model {
@@ -71,7 +74,17 @@ pub fn tokens(raw: &[u8]) -> HashSet<String> {
     } else {
         raw
     };
-    tokens_of(&Parsed::new(&raw[..raw.len().min(MAX_BYTES)]))
+    tokens_of(&Parsed::new(raw, MAX_BYTES, MAX_HOSTS))
+}
+
+/// At most `left` bytes of `t`, cut at a character boundary; `left` goes down by as much.
+fn budget<'t>(t: &'t str, left: &mut usize) -> &'t str {
+    let mut n = t.len().min(*left);
+    while !t.is_char_boundary(n) {
+        n -= 1;
+    }
+    *left -= n;
+    &t[..n]
 }
 
 /// The distinct tokens of a message already parsed (the server's scoring shares the parse).
@@ -100,17 +113,25 @@ pub fn tokens_of(p: &Parsed<'_>) -> HashSet<String> {
     let Some(msg) = &p.msg else {
         return out;
     };
+    let hosts = p.max_hosts.min(MAX_HOSTS);
+    let mut left = MAX_BYTES;
     for i in 0.. {
-        let Some(t) = msg.body_text(i) else { break };
-        words(&t, "", &mut out);
-        bigrams(&t, &mut out);
-        for h in headers::url_hosts(&t) {
+        let Some(t) = msg.body_text(i).filter(|_| left > 0) else {
+            break;
+        };
+        let t = budget(&t, &mut left);
+        words(t, "", &mut out);
+        bigrams(t, &mut out);
+        for h in headers::url_hosts(t, hosts) {
             out.insert(format!("url:{h}"));
         }
     }
+    let mut left = MAX_BYTES;
     for i in 0.. {
-        let Some(h) = msg.body_html(i) else { break };
-        for host in headers::url_hosts(&h) {
+        let Some(h) = msg.body_html(i).filter(|_| left > 0) else {
+            break;
+        };
+        for host in headers::url_hosts(budget(&h, &mut left), hosts) {
             out.insert(format!("url:{host}"));
         }
     }

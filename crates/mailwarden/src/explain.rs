@@ -104,7 +104,10 @@ pub async fn run(cfg: &Config, model: &Model, raw: &[u8], c: &Client) -> anyhow:
         hostname: &cfg.hostname,
     };
     let now = crate::util::unix_now();
-    let d = inbound::decide(&dns, cfg, model, &env, raw, None, Some(iprev.clone()), now).await;
+    let d = match crate::checks::shape::check_headers(&cfg.limits, raw) {
+        Err(r) => inbound::Decision::refused(r),
+        Ok(_) => inbound::decide(&dns, cfg, model, &env, raw, None, Some(iprev.clone()), now).await,
+    };
     let (action, reply) = match (&screened.refuse, &d.outcome) {
         (Some((reply, _)), _) => (
             if reply.is_transient() {

@@ -17,6 +17,7 @@ pub mod dkim;
 pub mod dns;
 pub mod explain;
 pub mod fsync;
+pub mod heavy;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -90,6 +90,12 @@ replies! {
     SPF_TEMP = 451 (4, 7, 24) "Temporary SPF validation error, try again later";
 
     LOCAL_ERROR = 451 (4, 3, 0) "Temporary local problem, please try again later";
+    /// The header section is larger, or has more fields, than `[limits]` allows.
+    HEADER_TOO_LARGE = 554 (5, 6, 0) "Message header too large or has too many fields";
+    /// MIME nested deeper than `limits.max_mime_depth`.
+    MIME_TOO_DEEP = 554 (5, 6, 0) "Message structure nested too deeply";
+    /// RFC 5321 §6.3: more `Received` fields than `limits.max_received`.
+    TOO_MANY_HOPS = 554 (5, 4, 6) "Too many hops, possible mail loop";
     NO_STORAGE = 452 (4, 3, 1) "Insufficient system storage";
 
     TOO_MANY_ERRORS = 421 (4, 7, 0) "Too many errors, closing connection";

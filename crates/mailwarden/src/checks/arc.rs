@@ -4,13 +4,26 @@
 //!   start with a letter, no empty tag-spec, no duplicate tag);
 //! - `a=` is present and not rsa-sha1 (RFC 8301);
 //! - an AMS must not sign ARC-Seal headers (RFC 8617 §4.1.2);
-//! - ARC headers present but no complete set is a broken chain, not "none" (§5.2 step 2).
+//! - ARC headers present but no complete set is a broken chain, not "none" (§5.2 step 2);
+//! - a chain longer than `arc.max_sets` fails without being verified.
 
 use crate::dns::Dns;
 use mail_auth::arc::ArcError;
 use mail_auth::{ArcOutput, AuthenticatedMessage, DkimResult};
 
-pub async fn verify<'x>(dns: &'x Dns, msg: &'x AuthenticatedMessage<'x>) -> ArcOutput<'x> {
+/// Verify the chain; one longer than `max_sets` fails unverified (each set costs a DNS
+/// lookup and a seal over every set before it).
+pub async fn verify<'x>(
+    dns: &'x Dns,
+    msg: &'x AuthenticatedMessage<'x>,
+    max_sets: usize,
+) -> ArcOutput<'x> {
+    let sets = msg.as_headers.len().max(msg.ams_headers.len());
+    if sets > max_sets {
+        return ArcOutput::default().with_result(DkimResult::Fail(mail_auth::Error::Arc(
+            ArcError::ChainTooLong,
+        )));
+    }
     let out = dns.auth.verify_arc(dns.params(msg)).await;
     let broken = match out.result() {
         DkimResult::Pass => structure_error(msg),

@@ -2,11 +2,31 @@
 //! authserv-id (§5: a receiver must not trust, and should remove, results that pretend to be
 //! its own), and the header for mail that local accounts submitted.
 
+/// A new header section for a message: `head` replaces everything before `rest`, the offset
+/// in the original where its untouched remainder (the blank line and the body) begins. A
+/// large message is never copied whole to change a header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadEdit {
+    pub head: Vec<u8>,
+    pub rest: usize,
+}
+
+impl HeadEdit {
+    /// The whole edited message.
+    pub fn apply(&self, raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head.len() + raw.len() - self.rest);
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&raw[self.rest..]);
+        out
+    }
+}
+
 /// Remove every `Authentication-Results` header whose authserv-id is `authserv_id`
-/// (case-insensitive). Returns the message without them, or `None` when there were none.
-pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+/// (case-insensitive). Returns the header section without them, or `None` when there were
+/// none.
+pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<HeadEdit> {
     let end = header_end(raw);
-    let mut out = Vec::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(end);
     let mut removed = false;
     let mut i = 0;
     while i < end {
@@ -26,12 +46,14 @@ pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
     if !removed {
         return None;
     }
-    out.extend_from_slice(&raw[end..]);
-    Some(out)
+    Some(HeadEdit {
+        head: out,
+        rest: end,
+    })
 }
 
 /// Offset of the blank line that ends the header section (or the end of the message).
-fn header_end(raw: &[u8]) -> usize {
+pub fn header_end(raw: &[u8]) -> usize {
     let mut i = 0;
     while i < raw.len() {
         if raw[i..].starts_with(b"\r\n") || raw[i] == b'\n' {
@@ -50,11 +72,16 @@ fn next_line(raw: &[u8], from: usize, end: usize) -> usize {
 }
 
 fn is_ours(field: &[u8], authserv_id: &str) -> bool {
-    const NAME: &[u8] = b"authentication-results:";
-    if field.len() < NAME.len() || !field[..NAME.len()].eq_ignore_ascii_case(NAME) {
+    const NAME: &[u8] = b"authentication-results";
+    // RFC 5322 §4.5 (obsolete syntax, still to be read): blanks may come before the colon.
+    let Some(colon) = memchr::memchr(b':', field) else {
+        return false;
+    };
+    let name = field[..colon].trim_ascii_end();
+    if !name.eq_ignore_ascii_case(NAME) {
         return false;
     }
-    let value = String::from_utf8_lossy(&field[NAME.len()..]);
+    let value = String::from_utf8_lossy(&field[colon + 1..]);
     let id = first_token(&value);
     id.eq_ignore_ascii_case(authserv_id)
 }
@@ -104,12 +131,21 @@ mod tests {
     #[test]
     fn removes_only_headers_with_our_id() {
         let msg = b"Received: x\r\nAuthentication-Results: MX.Example.Test;\r\n\tspf=pass smtp.mailfrom=a@b.test\r\nAuthentication-Results: other.test; dkim=pass\r\nauthentication-results: (comment) mx.example.test 1; dmarc=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; body text\r\n";
-        let out = strip_forged(msg, "mx.example.test").unwrap();
+        let out = strip_forged(msg, "mx.example.test").unwrap().apply(msg);
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
             out,
             "Received: x\r\nAuthentication-Results: other.test; dkim=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; body text\r\n"
         );
+    }
+
+    #[test]
+    fn blanks_before_the_colon_do_not_hide_a_forgery() {
+        let msg =
+            b"Authentication-Results \t: mx.example.test; spf=pass\r\nSubject: hi\r\n\r\nbody\r\n";
+        let e = strip_forged(msg, "mx.example.test").expect("removed");
+        assert_eq!(e.apply(msg), b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(e.rest, msg.len() - 8);
     }
 
     #[test]

@@ -41,40 +41,82 @@ const FUTURE_SECS: i64 = 86_400;
 const PAST_SECS: i64 = 30 * 86_400;
 
 /// A message parsed once for all the content checks (heuristics, links, the classifier):
-/// its header fields and, when it parses, its MIME structure.
+/// its header fields and, when it parses, the MIME structure of its first `max_scan_bytes`.
 pub struct Parsed<'a> {
     pub fields: Vec<(String, String)>,
     pub msg: Option<Message<'a>>,
+    /// Distinct link hosts collected at most (`limits.max_link_hosts`).
+    pub max_hosts: usize,
 }
 
+/// Header fields kept for the heuristics at most; `[limits]` refuses messages with more
+/// before they get here, and `explain` reads files no limit checked.
+const MAX_FIELDS: usize = 10_000;
+
 impl<'a> Parsed<'a> {
-    pub fn new(raw: &'a [u8]) -> Parsed<'a> {
+    /// Parse the first `max_scan_bytes` of `raw`, keeping at most `max_hosts` link hosts.
+    pub fn new(raw: &'a [u8], max_scan_bytes: usize, max_hosts: usize) -> Parsed<'a> {
+        let scanned = &raw[..raw.len().min(max_scan_bytes)];
         Parsed {
-            fields: fields(raw),
-            msg: MessageParser::default().parse(raw),
+            fields: field_iter(raw).take(MAX_FIELDS).collect(),
+            msg: MessageParser::default().parse(scanned),
+            max_hosts,
         }
+    }
+
+    /// With `[limits]`'s defaults.
+    pub fn with_defaults(raw: &'a [u8]) -> Parsed<'a> {
+        let l = crate::config::Limits::default();
+        Parsed::new(raw, l.max_scan_bytes.0 as usize, l.max_link_hosts)
     }
 }
 
 /// The header section as (lowercase name, unfolded value) pairs.
 pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
+    field_iter(raw).collect()
+}
+
+/// The header fields of `raw` one by one, as (lowercase name, unfolded value), so a caller
+/// that wants one field or a few never builds them all. Lines without a colon are skipped.
+pub fn field_iter(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
     let end = memchr::memmem::find(raw, b"\r\n\r\n")
         .or_else(|| memchr::memmem::find(raw, b"\n\n"))
         .unwrap_or(raw.len());
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in head.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, v)) = out.last_mut() {
-                v.push(' ');
-                v.push_str(line.trim());
+    let head = &raw[..end];
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < head.len() {
+            let line_end =
+                |from: usize| memchr::memchr(b'\n', &head[from..]).map_or(head.len(), |i| from + i);
+            let first = line_end(at);
+            let line = &head[at..first];
+            let mut next = (first + 1).min(head.len());
+            if line.starts_with(b" ") || line.starts_with(b"\t") {
+                // A continuation without a field before it.
+                at = next;
+                continue;
             }
-        } else if let Some((n, v)) = line.split_once(':') {
-            out.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+            let Some(colon) = memchr::memchr(b':', line) else {
+                at = next;
+                continue;
+            };
+            let name = String::from_utf8_lossy(&line[..colon])
+                .trim()
+                .to_ascii_lowercase();
+            let mut value = String::from_utf8_lossy(&line[colon + 1..])
+                .trim()
+                .to_string();
+            while next < head.len() && matches!(head[next], b' ' | b'\t') {
+                let e = line_end(next);
+                value.push(' ');
+                value.push_str(String::from_utf8_lossy(&head[next..e]).trim());
+                next = (e + 1).min(head.len());
+            }
+            at = next;
+            return Some((name, value));
         }
-    }
-    out
+        None
+    })
 }
 
 fn get<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -263,12 +305,11 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
     out
 }
 
-/// The message with `tag` put in front of its Subject (a Subject is added if it has none).
-/// Breaks DKIM signatures over Subject, which is why `scoring.subject_tag` is off by default.
-pub fn tag_subject(raw: &[u8], tag: &str) -> Vec<u8> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
-        .unwrap_or(raw.len());
+/// The header section (the first `head_end` bytes of `raw`) with `tag` put in front of its
+/// Subject (a Subject is added if it has none). Breaks DKIM signatures over Subject, which is
+/// why `scoring.subject_tag` is off by default.
+pub fn tag_subject(raw: &[u8], head_end: usize, tag: &str) -> Vec<u8> {
+    let end = head_end.min(raw.len());
     let mut at = 0;
     while at < end {
         let line_end = memchr::memchr(b'\n', &raw[at..end]).map_or(end, |i| at + i + 1);
@@ -280,13 +321,13 @@ pub fn tag_subject(raw: &[u8], tag: &str) -> Vec<u8> {
             let mut out = raw[..v].to_vec();
             out.extend_from_slice(tag.as_bytes());
             out.push(b' ');
-            out.extend_from_slice(&raw[v..]);
+            out.extend_from_slice(&raw[v..end]);
             return out;
         }
         at = line_end;
     }
     let mut out = format!("Subject: {tag}\r\n").into_bytes();
-    out.extend_from_slice(raw);
+    out.extend_from_slice(&raw[..end]);
     out
 }
 
@@ -309,16 +350,21 @@ fn url_host(s: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Hosts of every `http(s)://` URL in `text`.
-pub fn url_hosts(text: &str) -> Vec<String> {
+/// Hosts of the `http(s)://` URLs in `text`, in order, each once, at most `max` of them.
+/// One pass per scheme and a set for what was seen: linear in `text` however many links it
+/// holds.
+pub fn url_hosts(text: &str, max: usize) -> Vec<String> {
     let lower = text.to_ascii_lowercase();
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for scheme in ["http://", "https://"] {
         let mut from = 0;
-        while let Some(i) = lower[from..].find(scheme) {
+        while out.len() < max
+            && let Some(i) = lower[from..].find(scheme)
+        {
             let start = from + i + scheme.len();
             let h = url_host(&lower[start..]);
-            if !h.is_empty() && !out.contains(&h) {
+            if !h.is_empty() && seen.insert(h.clone()) {
                 out.push(h);
             }
             from = start;
@@ -337,10 +383,10 @@ fn base(h: &str) -> String {
     labels.into_iter().rev().collect::<Vec<_>>().join(".")
 }
 
-/// Anchors whose visible text names another domain than their `href`.
-fn link_mismatches(html: &str) -> Vec<(String, String)> {
+/// The first anchor whose visible text names another domain than its `href`. Each search
+/// starts where the last anchor ended, so the scan is linear.
+fn link_mismatch(html: &str) -> Option<(String, String)> {
     let lower = html.to_ascii_lowercase();
-    let mut out = Vec::new();
     let mut from = 0;
     while let Some(i) = lower[from..].find("<a ") {
         let start = from + i;
@@ -355,21 +401,21 @@ fn link_mismatches(html: &str) -> Vec<(String, String)> {
         from = close;
         let Some(h) = tag.find("href=") else { continue };
         let href = tag[h + 5..].trim_start_matches(['"', '\'']);
-        let Some(target) = url_hosts(href).into_iter().next() else {
+        let Some(target) = url_hosts(href, 1).into_iter().next() else {
             continue;
         };
         // Visible text that looks like a URL or a bare domain.
-        let shown = url_hosts(text).into_iter().next().or_else(|| {
+        let shown = url_hosts(text, 1).into_iter().next().or_else(|| {
             let t = text.trim_end_matches('/');
             (t.starts_with("www.") && !t.contains(char::is_whitespace)).then(|| t.to_string())
         });
         if let Some(shown) = shown
             && base(&shown) != base(&target)
         {
-            out.push((shown, target));
+            return Some((shown, target));
         }
     }
-    out
+    None
 }
 
 /// Link rules over the decoded text and HTML parts; also returns every URL host, for URI
@@ -378,25 +424,28 @@ pub fn check_links(p: &Parsed<'_>) -> (Vec<Finding>, Vec<String>) {
     let Some(msg) = &p.msg else {
         return (Vec::new(), Vec::new());
     };
+    let max = p.max_hosts;
     let mut hosts: Vec<String> = Vec::new();
-    let mut out = Vec::new();
-    let mut mismatches = Vec::new();
-    for i in 0.. {
-        let Some(t) = msg.body_text(i) else { break };
-        for h in url_hosts(&t) {
-            if !hosts.contains(&h) {
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |found: Vec<String>, hosts: &mut Vec<String>| {
+        for h in found {
+            if hosts.len() < max && seen.insert(h.clone()) {
                 hosts.push(h);
             }
         }
+    };
+    let mut out = Vec::new();
+    let mut mismatch = None;
+    for i in 0.. {
+        let Some(t) = msg.body_text(i) else { break };
+        add(url_hosts(&t, max), &mut hosts);
     }
     for i in 0.. {
         let Some(h) = msg.body_html(i) else { break };
-        for x in url_hosts(&h) {
-            if !hosts.contains(&x) {
-                hosts.push(x);
-            }
+        add(url_hosts(&h, max), &mut hosts);
+        if mismatch.is_none() {
+            mismatch = link_mismatch(&h);
         }
-        mismatches.extend(link_mismatches(&h));
     }
     if let Some(ip) = hosts.iter().find(|h| is_ip_host(h)) {
         out.push(finding(
@@ -405,7 +454,7 @@ pub fn check_links(p: &Parsed<'_>) -> (Vec<Finding>, Vec<String>) {
             1.5,
         ));
     }
-    if let Some((shown, target)) = mismatches.first() {
+    if let Some((shown, target)) = mismatch {
         out.push(finding(
             "content.link_mismatch",
             format!("a link shows {shown} but goes to {target}"),
@@ -427,10 +476,15 @@ mod tests {
         Received: from x by mx.sender.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n";
 
     fn codes(raw: &str, dmarc: bool) -> Vec<&'static str> {
-        check(&Parsed::new(raw.as_bytes()), NOW, "mx.example.test", dmarc)
-            .into_iter()
-            .map(|f| f.code)
-            .collect()
+        check(
+            &Parsed::with_defaults(raw.as_bytes()),
+            NOW,
+            "mx.example.test",
+            dmarc,
+        )
+        .into_iter()
+        .map(|f| f.code)
+        .collect()
     }
 
     fn with(field: &str, value: Option<&str>) -> String {
@@ -576,22 +630,18 @@ mod tests {
 
     #[test]
     fn subject_tags() {
-        let t = tag_subject(
-            b"From: a@b\r\nSubject:  hello\r\n\r\nSubject: body\r\n",
-            "[SPAM]",
-        );
-        assert_eq!(
-            t,
-            b"From: a@b\r\nSubject:  [SPAM] hello\r\n\r\nSubject: body\r\n"
-        );
-        let t = tag_subject(b"From: a@b\r\n\r\nbody\r\n", "[SPAM]");
-        assert!(t.starts_with(b"Subject: [SPAM]\r\nFrom: a@b\r\n"));
+        let raw = b"From: a@b\r\nSubject:  hello\r\n\r\nSubject: body\r\n";
+        let t = tag_subject(raw, super::super::authres::header_end(raw), "[SPAM]");
+        assert_eq!(t, b"From: a@b\r\nSubject:  [SPAM] hello\r\n");
+        let raw = b"From: a@b\r\n\r\nbody\r\n";
+        let t = tag_subject(raw, super::super::authres::header_end(raw), "[SPAM]");
+        assert_eq!(t, b"Subject: [SPAM]\r\nFrom: a@b\r\n");
     }
 
     fn link_codes(body: &str, html: bool) -> (Vec<&'static str>, Vec<String>) {
         let ct = if html { "text/html" } else { "text/plain" };
         let raw = format!("From: a@b.test\r\nContent-Type: {ct}\r\n\r\n{body}\r\n");
-        let (f, hosts) = check_links(&Parsed::new(raw.as_bytes()));
+        let (f, hosts) = check_links(&Parsed::with_defaults(raw.as_bytes()));
         (f.into_iter().map(|f| f.code).collect(), hosts)
     }
 

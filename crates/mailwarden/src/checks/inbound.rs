@@ -4,8 +4,10 @@
 //! (`server/message.rs`); `mailwarden explain FILE.eml` prints it, so the offline report and
 //! the server cannot disagree.
 
+use super::headers::Parsed;
 use super::scoring::{self, Level, Scored};
 use super::sender::{self, Envelope};
+use super::shape;
 use super::verdict::{Action, Code};
 use crate::classifier::Model;
 use crate::config::{Config, Mode};
@@ -34,8 +36,31 @@ pub struct Decision {
     pub scored: Scored,
 }
 
-/// Decide on a received message. `spf` and `iprev` are results found earlier in the session,
-/// if any; `now` is Unix time.
+impl Decision {
+    /// A message whose shape ([`shape`]) is refused before any other check reads it.
+    pub fn refused(r: shape::Refusal) -> Decision {
+        Decision {
+            outcome: Outcome::Refuse {
+                reply: r.reply,
+                reason: format!("{}: {}", r.code, r.detail),
+            },
+            reasons: vec![Reason::coded(r.code, r.detail, 0.0, true)],
+            headers: String::new(),
+            sender_verified: false,
+            sender: sender::Outcome::unchecked(),
+            scored: Scored {
+                findings: Vec::new(),
+                score: 0.0,
+                level: Level::Clean,
+            },
+        }
+    }
+}
+
+/// Decide on a received message whose header section passed [`shape::check_headers`].
+/// `spf` and `iprev` are results found earlier in the session, if any; `now` is Unix time.
+/// Parsing and scoring hold a [`crate::heavy::cpu`] slot; run this through
+/// [`crate::heavy::offload`] on a server.
 #[allow(clippy::too_many_arguments)]
 pub async fn decide(
     dns: &Arc<Dns>,
@@ -47,6 +72,16 @@ pub async fn decide(
     iprev: Option<IprevOutput>,
     now: i64,
 ) -> Decision {
+    let parsed = {
+        let _cpu = crate::heavy::cpu().await;
+        let l = &cfg.limits;
+        Parsed::new(raw, l.max_scan_bytes.0 as usize, l.max_link_hosts)
+    };
+    if let Some(msg) = &parsed.msg
+        && let Err(r) = shape::check_mime(&cfg.limits, msg)
+    {
+        return Decision::refused(r);
+    }
     let out = sender::evaluate(dns, cfg, env, raw, spf, iprev).await;
     let v = &out.verdict;
     let acted = v.action != Action::Accept;
@@ -83,7 +118,7 @@ pub async fn decide(
         dns,
         &cfg.scoring,
         model,
-        raw,
+        &parsed,
         now,
         &cfg.hostname,
         dmarc_policy,

@@ -8,5 +8,6 @@ pub mod ownership;
 pub mod relay;
 pub mod scoring;
 pub mod sender;
+pub mod shape;
 pub mod spf;
 pub mod verdict;

@@ -84,23 +84,28 @@ pub fn classify(model: &Model, p: &Parsed<'_>) -> Option<Finding> {
     })
 }
 
-/// Score a message. `now` is Unix time, `ours` our hostname.
+/// Score a message already parsed (its first `limits.max_scan_bytes`). `now` is Unix time,
+/// `ours` our hostname. The heuristics hold a [`crate::heavy::cpu`] slot; the URI block list
+/// lookups do not.
 #[allow(clippy::too_many_arguments)]
 pub async fn score(
     dns: &Arc<Dns>,
     cfg: &Cfg,
     model: &Model,
-    raw: &[u8],
+    parsed: &Parsed<'_>,
     now: i64,
     ours: &str,
     from_has_dmarc: bool,
     dns_timeout: Duration,
 ) -> Scored {
-    let parsed = Parsed::new(raw);
-    let mut findings = headers::check(&parsed, now, ours, from_has_dmarc);
-    let (links, hosts) = headers::check_links(&parsed);
-    findings.extend(links);
-    findings.extend(classify(model, &parsed));
+    let (mut findings, hosts) = {
+        let _cpu = crate::heavy::cpu().await;
+        let mut findings = headers::check(parsed, now, ours, from_has_dmarc);
+        let (links, hosts) = headers::check_links(parsed);
+        findings.extend(links);
+        findings.extend(classify(model, parsed));
+        (findings, hosts)
+    };
     if !cfg.uribl_zones.is_empty() && !hosts.is_empty() {
         let lists = crate::config::screening::Dnsbl {
             domain_zones: cfg.uribl_zones.clone(),
@@ -167,7 +172,7 @@ mod tests {
             m.learn(spam, true);
             m.learn(ham, false);
         }
-        let (spam_p, ham_p) = (Parsed::new(spam), Parsed::new(ham));
+        let (spam_p, ham_p) = (Parsed::with_defaults(spam), Parsed::with_defaults(ham));
         assert_eq!(classify(&m, &spam_p), None, "too little training");
         m.learn(spam, true);
         m.learn(ham, false);
@@ -198,7 +203,7 @@ mod tests {
             &dns,
             &cfg,
             &Model::default(),
-            raw,
+            &Parsed::with_defaults(raw),
             1_795_000_000,
             "mx.example.test",
             false,

@@ -54,6 +54,19 @@ pub struct Outcome {
     pub sender_verified: bool,
 }
 
+impl Outcome {
+    /// No check ran (the message was refused before them).
+    pub fn unchecked() -> Outcome {
+        Outcome {
+            verdict: Verdict::accept(Vec::new()),
+            header: String::new(),
+            summary: String::new(),
+            from_domain: None,
+            sender_verified: false,
+        }
+    }
+}
+
 /// SPF for the MAIL FROM identity, or the HELO identity for the null sender (evaluated by
 /// `checks::spf`), as the output mail-auth's DMARC and header code take.
 pub async fn spf(dns: &Dns, ip: IpAddr, helo: &str, hostname: &str, mail_from: &str) -> SpfOutput {
@@ -124,6 +137,39 @@ pub async fn dkim<'x>(dns: &'x Dns, msg: &'x AuthenticatedMessage<'x>) -> Vec<Dk
         });
     }
     checked
+}
+
+/// What [`cap_signatures`] set aside.
+struct Capped {
+    /// Signatures whose `h=` lists more than `dkim.max_signed_fields` fields.
+    long_h: usize,
+    /// Signatures past `dkim.max_signatures`.
+    excess: usize,
+}
+
+/// Keep what DKIM verification may cost bounded: at most `dkim.max_signatures` signatures
+/// (and as many malformed ones, which mail-auth reports one by one), none listing more than
+/// `dkim.max_signed_fields` fields (hashing walks the header once per listed field).
+fn cap_signatures(msg: &mut AuthenticatedMessage<'_>, cfg: &Config) -> Capped {
+    let (max, max_h) = (cfg.dkim.max_signatures, cfg.dkim.max_signed_fields);
+    let before = msg.dkim_headers.len();
+    msg.dkim_headers.retain(|h| h.header.h.len() <= max_h);
+    let long_h = before - msg.dkim_headers.len();
+    let excess = msg.dkim_headers.len().saturating_sub(max);
+    msg.dkim_headers.truncate(max);
+    let mut malformed = 0;
+    msg.errors.retain(|e| {
+        if matches!(e.header, mail_auth::Error::Dkim(_)) {
+            malformed += 1;
+            malformed <= max
+        } else {
+            true
+        }
+    });
+    Capped {
+        long_h,
+        excess: excess + malformed.saturating_sub(max),
+    }
 }
 
 /// Whether a DKIM-Signature header value carries the tag `v=1`.
@@ -247,7 +293,12 @@ pub async fn evaluate(
         ar = ar.with_iprev_result(i, env.ip);
     }
 
-    let Some(msg) = AuthenticatedMessage::parse(raw) else {
+    // Header parse and body hashes: linear in the message, CPU-bound.
+    let parsed = {
+        let _cpu = crate::heavy::cpu().await;
+        AuthenticatedMessage::parse(raw)
+    };
+    let Some(mut msg) = parsed else {
         // No parseable header section: nothing to verify or align.
         let header = ar.to_header();
         let sender_verified = verified(&reasons);
@@ -265,11 +316,31 @@ pub async fn evaluate(
         .map(|(_, d)| d.to_lowercase())
         .filter(|d| !d.is_empty());
 
+    let capped = cap_signatures(&mut msg, cfg);
+    let msg = msg;
     let dkim_out = match cfg.dkim.mode {
         Mode::Off => Vec::new(),
         _ => dkim(dns, &msg).await,
     };
     if cfg.dkim.mode != Mode::Off {
+        if capped.long_h > 0 {
+            reasons.push(Reason::new(
+                Code::DkimPermError,
+                format!(
+                    "{} DKIM signature(s) list more than {} signed fields: not verified",
+                    capped.long_h, cfg.dkim.max_signed_fields
+                ),
+            ));
+        }
+        if capped.excess > 0 {
+            reasons.push(Reason::new(
+                Code::DkimCapped,
+                format!(
+                    "{} DKIM signature(s) past the first {} not verified",
+                    capped.excess, cfg.dkim.max_signatures
+                ),
+            ));
+        }
         if dkim_out.is_empty() {
             reasons.push(Reason::new(Code::DkimNone, "no DKIM signature"));
             summary.push("dkim=none".to_string());
@@ -287,7 +358,7 @@ pub async fn evaluate(
 
     let arc_out: Option<ArcOutput> = match cfg.arc.mode {
         Mode::Off => None,
-        _ => Some(super::arc::verify(dns, &msg).await),
+        _ => Some(super::arc::verify(dns, &msg, cfg.arc.max_sets).await),
     };
     let mut arc_trusted_pass = false;
     if let Some(a) = &arc_out {

@@ -20,6 +20,8 @@ pub enum Code {
     DkimPermError,
     /// A signature that verified but uses rsa-sha1 or a short key (RFC 8301): not a pass.
     DkimWeak,
+    /// Signatures past `dkim.max_signatures` that were not verified.
+    DkimCapped,
     DmarcPass,
     DmarcFail,
     DmarcNone,
@@ -54,6 +56,7 @@ impl Code {
             Code::DkimTempError => "dkim.temperror",
             Code::DkimPermError => "dkim.permerror",
             Code::DkimWeak => "dkim.weak",
+            Code::DkimCapped => "dkim.capped",
             Code::DmarcPass => "dmarc.pass",
             Code::DmarcFail => "dmarc.fail",
             Code::DmarcNone => "dmarc.none",

@@ -140,6 +140,12 @@ section! {
         ]
         .map(String::from)
         .to_vec(),
+        /// DKIM signatures verified per message (RFC 6376 §6.1 lets a verifier limit them);
+        /// the rest are not looked at. Each costs a DNS lookup and a public-key operation.
+        pub max_signatures: usize = 5,
+        /// Header fields a signature's `h=` may list; a longer list makes that signature a
+        /// `permerror` without hashing anything.
+        pub max_signed_fields: usize = 64,
     }
 }
 
@@ -161,6 +167,9 @@ section! {
         /// from one of them, a DMARC failure is overridden (the forwarder vouches for the
         /// original authentication). Empty: ARC is recorded only.
         pub trusted_sealers: Vec<String> = Vec::new(),
+        /// ARC sets verified (RFC 8617 allows 50). A longer chain `fail`s unverified: each
+        /// set costs a DNS lookup and a seal over all the sets before it.
+        pub max_sets: usize = 10,
     }
 }
 
@@ -229,6 +238,25 @@ section! {
         /// Free space the filesystem of `data_dir` must keep. Below it, MAIL and DATA get
         /// `452 4.3.1` instead of a half-written message.
         pub min_free_space: ByteSize = ByteSize::mib(100),
+        /// Size of a message's header section. Larger gets `554 5.6.0` at the end of DATA.
+        pub max_header_size: ByteSize = ByteSize::mib(1),
+        /// Header fields in a message. More get `554 5.6.0` at the end of DATA.
+        pub max_header_fields: usize = 1000,
+        /// `Received` fields in a message (RFC 5321 §6.3: a loop). More get `554 5.4.6`.
+        pub max_received: usize = 100,
+        /// MIME nesting depth (multiparts and attached messages; Postfix's
+        /// `mime_nesting_limit`). Deeper gets `554 5.6.0`.
+        pub max_mime_depth: usize = 100,
+        /// Bytes of each message that content scoring reads (its header and link heuristics
+        /// and the classifier). Authentication (DKIM) always covers the whole message.
+        pub max_scan_bytes: ByteSize = ByteSize::mib(1),
+        /// Distinct link hosts collected from one message for the link checks, URI block lists
+        /// and the classifier; later links are not looked at.
+        pub max_link_hosts: usize = 1000,
+        /// Memory for messages being checked at the end of DATA, over all sessions. A message
+        /// needs about its size plus `max_scan_bytes`; past the budget it waits its turn, and
+        /// after five minutes gets `451 4.3.0`.
+        pub message_memory: ByteSize = ByteSize::mib(128),
     }
 }
 

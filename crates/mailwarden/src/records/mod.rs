@@ -249,8 +249,7 @@ fn like_escape(s: &str) -> String {
 /// The unfolded value of the first `name:` field of a message's header section.
 pub fn header_value(raw: &[u8], name: &str) -> Option<String> {
     let name = name.to_ascii_lowercase();
-    crate::checks::headers::fields(raw)
-        .into_iter()
+    crate::checks::headers::field_iter(raw)
         .find(|(n, _)| *n == name)
         .map(|(_, v)| v.chars().take(998).collect())
 }

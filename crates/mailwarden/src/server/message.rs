@@ -6,10 +6,12 @@
 use super::record::MessageDecision;
 use super::session::Ctx;
 use super::{ListenerKind, Shared};
-use crate::checks::authres;
+use crate::checks::authres::{self, HeadEdit};
+use crate::checks::headers::Parsed;
 use crate::checks::inbound;
 use crate::checks::scoring::{self, Level};
 use crate::checks::sender::{self, Envelope};
+use crate::checks::shape;
 use crate::checks::verdict::Code;
 use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
 use crate::received;
@@ -278,6 +280,15 @@ pub(super) async fn finish(
             return fail(replies::LOCAL_ERROR, "spool write failed");
         }
     };
+    // The message is checked in memory: wait for its share of `limits.message_memory`.
+    let Some(_memory) = shared
+        .memory
+        .reserve(size.saturating_add(cfg.limits.max_scan_bytes.0))
+        .await
+    else {
+        tracing::warn!(event = "message_memory_exhausted", session = %ctx.session, qid = %id, size);
+        return fail(replies::LOCAL_ERROR, "message memory budget exhausted");
+    };
     let raw: Arc<Vec<u8>> = match &body {
         Body::Inline(b) => b.clone(),
         Body::Spooled(p) => match tokio::fs::read(p).await {
@@ -288,6 +299,28 @@ pub(super) async fn finish(
             }
         },
         Body::Stored => Arc::new(Vec::new()),
+    };
+    // Before anything parses it: a header section past `[limits]` is refused here.
+    let head = match shape::check_headers(&cfg.limits, &raw) {
+        Ok(h) => h,
+        Err(r) => {
+            notes
+                .reasons
+                .push(records::Reason::coded(r.code, r.detail.clone(), 0.0, true));
+            return fail(r.reply, &format!("{}: {}", r.code, r.detail));
+        }
+    };
+    // RFC 8601 §5: results claiming to be ours did not come from us. Removed from whatever
+    // is kept: the queued message, and a quarantined or held one.
+    let mut edit = authres::strip_forged(&raw, &cfg.hostname);
+    if edit.is_some() {
+        tracing::info!(event = "forged_auth_results_removed", session = %ctx.session, qid = %id,
+            reason = Code::ForgedAuthResults.as_str());
+    }
+    // The message as it will be kept, built whole only where a copy is needed anyway.
+    let kept = |edit: &Option<HeadEdit>| match edit {
+        Some(e) => e.apply(&raw),
+        None => raw.to_vec(),
     };
     notes.message_id = records::header_value(&raw, "Message-ID");
     notes.subject = records::header_value(&raw, "Subject");
@@ -318,7 +351,15 @@ pub(super) async fn finish(
         }
         headers.push_str(&authres::submitted(&cfg.hostname, account));
         // Outbound mail is scored like inbound: a hijacked account's spam is held.
-        let scored = score(shared, &raw, false, &mut notes.reasons).await;
+        let scored = match score_submitted(shared, &raw, &mut notes.reasons).await {
+            Ok(s) => s,
+            Err(r) => {
+                notes
+                    .reasons
+                    .push(records::Reason::coded(r.code, r.detail.clone(), 0.0, true));
+                return fail(r.reply, &format!("{}: {}", r.code, r.detail));
+            }
+        };
         if cfg.scoring.mode == crate::config::Mode::Enforce
             && matches!(scored.level, Level::Quarantine | Level::Reject)
         {
@@ -326,16 +367,47 @@ pub(super) async fn finish(
         }
     } else if ctx.listener == ListenerKind::Mx {
         let mail_from = txn.mail_from.to_string();
-        let env = Envelope {
-            ip: ctx.peer.ip(),
-            helo: s.helo().unwrap_or(""),
-            mail_from: &mail_from,
-            hostname: &cfg.hostname,
-        };
         let spf = early.spf().await;
         let iprev = early.iprev().await;
-        let model = shared.classifier.get();
-        let d = inbound::decide(&shared.dns, cfg, &model, &env, &raw, spf, iprev, unix_now()).await;
+        let (dns, config, model, content) = (
+            shared.dns.clone(),
+            shared.config.clone(),
+            shared.classifier.get(),
+            raw.clone(),
+        );
+        let (ip, helo, from) = (
+            ctx.peer.ip(),
+            s.helo().unwrap_or("").to_string(),
+            mail_from.clone(),
+        );
+        let decided = crate::heavy::offload(move || async move {
+            let env = Envelope {
+                ip,
+                helo: &helo,
+                mail_from: &from,
+                hostname: &config.hostname,
+            };
+            inbound::decide(
+                &dns,
+                &config,
+                &model,
+                &env,
+                &content,
+                spf,
+                iprev,
+                unix_now(),
+            )
+            .await
+        })
+        .await;
+        let d = match decided {
+            Ok(d) => d,
+            Err(panic) => {
+                // Fail closed: a message nothing could vouch for is not accepted.
+                tracing::error!(event = "checks_failed", session = %ctx.session, qid = %id, error = %panic);
+                return fail(replies::LOCAL_ERROR, "checks failed");
+            }
+        };
         let (out, scored) = (&d.sender, &d.scored);
         let v = &out.verdict;
         sender_verified = d.sender_verified;
@@ -374,7 +446,7 @@ pub(super) async fn finish(
             }
             inbound::Outcome::Quarantine => {
                 let mut content = headers.into_bytes();
-                content.extend_from_slice(&raw);
+                content.extend_from_slice(&kept(&edit));
                 return hold(
                     shared, ctx, &id, &mail_from, None, &rcpts, content, scored, notes,
                 )
@@ -393,44 +465,44 @@ pub(super) async fn finish(
         }
     }
 
-    // RFC 8601 §5: results claiming to be ours did not come from us.
-    let mut content = raw.clone();
-    let mut rewritten = authres::strip_forged(&raw, &cfg.hostname);
-    if rewritten.is_some() {
-        tracing::info!(event = "forged_auth_results_removed", session = %ctx.session, qid = %id,
-            reason = Code::ForgedAuthResults.as_str());
-    }
     if tag_subject {
-        let base = rewritten.as_deref().unwrap_or(&raw);
-        rewritten = Some(crate::checks::headers::tag_subject(
-            base,
-            &cfg.scoring.subject_tag,
-        ));
+        let (base, rest): (&[u8], usize) = match &edit {
+            Some(e) => (&e.head, e.rest),
+            None => (&raw[..head.bytes], head.bytes),
+        };
+        let head = crate::checks::headers::tag_subject(base, base.len(), &cfg.scoring.subject_tag);
+        edit = Some(HeadEdit { head, rest });
     }
-    if let Some(clean) = rewritten {
-        let clean = Arc::new(clean);
-        content = clean.clone();
-        body = match body {
-            Body::Spooled(p) => match rewrite(&p, &clean).await {
-                Ok(()) => Body::Spooled(p),
-                Err(e) => {
-                    tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
+    let signing = signing_domain.filter(|_| cfg.dkim.sign);
+    // What is signed: the message as it will be delivered.
+    let mut content = raw.clone();
+    if let Some(e) = &edit {
+        match &body {
+            Body::Spooled(p) => {
+                if let Err(err) = rewrite(p, &e.head, &raw[e.rest..]).await {
+                    tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %err);
                     return fail(replies::LOCAL_ERROR, "spool rewrite failed");
                 }
-            },
-            _ => Body::Inline(clean),
-        };
+                if signing.is_some() {
+                    content = Arc::new(e.apply(&raw));
+                }
+            }
+            _ => {
+                content = Arc::new(e.apply(&raw));
+                body = Body::Inline(content.clone());
+            }
+        }
     }
     if let Some(note) = verdict_note {
         headers.insert_str(0, &note);
     }
-    if let Some(domain) = signing_domain.filter(|_| cfg.dkim.sign) {
+    if let Some(domain) = signing {
         headers.insert_str(0, &dkim_sign(shared, &id, content, domain).await);
     }
     if let Some(scored) = outbound_spam {
         // Signed already, so a release sends it as the account would have.
         let mut held = headers.into_bytes();
-        held.extend_from_slice(&raw);
+        held.extend_from_slice(&kept(&edit));
         let account = s.authenticated().map(str::to_string);
         let sender = txn.mail_from.to_string();
         let done = hold(
@@ -474,25 +546,52 @@ pub(super) async fn finish(
     Finished { reply, reason }
 }
 
-/// Content scoring ([`scoring`]), its findings added to the record's reasons.
-async fn score(
+/// Content scoring of submitted mail ([`scoring`]), off the async workers: the scanned part
+/// is parsed, its MIME depth checked, and the findings added to the record's reasons.
+async fn score_submitted(
     shared: &Shared,
-    raw: &[u8],
-    dmarc_policy: bool,
+    raw: &Arc<Vec<u8>>,
     reasons: &mut Vec<records::Reason>,
-) -> scoring::Scored {
-    let cfg = &shared.config;
-    let scored = scoring::score(
-        &shared.dns,
-        &cfg.scoring,
-        &shared.classifier.get(),
-        raw,
-        unix_now(),
-        &cfg.hostname,
-        dmarc_policy,
-        cfg.dns.timeout.get(),
-    )
-    .await;
+) -> Result<scoring::Scored, shape::Refusal> {
+    let (dns, cfg, model, raw) = (
+        shared.dns.clone(),
+        shared.config.clone(),
+        shared.classifier.get(),
+        raw.clone(),
+    );
+    let scored = crate::heavy::offload(move || async move {
+        let l = &cfg.limits;
+        let parsed = {
+            let _cpu = crate::heavy::cpu().await;
+            Parsed::new(&raw, l.max_scan_bytes.0 as usize, l.max_link_hosts)
+        };
+        if let Some(msg) = &parsed.msg {
+            shape::check_mime(l, msg)?;
+        }
+        let now = unix_now();
+        let timeout = cfg.dns.timeout.get();
+        Ok(scoring::score(
+            &dns,
+            &cfg.scoring,
+            &model,
+            &parsed,
+            now,
+            &cfg.hostname,
+            false,
+            timeout,
+        )
+        .await)
+    })
+    .await
+    .unwrap_or_else(|panic| {
+        tracing::error!(event = "scoring_failed", error = %panic);
+        // Scoring is advisory for submitted mail: a bug in it must not stop the user's mail.
+        Ok(scoring::Scored {
+            findings: Vec::new(),
+            score: 0.0,
+            level: Level::Clean,
+        })
+    })?;
     for f in &scored.findings {
         reasons.push(records::Reason::coded(
             f.code,
@@ -501,7 +600,7 @@ async fn score(
             false,
         ));
     }
-    scored
+    Ok(scored)
 }
 
 /// Keep a message in quarantine instead of queueing it; the client still gets its `250`.
@@ -596,9 +695,12 @@ async fn dkim_sign(shared: &Shared, id: &str, content: Arc<Vec<u8>>, domain: Str
     out
 }
 
-async fn rewrite(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+/// Write a spooled message again with a new header section; the body comes from the copy
+/// already in memory.
+async fn rewrite(path: &std::path::Path, head: &[u8], rest: &[u8]) -> std::io::Result<()> {
     let mut f = tokio::fs::File::create(path).await?;
-    f.write_all(content).await?;
+    f.write_all(head).await?;
+    f.write_all(rest).await?;
     f.flush().await
 }
 

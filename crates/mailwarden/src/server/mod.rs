@@ -83,6 +83,8 @@ pub struct Shared {
     pub limiter: Arc<ConnLimiter>,
     /// `limits.min_free_space` on the filesystem of `data_dir`.
     pub free_space: freespace::FreeSpace,
+    /// `limits.message_memory`: messages being checked in memory, over all sessions.
+    pub memory: crate::heavy::Memory,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -192,6 +194,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.smtp.max_connections,
             config.smtp.max_connections_per_ip,
         ),
+        memory: crate::heavy::Memory::new(config.limits.message_memory.0),
         free_space: freespace::FreeSpace::new(
             config.data_dir.clone(),
             config.limits.min_free_space.0,

@@ -1,0 +1,118 @@
+//! CPU-heavy and memory-heavy work at the end of DATA, kept off the async workers and
+//! bounded, so one sender's large or hostile message never delays other sessions' replies:
+//!
+//! - [`offload`] runs a message's checks on the blocking pool (its DNS waits included: the
+//!   future is driven there with the runtime's handle), never on a worker thread;
+//! - [`cpu`] is a slot for CPU-heavy code (parsing, body hashes, scoring), one fewer than the
+//!   machine's cores, so the workers always keep a core to answer other clients;
+//! - [`Memory`] is the `limits.message_memory` budget: a message checked in memory holds its
+//!   share until its verdict.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+
+fn cpu_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Semaphore::new(cores.saturating_sub(1).max(1))
+    })
+}
+
+/// Wait for a CPU slot; hold it only around CPU-bound code, never across a DNS wait.
+pub async fn cpu() -> SemaphorePermit<'static> {
+    cpu_slots()
+        .acquire()
+        .await
+        .expect("the CPU semaphore is never closed")
+}
+
+/// Run `work` on the blocking pool. A panic inside comes back as an `Err` with its message.
+pub async fn offload<F, Fut, T>(work: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(work()))
+        .await
+        .map_err(|e| match e.try_into_panic() {
+            Ok(p) => p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into()),
+            Err(e) => e.to_string(),
+        })
+}
+
+/// `limits.message_memory`, counted in KiB.
+pub struct Memory {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+/// How long a message waits for memory before its sender is told to come back.
+const MEMORY_WAIT: Duration = Duration::from_secs(300);
+
+impl Memory {
+    pub fn new(bytes: u64) -> Memory {
+        let total_kib = (bytes / 1024).clamp(1, u32::MAX as u64 / 2) as u32;
+        Memory {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Reserve `bytes` (at most the whole budget, so any one message fits); `None` after
+    /// waiting [`MEMORY_WAIT`].
+    pub async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = (bytes / 1024 + 1).min(self.total_kib as u64) as u32;
+        tokio::time::timeout(MEMORY_WAIT, self.kib.clone().acquire_many_owned(kib))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// KiB not reserved now.
+    pub fn available_kib(&self) -> usize {
+        self.kib.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offload_runs_async_work_off_the_workers_and_reports_panics() {
+        let v = offload(|| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            7
+        })
+        .await;
+        assert_eq!(v, Ok(7));
+        let p: Result<(), String> = offload(|| async { panic!("boom") }).await;
+        assert_eq!(p.unwrap_err(), "boom");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_is_reserved_and_given_back_and_a_big_message_still_fits() {
+        let m = Memory::new(1024 * 1024);
+        let a = m.reserve(600 * 1024).await.unwrap();
+        assert!(m.available_kib() < 1024 - 600);
+        // Bigger than the whole budget: takes all of it once the rest is free.
+        let waiting = tokio::spawn({
+            let kib = m.kib.clone();
+            async move { kib.acquire_many_owned(1024).await.map(|_| ()) }
+        });
+        drop(a);
+        waiting.await.unwrap().unwrap();
+        let all = m.reserve(10 * 1024 * 1024).await.unwrap();
+        assert_eq!(m.available_kib(), 0);
+        drop(all);
+        assert_eq!(m.available_kib(), 1024);
+    }
+}
