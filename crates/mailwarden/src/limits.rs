@@ -172,8 +172,8 @@ impl Counters {
         self.clock.now_ms()
     }
 
-    /// Count `n` events now.
-    pub fn add(&self, key: Key, metric: Metric, n: usize) {
+    /// Count `n` events now; returns the time they were counted at.
+    pub fn add(&self, key: Key, metric: Metric, n: usize) -> i64 {
         let now = self.now_ms();
         self.maybe_sweep(now);
         let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
@@ -182,6 +182,17 @@ impl Counters {
             q.pop_front();
         }
         q.extend(std::iter::repeat_n(now, n));
+        now
+    }
+
+    /// Take back one event counted at `at` (a reservation that came to nothing).
+    pub fn remove(&self, key: &Key, metric: Metric, at: i64) {
+        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = ev.get_mut(&(key.clone(), metric))
+            && let Some(i) = q.iter().rposition(|t| *t == at)
+        {
+            q.remove(i);
+        }
     }
 
     /// Events in the last `window_ms`.
@@ -207,6 +218,23 @@ impl Counters {
         set.retain(|_, t| now - *t <= self.horizon_ms);
         set.insert(value.to_string(), now);
         set.values().filter(|t| now - **t <= window_ms).count()
+    }
+
+    /// Was `value` seen in the last `window_ms`?
+    pub fn seen(&self, key: &Key, metric: Metric, value: &str, window_ms: i64) -> bool {
+        let now = self.now_ms();
+        let d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
+        d.get(&(key.clone(), metric))
+            .and_then(|set| set.get(value))
+            .is_some_and(|t| now - *t <= window_ms)
+    }
+
+    /// Forget a value (a reservation that came to nothing).
+    pub fn remove_distinct(&self, key: &Key, metric: Metric, value: &str) {
+        let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = d.get_mut(&(key.clone(), metric)) {
+            set.remove(value);
+        }
     }
 
     /// Distinct values seen in the last `window_ms`.
@@ -266,6 +294,16 @@ impl Blocks {
 pub struct Known(Mutex<HashMap<String, HashSet<String>>>);
 
 impl Known {
+    /// How many of `rcpts` the account never wrote to.
+    pub fn count_new(&self, account: &str, rcpts: &[String]) -> usize {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let set = m.get(account);
+        rcpts
+            .iter()
+            .filter(|r| !set.is_some_and(|s| s.contains(&r.to_ascii_lowercase())))
+            .count()
+    }
+
     /// Remember the recipients; return how many were new.
     pub fn learn(&self, account: &str, rcpts: &[String]) -> usize {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -17,6 +17,10 @@ const THROTTLE_RECORD_SECS: i64 = 60;
 
 pub struct Containment {
     pub detector: Detector,
+    /// Accounts being suspended now: suspended for every check in this process at once,
+    /// before the store has it, so parallel sessions of a blast are stopped at their next
+    /// check, not after the write.
+    suspending: Mutex<std::collections::HashSet<String>>,
     config: Arc<Config>,
     store: Store,
     queue: Arc<Queue>,
@@ -34,6 +38,7 @@ impl Containment {
     ) -> Containment {
         Containment {
             detector: Detector::new(&config.containment, clock),
+            suspending: Mutex::new(Default::default()),
             config,
             store,
             queue,
@@ -44,6 +49,12 @@ impl Containment {
 
     /// Suspend `account` for `t`; `context` names the session or message that showed it.
     pub async fn suspend(&self, account: &str, t: Trigger, context: &str) {
+        lock(&self.suspending).insert(account.to_string());
+        self.suspend_stored(account, t, context).await;
+        lock(&self.suspending).remove(account);
+    }
+
+    async fn suspend_stored(&self, account: &str, t: Trigger, context: &str) {
         let store = self.store.clone();
         let (a, reason, evidence) = (account.to_string(), t.reason, t.evidence.clone());
         // Once is enough: outbound replies can still arrive for mail sent before.
@@ -71,15 +82,20 @@ impl Containment {
         self.notify_postmaster(account, &t, held).await;
     }
 
+    /// Is `account` suspended now? (The store is the truth: the CLI suspends and resumes.)
+    pub fn is_suspended(&self, account: &str) -> Result<bool, crate::store::StoreError> {
+        if lock(&self.suspending).contains(account) {
+            return Ok(true);
+        }
+        super::is_suspended(&self.store, account)
+    }
+
     /// A limit refused `account` a message: record it as throttled (at most once a minute).
     pub async fn throttled(&self, account: &str, l: &Limited) {
         metrics::counter!("mailwarden_rate_limited_total").increment(1);
         let now = unix_now();
         {
-            let mut m = self
-                .throttle_recorded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut m = lock(&self.throttle_recorded);
             m.retain(|_, t| now - *t < THROTTLE_RECORD_SECS);
             if m.contains_key(account) {
                 return;
@@ -141,4 +157,8 @@ impl Containment {
             tracing::error!(event = "postmaster_notice_failed", account, error = %e);
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -27,6 +27,24 @@ pub struct Limited {
     pub reason: String,
 }
 
+/// What an open transaction holds against its account's limits: the message it counts
+/// for and the recipients it added to the day's. Counted when reserved, so sessions in
+/// parallel cannot all pass a check that each alone would pass; given back with
+/// [`Detector::release`] if no message comes of it.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    account: String,
+    domain: Option<String>,
+    /// When the message was counted.
+    at: i64,
+    /// Recipients this transaction added to the day's distinct recipients.
+    rcpts: Vec<String>,
+    /// When [`Detector::admit`] counted the message's new recipients, and how many.
+    new_at: Option<(i64, usize)>,
+    /// The message was accepted: nothing goes back.
+    pub committed: bool,
+}
+
 /// What a failed AUTH led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthFailure {
@@ -67,6 +85,8 @@ impl Baseline {
 pub struct Detector {
     cfg: Cfg,
     counters: Counters,
+    /// Makes "check the limit, then count" one step for concurrent transactions.
+    reserving: Mutex<()>,
     blocks: Blocks,
     known: Known,
     baselines: Mutex<HashMap<String, Baseline>>,
@@ -77,6 +97,7 @@ impl Detector {
         Detector {
             cfg: cfg.clone(),
             counters: Counters::new(clock.clone(), DAY),
+            reserving: Mutex::new(()),
             blocks: Blocks::new(clock),
             known: Known::default(),
             baselines: Mutex::new(HashMap::new()),
@@ -112,10 +133,16 @@ impl Detector {
         (e.average, e.active_hours)
     }
 
-    /// Before a new message (at MAIL FROM): is the account within its limits?
-    pub fn check_limits(&self, account: &str) -> Result<(), Limited> {
+    /// A new message from `account` (at MAIL FROM), with the envelope sender's `domain`:
+    /// within the hourly limits, it is counted at once and the reservation returned.
+    pub fn reserve_message(
+        &self,
+        account: &str,
+        domain: Option<&str>,
+    ) -> Result<Reservation, Limited> {
+        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
         let key = Key::Account(account.to_string());
-        let (per_hour, per_day, _) = self.limits(account);
+        let (per_hour, _, _) = self.limits(account);
         let sent = self.counters.count(&key, Metric::Messages, HOUR);
         if sent >= per_hour {
             return Err(Limited {
@@ -124,15 +151,76 @@ impl Detector {
                 ),
             });
         }
-        let rcpts = self.counters.distinct(&key, Metric::Recipients, DAY);
-        if rcpts >= per_day {
+        let domain = domain.map(str::to_ascii_lowercase);
+        if let Some(d) = &domain {
+            let max = self.cfg.max_messages_per_hour_per_domain;
+            let n = self
+                .counters
+                .count(&Key::SenderDomain(d.clone()), Metric::Messages, HOUR);
+            if n >= max {
+                return Err(Limited {
+                    reason: format!("{n} messages from {d} in the last hour (limit {max})"),
+                });
+            }
+            self.counters
+                .add(Key::SenderDomain(d.clone()), Metric::Messages, 1);
+        }
+        let at = self.counters.add(key, Metric::Messages, 1);
+        Ok(Reservation {
+            account: account.to_string(),
+            domain,
+            at,
+            rcpts: Vec::new(),
+            new_at: None,
+            committed: false,
+        })
+    }
+
+    /// A recipient for the reserved message (at RCPT TO): within the day's distinct
+    /// recipients, it is counted at once. A recipient already written to today is free.
+    pub fn reserve_rcpt(&self, r: &mut Reservation, rcpt: &str) -> Result<(), Limited> {
+        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        let key = Key::Account(r.account.clone());
+        let rcpt = rcpt.to_ascii_lowercase();
+        if self.counters.seen(&key, Metric::Recipients, &rcpt, DAY) {
+            return Ok(());
+        }
+        let (_, per_day, _) = self.limits(&r.account);
+        let n = self.counters.distinct(&key, Metric::Recipients, DAY);
+        if n >= per_day {
             return Err(Limited {
                 reason: format!(
-                    "{account} wrote to {rcpts} recipients in the last day (limit {per_day})"
+                    "{} wrote to {n} recipients in the last day (limit {per_day})",
+                    r.account
                 ),
             });
         }
+        self.counters
+            .add_distinct(key, Metric::Recipients, &rcpt, DAY);
+        r.rcpts.push(rcpt);
         Ok(())
+    }
+
+    /// Give back what a transaction that ended without a message reserved.
+    pub fn release(&self, r: Reservation) {
+        if r.committed {
+            return;
+        }
+        let key = Key::Account(r.account.clone());
+        self.counters.remove(&key, Metric::Messages, r.at);
+        if let Some(d) = &r.domain {
+            self.counters
+                .remove(&Key::SenderDomain(d.clone()), Metric::Messages, r.at);
+        }
+        for rcpt in &r.rcpts {
+            self.counters
+                .remove_distinct(&key, Metric::Recipients, rcpt);
+        }
+        if let Some((at, n)) = r.new_at {
+            for _ in 0..n {
+                self.counters.remove(&key, Metric::NewRecipients, at);
+            }
+        }
     }
 
     /// A message from `account` scored as spam and was held. One may be a false positive; a
@@ -167,52 +255,22 @@ impl Detector {
         Ok(())
     }
 
-    /// Before a new message from the envelope sender `domain` (at MAIL FROM).
-    pub fn check_domain(&self, domain: &str) -> Result<(), Limited> {
-        let key = Key::SenderDomain(domain.to_ascii_lowercase());
-        let max = self.cfg.max_messages_per_hour_per_domain;
-        let n = self.counters.count(&key, Metric::Messages, HOUR);
-        if n >= max {
-            return Err(Limited {
-                reason: format!("{n} messages from {domain} in the last hour (limit {max})"),
-            });
-        }
-        Ok(())
-    }
-
-    /// A message accepted with the envelope sender `domain`.
-    pub fn domain_message(&self, domain: &str) {
-        self.counters.add(
-            Key::SenderDomain(domain.to_ascii_lowercase()),
-            Metric::Messages,
-            1,
-        );
-    }
-
-    /// A message accepted from `account` for `rcpts`. Returns a trigger if this is a blast.
-    pub fn message(&self, account: &str, rcpts: &[String]) -> Option<Trigger> {
-        let key = Key::Account(account.to_string());
-        let (usual, known_hours) = self.baseline(account);
-        {
-            let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
-            b.entry(account.to_string()).or_default().in_hour += 1;
-        }
-        self.counters.add(key.clone(), Metric::Messages, 1);
-        for r in rcpts {
-            self.counters.add_distinct(
-                key.clone(),
-                Metric::Recipients,
-                &r.to_ascii_lowercase(),
-                DAY,
-            );
-        }
-        let new = self.known.learn(account, rcpts);
+    /// May the reserved message, for `rcpts`, be accepted? Asked at the end of DATA: the
+    /// message that would complete a blast is refused, not accepted and then held. Under the
+    /// same lock as the reservations, and counting what it admits (messages were counted at
+    /// MAIL, new recipients are counted here), so sessions ending in parallel cannot all
+    /// pass together.
+    pub fn admit(&self, r: &mut Reservation, rcpts: &[String]) -> Result<(), Trigger> {
+        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        let account = r.account.clone();
+        let key = Key::Account(account.clone());
+        let (usual, known_hours) = self.baseline(&account);
         let f = self.cfg.burst_factor;
         let per_minute = self.counters.count(&key, Metric::Messages, MINUTE);
-        let (_, _, burst) = self.limits(account);
+        let (_, _, burst) = self.limits(&account);
         let minute_limit = (burst as f64).max(f * usual / 60.0);
         if per_minute as f64 > minute_limit {
-            return Some(Trigger {
+            return Err(Trigger {
                 reason: "message burst",
                 evidence: format!(
                     "{per_minute} messages in the last minute; limit {minute_limit:.0} (usual {usual:.0} per hour)"
@@ -223,27 +281,41 @@ impl Detector {
         let hour_limit = (self.cfg.burst_per_hour_floor as f64).max(f * usual);
         // Without a few active hours there is no usual volume to be far above.
         if known_hours >= MIN_BASELINE_HOURS && per_hour as f64 > hour_limit {
-            return Some(Trigger {
+            return Err(Trigger {
                 reason: "hourly volume far above the usual",
                 evidence: format!(
                     "{per_hour} messages in the last hour; limit {hour_limit:.0} (usual {usual:.0} per hour)"
                 ),
             });
         }
-        self.new_recipients(account, new)
+        let new = self.known.count_new(&account, rcpts);
+        let n = self.counters.count(&key, Metric::NewRecipients, HOUR) + new;
+        if n > self.cfg.new_recipients_per_hour {
+            return Err(Trigger {
+                reason: "many new recipients",
+                evidence: format!(
+                    "{n} recipients never written to before, in the last hour (limit {})",
+                    self.cfg.new_recipients_per_hour
+                ),
+            });
+        }
+        if new > 0 {
+            r.new_at = Some((self.counters.add(key, Metric::NewRecipients, new), new));
+        }
+        Ok(())
     }
 
-    fn new_recipients(&self, account: &str, new: usize) -> Option<Trigger> {
-        let key = Key::Account(account.to_string());
-        self.counters.add(key.clone(), Metric::NewRecipients, new);
-        let n = self.counters.count(&key, Metric::NewRecipients, HOUR);
-        (n > self.cfg.new_recipients_per_hour).then(|| Trigger {
-            reason: "many new recipients",
-            evidence: format!(
-                "{n} recipients never written to before, in the last hour (limit {})",
-                self.cfg.new_recipients_per_hour
-            ),
-        })
+    /// The admitted message was accepted, for `rcpts`: it is the account's for good, and its
+    /// recipients are its correspondents now.
+    pub fn accepted(&self, r: &mut Reservation, rcpts: &[String]) {
+        r.committed = true;
+        let account = r.account.as_str();
+        self.baseline(account);
+        {
+            let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+            b.entry(account.to_string()).or_default().in_hour += 1;
+        }
+        self.known.learn(account, rcpts);
     }
 
     /// A RCPT from `account` to a local address that does not exist.
@@ -350,22 +422,45 @@ mod tests {
         (clock, d)
     }
 
+    /// One message from `account` to `rcpts` as a session sends it: reserved, then accepted
+    /// unless it completes a blast (then the trigger, and the message is not accepted).
+    fn send(d: &Detector, account: &str, rcpts: &[String]) -> Result<Option<Trigger>, Limited> {
+        let domain = account.rsplit_once('@').map(|(_, d)| d);
+        let mut r = d.reserve_message(account, domain)?;
+        for to in rcpts {
+            if let Err(l) = d.reserve_rcpt(&mut r, to) {
+                d.release(r);
+                return Err(l);
+            }
+        }
+        if let Err(t) = d.admit(&mut r, rcpts) {
+            d.release(r);
+            return Ok(Some(t));
+        }
+        d.accepted(&mut r, rcpts);
+        Ok(None)
+    }
+
+    fn one(to: &str) -> Vec<String> {
+        vec![to.to_string()]
+    }
+
     #[test]
     fn a_blast_is_stopped_within_twenty_messages() {
         let (clock, d) = detector();
         let mut accepted = 0;
         for i in 0..10_000 {
-            if d.check_limits("victim@x.test").is_err() {
+            let Ok(t) = send(&d, "victim@x.test", &one(&format!("r{i}@random{i}.test"))) else {
                 break;
-            }
-            accepted += 1;
-            if let Some(t) = d.message("victim@x.test", &[format!("r{i}@random{i}.test")]) {
+            };
+            if let Some(t) = t {
                 assert_eq!(t.reason, "message burst");
                 break;
             }
+            accepted += 1;
             clock.advance(50);
         }
-        assert!(accepted <= 20, "{accepted} accepted before the trigger");
+        assert!(accepted <= 15, "{accepted} accepted before the trigger");
         assert!(accepted > 10, "not before the configured burst: {accepted}");
     }
 
@@ -378,24 +473,19 @@ mod tests {
         // day one message to 40 colleagues.
         for hour in 0..(7 * 24) {
             for m in 0..150 {
-                assert!(
-                    d.check_limits("heavy@uni.test").is_ok(),
-                    "throttled in hour {hour}"
-                );
                 let to = format!("person{}@elsewhere.test", (n * 7919) % 200);
                 n += 1;
                 assert_eq!(
-                    d.message("heavy@uni.test", &[to]),
-                    None,
+                    send(&d, "heavy@uni.test", &[to]),
+                    Ok(None),
                     "hour {hour}, message {m}"
                 );
                 clock.advance(HOUR / 150);
             }
             if hour % 24 == 9 {
-                assert!(d.check_limits("heavy@uni.test").is_ok());
                 assert_eq!(
-                    d.message("heavy@uni.test", &colleagues),
-                    None,
+                    send(&d, "heavy@uni.test", &colleagues),
+                    Ok(None),
                     "daily message, hour {hour}"
                 );
             }
@@ -407,14 +497,16 @@ mod tests {
     fn the_hourly_limit_throttles_and_lifts() {
         let (clock, d) = detector();
         for i in 0..200 {
-            assert!(d.check_limits("a@x.test").is_ok(), "message {i}");
-            d.message("a@x.test", &["b@y.test".to_string()]);
+            assert!(
+                send(&d, "a@x.test", &one("b@y.test")).is_ok(),
+                "message {i}"
+            );
             clock.advance(10_000);
         }
-        let e = d.check_limits("a@x.test").unwrap_err();
+        let e = send(&d, "a@x.test", &one("b@y.test")).unwrap_err();
         assert!(e.reason.contains("200 messages"), "{}", e.reason);
         clock.advance(HOUR);
-        assert!(d.check_limits("a@x.test").is_ok());
+        assert!(send(&d, "a@x.test", &one("b@y.test")).is_ok());
     }
 
     #[test]
@@ -425,13 +517,13 @@ mod tests {
         let d = Detector::new(&cfg, Arc::new(clock.clone()));
         // A day at 100 an hour sets the usual volume...
         for _ in 0..24 * 100 {
-            assert_eq!(d.message("a@x.test", &["b@y.test".to_string()]), None);
+            assert_eq!(send(&d, "a@x.test", &one("b@y.test")), Ok(None));
             clock.advance(HOUR / 100);
         }
         // ...then 12 a minute, under the minute trigger, adds up to more than 4x in the hour.
         let mut t = None;
         for _ in 0..60 * 12 {
-            t = t.or(d.message("a@x.test", &["b@y.test".to_string()]));
+            t = t.or(send(&d, "a@x.test", &one("b@y.test")).unwrap());
             clock.advance(MINUTE / 12);
         }
         let t = t.expect("triggered");
@@ -450,7 +542,7 @@ mod tests {
         // Ten new addresses a message, three messages a minute: no burst, but 300+ strangers.
         for i in 0..40 {
             let rcpts: Vec<String> = (0..10).map(|j| format!("s{i}-{j}@far.test")).collect();
-            t = t.or(d.message("a@x.test", &rcpts));
+            t = t.or(send(&d, "a@x.test", &rcpts).unwrap());
             clock.advance(20_000);
         }
         assert_eq!(t.expect("triggered").reason, "many new recipients");
@@ -467,16 +559,81 @@ mod tests {
         let clock = ManualClock::at(1_700_000_000_000);
         let d = Detector::new(&cfg, Arc::new(clock.clone()));
         for i in 0..500 {
-            assert!(d.check_limits("list@x.test").is_ok(), "message {i}");
-            assert_eq!(d.message("list@x.test", &["m@y.test".to_string()]), None);
+            assert_eq!(
+                send(&d, "list@x.test", &one("m@y.test")),
+                Ok(None),
+                "message {i}"
+            );
             clock.advance(1_000);
         }
         for _ in 0..5 {
-            assert!(d.check_limits("bob@staff.test").is_ok());
-            d.message("bob@staff.test", &["m@y.test".to_string()]);
+            assert!(send(&d, "bob@staff.test", &one("m@y.test")).is_ok());
         }
-        assert!(d.check_limits("bob@staff.test").is_err());
+        assert!(send(&d, "bob@staff.test", &one("m@y.test")).is_err());
         assert_eq!(d.limits("other@x.test").0, 200, "the defaults elsewhere");
+    }
+
+    #[test]
+    fn recipients_are_reserved_at_rcpt_so_parallel_sessions_cannot_outrun_the_day() {
+        let (_clock, d) = detector();
+        let d = Arc::new(d);
+        let per_day = Cfg::default().max_recipients_per_day;
+        let mut first = d.reserve_message("victim@x.test", None).unwrap();
+        d.reserve_rcpt(&mut first, "first@far.test").unwrap();
+        first.committed = true;
+        // 50 sessions of one stolen account, 100 RCPTs each, all at once.
+        let accepted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..50)
+                .map(|t| {
+                    let d = d.clone();
+                    s.spawn(move || {
+                        let Ok(mut r) = d.reserve_message("victim@x.test", Some("x.test")) else {
+                            return 0;
+                        };
+                        let ok = (0..100)
+                            .filter(|i| {
+                                d.reserve_rcpt(&mut r, &format!("r{t}-{i}@far.test"))
+                                    .is_ok()
+                            })
+                            .count();
+                        r.committed = true;
+                        ok
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(accepted + 1, per_day);
+        // One already written to today stays free; a new one does not.
+        let mut r = d.reserve_message("victim@x.test", None).unwrap();
+        assert!(d.reserve_rcpt(&mut r, "FIRST@far.test").is_ok());
+        assert!(d.reserve_rcpt(&mut r, "new@far.test").is_err());
+    }
+
+    #[test]
+    fn a_transaction_without_a_message_gives_its_reservation_back() {
+        let mut cfg = Cfg::default();
+        cfg.max_messages_per_hour = 1;
+        cfg.max_recipients_per_day = 2;
+        let d = Detector::new(&cfg, Arc::new(ManualClock::at(1_700_000_000_000)));
+        let mut r = d.reserve_message("a@x.test", Some("x.test")).unwrap();
+        d.reserve_rcpt(&mut r, "b@y.test").unwrap();
+        d.reserve_rcpt(&mut r, "c@y.test").unwrap();
+        assert!(
+            d.reserve_message("a@x.test", None).is_err(),
+            "the hour is full"
+        );
+        d.release(r);
+        let mut r = d.reserve_message("a@x.test", None).unwrap();
+        d.reserve_rcpt(&mut r, "d@y.test").unwrap();
+        d.reserve_rcpt(&mut r, "e@y.test").unwrap();
+        assert_eq!(d.admit(&mut r, &[]), Ok(()));
+        d.accepted(&mut r, &[]);
+        d.release(r);
+        assert!(
+            d.reserve_message("a@x.test", None).is_err(),
+            "a sent message stays"
+        );
     }
 
     #[test]
@@ -571,11 +728,21 @@ mod tests {
         clock.advance(MINUTE + 1);
         assert!(d.connection(ip).is_ok());
 
-        for _ in 0..2 {
-            assert!(d.check_domain("Uni.test").is_ok());
-            d.domain_message("uni.test");
+        for i in 0..2 {
+            let r = d.reserve_message(&format!("u{i}@uni.test"), Some("Uni.test"));
+            d.accepted(&mut r.unwrap(), &[]);
         }
-        assert!(d.check_domain("uni.test").is_err());
-        assert!(d.check_domain("other.test").is_ok());
+        let e = d
+            .reserve_message("u9@uni.test", Some("uni.test"))
+            .unwrap_err();
+        assert!(
+            e.reason.contains("2 messages from uni.test"),
+            "{}",
+            e.reason
+        );
+        assert!(
+            d.reserve_message("u9@other.test", Some("other.test"))
+                .is_ok()
+        );
     }
 }

@@ -11,7 +11,7 @@ pub mod act;
 pub mod detector;
 
 pub use act::Containment;
-pub use detector::{Detector, Limited, Trigger};
+pub use detector::{Detector, Limited, Reservation, Trigger};
 
 use crate::store::{Store, StoreError};
 use crate::util::unix_now;

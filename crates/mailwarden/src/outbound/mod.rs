@@ -316,6 +316,33 @@ impl Outbound {
     /// Send one job over `conn` and record the outcome. False if the connection failed.
     async fn deliver(&self, conn: &mut client::Conn, job: &Job) -> bool {
         let msg = &job.msg;
+        // Suspended since this message was queued: held with the account's other mail; a
+        // state that cannot be read defers it (never sends it).
+        if let Some(account) = &msg.meta.auth {
+            match self.contain.is_suspended(account) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(event = "held_suspended", qid = %msg.id, account = %account);
+                    let held = job
+                        .rcpts
+                        .iter()
+                        .map(|r| RemoteOutcome {
+                            idx: r.idx,
+                            status: Status::Held,
+                            reply: Some(format!("held: account {account} is suspended")),
+                            next_attempt: 0,
+                        })
+                        .collect();
+                    self.record(msg, held).await;
+                    return true;
+                }
+                Err(e) => {
+                    self.defer_all(job, &format!("local error reading the account state: {e}"))
+                        .await;
+                    return true;
+                }
+            }
+        }
         let body = match &msg.body {
             Body::Inline(b) => b.clone(),
             Body::Spooled(p) => match tokio::fs::read(p).await {

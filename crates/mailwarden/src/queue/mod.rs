@@ -309,6 +309,7 @@ impl Queue {
             .collect();
         let (id, created, sender, size) =
             (msg.id.clone(), msg.created, msg.sender.clone(), msg.size);
+        let auth = msg.meta.auth.clone();
         let r = self
             .store
             .write(move |c| {
@@ -325,12 +326,25 @@ impl Queue {
                     spooled,
                     meta
                 ])?;
+                // Mail an account submits after it was suspended is held, like the mail it
+                // had waiting then: in the same transaction, so no suspension slips between.
+                let suspended = match &auth {
+                    Some(a) => c
+                        .prepare_cached(
+                            "SELECT 1 FROM account_state WHERE account = ?1 AND state = 'suspended'",
+                        )?
+                        .exists([a])?,
+                    None => false,
+                };
                 let mut st = c.prepare_cached(
                     "INSERT INTO queue_rcpt(id, idx, address, route, mailbox, folder, status, updated) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?;
                 for (idx, address, route, mailbox, folder) in rows {
-                    st.execute(rusqlite::params![id, idx, address, route, mailbox, folder, created])?;
+                    let status = if suspended && route == "remote" { "held" } else { "queued" };
+                    st.execute(rusqlite::params![
+                        id, idx, address, route, mailbox, folder, status, created
+                    ])?;
                 }
                 Ok(())
             })

@@ -255,7 +255,7 @@ pub(super) struct Finished {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn finish(
     shared: &Shared,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     s: &Session,
     sink: &mut BodySink,
     mut rcpts: Vec<Recipient>,
@@ -332,6 +332,31 @@ pub(super) async fn finish(
     let mut sender_verified = false;
     let mut signing_domain = None;
     if let Some(account) = s.authenticated() {
+        // Suspended while this message was on its way (another session's blast tripped a
+        // trigger), or this very message completes a blast: it is not taken.
+        let mut refused = super::session::suspension(shared, account);
+        if refused.is_none()
+            && let Some(r) = ctx.reservation.as_mut()
+        {
+            let to: Vec<String> = rcpts.iter().map(|r| r.address.clone()).collect();
+            if let Err(t) = shared.contain.detector.admit(r, &to) {
+                let reason = format!("suspended: {}: {}", t.reason, t.evidence);
+                shared.contain.suspend(account, t, &ctx.session).await;
+                refused = Some(crate::checks::ownership::Refusal {
+                    reply: replies::ACCOUNT_SUSPENDED,
+                    reason,
+                });
+            }
+        }
+        if let Some(r) = refused {
+            notes.reasons.push(records::Reason::coded(
+                "containment.suspended",
+                r.reason.as_str(),
+                0.0,
+                true,
+            ));
+            return fail(r.reply, &r.reason);
+        }
         // Submitted by a local account: its identity is proven by AUTH, not by DNS; what it
         // may claim to be in From:/Sender: is what it owns.
         match crate::checks::ownership::header(&shared.accounts, account, &raw) {

@@ -76,6 +76,8 @@ pub(super) struct Ctx {
     pub(super) from: Option<String>,
     /// The open transaction's decision record.
     pub(super) rec: Recorder,
+    /// What the open transaction holds against its account's limits (submission).
+    pub(super) reservation: Option<crate::containment::Reservation>,
 }
 
 impl Ctx {
@@ -150,6 +152,7 @@ pub async fn run<IO>(
         qid: None,
         from: None,
         rec: Recorder::default(),
+        reservation: None,
     };
     let mut stream = Stream::Plain(io);
     let acquired = shared
@@ -205,6 +208,9 @@ pub async fn run<IO>(
         stream.shutdown().await;
     }
     body.discard();
+    if let Some(r) = ctx.reservation.take() {
+        shared.contain.detector.release(r);
+    }
     let why = records::Reason::coded("session.panic", panic, 0.0, true);
     let record = ctx.rec.abort(&reply, why, || records::Record {
         id: new_id(),
@@ -352,43 +358,41 @@ async fn serve<IO>(
                         &from.to_string(),
                     );
                 }
-                // Submission: the envelope sender must be one of the account's addresses.
+                // A transaction that never became a message gives its reservation back.
+                if let Some(r) = ctx.reservation.take() {
+                    shared.contain.detector.release(r);
+                }
+                // Submission: the envelope sender must be one of the account's addresses, and
+                // the message must fit the account's limits (counted now, not after it).
                 let owned = match s.authenticated() {
                     _ if shared.free_space.is_low() => Err(crate::checks::ownership::Refusal {
                         reply: replies::NO_STORAGE,
                         reason: "storage low".into(),
                     }),
-                    Some(account)
-                        if crate::containment::is_suspended(shared.accounts.store(), account)
-                            .unwrap_or(false) =>
-                    {
-                        Err(crate::checks::ownership::Refusal {
-                            reply: replies::ACCOUNT_SUSPENDED,
-                            reason: format!("account {account} is suspended"),
-                        })
+                    Some(account) if let Some(refused) = suspension(&shared, account) => {
+                        Err(refused)
                     }
                     Some(account) if kind != ListenerKind::Mx => {
-                        let d = &shared.contain.detector;
                         let sender = from.to_string();
-                        let limited =
-                            d.check_limits(account)
-                                .and_then(|()| match sender.rsplit_once('@') {
-                                    Some((_, domain)) => d.check_domain(domain),
-                                    None => Ok(()),
-                                });
-                        match limited {
-                            Err(l) => {
-                                shared.contain.throttled(account, &l).await;
-                                Err(crate::checks::ownership::Refusal {
-                                    reply: replies::rate_limited(&l.reason),
-                                    reason: l.reason,
-                                })
+                        match crate::checks::ownership::envelope(&shared.accounts, account, &sender)
+                        {
+                            Err(r) => Err(r),
+                            Ok(()) => {
+                                let domain = sender.rsplit_once('@').map(|(_, d)| d);
+                                match shared.contain.detector.reserve_message(account, domain) {
+                                    Ok(r) => {
+                                        ctx.reservation = Some(r);
+                                        Ok(())
+                                    }
+                                    Err(l) => {
+                                        shared.contain.throttled(account, &l).await;
+                                        Err(crate::checks::ownership::Refusal {
+                                            reply: replies::rate_limited(&l.reason),
+                                            reason: l.reason,
+                                        })
+                                    }
+                                }
                             }
-                            Ok(()) => crate::checks::ownership::envelope(
-                                &shared.accounts,
-                                account,
-                                &from.to_string(),
-                            ),
                         }
                     }
                     _ => Ok(()),
@@ -437,6 +441,18 @@ async fn serve<IO>(
                         route = Err((r.reply, r.signal.reason.as_str()));
                         screened = Some(r.signal);
                     }
+                }
+                // Each recipient counts against the account's day when it is accepted, so
+                // parallel sessions cannot all pass the limit at once.
+                if route.is_ok()
+                    && let Some(r) = ctx.reservation.as_mut()
+                    && let Err(l) = shared.contain.detector.reserve_rcpt(r, &addr)
+                {
+                    if let Some(account) = s.authenticated() {
+                        shared.contain.throttled(account, &l).await;
+                    }
+                    tracing::info!(event = "rate_limited", session = %ctx.session, rcpt = %addr, reason = %l.reason);
+                    route = Err((replies::rate_limited(&l.reason), "recipient limit reached"));
                 }
                 match route {
                     Ok(route) => {
@@ -568,6 +584,8 @@ async fn serve<IO>(
                 }
             }
             Event::StartTls { discarded } => {
+                // RFC 3207 §4.2: the transaction is forgotten, and so is its content.
+                body.discard();
                 if discarded > 0 {
                     tracing::warn!(event = "starttls_injection", session = %ctx.session, ip = %peer.ip(), discarded);
                 }
@@ -624,18 +642,8 @@ async fn serve<IO>(
                     messages += 1;
                     metrics::counter!("mailwarden_messages_accepted_total", "listener" => kind.name())
                         .increment(1);
-                    if kind != ListenerKind::Mx
-                        && let Some((_, domain)) =
-                            ctx.from.as_deref().and_then(|f| f.rsplit_once('@'))
-                    {
-                        shared.contain.detector.domain_message(domain);
-                    }
-                    if kind != ListenerKind::Mx
-                        && let Some(account) = s.authenticated().map(str::to_string)
-                        && let Some(t) = shared.contain.detector.message(&account, &rcpt_list)
-                    {
-                        // This message was accepted; the suspension holds it with the rest.
-                        shared.contain.suspend(&account, t, &ctx.session).await;
+                    if let Some(r) = ctx.reservation.as_mut() {
+                        shared.contain.detector.accepted(r, &rcpt_list);
                     }
                 } else {
                     ctx.reject(
@@ -647,6 +655,9 @@ async fn serve<IO>(
                     );
                 }
                 s.message_decision(reply);
+                if let Some(r) = ctx.reservation.take() {
+                    shared.contain.detector.release(r);
+                }
                 if let Some(r) = ctx.rec.take() {
                     record::spawn_save(&shared, r, screen.as_ref(), &early);
                 }
@@ -661,6 +672,9 @@ async fn serve<IO>(
         }
     }
     body.discard();
+    if let Some(r) = ctx.reservation.take() {
+        shared.contain.detector.release(r);
+    }
     if let Some(sc) = screen.as_mut() {
         sc.at_end(&shared, &s, &ctx.session).await;
     }
@@ -698,6 +712,28 @@ async fn flush<IO: AsyncRead + AsyncWrite + Unpin>(
     out.clear();
     *s.output() = out;
     ok
+}
+
+/// The refusal for a suspended account, if it is one. A store that cannot say answers
+/// `451 4.3.0`: a suspension is never assumed away.
+pub(super) fn suspension(
+    shared: &Shared,
+    account: &str,
+) -> Option<crate::checks::ownership::Refusal> {
+    match shared.contain.is_suspended(account) {
+        Ok(false) => None,
+        Ok(true) => Some(crate::checks::ownership::Refusal {
+            reply: replies::ACCOUNT_SUSPENDED,
+            reason: format!("account {account} is suspended"),
+        }),
+        Err(e) => {
+            tracing::error!(event = "suspension_check_failed", account, error = %e);
+            Some(crate::checks::ownership::Refusal {
+                reply: replies::LOCAL_ERROR,
+                reason: format!("cannot read the state of {account}: {e}"),
+            })
+        }
+    }
 }
 
 /// Turn the plain stream into TLS in place; on failure nothing is left of it.

@@ -5,6 +5,7 @@ mod classifier;
 mod cli;
 mod containment;
 mod crash;
+mod hostile;
 mod limits;
 mod mx;
 mod outbound;
