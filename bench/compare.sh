@@ -82,7 +82,7 @@ max_connections = 30000
 max_connections_per_ip = 20000
 CF
 cat "$ROOT/bench/limits-off.toml" >> "$W/mw/mailwarden.toml"
-echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw/mailwarden.toml" >/dev/null
+"$MW" user add bob@bench.test --generate -c "$W/mw/mailwarden.toml" >/dev/null
 
 # Start/stop scripts: compare.py restarts both servers before each scenario, so every memory
 # figure belongs to its own scenario.

@@ -30,7 +30,7 @@ nameservers = ["$DNS"]
 max_connections_per_ip = 1000
 CF
 cat bench/limits-off.toml >> "$W/mw.toml"
-echo pw | "$MW" user add bob@bench.test --password-stdin -c "$W/mw.toml" >/dev/null
+"$MW" user add bob@bench.test --generate -c "$W/mw.toml" >/dev/null
 "$MW" serve -c "$W/mw.toml" >"$W/out" 2>"$W/log" &
 PID=$!
 for _ in $(seq 300); do grep -q "^listening submissions" "$W/out" 2>/dev/null && break; sleep 0.1; done

@@ -73,6 +73,63 @@ fn alias_form(address: &str) -> Result<String, AccountError> {
     Ok(format!("{}@{}", m.local.to_lowercase(), m.domain).to_lowercase())
 }
 
+/// Why a new password is refused: too short, or too easy to guess (zxcvbn, with the
+/// address's parts and the server's name as words an attacker would try first). The text
+/// says why and what would help.
+pub fn weak_password(auth: &crate::config::Auth, address: &str, password: &str) -> Option<String> {
+    let len = password.chars().count();
+    if len < auth.min_password_length {
+        return Some(format!(
+            "the password has {len} characters; at least {} are required",
+            auth.min_password_length
+        ));
+    }
+    // The estimator's cost grows with length; past this much any password is long enough.
+    let probe: String = password.chars().take(100).collect();
+    let words: Vec<&str> = address
+        .split(['@', '.', '-', '_', '+'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let e = zxcvbn::zxcvbn(&probe, &words);
+    let score = e.score() as u32;
+    if score >= auth.min_password_strength {
+        return None;
+    }
+    let mut why = format!(
+        "the password is too easy to guess (strength {score} of 4, at least {} required)",
+        auth.min_password_strength
+    );
+    if let Some(f) = e.feedback() {
+        let advice: Vec<String> = f
+            .warning()
+            .map(|w| w.to_string())
+            .into_iter()
+            .chain(f.suggestions().iter().map(|s| s.to_string()))
+            .collect();
+        if !advice.is_empty() {
+            why = format!("{why}: {}", advice.join(" "));
+        }
+    }
+    Some(why)
+}
+
+/// A new random password: 20 characters from 62, about 119 bits.
+pub fn generate_password() -> zeroize::Zeroizing<String> {
+    use ring::rand::SecureRandom;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let rng = ring::rand::SystemRandom::new();
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(20));
+    while out.len() < 20 {
+        let mut b = [0u8; 1];
+        rng.fill(&mut b).expect("system RNG");
+        // Rejection sampling keeps every character equally likely.
+        if (b[0] as usize) < 256 - 256 % ALPHABET.len() {
+            out.push(ALPHABET[b[0] as usize % ALPHABET.len()] as char);
+        }
+    }
+    out
+}
+
 pub fn hash_password(password: &[u8]) -> Result<String, AccountError> {
     if password.is_empty() {
         return Err(AccountError::EmptyPassword);
@@ -249,6 +306,15 @@ impl Accounts {
     }
 }
 
+/// Why an AUTH attempt could not be judged (answer `454 4.7.0`; never a pass).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the password verifiers are busy")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Outcome of an AUTH attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -282,14 +348,15 @@ type VerifyJob = (
 /// A few dedicated threads run argon2. Each verification needs 19 MiB of working memory; on
 /// a fixed set of threads the allocator reuses it, so memory stays at threads × 19 MiB instead
 /// of growing with every blocking-pool thread that ever ran one. It also bounds the CPU that
-/// password guessing can take.
+/// password guessing can take, and its queue is bounded: past `auth.max_pending_verifications`
+/// an attempt is turned away at once instead of waiting behind a flood.
 struct Verifier {
-    tx: Mutex<std::sync::mpsc::Sender<VerifyJob>>,
+    tx: std::sync::mpsc::SyncSender<VerifyJob>,
 }
 
 impl Verifier {
-    fn start(threads: usize) -> Verifier {
-        let (tx, rx) = std::sync::mpsc::channel::<VerifyJob>();
+    fn start(threads: usize, pending: usize) -> Verifier {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<VerifyJob>(pending.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
@@ -306,23 +373,22 @@ impl Verifier {
                     }
                 });
         }
-        Verifier { tx: Mutex::new(tx) }
+        Verifier { tx }
     }
 
-    async fn verify(&self, hash: String, password: &[u8]) -> Result<bool, StoreError> {
+    async fn verify(&self, hash: String, password: &[u8]) -> Result<bool, AuthError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = (hash, zeroize::Zeroizing::new(password.to_vec()), tx);
-        self.tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)
+        self.tx.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => AuthError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => StoreError::Closed.into(),
+        })?;
+        rx.await.map_err(|_| StoreError::Closed.into())
     }
 }
 
 impl Authenticator {
-    pub fn new(accounts: Accounts, ttl: Duration) -> Arc<Authenticator> {
+    pub fn new(accounts: Accounts, ttl: Duration, pending: usize) -> Arc<Authenticator> {
         let rng = ring::rand::SystemRandom::new();
         let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).expect("system RNG");
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -331,13 +397,14 @@ impl Authenticator {
             key,
             cache: Mutex::new(HashMap::new()),
             ttl,
-            verifier: Verifier::start(cpus.min(4)),
+            verifier: Verifier::start(cpus.min(4), pending),
             dummy_hash: hash_password(b"mailwarden timing equaliser").expect("hash"),
         })
     }
 
-    /// Check a login. Errors are store failures (answer `454 4.7.0`), never bad passwords.
-    pub async fn verify(&self, username: &str, password: &[u8]) -> Result<Verdict, StoreError> {
+    /// Check a login. Errors (answer `454 4.7.0`) are a busy verifier or a store failure,
+    /// never bad passwords.
+    pub async fn verify(&self, username: &str, password: &[u8]) -> Result<Verdict, AuthError> {
         let addr = canonical(username).ok();
         let stored = match &addr {
             Some(a) => self.accounts.password_hash(a)?,
@@ -409,6 +476,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn weak_passwords_are_refused_with_a_reason() {
+        let auth = crate::config::Auth::default();
+        let a = "alice@example.test";
+        let short = weak_password(&auth, a, "x").unwrap();
+        assert!(short.contains("1 characters; at least 10"), "{short}");
+        let common = weak_password(&auth, a, "qwertyuiop").unwrap();
+        assert!(common.contains("top-100 common password"), "{common}");
+        let own = weak_password(&auth, a, "Example2026").unwrap();
+        assert!(own.contains("too easy to guess"), "{own}");
+        assert_eq!(
+            weak_password(&auth, a, "correct horse battery staple"),
+            None
+        );
+        let generated = generate_password();
+        assert_eq!(generated.len(), 20);
+        assert_eq!(weak_password(&auth, a, &generated), None);
+        assert_ne!(*generated, *generate_password());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_verifier_queue_turns_attempts_away_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let acc = Accounts::new(Store::open(dir.path()).unwrap());
+        let a = acc.clone();
+        tokio::task::spawn_blocking(move || a.add("alice@example.test", b"secret").unwrap())
+            .await
+            .unwrap();
+        let auth = Authenticator::new(acc, Duration::ZERO, 1);
+        let tries: Vec<_> = (0..12)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.verify("alice@example.test", b"wrong").await })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Err(AuthError::Busy) => busy += 1,
+                Ok(Verdict::Bad) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        // At most a few verifier threads and one queued: the rest never waited.
+        assert!(busy >= 12 - 5, "{busy} of 12 turned away");
+    }
+
     #[tokio::test]
     async fn add_verify_change_remove() {
         let dir = tempfile::tempdir().unwrap();
@@ -426,7 +540,7 @@ mod tests {
         .unwrap();
         assert!(acc.exists("alice@example.test").unwrap());
         assert!(acc.has_domain("example.test").unwrap());
-        let auth = Authenticator::new(acc.clone(), Duration::from_secs(60));
+        let auth = Authenticator::new(acc.clone(), Duration::from_secs(60), 64);
         assert_eq!(
             auth.verify("ALICE@example.test", b"secret").await.unwrap(),
             Verdict::Ok("alice@example.test".into())

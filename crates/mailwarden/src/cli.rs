@@ -177,12 +177,16 @@ enum QueueCmd {
 
 #[derive(Subcommand)]
 enum UserCmd {
-    /// Add an account; asks for the password unless --password-stdin.
+    /// Add an account; asks for the password unless --password-stdin or --generate. Weak
+    /// passwords are refused (auth.min_password_length, auth.min_password_strength).
     Add {
         address: String,
         /// Read the password from the first line of standard input.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "generate")]
         password_stdin: bool,
+        /// Make a strong random password and print it, once.
+        #[arg(long)]
+        generate: bool,
     },
     /// Remove an account (its mailbox stays on disk).
     Remove { address: String },
@@ -191,8 +195,11 @@ enum UserCmd {
     /// Change an account's password.
     Passwd {
         address: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "generate")]
         password_stdin: bool,
+        /// Make a strong random password and print it, once.
+        #[arg(long)]
+        generate: bool,
     },
     /// Show an account's containment state (active, throttled, suspended) and its evidence.
     Status { address: String },
@@ -469,11 +476,18 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
         UserCmd::Add {
             address,
             password_stdin,
+            generate,
         } => {
             let addr = crate::accounts::canonical(&address)?;
-            let pw = read_password(&addr, password_stdin)?;
+            let pw = new_password(&loaded.config.auth, &addr, password_stdin, generate)?;
             let added = accounts.add(&addr, pw.as_bytes())?;
             println!("added {added}");
+            if generate {
+                println!(
+                    "password: {} (shown once; it is stored only as a hash)",
+                    *pw
+                );
+            }
             let domain = added.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
             if !loaded
                 .config
@@ -490,11 +504,18 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
         UserCmd::Passwd {
             address,
             password_stdin,
+            generate,
         } => {
             let addr = crate::accounts::canonical(&address)?;
-            let pw = read_password(&addr, password_stdin)?;
+            let pw = new_password(&loaded.config.auth, &addr, password_stdin, generate)?;
             accounts.set_password(&addr, pw.as_bytes())?;
             println!("password changed for {addr}");
+            if generate {
+                println!(
+                    "password: {} (shown once; it is stored only as a hash)",
+                    *pw
+                );
+            }
             Ok(())
         }
         UserCmd::Remove { address } => {
@@ -738,6 +759,23 @@ fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
     };
     store.close();
     result
+}
+
+/// A password for `user add|passwd`: generated, or read and refused if it is weak.
+fn new_password(
+    auth: &config::Auth,
+    addr: &str,
+    from_stdin: bool,
+    generate: bool,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if generate {
+        return Ok(crate::accounts::generate_password());
+    }
+    let pw = read_password(addr, from_stdin)?;
+    if let Some(why) = crate::accounts::weak_password(auth, addr, &pw) {
+        anyhow::bail!("{why} (or use --generate)");
+    }
+    Ok(pw)
 }
 
 fn read_password(addr: &str, from_stdin: bool) -> anyhow::Result<zeroize::Zeroizing<String>> {

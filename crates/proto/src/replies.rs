@@ -79,8 +79,9 @@ replies! {
     LITERAL_REFUSED = 553 (5, 1, 3) "Address literals are not accepted here";
     /// Too many failed logins from the client's address or network.
     AUTH_BLOCKED = 454 (4, 7, 0) "Too many failed logins from your network, try again later";
-    /// RFC 4954 §6: the credentials are right, the account may not be used.
-    ACCOUNT_DISABLED = 525 (5, 7, 13) "Your account is suspended; contact your administrator";
+    /// The line of login attempts (from this network, or for the password verifiers) is
+    /// full.
+    AUTH_BUSY = 454 (4, 7, 0) "Too many login attempts waiting, try again later";
     /// Submission from an account suspended during the session.
     ACCOUNT_SUSPENDED = 550 (5, 7, 1) "Your account is suspended and cannot send; contact your administrator";
 

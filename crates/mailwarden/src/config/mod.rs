@@ -274,6 +274,17 @@ section! {
         /// that clients that log in for every message do not pay for argon2 each time. `0s`
         /// turns the cache off. A password change invalidates it at once.
         pub cache_ttl: Duration = Duration::secs(300),
+        /// Password checks waiting for a verifier thread at most. Past it, AUTH gets
+        /// `454 4.7.0` at once: a flood of guesses costs neither unbounded memory nor
+        /// everyone's login time.
+        pub max_pending_verifications: usize = 64,
+        /// The least strength `user add` and `user passwd` accept, on zxcvbn's scale: 0 is
+        /// guessed in under 10^3 tries, 1 under 10^6, 2 under 10^8, 3 under 10^10, 4 more.
+        /// Guessed and reused passwords are how accounts get hijacked.
+        pub min_password_strength: u32 = 3,
+        /// The least length, in characters, of a password `user add` and `user passwd`
+        /// accept.
+        pub min_password_length: usize = 10,
     }
 }
 

@@ -37,7 +37,7 @@ impl Containment {
         clock: Arc<dyn Clock>,
     ) -> Containment {
         Containment {
-            detector: Detector::new(&config.containment, clock),
+            detector: Detector::new(&config.containment, &config.auth, clock),
             suspending: Mutex::new(Default::default()),
             config,
             store,

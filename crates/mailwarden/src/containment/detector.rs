@@ -13,6 +13,8 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
 /// Active hours an account needs before its hourly volume counts as its usual one.
 const MIN_BASELINE_HOURS: u64 = 3;
+/// AUTH turns kept before the past ones are dropped.
+const MAX_AUTH_TURNS: usize = 10_000;
 
 /// Why an account must be suspended, with the numbers that show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +86,11 @@ impl Baseline {
 /// is given, so tests can replay a week in a moment.
 pub struct Detector {
     cfg: Cfg,
+    /// `auth.failure_delay` and `auth.max_failure_delay`, in milliseconds.
+    auth_delay_ms: (i64, i64),
+    /// When each IP, network and account may next have a password checked: failures push
+    /// it on, for every connection alike.
+    auth_turns: Mutex<HashMap<Key, i64>>,
     counters: Counters,
     /// Makes "check the limit, then count" one step for concurrent transactions.
     reserving: Mutex<()>,
@@ -93,9 +100,14 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(cfg: &Cfg, clock: Arc<dyn Clock>) -> Detector {
+    pub fn new(cfg: &Cfg, auth: &crate::config::Auth, clock: Arc<dyn Clock>) -> Detector {
         Detector {
             cfg: cfg.clone(),
+            auth_delay_ms: (
+                auth.failure_delay.get().as_millis() as i64,
+                auth.max_failure_delay.get().as_millis() as i64,
+            ),
+            auth_turns: Mutex::new(HashMap::new()),
             counters: Counters::new(clock.clone(), DAY),
             reserving: Mutex::new(()),
             blocks: Blocks::new(clock),
@@ -357,23 +369,59 @@ impl Detector {
         !self.blocks.is_blocked(ip) && !self.blocks.is_blocked(network(ip))
     }
 
-    /// A failed AUTH from `ip` that named `account`. Blocks the IP, or its whole network,
-    /// past the thresholds. The account is never locked: that would hand attackers a way to
-    /// shut its owner out; its failures only lengthen the delay before each failure's answer,
-    /// which a correct password never waits for.
+    /// How long an AUTH attempt from `ip` naming `account` (canonical) waits before its
+    /// password is checked: the turn of the IP, its network and the account, which failures
+    /// from every connection push on (see [`Detector::auth_failed`]). `None` when the IP's
+    /// or network's turn is further off than twice `auth.max_failure_delay`: answer
+    /// `454 4.7.0` at once. The account's turn never refuses (that would lock its owner
+    /// out); an attempt waits for it at most the max delay.
+    pub fn auth_turn(&self, ip: IpAddr, account: &str) -> Option<std::time::Duration> {
+        let now = self.counters.now_ms();
+        let turns = self.auth_turns.lock().unwrap_or_else(|e| e.into_inner());
+        let at = |k: &Key| turns.get(k).map_or(0, |t| t - now);
+        let line = at(&Key::Ip(ip)).max(at(&Key::Net(network(ip))));
+        let max = self.auth_delay_ms.1;
+        if line > 2 * max {
+            return None;
+        }
+        let wait = line.max(at(&Key::Account(account.to_string())).min(max));
+        Some(std::time::Duration::from_millis(wait.max(0) as u64))
+    }
+
+    /// A failed AUTH from `ip` that named `account` (canonical). Blocks the IP, or its whole
+    /// network, past the thresholds, and pushes the turns of both and of the account on by
+    /// `auth.failure_delay`, doubled for each failure of that key in the last ten minutes.
+    /// The account is never locked: that would hand attackers a way to shut its owner out.
     pub fn auth_failed(&self, ip: IpAddr, account: &str) -> AuthFailure {
         let block_ms = self.cfg.auth_block_time.get().as_millis() as i64;
         let net = network(ip);
         let keys = [
             Key::Ip(ip),
             Key::Net(net),
-            Key::Account(account.to_ascii_lowercase()),
+            Key::Account(account.to_string()),
         ];
         for k in &keys {
             self.counters.add(k.clone(), Metric::AuthFailures, 1);
         }
-        let [by_ip, by_net, by_account] =
-            keys.map(|k| self.counters.count(&k, Metric::AuthFailures, 10 * MINUTE));
+        let counts = keys
+            .clone()
+            .map(|k| self.counters.count(&k, Metric::AuthFailures, 10 * MINUTE));
+        {
+            let now = self.counters.now_ms();
+            let (base, max) = self.auth_delay_ms;
+            let mut turns = self.auth_turns.lock().unwrap_or_else(|e| e.into_inner());
+            if turns.len() > MAX_AUTH_TURNS {
+                turns.retain(|_, t| *t > now);
+            }
+            for (k, n) in keys.into_iter().zip(counts) {
+                let delay = base
+                    .saturating_mul(1 << n.saturating_sub(1).min(16))
+                    .min(max);
+                let t = turns.entry(k).or_insert(now);
+                *t = (*t).max(now) + delay;
+            }
+        }
+        let [by_ip, by_net, by_account] = counts;
         let blocked = if by_net >= self.cfg.auth_failures_per_network {
             self.blocks.block(net, block_ms);
             Some(net)
@@ -414,11 +462,12 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Auth;
     use crate::limits::ManualClock;
 
     fn detector() -> (ManualClock, Detector) {
         let clock = ManualClock::at(1_700_000_000_000);
-        let d = Detector::new(&Cfg::default(), Arc::new(clock.clone()));
+        let d = Detector::new(&Cfg::default(), &Auth::default(), Arc::new(clock.clone()));
         (clock, d)
     }
 
@@ -514,7 +563,7 @@ mod tests {
         let mut cfg = Cfg::default();
         cfg.max_messages_per_hour = 100_000;
         let clock = ManualClock::at(1_700_000_000_000);
-        let d = Detector::new(&cfg, Arc::new(clock.clone()));
+        let d = Detector::new(&cfg, &Auth::default(), Arc::new(clock.clone()));
         // A day at 100 an hour sets the usual volume...
         for _ in 0..24 * 100 {
             assert_eq!(send(&d, "a@x.test", &one("b@y.test")), Ok(None));
@@ -557,7 +606,7 @@ mod tests {
         )
         .unwrap();
         let clock = ManualClock::at(1_700_000_000_000);
-        let d = Detector::new(&cfg, Arc::new(clock.clone()));
+        let d = Detector::new(&cfg, &Auth::default(), Arc::new(clock.clone()));
         for i in 0..500 {
             assert_eq!(
                 send(&d, "list@x.test", &one("m@y.test")),
@@ -615,7 +664,11 @@ mod tests {
         let mut cfg = Cfg::default();
         cfg.max_messages_per_hour = 1;
         cfg.max_recipients_per_day = 2;
-        let d = Detector::new(&cfg, Arc::new(ManualClock::at(1_700_000_000_000)));
+        let d = Detector::new(
+            &cfg,
+            &Auth::default(),
+            Arc::new(ManualClock::at(1_700_000_000_000)),
+        );
         let mut r = d.reserve_message("a@x.test", Some("x.test")).unwrap();
         d.reserve_rcpt(&mut r, "b@y.test").unwrap();
         d.reserve_rcpt(&mut r, "c@y.test").unwrap();
@@ -662,9 +715,11 @@ mod tests {
         for i in 1..=50u8 {
             let ip = IpAddr::from([127, 0, 5, i]);
             assert!(d.auth_allowed(ip) || blocked.is_some());
-            if let Some(b) = d.auth_failed(ip, "owner@x.test").blocked {
+            if let Some(b) = fail(&d, ip, "owner@x.test").blocked {
                 blocked = Some(b);
             }
+            // Each guess waits its turn in the network's line.
+            clock.advance(9_000);
         }
         assert_eq!(blocked, Some(IpAddr::from([127, 0, 5, 0])));
         assert!(!d.auth_allowed(IpAddr::from([127, 0, 5, 200])));
@@ -680,23 +735,50 @@ mod tests {
     fn failures_lengthen_delays_per_ip_and_per_account() {
         let (_clock, d) = detector();
         let ip = IpAddr::from([127, 0, 6, 1]);
-        let recent: Vec<usize> = (0..3)
-            .map(|_| d.auth_failed(ip, "a@x.test").recent)
-            .collect();
+        let recent: Vec<usize> = (0..3).map(|_| fail(&d, ip, "a@x.test").recent).collect();
         assert_eq!(recent, [1, 2, 3]);
         // A new IP guessing the same account still meets the account's failures...
-        assert_eq!(
-            d.auth_failed(IpAddr::from([127, 0, 7, 1]), "A@x.test")
-                .recent,
-            4
-        );
+        assert_eq!(fail(&d, IpAddr::from([127, 0, 7, 1]), "a@x.test").recent, 4);
         // ...and an IP with failures meets its own, whatever account it names.
-        assert_eq!(d.auth_failed(ip, "b@x.test").recent, 4);
-        assert_eq!(
-            d.auth_failed(IpAddr::from([127, 0, 8, 1]), "c@x.test")
-                .recent,
-            1
-        );
+        assert_eq!(fail(&d, ip, "b@x.test").recent, 4);
+        assert_eq!(fail(&d, IpAddr::from([127, 0, 8, 1]), "c@x.test").recent, 1);
+    }
+
+    fn fail(d: &Detector, ip: IpAddr, account: &str) -> AuthFailure {
+        d.auth_failed(ip, account)
+    }
+
+    fn wait_ms(d: &Detector, ip: IpAddr, account: &str) -> Option<u128> {
+        d.auth_turn(ip, account).map(|w| w.as_millis())
+    }
+
+    #[test]
+    fn auth_failures_push_turns_shared_by_every_connection() {
+        let (clock, d) = detector();
+        let (base, max) = (1000, 8000);
+        let ip = IpAddr::from([127, 0, 6, 1]);
+        assert_eq!(wait_ms(&d, ip, "a@x.test"), Some(0));
+        // One failure: the next attempt from that IP (any connection) waits the base delay;
+        // the second doubles it on top of the first.
+        fail(&d, ip, "a@x.test");
+        assert_eq!(wait_ms(&d, ip, "a@x.test"), Some(base));
+        fail(&d, ip, "a@x.test");
+        assert_eq!(wait_ms(&d, ip, "a@x.test"), Some(3 * base));
+        // Another address of the same network waits too; the account waits wherever.
+        let neighbour = IpAddr::from([127, 0, 6, 2]);
+        assert_eq!(wait_ms(&d, neighbour, "b@x.test"), Some(3 * base));
+        let far = IpAddr::from([127, 0, 9, 9]);
+        assert_eq!(wait_ms(&d, far, "a@x.test"), Some(3 * base));
+        assert_eq!(wait_ms(&d, far, "b@x.test"), Some(0));
+        // Hammering on only pushes the turn further, until attempts are turned away.
+        for _ in 0..3 {
+            fail(&d, ip, "a@x.test");
+        }
+        assert_eq!(wait_ms(&d, ip, "a@x.test"), None);
+        // The account's turn is never refused, only waited for (at most the max delay).
+        assert_eq!(wait_ms(&d, far, "a@x.test"), Some(max));
+        clock.advance(60_000);
+        assert_eq!(wait_ms(&d, ip, "a@x.test"), Some(0));
     }
 
     #[test]
@@ -717,7 +799,7 @@ mod tests {
         cfg.max_connections_per_minute_per_ip = 3;
         cfg.max_messages_per_hour_per_domain = 2;
         let clock = ManualClock::at(1_700_000_000_000);
-        let d = Detector::new(&cfg, Arc::new(clock.clone()));
+        let d = Detector::new(&cfg, &Auth::default(), Arc::new(clock.clone()));
         let ip = IpAddr::from([127, 0, 0, 9]);
         for _ in 0..3 {
             assert!(d.connection(ip).is_ok());

@@ -2,6 +2,12 @@
 //! reversed address, domain lists (RHSBL) for the HELO name and the sender domain. All lists
 //! are asked at once, answers go through the resolver's caches, and the whole round never
 //! waits longer than one DNS timeout: a list that has not answered by then does not count.
+//!
+//! The one policy that does not fail closed on a DNS error, by design: a list's answer is
+//! evidence against a client, and a list that cannot be asked gives none. Failing closed
+//! would let one dead or blocked list (they are run by third parties) stop all mail; every
+//! check that can let mail through (SPF, DKIM, DMARC, greylisting, suspension) does fail
+//! closed.
 
 use super::{Reason, Signal};
 use crate::config::screening::{Dnsbl as Cfg, ListZone};

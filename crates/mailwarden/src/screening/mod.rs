@@ -79,6 +79,8 @@ pub enum Reason {
     HeloLiteralMismatch,
     HeloUnresolvable,
     Greylisted,
+    /// Greylisting could not read or write its memory: a tempfail, never a pass.
+    GreylistUnavailable,
 }
 
 impl Reason {
@@ -102,6 +104,7 @@ impl Reason {
             Reason::HeloLiteralMismatch => "helo_literal_mismatch",
             Reason::HeloUnresolvable => "helo_unresolvable",
             Reason::Greylisted => "greylisted",
+            Reason::GreylistUnavailable => "greylist_unavailable",
         }
     }
 
@@ -117,7 +120,7 @@ impl Reason {
             HeloSyntax | HeloNotFqdn | HeloIsOurs | HeloLiteralMismatch | HeloUnresolvable => {
                 Check::Helo
             }
-            Greylisted => Check::Greylist,
+            Greylisted | GreylistUnavailable => Check::Greylist,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Each accepted connection becomes a session task ([`session::run`]); SIGINT/SIGTERM stop the
 //! listeners and tell sessions to close with `421 4.3.2`.
 
+mod auth;
 pub mod connlimit;
 pub mod freespace;
 mod message;
@@ -83,6 +84,8 @@ pub struct Shared {
     pub limiter: Arc<ConnLimiter>,
     /// `limits.min_free_space` on the filesystem of `data_dir`.
     pub free_space: freespace::FreeSpace,
+    /// One AUTH password check at a time per client address.
+    auth_lines: auth::Lines,
     /// `limits.message_memory`: messages being checked in memory, over all sessions.
     pub memory: crate::heavy::Memory,
     pub shutdown: watch::Receiver<bool>,
@@ -180,7 +183,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         clock.clone(),
     ));
     let shared = Arc::new(Shared {
-        auth: Authenticator::new(accounts.clone(), config.auth.cache_ttl.get()),
+        auth: Authenticator::new(
+            accounts.clone(),
+            config.auth.cache_ttl.get(),
+            config.auth.max_pending_verifications,
+        ),
         routing: Routing::new(&config, accounts.clone()),
         dns: dns.clone(),
         keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
@@ -195,6 +202,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.smtp.max_connections_per_ip,
         ),
         memory: crate::heavy::Memory::new(config.limits.message_memory.0),
+        auth_lines: auth::Lines::default(),
         free_space: freespace::FreeSpace::new(
             config.data_dir.clone(),
             config.limits.min_free_space.0,

@@ -290,24 +290,28 @@ impl Screen {
             spf_pass,
             allowlisted: dnsbl::allowed(&self.signals),
         };
-        let outcome =
-            match greylist::check(shared.accounts.store(), cfg, &a, now_secs(shared)).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!(event = "greylist_failed", session, error = %e);
-                    return None;
-                }
-            };
-        let Outcome::Greylisted { wait } = outcome else {
-            tracing::debug!(event = "greylist", session, rcpt, outcome = ?outcome);
-            return None;
+        // Fail closed: a greylist that cannot say whether the client retried tempfails.
+        let sig = match greylist::check(shared.accounts.store(), cfg, &a, now_secs(shared)).await {
+            Ok(Outcome::Greylisted { wait }) => Signal::new(
+                Reason::Greylisted,
+                format!("first attempt for {rcpt}; retry in {wait}s or later"),
+                0.0,
+            )
+            .refuse(replies::GREYLISTED),
+            Ok(outcome) => {
+                tracing::debug!(event = "greylist", session, rcpt, outcome = ?outcome);
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(event = "greylist_failed", session, error = %e);
+                Signal::new(
+                    Reason::GreylistUnavailable,
+                    format!("greylist memory unavailable: {e}"),
+                    0.0,
+                )
+                .refuse(replies::LOCAL_ERROR)
+            }
         };
-        let sig = Signal::new(
-            Reason::Greylisted,
-            format!("first attempt for {rcpt}; retry in {wait}s or later"),
-            0.0,
-        )
-        .refuse(replies::GREYLISTED);
         let enforce = cfg.mode == Mode::Enforce;
         log_signal(
             session,
@@ -316,8 +320,8 @@ impl Screen {
             if enforce { "tempfail" } else { "would_reject" },
         );
         self.signals.push(sig.clone());
-        enforce.then_some(Refusal {
-            reply: replies::GREYLISTED,
+        enforce.then(|| Refusal {
+            reply: sig.refusal.clone().unwrap_or(replies::GREYLISTED),
             signal: sig,
         })
     }

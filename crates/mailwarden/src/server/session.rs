@@ -10,7 +10,6 @@ use super::message::{self, BodySink, Early};
 use super::record::{self, Recorder};
 use super::screen::Screen;
 use super::{ListenerKind, Shared};
-use crate::accounts::Verdict;
 use crate::checks::relay::RcptDecision;
 use crate::queue::{Folder, Recipient, Route};
 use crate::records;
@@ -129,7 +128,13 @@ impl Ctx {
 
     /// Refuse an AUTH attempt (`reason` counts in the session) and log it once with
     /// `detail`, which never holds the attempted name.
-    fn refuse_auth(&mut self, s: &mut Session, reply: Reply, reason: &'static str, detail: &str) {
+    pub(super) fn refuse_auth(
+        &mut self,
+        s: &mut Session,
+        reply: Reply,
+        reason: &'static str,
+        detail: &str,
+    ) {
         if let Event::Refused { verb, reply, .. } = s.auth_failed(reply, reason) {
             self.reject(s, verb, &reply, detail, None);
         }
@@ -497,92 +502,7 @@ async fn serve<IO>(
             Event::Auth {
                 mechanism,
                 credentials,
-            } => {
-                if !shared.contain.detector.auth_allowed(peer.ip()) {
-                    // Blocked for guessing: not even the argon2 work is spent on it.
-                    ctx.refuse_auth(
-                        &mut s,
-                        replies::AUTH_BLOCKED,
-                        "client network blocked",
-                        "AUTH from a network blocked for failed logins",
-                    );
-                    continue;
-                }
-                match shared
-                    .auth
-                    .verify(&credentials.username, credentials.password.expose())
-                    .await
-                {
-                    Ok(Verdict::Ok(account))
-                        if crate::containment::is_suspended(shared.accounts.store(), &account)
-                            .unwrap_or(false) =>
-                    {
-                        ctx.refuse_auth(
-                            &mut s,
-                            replies::ACCOUNT_DISABLED,
-                            "account suspended",
-                            &format!("account {account} is suspended"),
-                        );
-                    }
-                    Ok(Verdict::Ok(account)) => {
-                        if let Some(t) = shared.contain.detector.login(&account, peer.ip()) {
-                            shared.contain.suspend(&account, t, &ctx.session).await;
-                            ctx.refuse_auth(
-                                &mut s,
-                                replies::ACCOUNT_DISABLED,
-                                "account suspended",
-                                &format!("account {account} suspended at login"),
-                            );
-                            continue;
-                        }
-                        tracing::info!(event = "auth_ok", session = %ctx.session, ip = %peer.ip(),
-                            mechanism = mechanism.as_str(), user = %account);
-                        s.auth_succeeded(account);
-                    }
-                    Ok(Verdict::Bad) => {
-                        let f = shared
-                            .contain
-                            .detector
-                            .auth_failed(peer.ip(), &credentials.username);
-                        metrics::counter!("mailwarden_auth_failures_total").increment(1);
-                        if let Some(blocked) = f.blocked {
-                            metrics::counter!("mailwarden_auth_blocks_total").increment(1);
-                            tracing::warn!(event = "auth_blocked", session = %ctx.session,
-                                ip = %peer.ip(), blocked = %blocked,
-                                minutes = cfg.containment.auth_block_time.get().as_secs() / 60);
-                        }
-                        // Earlier failures, in this session or anywhere for this IP or
-                        // account, double the wait.
-                        let n = s
-                            .counters()
-                            .auth_failures
-                            .max(f.recent.saturating_sub(1) as u32);
-                        let delay = cfg
-                            .auth
-                            .failure_delay
-                            .get()
-                            .saturating_mul(1u32 << n.min(16))
-                            .min(cfg.auth.max_failure_delay.get());
-                        tokio::time::sleep(delay).await;
-                        // The attempted name is part of the AUTH payload: not logged.
-                        ctx.refuse_auth(
-                            &mut s,
-                            replies::AUTH_FAILED,
-                            "invalid credentials",
-                            "invalid credentials",
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(event = "auth_backend_error", session = %ctx.session, error = %e);
-                        ctx.refuse_auth(
-                            &mut s,
-                            replies::AUTH_TEMP,
-                            "auth backend error",
-                            "auth backend error",
-                        );
-                    }
-                }
-            }
+            } => super::auth::attempt(&shared, ctx, &mut s, mechanism, credentials).await,
             Event::StartTls { discarded } => {
                 // RFC 3207 §4.2: the transaction is forgotten, and so is its content.
                 body.discard();

@@ -74,7 +74,7 @@ fn a_hijacked_account_blasting_spam_is_suspended_within_twenty_messages() {
         "{}",
         notes[0]
     );
-    // The password alone no longer opens the account.
+    // The password alone no longer opens the account; the answer is a wrong password's.
     let r = submit(
         &s,
         "alice@example.test",
@@ -82,7 +82,7 @@ fn a_hijacked_account_blasting_spam_is_suspended_within_twenty_messages() {
         "postmaster@example.test",
         &[],
     );
-    assert_eq!(r["code"], 525, "{r}");
+    assert_eq!(r["code"], 535, "{r}");
 }
 
 #[test]
@@ -262,7 +262,11 @@ fn outbound_mail_that_scores_as_spam_is_held_and_repeated_spam_suspends() {
     assert_eq!(r["ok"], true, "{r}");
     let line = s.wait_log(&["event=\"account_suspended\"", "alice@example.test"]);
     assert!(line.contains("outbound mail scores as spam"), "{line}");
-    assert_eq!(send()["code"], 525, "suspended: AUTH refused");
+    assert_eq!(
+        send()["code"],
+        535,
+        "suspended: AUTH refused as a wrong password"
+    );
     assert!(s.messages("bob@example.test").is_empty());
 
     // An administrator who disagrees releases one; it is delivered.

@@ -283,3 +283,177 @@ fn ehlo_time(addr: SocketAddr) -> Duration {
     c.expect("QUIT", "221");
     t.elapsed()
 }
+
+fn authflood(
+    s: &Server,
+    user: &str,
+    password: &str,
+    sessions: &str,
+    sources: &str,
+) -> serde_json::Value {
+    let mut args = vec![
+        clients_dir()
+            .join("authflood.py")
+            .to_str()
+            .unwrap()
+            .to_string(),
+        "--port".into(),
+        s.submissions().port().to_string(),
+        "--user".into(),
+        user.into(),
+        "--password".into(),
+        password.into(),
+        "--sessions".into(),
+        sessions.into(),
+    ];
+    if !sources.is_empty() {
+        args.extend(["--sources".into(), sources.into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("python3", &args, None);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("authflood.py: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn metric(s: &Server, name: &str) -> u64 {
+    s.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn more_connections_buy_a_password_guesser_nothing() {
+    let s = Server::start("");
+    s.add_user("alice@example.test", "alice-pw");
+    // 30 connections from one address, one guess each, all at the same moment.
+    let r = authflood(&s, "alice@example.test", "guess", "30", "");
+    eprintln!("30 parallel guesses from one address: {r}");
+    let checked = metric(&s, "mailwarden_auth_failures_total");
+    let busy = r["codes"]["454"].as_u64().unwrap_or(0);
+    // One guess is checked at a time per address; the rest wait their turn behind its
+    // failure, and once the address has failed auth_failures_per_ip (10) times it is
+    // blocked: 30 connections got no more guesses checked than one connection would.
+    assert!(checked <= 10, "{checked} guesses checked: {r}");
+    assert!(busy >= 20, "{r}");
+    assert_eq!(checked + busy, 30, "{r}");
+    assert!(
+        !s.log_lines(&["event=\"auth_blocked\""]).is_empty(),
+        "{}",
+        s.log()
+    );
+    // A guess written with other spacing and case is the same account's failure.
+    let r = authflood(&s, " ALICE@Example.test", "guess", "1", "127.0.0.77-77");
+    assert_eq!(r["codes"]["535"], 1, "{r}");
+}
+
+#[test]
+fn a_flood_of_logins_is_turned_away_not_queued_without_bound() {
+    let s = Server::start("[auth]\nmax_pending_verifications = 1\n");
+    s.add_user("alice@example.test", "alice-pw");
+    // From 30 networks, so no address's or network's line stops them: the verifiers' queue
+    // does. (The account's line only makes them wait.)
+    let sources: Vec<String> = (10..40).map(|n| format!("127.0.{n}.1")).collect();
+    let r = authflood(&s, "alice@example.test", "wrong", "30", &sources.join(","));
+    eprintln!("30 logins from 30 addresses, queue of 1: {r}");
+    let busy = r["texts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t.starts_with("454 4.7.0 Too many login attempts waiting"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum::<u64>();
+    assert!(busy > 0, "{r}");
+    assert_eq!(busy + r["codes"]["535"].as_u64().unwrap_or(0), 30, "{r}");
+    assert!(
+        !s.log_lines(&["verifiers' queue is full"]).is_empty(),
+        "{}",
+        s.log()
+    );
+    // The right password still gets in afterwards.
+    let ok = submit(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        "alice@example.test",
+        &[],
+    );
+    assert_eq!(ok["ok"], true, "{ok}");
+}
+
+#[test]
+fn a_suspended_account_answers_exactly_as_a_wrong_password_does() {
+    let s = Server::start("");
+    s.add_user("alice@example.test", "alice-pw");
+    let out = s.cli(
+        &[
+            "user",
+            "suspend",
+            "alice@example.test",
+            "--reason",
+            "phished",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let right = authflood(&s, "alice@example.test", "alice-pw", "1", "127.0.0.81-81");
+    let wrong = authflood(&s, "alice@example.test", "not-it", "1", "127.0.0.82-82");
+    assert_eq!(
+        right["texts"], wrong["texts"],
+        "a suspension told the guess was right"
+    );
+    assert_eq!(right["codes"]["535"], 1, "{right}");
+    s.wait_log(&["event=\"auth_suspended\"", "alice@example.test"]);
+}
+
+#[test]
+fn user_add_refuses_weak_passwords_and_generates_strong_ones() {
+    // The defaults, not the test bed's relaxed ones.
+    let s = Server::start("[auth]\nmin_password_length = 10\nmin_password_strength = 3\n");
+    for weak in ["x", "password1234", "Example2026"] {
+        let out = s.cli(
+            &["user", "add", "alice@example.test", "--password-stdin"],
+            Some(&format!("{weak}\n")),
+        );
+        assert!(!out.status.success(), "{weak} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("at least 10") || err.contains("too easy to guess"),
+            "{weak}: {err}"
+        );
+    }
+    let out = s.cli(
+        &["user", "add", "alice@example.test", "--password-stdin"],
+        Some("correct horse battery staple\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.cli(
+        &["user", "passwd", "alice@example.test", "--generate"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pw = text
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the generated password is printed")
+        .to_string();
+    assert_eq!(pw.len(), 20, "{text}");
+    let ok = submit(&s, "alice@example.test", &pw, "alice@example.test", &[]);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert!(!s.log().contains(&pw), "the password was logged");
+}

@@ -479,7 +479,7 @@ fn an_account_whose_mail_remote_servers_keep_refusing_is_suspended() {
     assert!(status.contains("state:    suspended"), "{status}");
     assert!(status.contains("refused with 5xx"), "{status}");
     let r = send(&a, "bob@b.test", "after");
-    assert_eq!(r["code"], 525, "{r}");
+    assert_eq!(r["code"], 535, "{r}");
     // One notice, however many refusals arrive afterwards.
     let notes = a.wait_messages("postmaster@a.test", 1);
     assert!(notes[0].contains("Subject: Account suspended: alice@a.test"));

@@ -36,6 +36,9 @@ mode = "off"
 [auth]
 failure_delay = "50ms"
 max_failure_delay = "200ms"
+# Test accounts have short passwords; e2e::hostile checks that the defaults refuse them.
+min_password_length = 1
+min_password_strength = 0
 [log]
 level = "info,mailwarden=debug"
 "#,
