@@ -14,6 +14,8 @@
 # loopback ports, and never touches port 25 or /etc/postfix. Results: a table on stdout and
 # bench/results/<date>.json. Needs root (Postfix's master runs as root and drops privileges).
 set -euo pipefail
+# The benchmark account's password: strong enough for `user add` (auth.min_password_*).
+BENCH_PW="bench-horse-battery-staple"
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 REPS=3
@@ -82,7 +84,7 @@ max_connections = 30000
 max_connections_per_ip = 20000
 CF
 cat "$ROOT/bench/limits-off.toml" >> "$W/mw/mailwarden.toml"
-"$MW" user add bob@bench.test --generate -c "$W/mw/mailwarden.toml" >/dev/null
+echo "$BENCH_PW" | "$MW" user add bob@bench.test --password-stdin -c "$W/mw/mailwarden.toml" >/dev/null
 
 # Start/stop scripts: compare.py restarts both servers before each scenario, so every memory
 # figure belongs to its own scenario.
@@ -152,7 +154,7 @@ cat > "$W/servers.json" <<JS
 [
  {"name": "mailwarden", "version": "$("$MW" --version | awk '{print $2}')", "pidfile": "$W/mw/pid",
   "start": "$W/mw/start", "stop": "$W/mw/stop",
-  "mx": "127.0.0.1:$MW_MX", "submissions": "127.0.0.1:$MW_SUBS", "auth": "bob@bench.test:pw",
+  "mx": "127.0.0.1:$MW_MX", "submissions": "127.0.0.1:$MW_SUBS", "auth": "bob@bench.test:$BENCH_PW",
   "maildir": "$W/mw/data/mail/bench.test/bob/Maildir"},
  {"name": "postfix", "version": "$(postconf -c "$W/pf/etc" -h mail_version)", "pidfile": "$W/pf/queue/pid/master.pid",
   "extra_pidfiles": ["$W/dkim/pid"],

@@ -3,6 +3,8 @@
 # mode the benchmarks use. Checks that every message was accepted and delivered; asserts
 # nothing about speed (that is compare.sh's job, on a quiet machine).
 set -euo pipefail
+# The benchmark account's password: strong enough for `user add` (auth.min_password_*).
+BENCH_PW="bench-horse-battery-staple"
 cd "$(dirname "$0")/.."
 cargo build -q -p mailwarden -p mailwarden-bench -p mailwarden-testdns
 MW=target/debug/mailwarden
@@ -30,7 +32,7 @@ nameservers = ["$DNS"]
 max_connections_per_ip = 1000
 CF
 cat bench/limits-off.toml >> "$W/mw.toml"
-"$MW" user add bob@bench.test --generate -c "$W/mw.toml" >/dev/null
+echo "$BENCH_PW" | "$MW" user add bob@bench.test --password-stdin -c "$W/mw.toml" >/dev/null
 "$MW" serve -c "$W/mw.toml" >"$W/out" 2>"$W/log" &
 PID=$!
 for _ in $(seq 300); do grep -q "^listening submissions" "$W/out" 2>/dev/null && break; sleep 0.1; done
@@ -50,8 +52,8 @@ PY
 run 300 --server "$(addr mx)" -c 10 -n 300 -s 1024
 run 100 --server "$(addr mx)" -c 5 -n 100 -k 10 -s 20000
 run 50 --server "$(addr mx)" -c 5 -n 50 --message-file "$W/auth/signed.eml" --from load@signed.bench.example
-run 50 --server "$(addr submission)" --mode starttls --auth bob@bench.test:pw --from bob@bench.test -c 5 -n 50
-run 50 --server "$(addr submissions)" --mode tls --auth bob@bench.test:pw --from bob@bench.test -c 5 -n 50
+run 50 --server "$(addr submission)" --mode starttls --auth "bob@bench.test:$BENCH_PW" --from bob@bench.test -c 5 -n 50
+run 50 --server "$(addr submissions)" --mode tls --auth "bob@bench.test:$BENCH_PW" --from bob@bench.test -c 5 -n 50
 "$LOAD" --json --server "$(addr mx)" --idle 200 --probes 3 --idle-secs 0.5 > "$W/idle.json"
 python3 - "$W/idle.json" <<'PY'
 import json, sys

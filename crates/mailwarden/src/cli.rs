@@ -6,6 +6,7 @@
 //! commands write the same store the running server reads, so changes apply without a restart.
 
 use crate::accounts::Accounts;
+use crate::checks::relay::Routing;
 use crate::config::docs::{ShowMode, reference_markdown, show};
 use crate::config::{self, Loaded};
 use crate::store::{Store, StoreError};
@@ -98,8 +99,13 @@ enum Cmd {
 enum QuarantineCmd {
     /// List the messages waiting, oldest first.
     List,
-    /// Print one message as it would be delivered.
-    Show { id: String },
+    /// Print one message as it would be delivered, with control characters escaped.
+    Show {
+        id: String,
+        /// The bytes exactly as stored (for `> message.eml`), nothing escaped.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Deliver it to the recipients' inboxes (the running server does so within a second).
     Release {
         id: String,
@@ -314,7 +320,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
-                    println!("{}", crate::records::report::line(&r));
+                    let line = crate::records::report::line(&r);
+                    println!("{}", crate::util::terminal_safe(&line));
                 }
             }
         }
@@ -368,7 +375,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(crate::explain::run(cfg, &model, &raw, &client))?
+                let routing = Routing::new(cfg, Accounts::new(store.clone()));
+                rt.block_on(crate::explain::run(cfg, &model, &routing, &raw, &client))?
             } else {
                 let Some(r) = crate::records::get(&store, &id)? else {
                     eprintln!("mailwarden: no decision record {id}, and no such file");
@@ -379,7 +387,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
-                print!("{}", crate::records::report::text(&record));
+                let text = crate::records::report::text(&record);
+                print!("{}", crate::util::terminal_safe(&text));
             }
         }
         Cmd::Config {
@@ -412,7 +421,7 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
         QuarantineCmd::List => {
             for e in q::list(&store)? {
                 let to: Vec<&str> = e.rcpts.iter().map(|(a, _)| a.as_str()).collect();
-                println!(
+                let line = format!(
                     "{}  {}  score {:<5} <{}> -> {}  {}",
                     e.id,
                     crate::util::rfc5322_date(e.time),
@@ -421,13 +430,20 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
                     to.join(","),
                     e.reasons
                 );
+                println!("{}", crate::util::terminal_safe(&line));
             }
         }
-        QuarantineCmd::Show { id } => {
+        QuarantineCmd::Show { id, raw } => {
             let Some(e) = q::get(&store, &id)? else {
                 return missing(&id);
             };
-            std::io::stdout().write_all(&e.content)?;
+            if raw {
+                std::io::stdout().write_all(&e.content)?;
+            } else {
+                // CRLF line ends read as plain line ends; every other control is escaped.
+                let text = String::from_utf8_lossy(&e.content).replace("\r\n", "\n");
+                print!("{}", crate::util::terminal_safe(&text));
+            }
         }
         QuarantineCmd::Release { id, learn_ham } => {
             let Some(e) = q::get(&store, &id)? else {
@@ -735,6 +751,7 @@ fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
                         println!("          next attempt: in {}s", wait.max(0));
                     }
                     if let Some(reply) = &r.last_reply {
+                        let reply = crate::util::terminal_safe(reply);
                         println!("          last reply: {reply}");
                     }
                 }

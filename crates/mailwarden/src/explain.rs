@@ -43,7 +43,13 @@ pub fn client(
     }
 }
 
-pub async fn run(cfg: &Config, model: &Model, raw: &[u8], c: &Client) -> anyhow::Result<Record> {
+pub async fn run(
+    cfg: &Config,
+    model: &Model,
+    routing: &crate::checks::relay::Routing,
+    raw: &[u8],
+    c: &Client,
+) -> anyhow::Result<Record> {
     let dns = Arc::new(Dns::new(&cfg.dns)?);
     let t = cfg.dns.timeout.get();
     let sc = &cfg.screening;
@@ -106,7 +112,11 @@ pub async fn run(cfg: &Config, model: &Model, raw: &[u8], c: &Client) -> anyhow:
     let now = crate::util::unix_now();
     let d = match crate::checks::shape::check_headers(&cfg.limits, raw) {
         Err(r) => inbound::Decision::refused(r),
-        Ok(_) => inbound::decide(&dns, cfg, model, &env, raw, None, Some(iprev.clone()), now).await,
+        Ok(_) => {
+            let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
+            let iprev = Some(iprev.clone());
+            inbound::decide(&dns, cfg, model, &env, raw, None, iprev, now, &is_local).await
+        }
     };
     let (action, reply) = match (&screened.refuse, &d.outcome) {
         (Some((reply, _)), _) => (

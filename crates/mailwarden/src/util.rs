@@ -82,9 +82,106 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// `text` safe to print on a terminal: control characters (but line feeds and tabs), C1
+/// controls and bidirectional overrides are written as `\u{..}` escapes. Senders control
+/// subjects, HELO names and message content; an escape sequence in them must not reach an
+/// administrator's terminal as one.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// An IP network written `192.0.2.0/24`, `2001:db8::/32`, or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: std::net::IpAddr,
+    len: u8,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Network, String> {
+        let bad = || format!("{s:?} is not an address or a network like 192.0.2.0/24");
+        let (a, len) = match s.trim().split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let addr: std::net::IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
+        }
+        Ok(Network {
+            addr: addr.to_canonical(),
+            len,
+        })
+    }
+}
+
+impl Network {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.addr, ip.to_canonical()) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(terminal_safe("plain\tline\n"), "plain\tline\n");
+        assert_eq!(
+            terminal_safe("Subject: \u{1b}[2Jgone\r\u{9b}x\u{202e}y"),
+            "Subject: \\u{1b}[2Jgone\\u{d}\\u{9b}x\\u{202e}y"
+        );
+    }
+
+    #[test]
+    fn networks_hold_their_addresses() {
+        let n: Network = "192.0.2.0/24".parse().unwrap();
+        assert!(n.contains("192.0.2.200".parse().unwrap()));
+        assert!(n.contains("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(!n.contains("192.0.3.1".parse().unwrap()));
+        let one: Network = "2001:db8::1".parse().unwrap();
+        assert!(one.contains("2001:db8::1".parse().unwrap()));
+        assert!(!one.contains("2001:db8::2".parse().unwrap()));
+        let all: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        for bad in ["192.0.2.0/33", "x", "10.0.0.0/", "::/129"] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn dates() {

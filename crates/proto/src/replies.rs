@@ -87,6 +87,8 @@ replies! {
 
     /// DMARC could not be evaluated because of a temporary DNS error: fail closed.
     AUTH_DNS_TEMP = 451 (4, 7, 0) "Temporary failure checking the sender's DMARC policy, try again later";
+    /// Mail from outside using one of our own domains, with nothing to vouch for it.
+    LOCAL_SENDER_FORGED = 550 (5, 7, 1) "Sender address uses a local domain; mail from outside may not";
     /// RFC 7372: X.7.24 SPF validation error.
     SPF_TEMP = 451 (4, 7, 24) "Temporary SPF validation error, try again later";
 

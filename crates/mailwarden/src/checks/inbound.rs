@@ -1,10 +1,12 @@
 //! The decision at the end of DATA for mail from other servers: sender authentication
-//! ([`super::sender`]) first, then content scoring ([`super::scoring`]), combined into one
+//! ([`super::sender`]) first, then local-domain forgery ([`super::local_sender`]), then
+//! content scoring ([`super::scoring`]), combined into one
 //! outcome with every reason typed for the decision record. The server acts on it
 //! (`server/message.rs`); `mailwarden explain FILE.eml` prints it, so the offline report and
 //! the server cannot disagree.
 
 use super::headers::Parsed;
+use super::local_sender;
 use super::scoring::{self, Level, Scored};
 use super::sender::{self, Envelope};
 use super::shape;
@@ -71,6 +73,7 @@ pub async fn decide(
     spf: Option<SpfOutput>,
     iprev: Option<IprevOutput>,
     now: i64,
+    is_local: &dyn Fn(&str) -> Result<bool, String>,
 ) -> Decision {
     let parsed = {
         let _cpu = crate::heavy::cpu().await;
@@ -110,6 +113,53 @@ pub async fn decide(
             deciding: false,
         });
     }
+    // Our own domains, from outside: something must vouch for them (local_sender).
+    let mut forged: Option<(mailwarden_proto::Reply, String)> = None;
+    let sender_refused = matches!(v.action, Action::Reject(_) | Action::TempFail(_));
+    if cfg.mx.local_forgery != Mode::Off && !sender_refused {
+        let claim = local_sender::Claim {
+            ip: env.ip,
+            mail_from: env.mail_from,
+            from_domain: out.from_domain.as_deref(),
+            dkim_pass: &out.dkim_pass,
+            dkim_temp: out.dkim_temp,
+            arc_trusted: out.arc_trusted,
+        };
+        let enforce = cfg.mx.local_forgery == Mode::Enforce;
+        match local_sender::check(cfg, &claim, is_local) {
+            None => {}
+            Some(local_sender::Finding::Vouched(r)) => {
+                reasons.push(Reason::coded(r.code.as_str(), r.detail, 0.0, false))
+            }
+            Some(local_sender::Finding::Forged(r) | local_sender::Finding::TempError(r)) => {
+                let reply = if r.code == Code::LocalSenderForged {
+                    replies::LOCAL_SENDER_FORGED
+                } else {
+                    replies::AUTH_DNS_TEMP
+                };
+                let why = format!("{}: {}", r.code.as_str(), r.detail);
+                if enforce {
+                    forged = Some((reply, why));
+                } else {
+                    reasons.push(Reason {
+                        check: "observe".into(),
+                        code: format!(
+                            "would_{}",
+                            if reply.is_transient() {
+                                "tempfail"
+                            } else {
+                                "reject"
+                            }
+                        ),
+                        detail: why,
+                        score: 0.0,
+                        deciding: false,
+                    });
+                }
+                reasons.push(Reason::coded(r.code.as_str(), r.detail, 0.0, enforce));
+            }
+        }
+    }
     let dmarc_policy = v
         .reasons
         .iter()
@@ -127,7 +177,7 @@ pub async fn decide(
     .await;
     let enforce = cfg.scoring.mode == Mode::Enforce;
     // The score decides only what sender authentication left open.
-    let refused = matches!(v.action, Action::Reject(_) | Action::TempFail(_));
+    let refused = sender_refused || forged.is_some();
     let acting = !refused
         && matches!(
             scored.level,
@@ -163,6 +213,9 @@ pub async fn decide(
         },
         Action::Accept => Outcome::Deliver { junk: None },
     };
+    if let Some((reply, reason)) = forged {
+        outcome = Outcome::Refuse { reply, reason };
+    }
     if enforce && let Outcome::Deliver { junk } = &outcome {
         outcome = match scored.level {
             Level::Reject => Outcome::Refuse {

@@ -4,6 +4,7 @@ pub mod arc;
 pub mod authres;
 pub mod headers;
 pub mod inbound;
+pub mod local_sender;
 pub mod ownership;
 pub mod relay;
 pub mod scoring;

@@ -26,6 +26,7 @@ pub enum RcptDecision {
     },
 }
 
+#[derive(Clone)]
 pub struct Routing {
     domains: HashSet<String>,
     postmaster: String,

@@ -52,6 +52,12 @@ pub struct Outcome {
     /// SPF or DMARC passed: the envelope sender is who it claims, so a bounce to it is not
     /// backscatter.
     pub sender_verified: bool,
+    /// `d=` of every DKIM signature that passed.
+    pub dkim_pass: Vec<String>,
+    /// A DKIM signature could not be checked for now (its key lookup failed).
+    pub dkim_temp: bool,
+    /// A valid ARC chain whose newest seal is from a trusted sealer.
+    pub arc_trusted: bool,
 }
 
 impl Outcome {
@@ -63,6 +69,9 @@ impl Outcome {
             summary: String::new(),
             from_domain: None,
             sender_verified: false,
+            dkim_pass: Vec::new(),
+            dkim_temp: false,
+            arc_trusted: false,
         }
     }
 }
@@ -308,6 +317,9 @@ pub async fn evaluate(
             summary: summary.join(" "),
             from_domain: None,
             sender_verified,
+            dkim_pass: Vec::new(),
+            dkim_temp: false,
+            arc_trusted: false,
         };
     };
     let from_domain = msg
@@ -355,6 +367,14 @@ pub async fn evaluate(
         }
         ar = ar.with_dkim_results(&dkim_out, msg.from());
     }
+    let dkim_pass: Vec<String> = dkim_out
+        .iter()
+        .filter(|o| o.result() == &DkimResult::Pass)
+        .filter_map(|o| o.signature().map(|s| s.d.to_ascii_lowercase()))
+        .collect();
+    let dkim_temp = dkim_out
+        .iter()
+        .any(|o| matches!(o.result(), DkimResult::TempError(_)));
 
     let arc_out: Option<ArcOutput> = match cfg.arc.mode {
         Mode::Off => None,
@@ -517,6 +537,9 @@ pub async fn evaluate(
         summary: summary.join(" "),
         from_domain,
         sender_verified,
+        dkim_pass,
+        dkim_temp,
+        arc_trusted: arc_trusted_pass && cfg.arc.mode == Mode::Enforce,
     }
 }
 

@@ -38,6 +38,12 @@ pub enum Code {
     IprevNone,
     /// An incoming Authentication-Results header claimed our authserv-id and was removed.
     ForgedAuthResults,
+    /// Mail from outside claiming one of our domains, with nothing to vouch for it.
+    LocalSenderForged,
+    /// Mail from outside claiming one of our domains, vouched for (DKIM, ARC, a relay).
+    LocalSenderVouched,
+    /// Whether it is vouched for cannot be told now (a DKIM key or the store failed).
+    LocalSenderTempError,
 }
 
 impl Code {
@@ -71,6 +77,9 @@ impl Code {
             Code::IprevTempError => "iprev.temperror",
             Code::IprevNone => "iprev.none",
             Code::ForgedAuthResults => "headers.forged_auth_results",
+            Code::LocalSenderForged => "local_sender.forged",
+            Code::LocalSenderVouched => "local_sender.vouched",
+            Code::LocalSenderTempError => "local_sender.temperror",
         }
     }
 }

@@ -44,6 +44,7 @@ section! {
         pub arc: ArcCheck = ArcCheck::default(),
         pub iprev: Iprev = Iprev::default(),
         pub smtp: Smtp = Smtp::default(),
+        pub mx: Mx = Mx::default(),
         pub limits: Limits = Limits::default(),
         pub auth: Auth = Auth::default(),
         pub queue: Queue = Queue::default(),
@@ -231,6 +232,23 @@ section! {
 }
 
 section! {
+    /// Mail arriving on the MX listener from other servers.
+    pub struct Mx {
+        /// Mail from outside whose envelope sender or `From:` is in one of our domains is
+        /// refused with `550 5.7.1` (the forged "CEO" mail), unless it carries a passing DKIM
+        /// signature aligned with that domain, a trusted ARC sealer
+        /// (`arc.trusted_sealers`) vouches for it, or the client is in `trusted_relays`. A
+        /// DKIM key lookup that failed for now gets `451 4.7.0`. Our own users send through
+        /// the submission ports, where AUTH proves who they are.
+        pub local_forgery: Mode = Mode::Enforce,
+        /// Networks (`192.0.2.0/24`, `2001:db8::/48`, or single addresses) of relays allowed
+        /// to deliver mail as our domains on the MX port: a backup MX, a scanner in front, a
+        /// device that sends from inside.
+        pub trusted_relays: Vec<String> = Vec::new(),
+    }
+}
+
+section! {
     /// Bounds on what a client's bytes can cost the server beyond the SMTP session limits:
     /// disk, memory and the work done on each message. Each cap sits where no legitimate
     /// message reaches it.
@@ -345,6 +363,11 @@ section! {
         /// message goes without TLS. For the domains listed here TLS is required: without it,
         /// recipients are deferred. Certificates are not verified (as Postfix's `encrypt`).
         pub require_tls: Vec<String> = Vec::new(),
+        /// Deliver to loopback, private, link-local, shared and documentation addresses. Off,
+        /// an authenticated user could point an MX or A record at what only this server can
+        /// reach (its own admin ports, an internal network); such recipients fail with
+        /// `5.4.4`. Mail routed back to one of our own listeners always fails (`5.4.6`).
+        pub allow_private_destinations: bool = false,
     }
 }
 
@@ -631,6 +654,29 @@ impl Config {
             if parse_nameserver(ns).is_none() {
                 errs.push(format!("dns.nameservers: {ns:?} is not ip or ip:port"));
             }
+        }
+        for n in &self.mx.trusted_relays {
+            if let Err(e) = n.parse::<crate::util::Network>() {
+                errs.push(format!("mx.trusted_relays: {e}"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_header_fields < 1
+            || l.max_received < 1
+            || l.max_mime_depth < 1
+            || l.max_link_hosts < 1
+            || self.dkim.max_signatures < 1
+            || self.dkim.max_signed_fields < 1
+            || self.arc.max_sets < 1
+            || self.auth.max_pending_verifications < 1
+        {
+            errs.push(
+                "limits, dkim and arc caps and auth.max_pending_verifications must be at least 1"
+                    .into(),
+            );
+        }
+        if self.auth.min_password_strength > 4 {
+            errs.push("auth.min_password_strength is 0 to 4".into());
         }
         let s = &self.smtp;
         if s.max_command_line < 512 {

@@ -56,6 +56,8 @@ pub struct Outbound {
     contain: Arc<Containment>,
     connector: Connector,
     connections: Arc<Semaphore>,
+    /// Our own listeners: mail is never delivered back to one of them.
+    ours: Vec<std::net::SocketAddr>,
     inflight: Mutex<HashSet<(String, u32)>>,
     domains: Mutex<HashMap<String, DomainState>>,
 }
@@ -66,6 +68,7 @@ pub fn spawn(
     dns: Arc<Dns>,
     routing: Routing,
     contain: Arc<Containment>,
+    ours: Vec<std::net::SocketAddr>,
 ) -> tokio::task::JoinHandle<()> {
     let out = Arc::new(Outbound {
         connector: Connector {
@@ -75,6 +78,7 @@ pub fn spawn(
             tls: client::client_tls(),
         },
         connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
+        ours,
         config,
         queue,
         dns,
@@ -273,7 +277,7 @@ impl Outbound {
 
     /// A connection to the best reachable host of the domain.
     async fn open(&self, domain: &str) -> Result<client::Conn, Unusable> {
-        let hosts = route::resolve(self.dns.auth.resolver(), domain, &self.config.hostname)
+        let mut hosts = route::resolve(self.dns.auth.resolver(), domain, &self.config.hostname)
             .await
             .map_err(|e| match e {
                 route::RouteError::Temporary(t) => Unusable::Temporary(t),
@@ -281,6 +285,29 @@ impl Outbound {
                     Unusable::Permanent(status.to_string(), text)
                 }
             })?;
+        let port = self.config.delivery.port;
+        let mut refused = None;
+        for h in hosts.iter_mut() {
+            h.addrs.retain(|ip| {
+                let why = route::refused_destination(
+                    *ip,
+                    port,
+                    &self.ours,
+                    self.config.delivery.allow_private_destinations,
+                );
+                if let Some(w) = why {
+                    tracing::warn!(event = "destination_refused", domain, host = %h.name, ip = %ip, reason = w.1);
+                    refused.get_or_insert((w.0, format!("{} ({ip}): {}", h.name, w.1)));
+                }
+                why.is_none()
+            });
+        }
+        hosts.retain(|h| !h.addrs.is_empty());
+        if hosts.is_empty()
+            && let Some((status, why)) = refused
+        {
+            return Err(Unusable::Permanent(status.to_string(), why));
+        }
         let required = self
             .config
             .delivery

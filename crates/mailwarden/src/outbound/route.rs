@@ -7,6 +7,67 @@ use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use std::net::IpAddr;
 
+/// Why mail may not go to `ip` on `port`, as (status, reason): one of our own listeners
+/// (`ours`: a loop, whatever the names said), or, unless `allow_private`, an address that is
+/// not globally routable.
+pub fn refused_destination(
+    ip: IpAddr,
+    port: u16,
+    ours: &[std::net::SocketAddr],
+    allow_private: bool,
+) -> Option<(&'static str, &'static str)> {
+    let ip = ip.to_canonical();
+    let loops = ours.iter().any(|l| {
+        l.port() == port
+            && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+    });
+    if loops {
+        return Some((
+            "5.4.6",
+            "the address is one of our own listeners: a mail loop",
+        ));
+    }
+    if !allow_private && !is_global(ip) {
+        return Some((
+            "5.4.4",
+            "the address is loopback, private or otherwise not public \
+             (delivery.allow_private_destinations)",
+        ));
+    }
+    None
+}
+
+/// Is `ip` a public unicast address? (`IpAddr::is_global` is not stable.)
+pub fn is_global(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b))
+        }
+    }
+}
+
 /// One host to try, with its addresses in the order to try them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -162,4 +223,44 @@ async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, 
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_and_our_own_listeners_are_refused() {
+        let public: IpAddr = "203.0.114.5".parse().unwrap();
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "192.0.2.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let r = refused_destination(ip, 25, &[], false).map(|r| r.0);
+            assert_eq!(r, Some("5.4.4"), "{ip}");
+            assert_eq!(refused_destination(ip, 25, &[], true), None, "{ip}");
+        }
+        assert_eq!(refused_destination(public, 25, &[], false), None);
+        let ours = [
+            "203.0.114.5:25".parse().unwrap(),
+            "0.0.0.0:2525".parse().unwrap(),
+        ];
+        let r = refused_destination(public, 25, &ours, true).map(|r| r.0);
+        assert_eq!(r, Some("5.4.6"));
+        assert_eq!(refused_destination(public, 587, &ours, true), None);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let r = refused_destination(lo, 2525, &ours, true).map(|r| r.0);
+        assert_eq!(r, Some("5.4.6"));
+    }
 }

@@ -394,11 +394,12 @@ pub(super) async fn finish(
         let mail_from = txn.mail_from.to_string();
         let spf = early.spf().await;
         let iprev = early.iprev().await;
-        let (dns, config, model, content) = (
+        let (dns, config, model, content, routing) = (
             shared.dns.clone(),
             shared.config.clone(),
             shared.classifier.get(),
             raw.clone(),
+            shared.routing.clone(),
         );
         let (ip, helo, from) = (
             ctx.peer.ip(),
@@ -412,15 +413,10 @@ pub(super) async fn finish(
                 mail_from: &from,
                 hostname: &config.hostname,
             };
+            let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
+            let now = unix_now();
             inbound::decide(
-                &dns,
-                &config,
-                &model,
-                &env,
-                &content,
-                spf,
-                iprev,
-                unix_now(),
+                &dns, &config, &model, &env, &content, spf, iprev, now, &is_local,
             )
             .await
         })

@@ -251,12 +251,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for m in recovered {
         queue.dispatch(m, true);
     }
+    let ours = listeners
+        .iter()
+        .filter_map(|(_, l)| l.local_addr().ok())
+        .collect();
     tasks.push(crate::outbound::spawn(
         config.clone(),
         queue.clone(),
         dns,
         Routing::new(&config, accounts),
         contain,
+        ours,
     ));
 
     {

@@ -457,3 +457,237 @@ fn user_add_refuses_weak_passwords_and_generates_strong_ones() {
     assert_eq!(ok["ok"], true, "{ok}");
     assert!(!s.log().contains(&pw), "the password was logged");
 }
+
+#[test]
+fn a_store_that_cannot_answer_refuses_for_now_and_never_lets_mail_by() {
+    let s = Server::start("[screening.greylist]\nmode = \"enforce\"\n");
+    s.add_user("alice@example.test", "alice-pw");
+    // The tables the suspension and greylisting checks read go away under the server.
+    let c = rusqlite::Connection::open(s.data_dir().join("mailwarden.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch("DROP TABLE account_state; DROP TABLE greylist; DROP TABLE screen_memory;")
+        .unwrap();
+    // Submission: whether the account is suspended cannot be read, so no login.
+    let r = submit(
+        &s,
+        "alice@example.test",
+        "alice-pw",
+        "alice@example.test",
+        &[],
+    );
+    assert_eq!(r["code"], 454, "{r}");
+    // MX: whether the client retried cannot be read, so no pass.
+    let mut m = Sock::connect(s.mx());
+    m.expect("EHLO client.test", "250");
+    m.expect("MAIL FROM:<a@remote.test>", "250");
+    m.expect("RCPT TO:<alice@example.test>", "451 4.3.0");
+    m.expect("QUIT", "221");
+    s.wait_log(&["event=\"greylist_failed\""]);
+    assert!(s.messages("alice@example.test").is_empty());
+}
+
+/// Our domain's and a mailing list's DKIM keys (the RFC 8463 examples) in DNS.
+fn forgery_zones() -> String {
+    let mut z = crate::sender_auth::dkim_records("example.test");
+    z.push_str(&crate::sender_auth::dkim_records("lists.test"));
+    z
+}
+
+fn ceo_message(from: &str) -> String {
+    format!(
+        "From: The CEO <{from}>\r\nTo: alice@example.test\r\nSubject: Urgent wire transfer\r\n\
+         Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <wire@example.test>\r\n\r\n\
+         Please pay the attached invoice today.\r\n"
+    )
+}
+
+/// Send `content` over the MX port from 127.0.0.1; the final reply.
+fn mx_send(s: &Server, mail_from: &str, content: &[u8]) -> String {
+    let mut c = Sock::connect(s.mx());
+    c.expect("EHLO client.remote.test", "250");
+    c.expect(&format!("MAIL FROM:<{mail_from}>"), "250");
+    c.expect("RCPT TO:<alice@example.test>", "250");
+    c.expect("DATA", "354");
+    c.send(content);
+    c.send(b"\r\n.\r\n");
+    c.reply()
+}
+
+/// `msg` signed by dkimpy for `domain` (RSA selector `test`).
+fn dkim_signed(domain: &str, msg: &str) -> Vec<u8> {
+    let f = crate::sender_auth::fixtures();
+    let out = run(
+        "python3",
+        &[
+            clients_dir().join("dkim_sign.py").to_str().unwrap(),
+            "--domain",
+            domain,
+            "--selector",
+            "test",
+            "--key",
+            f.join("rsa-private.pem").to_str().unwrap(),
+        ],
+        Some(msg),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `msg` with an ARC set sealed by `domain` (Ed25519 selector `brisbane`), as a mailing list
+/// that rewrote the message would add.
+fn arc_sealed(domain: &str, msg: &str) -> Vec<u8> {
+    use base64::Engine;
+    use mail_auth::arc::ArcSealer;
+    use mail_auth::common::crypto::Ed25519Key;
+    use mail_auth::common::headers::HeaderWriter;
+    use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let f = crate::sender_auth::fixtures();
+    let seed = b64
+        .decode(
+            std::fs::read_to_string(f.join("ed25519-seed.b64"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+    let public = b64
+        .decode("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+        .unwrap();
+    let key = Ed25519Key::from_seed_and_public_key(&seed, &public).unwrap();
+    let parsed = AuthenticatedMessage::parse(msg.as_bytes()).unwrap();
+    let results = AuthenticationResults::new(domain);
+    let set = ArcSealer::from_key(key)
+        .domain(domain)
+        .selector("brisbane")
+        .headers(["From", "To", "Subject", "Date", "Message-ID"])
+        .seal(&parsed, &results, &ArcOutput::default())
+        .unwrap();
+    let mut out = set.to_header().into_bytes();
+    out.extend_from_slice(results.to_header().as_bytes());
+    out.extend_from_slice(msg.as_bytes());
+    out
+}
+
+#[test]
+fn mail_from_outside_in_our_own_name_is_refused_unless_something_vouches_for_it() {
+    let s = Server::start_with_zones(
+        "[mx]\ntrusted_relays = [\"127.0.0.2\"]\n\
+         [arc]\nmode = \"enforce\"\ntrusted_sealers = [\"lists.test\"]\n",
+        &forgery_zones(),
+    );
+    s.add_user("alice@example.test", "alice-pw");
+    let forged = ceo_message("ceo@example.test");
+    // Forged in From: (the envelope is someone else's) or in the envelope: refused, even
+    // though example.test publishes no DMARC policy at all.
+    let r = mx_send(&s, "billing@remote.test", forged.as_bytes());
+    assert!(
+        r.starts_with("550 5.7.1 Sender address uses a local domain"),
+        "{r}"
+    );
+    let r = mx_send(
+        &s,
+        "ceo@example.test",
+        ceo_message("ceo@remote.test").as_bytes(),
+    );
+    assert!(
+        r.starts_with("550 5.7.1 Sender address uses a local domain"),
+        "{r}"
+    );
+    s.wait_log(&["local_sender.forged"]);
+    // Signed by our own domain's key (say, our own outbound mail coming back): taken.
+    let r = mx_send(
+        &s,
+        "ceo@example.test",
+        &dkim_signed("example.test", &forged),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // A signature of another domain does not vouch for ours.
+    let r = mx_send(
+        &s,
+        "billing@remote.test",
+        &dkim_signed("lists.test", &forged),
+    );
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    // A mailing list we trust sealed it with ARC: taken.
+    let r = mx_send(
+        &s,
+        "list-bounces@lists.test",
+        &arc_sealed("lists.test", &forged),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(s.wait_messages("alice@example.test", 2).len(), 2);
+}
+
+#[test]
+fn a_trusted_relay_may_deliver_mail_in_our_own_name() {
+    let s = Server::start("[mx]\ntrusted_relays = [\"127.0.0.0/8\"]\n");
+    s.add_user("alice@example.test", "alice-pw");
+    let r = mx_send(
+        &s,
+        "ceo@example.test",
+        ceo_message("ceo@example.test").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    s.wait_messages("alice@example.test", 1);
+    // In observe mode the forgery is only recorded.
+    let o = Server::start("[mx]\nlocal_forgery = \"observe\"\n");
+    o.add_user("alice@example.test", "alice-pw");
+    let r = mx_send(
+        &o,
+        "ceo@example.test",
+        ceo_message("ceo@example.test").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    o.wait_messages("alice@example.test", 1);
+}
+
+#[test]
+fn an_account_cannot_make_delivery_connect_to_private_addresses() {
+    // far.test's MX points at loopback: with the default, nothing connects there.
+    let s = Server::start_with_zones(
+        "[delivery]\nallow_private_destinations = false\n",
+        "far.test MX 10 mx.far.test\nmx.far.test A 127.0.0.1\n",
+    );
+    s.add_user("alice@example.test", "alice-pw");
+    let r = submit(&s, "alice@example.test", "alice-pw", "victim@far.test", &[]);
+    assert_eq!(r["ok"], true, "{r}");
+    let line = s.wait_log(&["event=\"destination_refused\"", "far.test"]);
+    assert!(line.contains("ip=127.0.0.1"), "{line}");
+    // The sender learns why, once.
+    let bounce = s.wait_messages("alice@example.test", 1);
+    assert!(bounce[0].contains("5.4.4"), "{}", bounce[0]);
+    assert!(bounce[0].contains("not public"), "{}", bounce[0]);
+}
+
+#[test]
+fn terminal_escapes_in_a_message_never_reach_the_administrators_terminal() {
+    let s = Server::start("");
+    s.add_user("alice@example.test", "alice-pw");
+    let msg = "From: <x@remote.test>\r\nTo: <alice@example.test>\r\n\
+               Subject: hi\x1b[2J\x1b]0;owned\x07 there\r\n\r\nbody\r\n";
+    let r = mx_send(&s, "x@remote.test", msg.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    let id = wait_for(Duration::from_secs(20), || {
+        let out = s.cli(&["log", "search", "--json"], None);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["action"] == "accept")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+    })
+    .expect("a record");
+    let out = s.cli(&["explain", &id], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hi\\u{1b}[2J\\u{1b}]0;owned\\u{7} there"),
+        "{text}"
+    );
+    assert!(
+        !out.stdout.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "{text}"
+    );
+}

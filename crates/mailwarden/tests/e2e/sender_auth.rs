@@ -5,12 +5,12 @@
 use crate::support::*;
 use std::path::PathBuf;
 
-fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkim-rfc8463")
 }
 
 /// The RFC 8463 example keys, republished for sender.test (RSA `test`, Ed25519 `brisbane`).
-fn dkim_records(domain: &str) -> String {
+pub(crate) fn dkim_records(domain: &str) -> String {
     let tsv = std::fs::read_to_string(fixtures().join("dns-txt.tsv")).unwrap();
     tsv.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

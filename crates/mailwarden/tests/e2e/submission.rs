@@ -158,12 +158,19 @@ fn swaks_sends_on_all_three_ports() {
             "--header",
             "Subject: swaks 587",
         ],
+        // From outside, as another server: a sender of its own (our domain would be a
+        // local-domain forgery there).
         vec!["--server", &mx, "--header", "Subject: swaks 25"],
     ];
     for args in cases {
+        let from = if args.contains(&mx.as_str()) {
+            "carol@remote.test"
+        } else {
+            "alice@example.test"
+        };
         let mut a = vec![
             "--from",
-            "alice@example.test",
+            from,
             "--to",
             "bob@example.test",
             "--helo",
