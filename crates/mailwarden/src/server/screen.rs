@@ -31,6 +31,12 @@ pub(super) struct Screen {
     at_mail: Option<Started<Vec<Signal>>>,
     /// Everything found so far, in the order found: what the decision record will hold.
     pub(super) signals: Vec<Signal>,
+    /// Signals already logged (the verdict is decided again for a new sender domain).
+    logged: usize,
+    /// Sender domains asked of the domain lists so far.
+    senders: Vec<String>,
+    /// Reverse DNS and protocol behaviour were judged (once per session).
+    judged_client: bool,
     /// The session's verdict, once the first RCPT has asked.
     decided: Option<Option<Refusal>>,
 }
@@ -65,6 +71,9 @@ impl Screen {
             ip_lists,
             at_mail: None,
             signals: Vec::new(),
+            logged: 0,
+            senders: Vec::new(),
+            judged_client: false,
             decided: None,
         }
     }
@@ -143,9 +152,31 @@ impl Screen {
     }
 
     /// MAIL on the MX port: start the HELO checks and the domain lists for the HELO name and
-    /// the sender domain (once per session is enough for HELO; the sender may change).
+    /// the sender domain. HELO is checked once per session; every new sender domain is asked
+    /// of the domain lists, and the session's verdict is decided again with its answers.
     pub(super) fn at_mail(&mut self, shared: &Arc<Shared>, helo_name: &str, sender: &str) {
+        let sender_domain = sender
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let fresh = !sender_domain.is_empty() && !self.senders.contains(&sender_domain);
+        if fresh {
+            self.senders.push(sender_domain.clone());
+        }
         if self.decided.is_some() {
+            let cfg = &shared.config.screening;
+            if fresh && cfg.dnsbl.mode != Mode::Off && !cfg.dnsbl.domain_zones.is_empty() {
+                let (dns, dcfg, t) = (
+                    shared.dns.clone(),
+                    cfg.dnsbl.clone(),
+                    shared.config.dns.timeout.get(),
+                );
+                self.at_mail = Some(Started::start(async move {
+                    let domains = [("sender", sender_domain.as_str())];
+                    dnsbl::domain_lists(dns, &dcfg, &domains, t).await
+                }));
+                self.decided = None;
+            }
             return;
         }
         let cfg = &shared.config.screening;
@@ -164,13 +195,7 @@ impl Screen {
             cfg.dnsbl.clone(),
             shared.config.dns.timeout.get(),
         );
-        let (helo_name, sender_domain) = (
-            helo_name.to_string(),
-            sender
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_string())
-                .unwrap_or_default(),
-        );
+        let helo_name = helo_name.to_string();
         self.at_mail = Some(Started::start(async move {
             if resolve && let Some(s) = helo::resolves(&dns, &helo_name).await {
                 found.push(s);
@@ -204,13 +229,15 @@ impl Screen {
         if let Some(h) = self.at_mail.take() {
             self.signals.extend(h.finish().await.unwrap_or_default());
         }
-        if cfg.rdns.mode != Mode::Off
+        let judge_client = !std::mem::replace(&mut self.judged_client, true);
+        if judge_client
+            && cfg.rdns.mode != Mode::Off
             && let Some(out) = early.iprev().await
             && let Some(sig) = helo::rdns(&out, self.ip)
         {
             self.signals.push(sig);
         }
-        if cfg.protocol.mode != Mode::Off {
+        if judge_client && cfg.protocol.mode != Mode::Off {
             let c = s.counters();
             if c.unauthorized_pipelining > 0 {
                 self.signals.push(
@@ -243,8 +270,7 @@ impl Screen {
             .map(|(_, s)| s)
             .chain(&d.would)
             .filter(|s| s.reason == Reason::DnsblScore);
-        for sig in self
-            .signals
+        for sig in self.signals[self.logged..]
             .iter()
             .filter(|s| s.reason != Reason::EarlyTalker)
             .chain(total)
@@ -258,6 +284,7 @@ impl Screen {
             };
             log_signal(session, self.ip, sig, action);
         }
+        self.logged = self.signals.len();
         let refusal = d.refuse.map(|(reply, signal)| Refusal { reply, signal });
         self.decided = Some(refusal.clone());
         refusal

@@ -691,3 +691,19 @@ fn terminal_escapes_in_a_message_never_reach_the_administrators_terminal() {
         "{text}"
     );
 }
+
+#[test]
+fn a_second_transactions_sender_domain_is_asked_of_the_domain_lists_too() {
+    let s = Server::start_with_zones(crate::screening::LISTS, crate::screening::ZONES);
+    s.add_user("alice@example.test", "alice-pw");
+    let mut c = Sock::connect(s.mx());
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<a@sender.test>", "250");
+    c.expect("RCPT TO:<alice@example.test>", "250");
+    c.expect("RSET", "250");
+    // Same session, a listed sender domain: before, only the first sender was ever asked.
+    c.expect("MAIL FROM:<x@spammer.test>", "250");
+    let r = c.expect("RCPT TO:<alice@example.test>", "554 5.7.1");
+    assert!(r.contains("dbl.test"), "{r}");
+    c.expect("QUIT", "221");
+}

@@ -5,7 +5,7 @@
 use crate::support::*;
 use serde_json::Value;
 
-const ZONES: &str = "
+pub(crate) const ZONES: &str = "
 # DNS lists: .2 is on both block lists, .3 on one, .4 on both and on the allow list, .5 on
 # bl1 and on bl2 with a code bl2 does not count.
 2.0.0.127.bl1.test A 127.0.0.2
@@ -26,7 +26,7 @@ liar.client.test A 192.0.2.1
 pool.test TXT v=spf1 ip4:127.0.40.0/24 ip4:127.0.41.0/24 -all
 ";
 
-const LISTS: &str = r#"
+pub(crate) const LISTS: &str = r#"
 [screening.dnsbl]
 threshold = 1.0
 domain_zones = [{ zone = "dbl.test", weight = 1.0 }]
