@@ -16,6 +16,8 @@
 //! www.example.test          CNAME example.test
 //! slow.example.test         TIMEOUT          # never answered (but for types it has records of)
 //! broken.example.test       SERVFAIL
+//! closed.example.test       REFUSED
+//! bare.example.test         NOSOA            # its NXDOMAIN or NODATA comes without an SOA
 //! ```
 //!
 //! A TXT value in double quotes may be split into several quoted strings, which are joined;
@@ -68,6 +70,9 @@ pub struct Zones {
     records: HashMap<String, Vec<Rec>>,
     timeouts: HashSet<String>,
     servfail: HashSet<String>,
+    refused: HashSet<String>,
+    /// Names whose negative answers carry no SOA (some servers answer so; RFC 2308 §2.2).
+    nosoa: HashSet<String>,
 }
 
 impl Zones {
@@ -115,6 +120,8 @@ impl Zones {
                 "CNAME" => self.add(name, Rec::Cname(fqdn(data))),
                 "TIMEOUT" => self.timeout(name),
                 "SERVFAIL" => self.servfail(name),
+                "REFUSED" => self.refused(name),
+                "NOSOA" => self.no_soa(name),
                 _ => return Err(bad("unknown record type")),
             };
         }
@@ -150,6 +157,18 @@ impl Zones {
         self
     }
 
+    /// Queries for this name get REFUSED.
+    pub fn refused(&mut self, name: &str) -> &mut Self {
+        self.refused.insert(fqdn(name));
+        self
+    }
+
+    /// This name's negative answers (NXDOMAIN, NODATA) carry no SOA.
+    pub fn no_soa(&mut self, name: &str) -> &mut Self {
+        self.nosoa.insert(fqdn(name));
+        self
+    }
+
     /// Queries for this name get SERVFAIL.
     pub fn servfail(&mut self, name: &str) -> &mut Self {
         self.servfail.insert(fqdn(name));
@@ -162,6 +181,8 @@ impl Zones {
         self.records.remove(&n);
         self.timeouts.remove(&n);
         self.servfail.remove(&n);
+        self.refused.remove(&n);
+        self.nosoa.remove(&n);
         self
     }
 
@@ -176,6 +197,9 @@ impl Zones {
         }
         if self.servfail.contains(name) {
             return Answer::ServFail;
+        }
+        if self.refused.contains(name) {
+            return Answer::Refused;
         }
         let Some(recs) = self.records.get(name) else {
             // An empty non-terminal (a name with records below it) exists: NODATA, not NXDOMAIN.
@@ -238,6 +262,7 @@ enum Answer {
     Chain(Vec<(String, Rec)>),
     NxDomain,
     ServFail,
+    Refused,
     Timeout,
 }
 
@@ -368,11 +393,10 @@ impl RequestHandler for Handler {
             .collect();
         let qname = fqdn(&labels.join("."));
         let qtype = info.query.query_type();
-        let answer = self
-            .zones
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .answer(&qname, qtype);
+        let (answer, no_soa) = {
+            let z = self.zones.read().unwrap_or_else(|e| e.into_inner());
+            (z.answer(&qname, qtype), z.nosoa.contains(&qname))
+        };
         let mut meta = Metadata::response_from_request(&request.metadata);
         meta.authoritative = true;
         let records: Vec<Record> = match answer {
@@ -386,8 +410,17 @@ impl RequestHandler for Handler {
                     .error_msg(&request.metadata, ResponseCode::ServFail);
                 return send(&mut response_handle, resp, request).await;
             }
+            Answer::Refused => {
+                let resp = MessageResponseBuilder::new(&request.queries, edns.as_ref())
+                    .error_msg(&request.metadata, ResponseCode::Refused);
+                return send(&mut response_handle, resp, request).await;
+            }
             Answer::NxDomain => {
-                let soa = [negative_soa()];
+                let soa: Vec<Record> = if no_soa {
+                    Vec::new()
+                } else {
+                    vec![negative_soa()]
+                };
                 meta.response_code = ResponseCode::NXDomain;
                 let resp = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
                     meta,
@@ -405,7 +438,7 @@ impl RequestHandler for Handler {
                 .collect(),
         };
         // NODATA carries the SOA too, so resolvers cache it like NXDOMAIN.
-        let soa: Vec<Record> = if records.is_empty() {
+        let soa: Vec<Record> = if records.is_empty() && !no_soa {
             vec![negative_soa()]
         } else {
             Vec::new()
