@@ -112,14 +112,23 @@ pub enum Metric {
     Connections,
     /// Submitted messages held because their content scored as spam.
     SpamMessages,
+    /// Decision records of transactions a client abandoned.
+    AbandonedRecords,
 }
 
 /// Timestamps of events per (key, metric), and distinct values per (key, metric) with the
 /// time each was last seen.
+///
+/// Bounded whatever clients do: a key keeps at most `cap` events of a metric (the newest:
+/// a count past the largest limit compared against it says no more), a key's distinct
+/// values at most `cap` too, and past `MAX_KEYS` keys the stalest are dropped.
 pub struct Counters {
     clock: Arc<dyn Clock>,
     /// Events older than this are forgotten.
     horizon_ms: i64,
+    /// Events kept per (key, metric), by metric; `default_cap` for the others.
+    caps: HashMap<Metric, usize>,
+    default_cap: usize,
     events: Mutex<HashMap<(Key, Metric), VecDeque<i64>>>,
     distinct: Mutex<HashMap<(Key, Metric), HashMap<String, i64>>>,
     /// Updates since the last sweep of keys that went quiet.
@@ -129,32 +138,62 @@ pub struct Counters {
 /// Updates between sweeps: keys a client invents (IPs, account names in failed AUTH) must
 /// not pile up, but a sweep walks every key.
 const SWEEP_EVERY: u64 = 4096;
+/// Keys (per map) past which the stalest are dropped, whatever the sweep left.
+const MAX_KEYS: usize = 200_000;
 
 impl Counters {
     pub fn new(clock: Arc<dyn Clock>, horizon_ms: i64) -> Counters {
         Counters {
             clock,
             horizon_ms,
+            caps: HashMap::new(),
+            default_cap: usize::MAX,
             events: Mutex::new(HashMap::new()),
             distinct: Mutex::new(HashMap::new()),
             updates: AtomicU64::new(0),
         }
     }
 
-    /// Drop keys with nothing inside the horizon, every `SWEEP_EVERY` updates.
+    /// Keep at most `default` events per key and metric, or the cap given for the metric.
+    pub fn with_caps(mut self, default: usize, caps: &[(Metric, usize)]) -> Counters {
+        self.default_cap = default.max(1);
+        self.caps = caps.iter().map(|(m, c)| (*m, (*c).max(1))).collect();
+        self
+    }
+
+    fn cap(&self, metric: Metric) -> usize {
+        self.caps.get(&metric).copied().unwrap_or(self.default_cap)
+    }
+
+    /// Drop keys with nothing inside the horizon, every `SWEEP_EVERY` updates or when there
+    /// are more than `MAX_KEYS`; then, if still too many, the half that went quiet first.
     fn maybe_sweep(&self, now: i64) {
-        if self.updates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
-            return;
-        }
+        let due = self.updates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
         let h = self.horizon_ms;
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, q| q.back().is_some_and(|t| now - t <= h));
-        self.distinct
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, set| set.values().any(|t| now - t <= h));
+        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if due || ev.len() > MAX_KEYS {
+            ev.retain(|_, q| q.back().is_some_and(|t| now - t <= h));
+            if ev.len() > MAX_KEYS {
+                let mut last: Vec<i64> = ev.values().filter_map(|q| q.back().copied()).collect();
+                last.sort_unstable();
+                let cut = last[last.len() / 2];
+                ev.retain(|_, q| q.back().is_some_and(|t| *t > cut));
+            }
+        }
+        drop(ev);
+        let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
+        if due || d.len() > MAX_KEYS {
+            d.retain(|_, set| set.values().any(|t| now - t <= h));
+            if d.len() > MAX_KEYS {
+                let mut last: Vec<i64> = d
+                    .values()
+                    .filter_map(|s| s.values().max().copied())
+                    .collect();
+                last.sort_unstable();
+                let cut = last[last.len() / 2];
+                d.retain(|_, s| s.values().any(|t| *t > cut));
+            }
+        }
     }
 
     /// Keys with anything counted (for tests of the sweep).
@@ -181,7 +220,11 @@ impl Counters {
         while q.front().is_some_and(|t| now - t > self.horizon_ms) {
             q.pop_front();
         }
-        q.extend(std::iter::repeat_n(now, n));
+        let cap = self.cap(metric);
+        q.extend(std::iter::repeat_n(now, n.min(cap)));
+        while q.len() > cap {
+            q.pop_front();
+        }
         now
     }
 
@@ -214,8 +257,15 @@ impl Counters {
         let now = self.now_ms();
         self.maybe_sweep(now);
         let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = self.cap(metric);
         let set = d.entry((key, metric)).or_default();
         set.retain(|_, t| now - *t <= self.horizon_ms);
+        if set.len() >= cap
+            && !set.contains_key(value)
+            && let Some(oldest) = set.iter().min_by_key(|(_, t)| **t).map(|(v, _)| v.clone())
+        {
+            set.remove(&oldest);
+        }
         set.insert(value.to_string(), now);
         set.values().filter(|t| now - **t <= window_ms).count()
     }
@@ -293,6 +343,10 @@ impl Blocks {
 #[derive(Default)]
 pub struct Known(Mutex<HashMap<String, HashSet<String>>>);
 
+/// Correspondents remembered per account at most; past it the set starts again (some old
+/// correspondents count as new once more, which only errs towards caution).
+const MAX_KNOWN: usize = 20_000;
+
 impl Known {
     /// How many of `rcpts` the account never wrote to.
     pub fn count_new(&self, account: &str, rcpts: &[String]) -> usize {
@@ -308,6 +362,9 @@ impl Known {
     pub fn learn(&self, account: &str, rcpts: &[String]) -> usize {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let set = m.entry(account.to_string()).or_default();
+        if set.len() + rcpts.len() > MAX_KNOWN {
+            set.clear();
+        }
         rcpts
             .iter()
             .filter(|r| set.insert(r.to_ascii_lowercase()))
@@ -368,6 +425,26 @@ mod tests {
         assert!(b.is_blocked("127.0.5.0".parse().unwrap()));
         clock.advance(1001);
         assert!(!b.is_blocked("127.0.5.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_key_keeps_no_more_events_than_its_cap() {
+        let clock = ManualClock::at(0);
+        let c = Counters::new(Arc::new(clock.clone()), 3_600_000)
+            .with_caps(100, &[(Metric::Connections, 10)]);
+        let ip = Key::Ip(IpAddr::from([192, 0, 2, 1]));
+        for _ in 0..1000 {
+            c.add(ip.clone(), Metric::Connections, 1);
+            clock.advance(1);
+        }
+        // Saturated at the cap: still more than any limit compared with it.
+        assert_eq!(c.count(&ip, Metric::Connections, 60_000), 10);
+        c.add(ip.clone(), Metric::Messages, 5000);
+        assert_eq!(c.count(&ip, Metric::Messages, 60_000), 100);
+        for i in 0..500 {
+            c.add_distinct(ip.clone(), Metric::Recipients, &format!("r{i}"), 3_600_000);
+        }
+        assert_eq!(c.distinct(&ip, Metric::Recipients, 3_600_000), 100);
     }
 
     #[test]

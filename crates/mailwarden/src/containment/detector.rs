@@ -13,8 +13,48 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
 /// Active hours an account needs before its hourly volume counts as its usual one.
 const MIN_BASELINE_HOURS: u64 = 3;
+/// Decision records of abandoned transactions kept per client address and hour.
+const ABANDONED_RECORDS_PER_HOUR: usize = 100;
 /// AUTH turns kept before the past ones are dropped.
 const MAX_AUTH_TURNS: usize = 10_000;
+
+/// The largest number any limit or trigger compares a count with: counters need keep no
+/// more events than one past it (memory per client stays bounded, the answers the same).
+fn largest_limit(c: &Cfg) -> usize {
+    let own = [
+        c.max_messages_per_hour,
+        c.max_recipients_per_day,
+        c.max_messages_per_hour_per_domain,
+        c.max_connections_per_minute_per_ip,
+        c.burst_per_minute,
+        c.burst_per_hour_floor,
+        c.new_recipients_per_hour,
+        c.unknown_recipients,
+        c.login_networks_per_hour,
+        c.remote_rejections_per_hour,
+        c.spam_messages_per_hour,
+        c.auth_failures_per_ip,
+        c.auth_failures_per_network,
+    ];
+    let overrides = c.overrides.iter().flat_map(|o| {
+        [
+            o.max_messages_per_hour.unwrap_or(0),
+            o.max_recipients_per_day.unwrap_or(0),
+            o.burst_per_minute.unwrap_or(0),
+        ]
+    });
+    let most = own.into_iter().chain(overrides).max().unwrap_or(0);
+    // The surge trigger compares with burst_factor times an account's usual hour, which
+    // its hourly limit bounds.
+    let per_hour = c
+        .overrides
+        .iter()
+        .filter_map(|o| o.max_messages_per_hour)
+        .chain([c.max_messages_per_hour])
+        .max()
+        .unwrap_or(0);
+    most.max((c.burst_factor.max(1.0) * per_hour as f64).ceil() as usize)
+}
 
 /// Why an account must be suspended, with the numbers that show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +148,20 @@ impl Detector {
                 auth.max_failure_delay.get().as_millis() as i64,
             ),
             auth_turns: Mutex::new(HashMap::new()),
-            counters: Counters::new(clock.clone(), DAY),
+            counters: Counters::new(clock.clone(), DAY).with_caps(
+                largest_limit(cfg) + 1,
+                &[
+                    (
+                        Metric::Connections,
+                        cfg.max_connections_per_minute_per_ip + 1,
+                    ),
+                    (
+                        Metric::AuthFailures,
+                        cfg.auth_failures_per_ip.max(cfg.auth_failures_per_network) + 1,
+                    ),
+                    (Metric::AbandonedRecords, ABANDONED_RECORDS_PER_HOUR + 1),
+                ],
+            ),
             reserving: Mutex::new(()),
             blocks: Blocks::new(clock),
             known: Known::default(),
@@ -435,6 +488,15 @@ impl Detector {
             blocked,
             recent: by_ip.max(by_account),
         }
+    }
+
+    /// A transaction from `ip` ended without a message or a refusal: keep its decision
+    /// record? At most `ABANDONED_RECORDS_PER_HOUR` per client address, so a client looping
+    /// MAIL/RSET cannot fill the store with records.
+    pub fn keep_abandoned_record(&self, ip: IpAddr) -> bool {
+        let key = Key::Ip(ip);
+        self.counters.add(key.clone(), Metric::AbandonedRecords, 1);
+        self.counters.count(&key, Metric::AbandonedRecords, HOUR) <= ABANDONED_RECORDS_PER_HOUR
     }
 
     /// A remote server refused, with a 5xx, a recipient of mail `account` submitted: many
@@ -779,6 +841,17 @@ mod tests {
         assert_eq!(wait_ms(&d, far, "a@x.test"), Some(max));
         clock.advance(60_000);
         assert_eq!(wait_ms(&d, ip, "a@x.test"), Some(0));
+    }
+
+    #[test]
+    fn a_client_abandoning_transactions_leaves_a_bounded_number_of_records() {
+        let (clock, d) = detector();
+        let ip = IpAddr::from([192, 0, 2, 33]);
+        let kept = (0..1000).filter(|_| d.keep_abandoned_record(ip)).count();
+        assert_eq!(kept, ABANDONED_RECORDS_PER_HOUR);
+        assert!(d.keep_abandoned_record(IpAddr::from([192, 0, 2, 34])));
+        clock.advance(HOUR + 1);
+        assert!(d.keep_abandoned_record(ip));
     }
 
     #[test]

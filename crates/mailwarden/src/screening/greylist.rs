@@ -13,6 +13,17 @@ use std::net::IpAddr;
 
 /// Triplets and memories removed per write once they are long expired.
 const PURGE_BATCH: i64 = 100;
+/// Triplets recorded per client (network, or SPF-passing sender domain) at most.
+const MAX_PENDING_PER_CLIENT: i64 = 1000;
+
+/// Triplets recorded for `client` (their keys start with `client|`).
+fn pending(store: &Store, client: &str) -> Result<i64, StoreError> {
+    let (lo, hi) = (format!("{client}|"), format!("{client}}}"));
+    store.read(|c| {
+        c.prepare_cached("SELECT count(*) FROM greylist WHERE triplet >= ?1 AND triplet < ?2")?
+            .query_row([&lo, &hi], |r| r.get(0))
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -99,7 +110,11 @@ pub async fn check(
         Some(f) if now - f < min => Ok(Outcome::Greylisted {
             wait: min - (now - f),
         }),
-        // New, or expired: the clock starts (again).
+        // New, or expired: the clock starts (again), unless this client already has its
+        // fill of triplets waiting (a sender inventing addresses): then it waits unrecorded.
+        _ if pending(store, &client)? >= MAX_PENDING_PER_CLIENT => {
+            Ok(Outcome::Greylisted { wait: min })
+        }
         _ => {
             store
                 .write(move |c| {
@@ -176,6 +191,30 @@ mod tests {
             check(&store, &cfg, &c, t0 + 86_401).await.unwrap(),
             Outcome::Greylisted { .. }
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_inventing_senders_cannot_fill_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cfg = Cfg::default();
+        for i in 0..MAX_PENDING_PER_CLIENT + 50 {
+            let sender = format!("s{i}@random{i}.test");
+            let a = Attempt {
+                sender: &sender,
+                ..attempt("192.0.2.10", None)
+            };
+            assert!(matches!(
+                check(&store, &cfg, &a, 1_000_000).await.unwrap(),
+                Outcome::Greylisted { .. }
+            ));
+        }
+        let rows: i64 = store
+            .read(|c| c.query_row("SELECT count(*) FROM greylist", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(rows, MAX_PENDING_PER_CLIENT);
+        // Another network has room of its own.
+        assert_eq!(pending(&store, "198.51.100.0").unwrap(), 0);
     }
 
     #[tokio::test]

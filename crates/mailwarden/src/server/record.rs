@@ -123,6 +123,13 @@ pub(super) struct MessageDecision {
 /// Save a finished record in the background (the client's reply does not wait for it), with
 /// the session's screening signals and the client's PTR name.
 pub(super) fn spawn_save(shared: &Arc<Shared>, r: Record, screen: Option<&Screen>, early: &Early) {
+    if r.action == "abandoned"
+        && let Ok(ip) = r.ip.parse()
+        && !shared.contain.detector.keep_abandoned_record(ip)
+    {
+        metrics::counter!("mailwarden_records_not_kept_total").increment(1);
+        return;
+    }
     let signals = screen.map(|s| s.signals.clone()).unwrap_or_default();
     let ptr = early
         .iprev_done
