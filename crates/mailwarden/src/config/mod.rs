@@ -272,8 +272,8 @@ section! {
         /// and the classifier; later links are not looked at.
         pub max_link_hosts: usize = 1000,
         /// Memory for messages being checked at the end of DATA, over all sessions. A message
-        /// needs about its size plus `max_scan_bytes`; past the budget it waits its turn, and
-        /// after five minutes gets `451 4.3.0`.
+        /// takes 1.25 times its size plus `max_scan_bytes` of it; past the budget it waits its
+        /// turn, and after five minutes gets `451 4.3.0`.
         pub message_memory: ByteSize = ByteSize::mib(128),
     }
 }

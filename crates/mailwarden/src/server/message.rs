@@ -37,7 +37,7 @@ pub(super) struct BodySink {
 /// unless the queue took it ([`BodySink::committed`]).
 struct SpoolFile {
     path: PathBuf,
-    file: Option<tokio::fs::File>,
+    file: Option<std::fs::File>,
     kept: bool,
 }
 
@@ -48,6 +48,11 @@ impl Drop for SpoolFile {
         }
     }
 }
+
+/// Bytes a spilling body gathers before each write: one read's worth or so. Written from the
+/// buffer itself on the blocking pool (no copy into a second buffer), so a session receiving
+/// a large message holds little more than this.
+const SPILL_CHUNK: usize = 64 * 1024;
 
 impl BodySink {
     pub(super) fn new(inline_max: usize) -> BodySink {
@@ -62,7 +67,12 @@ impl BodySink {
         &mut self,
         path: impl FnOnce() -> PathBuf,
     ) -> std::io::Result<()> {
-        if self.spool.is_none() && self.buf.len() <= self.inline_max {
+        let threshold = if self.spool.is_none() {
+            self.inline_max
+        } else {
+            SPILL_CHUNK
+        };
+        if self.buf.len() <= threshold {
             return Ok(());
         }
         if self.spool.is_none() {
@@ -74,38 +84,59 @@ impl BodySink {
                 kept: false,
             });
             spool.file = Some(
-                tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&p)
-                    .await?,
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&p)
+                })
+                .await
+                .map_err(std::io::Error::other)??,
             );
         }
-        if let Some(f) = self.spool.as_mut().and_then(|s| s.file.as_mut())
-            && !self.buf.is_empty()
-        {
-            f.write_all(&self.buf).await?;
-            self.buf.clear();
+        self.write_out().await
+    }
+
+    /// Write what the buffer holds to the spool file; the buffer comes back empty, at most
+    /// a chunk's capacity kept.
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        let Some(mut f) = self.spool.as_mut().and_then(|s| s.file.take()) else {
+            return Ok(());
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let (f, mut buf, written) = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let r = f.write_all(&buf);
+            (f, buf, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        written?;
+        buf.clear();
+        buf.shrink_to(2 * SPILL_CHUNK);
+        self.buf = buf;
+        if let Some(s) = self.spool.as_mut() {
+            s.file = Some(f);
         }
         Ok(())
     }
 
-    /// Finish the body: flush and close a spool file, or hand over the memory. The spool
+    /// Finish the body: write out and close a spool file, or hand over the memory. The spool
     /// file stays owned here until [`BodySink::committed`].
     async fn finish(&mut self) -> std::io::Result<Body> {
-        match self.spool.as_mut() {
-            Some(spool) => {
-                if let Some(mut f) = spool.file.take() {
-                    f.write_all(&self.buf).await?;
-                    f.flush().await?;
-                }
-                self.buf = Vec::new();
-                Ok(Body::Spooled(spool.path.clone()))
+        if self.spool.is_some() {
+            self.write_out().await?;
+            self.buf = Vec::new();
+            if let Some(spool) = self.spool.as_mut() {
+                // Closed now; the queue fsyncs it before the commit.
+                spool.file = None;
+                return Ok(Body::Spooled(spool.path.clone()));
             }
-            None => Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf)))),
         }
+        Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf))))
     }
 
     /// The queue owns the spool file now.
@@ -280,10 +311,14 @@ pub(super) async fn finish(
             return fail(replies::LOCAL_ERROR, "spool write failed");
         }
     };
-    // The message is checked in memory: wait for its share of `limits.message_memory`.
+    // The message is checked in memory: wait for its share of `limits.message_memory`, its
+    // size and a quarter (what parsing and checking it was measured to add) and the scan.
     let Some(_memory) = shared
         .memory
-        .reserve(size.saturating_add(cfg.limits.max_scan_bytes.0))
+        .reserve(
+            size.saturating_add(size / 4)
+                .saturating_add(cfg.limits.max_scan_bytes.0),
+        )
         .await
     else {
         tracing::warn!(event = "message_memory_exhausted", session = %ctx.session, qid = %id, size);

@@ -715,17 +715,31 @@ fn messages_past_the_shape_limits_are_refused_and_signatures_past_the_cap_cost_n
     let body = "From: <x@remote.test>\r\nTo: <alice@example.test>\r\nSubject: s\r\n";
     // A thousand and one header fields.
     let many: String = (0..1001).map(|i| format!("X-F{i}: v\r\n")).collect();
-    let r = mx_send(&s, "x@remote.test", format!("{many}{body}\r\nhi\r\n").as_bytes());
+    let r = mx_send(
+        &s,
+        "x@remote.test",
+        format!("{many}{body}\r\nhi\r\n").as_bytes(),
+    );
     assert!(r.starts_with("554 5.6.0"), "{r}");
     // A loop: 101 Received fields.
-    let hops: String = (0..101).map(|i| format!("Received: from h{i} by h{i}\r\n")).collect();
-    let r = mx_send(&s, "x@remote.test", format!("{hops}{body}\r\nhi\r\n").as_bytes());
+    let hops: String = (0..101)
+        .map(|i| format!("Received: from h{i} by h{i}\r\n"))
+        .collect();
+    let r = mx_send(
+        &s,
+        "x@remote.test",
+        format!("{hops}{body}\r\nhi\r\n").as_bytes(),
+    );
     assert!(r.starts_with("554 5.4.6"), "{r}");
     // MIME nested deeper than limits.max_mime_depth (100).
     let nest: String = (0..150)
         .map(|d| format!("Content-Type: multipart/mixed; boundary=\"b{d}\"\r\n\r\n--b{d}\r\n"))
         .collect();
-    let r = mx_send(&s, "x@remote.test", format!("{body}{nest}\r\nhi\r\n").as_bytes());
+    let r = mx_send(
+        &s,
+        "x@remote.test",
+        format!("{body}{nest}\r\nhi\r\n").as_bytes(),
+    );
     assert!(r.starts_with("554 5.6.0"), "{r}");
     // 300 DKIM signatures of distinct domains: at most dkim.max_signatures (5) are looked up.
     let plain = format!("{body}\r\nhello\r\n");
@@ -744,7 +758,10 @@ fn messages_past_the_shape_limits_are_refused_and_signatures_past_the_cap_cost_n
     let r = mx_send(&s, "x@remote.test", format!("{sigs}{plain}").as_bytes());
     assert!(r.starts_with("250"), "{r}");
     let with = s.dns.queries() - q1;
-    assert!(with <= without + 5, "{with} queries with 300 signatures, {without} without");
+    assert!(
+        with <= without + 5,
+        "{with} queries with 300 signatures, {without} without"
+    );
     s.wait_log(&["shape.header_fields"]);
     s.wait_log(&["shape.too_many_hops"]);
     s.wait_log(&["shape.mime_depth"]);
