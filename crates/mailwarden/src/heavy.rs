@@ -20,12 +20,41 @@ fn cpu_slots() -> &'static Semaphore {
     })
 }
 
-/// Wait for a CPU slot; hold it only around CPU-bound code, never across a DNS wait.
-pub async fn cpu() -> SemaphorePermit<'static> {
-    cpu_slots()
-        .acquire()
-        .await
-        .expect("the CPU semaphore is never closed")
+tokio::task_local! {
+    /// Set while work runs on the blocking pool through [`offload`].
+    static OFFLOADED: ();
+}
+
+/// Wait for a CPU slot, when running offloaded; hold it only around CPU-bound code, never
+/// across a DNS wait. Work that runs in place (a small message) needs none.
+pub async fn cpu() -> Option<SemaphorePermit<'static>> {
+    OFFLOADED.try_with(|_| ()).ok()?;
+    Some(
+        cpu_slots()
+            .acquire()
+            .await
+            .expect("the CPU semaphore is never closed"),
+    )
+}
+
+/// Messages up to this size are checked in place: their work is a few tens of microseconds,
+/// less than a trip to the blocking pool costs. Everything per message is linear, so the
+/// most such a message can cost stays small.
+pub const IN_PLACE: usize = 64 * 1024;
+
+/// Run the checks of a message of `size` bytes: in place when it is small, else on the
+/// blocking pool ([`offload`]).
+pub async fn checks<F, Fut, T>(size: usize, work: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    if size <= IN_PLACE {
+        Ok(work().await)
+    } else {
+        offload(work).await
+    }
 }
 
 /// Run `work` on the blocking pool. A panic inside comes back as an `Err` with its message.
@@ -36,7 +65,7 @@ where
     T: Send + 'static,
 {
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || handle.block_on(work()))
+    tokio::task::spawn_blocking(move || handle.block_on(OFFLOADED.scope((), work())))
         .await
         .map_err(|e| match e.try_into_panic() {
             Ok(p) => p

@@ -73,7 +73,7 @@ pub async fn decide(
     spf: Option<SpfOutput>,
     iprev: Option<IprevOutput>,
     now: i64,
-    is_local: &dyn Fn(&str) -> Result<bool, String>,
+    is_local: &(dyn Fn(&str) -> Result<bool, String> + Sync),
 ) -> Decision {
     let parsed = {
         let _cpu = crate::heavy::cpu().await;

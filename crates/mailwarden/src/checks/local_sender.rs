@@ -52,7 +52,7 @@ fn aligned(signer: &str, domain: &str) -> bool {
 pub fn check(
     cfg: &Config,
     c: &Claim<'_>,
-    is_local: &dyn Fn(&str) -> Result<bool, String>,
+    is_local: &(dyn Fn(&str) -> Result<bool, String> + Sync),
 ) -> Option<Finding> {
     let envelope = c
         .mail_from

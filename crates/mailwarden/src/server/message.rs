@@ -441,7 +441,7 @@ pub(super) async fn finish(
             s.helo().unwrap_or("").to_string(),
             mail_from.clone(),
         );
-        let decided = crate::heavy::offload(move || async move {
+        let decided = crate::heavy::checks(raw.len(), move || async move {
             let env = Envelope {
                 ip,
                 helo: &helo,
@@ -615,7 +615,8 @@ async fn score_submitted(
         shared.classifier.get(),
         raw.clone(),
     );
-    let scored = crate::heavy::offload(move || async move {
+    let size = raw.len();
+    let scored = crate::heavy::checks(size, move || async move {
         let l = &cfg.limits;
         let parsed = {
             let _cpu = crate::heavy::cpu().await;
