@@ -266,7 +266,9 @@ section! {
         /// `mime_nesting_limit`). Deeper gets `554 5.6.0`.
         pub max_mime_depth: usize = 100,
         /// Bytes of each message that content scoring reads (its header and link heuristics
-        /// and the classifier). Authentication (DKIM) always covers the whole message.
+        /// and the classifier, which tokenizes at most 256 KiB of their text). Authentication
+        /// (DKIM) always covers the whole message. Messages over 64 KiB are checked off the
+        /// async workers.
         pub max_scan_bytes: ByteSize = ByteSize::mib(1),
         /// Distinct link hosts collected from one message for the link checks, URI block lists
         /// and the classifier; later links are not looked at.
