@@ -1,12 +1,15 @@
 //! CPU-heavy and memory-heavy work at the end of DATA, kept off the async workers and
 //! bounded, so one sender's large or hostile message never delays other sessions' replies:
 //!
-//! - [`offload`] runs a message's checks on the blocking pool (its DNS waits included: the
-//!   future is driven there with the runtime's handle), never on a worker thread;
+//! - [`checks`] runs a message's checks in place when it is small (a few tens of
+//!   microseconds) and otherwise through [`offload`], on the blocking pool (its DNS waits
+//!   included: the future is driven there with the runtime's handle), never on a worker;
 //! - [`cpu`] is a slot for CPU-heavy code (parsing, body hashes, scoring), one fewer than the
 //!   machine's cores, so the workers always keep a core to answer other clients;
 //! - [`Memory`] is the `limits.message_memory` budget: a message checked in memory holds its
-//!   share until its verdict.
+//!   share until its verdict;
+//! - [`CatchPanic`] turns a panic in a session's or a message's work into an error of that
+//!   work alone, the same whether it ran in place or offloaded.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -51,7 +54,7 @@ where
     T: Send + 'static,
 {
     if size <= IN_PLACE {
-        Ok(work().await)
+        CatchPanic::new(work()).await
     } else {
         offload(work).await
     }
@@ -68,13 +71,41 @@ where
     tokio::task::spawn_blocking(move || handle.block_on(OFFLOADED.scope((), work())))
         .await
         .map_err(|e| match e.try_into_panic() {
-            Ok(p) => p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into()),
+            Ok(p) => panic_message(p.as_ref()),
             Err(e) => e.to_string(),
         })
+}
+
+/// Polls a future and turns a panic inside it into an `Err` with the panic's message.
+pub struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> CatchPanic<F> {
+    pub fn new(f: F) -> CatchPanic<F> {
+        CatchPanic(Box::pin(f))
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.get_mut().0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(p) => std::task::Poll::Ready(Err(panic_message(p.as_ref()))),
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// `limits.message_memory`, counted in KiB.
@@ -128,19 +159,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn memory_is_reserved_and_given_back_and_a_big_message_still_fits() {
-        let m = Memory::new(1024 * 1024);
+    async fn a_panic_is_an_error_whether_the_checks_ran_in_place_or_offloaded() {
+        for size in [IN_PLACE, IN_PLACE + 1] {
+            let p: Result<(), String> =
+                checks(size, || async { panic!("at {}", "the end of DATA") }).await;
+            assert_eq!(p.unwrap_err(), "at the end of DATA", "size {size}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_is_waited_for_and_given_back_a_big_message_fits_and_a_waiter_gives_up() {
+        let m = Arc::new(Memory::new(1024 * 1024));
         let a = m.reserve(600 * 1024).await.unwrap();
         assert!(m.available_kib() < 1024 - 600);
-        // Bigger than the whole budget: takes all of it once the rest is free.
+        // Bigger than the whole budget: waits for all of it, and gets it once the rest is free.
         let waiting = tokio::spawn({
-            let kib = m.kib.clone();
-            async move { kib.acquire_many_owned(1024).await.map(|_| ()) }
+            let m = m.clone();
+            async move { m.reserve(10 * 1024 * 1024).await.is_some() }
         });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished(), "waits while the budget is taken");
         drop(a);
-        waiting.await.unwrap().unwrap();
-        let all = m.reserve(10 * 1024 * 1024).await.unwrap();
-        assert_eq!(m.available_kib(), 0);
+        assert!(waiting.await.unwrap());
+        assert_eq!(m.available_kib(), 1024, "given back");
+        // A message that never gets its share gives up after MEMORY_WAIT.
+        let all = m.reserve(1024 * 1024).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(m.reserve(1).await.is_none());
+        assert!(started.elapsed() >= MEMORY_WAIT);
         drop(all);
         assert_eq!(m.available_kib(), 1024);
     }

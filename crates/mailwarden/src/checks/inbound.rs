@@ -61,8 +61,8 @@ impl Decision {
 
 /// Decide on a received message whose header section passed [`shape::check_headers`].
 /// `spf` and `iprev` are results found earlier in the session, if any; `now` is Unix time.
-/// Parsing and scoring hold a [`crate::heavy::cpu`] slot; run this through
-/// [`crate::heavy::offload`] on a server.
+/// Parsing and scoring hold a [`crate::heavy::cpu`] slot when offloaded; a server runs this
+/// through [`crate::heavy::checks`].
 #[allow(clippy::too_many_arguments)]
 pub async fn decide(
     dns: &Arc<Dns>,

@@ -103,8 +103,15 @@ impl BodySink {
     /// Write what the buffer holds to the spool file; the buffer comes back empty, at most
     /// a chunk's capacity kept.
     async fn write_out(&mut self) -> std::io::Result<()> {
-        let Some(mut f) = self.spool.as_mut().and_then(|s| s.file.take()) else {
+        let Some(spool) = self.spool.as_mut() else {
             return Ok(());
+        };
+        // Gone only after an earlier write failed: what the buffer held then is lost, so the
+        // message must not be accepted as if whole.
+        let Some(mut f) = spool.file.take() else {
+            return Err(std::io::Error::other(
+                "spool file lost to an earlier write error",
+            ));
         };
         let buf = std::mem::take(&mut self.buf);
         let (f, mut buf, written) = tokio::task::spawn_blocking(move || {
@@ -312,13 +319,12 @@ pub(super) async fn finish(
         }
     };
     // The message is checked in memory: wait for its share of `limits.message_memory`, its
-    // size and a quarter (what parsing and checking it was measured to add) and the scan.
+    // size and a quarter (what parsing and checking it was measured to add) and the part of
+    // it that content scoring copies (at most `max_scan_bytes`).
+    let scanned = size.min(cfg.limits.max_scan_bytes.0);
     let Some(_memory) = shared
         .memory
-        .reserve(
-            size.saturating_add(size / 4)
-                .saturating_add(cfg.limits.max_scan_bytes.0),
-        )
+        .reserve(size.saturating_add(size / 4).saturating_add(scanned))
         .await
     else {
         tracing::warn!(event = "message_memory_exhausted", session = %ctx.session, qid = %id, size);

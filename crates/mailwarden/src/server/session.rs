@@ -191,7 +191,7 @@ pub async fn run<IO>(
     let mut body = BodySink::new(shared.config.queue.inline_max.0 as usize);
     // Isolation: a bug that panics ends this session only. Its slot, its spool file and its
     // tasks are released by their owners' drops; the client is told, and the record says so.
-    let served = CatchPanic::new(serve(
+    let served = crate::heavy::CatchPanic::new(serve(
         &mut stream,
         &mut ctx,
         &mut body,
@@ -674,33 +674,4 @@ where
     let info = super::tls::describe(tls.get_ref().1);
     *stream = Stream::Tls(Box::new(tls));
     Ok(info)
-}
-
-/// Polls a future and turns a panic inside it into an `Err` with the panic's message.
-struct CatchPanic<F>(std::pin::Pin<Box<F>>);
-
-impl<F: std::future::Future> CatchPanic<F> {
-    fn new(f: F) -> CatchPanic<F> {
-        CatchPanic(Box::pin(f))
-    }
-}
-
-impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let fut = self.get_mut().0.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(p) => std::task::Poll::Ready(Err(p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into()))),
-        }
-    }
 }
