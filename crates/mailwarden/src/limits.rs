@@ -5,7 +5,7 @@
 //! IPv6 /64) or a sender domain. Events older than the longest window asked about are dropped
 //! as new ones arrive, so memory follows the recent traffic only.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -341,40 +341,79 @@ impl Blocks {
 
 /// Recipients an account has written to before (its correspondents), remembered in memory.
 #[derive(Default)]
-pub struct Known(Mutex<HashMap<String, HashSet<String>>>);
+pub struct Known(Mutex<HashMap<String, Correspondents>>);
 
-/// Correspondents remembered per account at most; past it the set starts again (some old
-/// correspondents count as new once more, which only errs towards caution).
+/// One account's correspondents, each with when it was last written to (a sequence number).
+#[derive(Default)]
+struct Correspondents {
+    seq: u64,
+    last: HashMap<String, u64>,
+}
+
+/// Correspondents remembered per account at most. Past it the tenth written to longest ago
+/// is forgotten: a heavy sender's regular correspondents stay known, so only recipients it
+/// has not written to for a long while can count as new again.
 const MAX_KNOWN: usize = 20_000;
 
 impl Known {
     /// How many of `rcpts` the account never wrote to.
     pub fn count_new(&self, account: &str, rcpts: &[String]) -> usize {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let set = m.get(account);
+        let c = m.get(account);
         rcpts
             .iter()
-            .filter(|r| !set.is_some_and(|s| s.contains(&r.to_ascii_lowercase())))
+            .filter(|r| !c.is_some_and(|c| c.last.contains_key(&r.to_ascii_lowercase())))
             .count()
     }
 
     /// Remember the recipients; return how many were new.
     pub fn learn(&self, account: &str, rcpts: &[String]) -> usize {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let set = m.entry(account.to_string()).or_default();
-        if set.len() + rcpts.len() > MAX_KNOWN {
-            set.clear();
+        let c = m.entry(account.to_string()).or_default();
+        let mut new = 0;
+        for r in rcpts {
+            c.seq += 1;
+            if c.last.insert(r.to_ascii_lowercase(), c.seq).is_none() {
+                new += 1;
+            }
         }
-        rcpts
-            .iter()
-            .filter(|r| set.insert(r.to_ascii_lowercase()))
-            .count()
+        if c.last.len() > MAX_KNOWN {
+            // Amortised: one sort-free selection per tenth of the cap written.
+            let mut ages: Vec<u64> = c.last.values().copied().collect();
+            let keep = MAX_KNOWN * 9 / 10;
+            let cut = ages.len() - keep;
+            let oldest_kept = *ages.select_nth_unstable(cut).1;
+            c.last.retain(|_, seq| *seq >= oldest_kept);
+        }
+        new
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_past_its_correspondent_cap_forgets_only_those_written_to_longest_ago() {
+        let k = Known::default();
+        let regular = vec!["boss@example.test".to_string()];
+        assert_eq!(k.learn("a@x", &regular), 1);
+        for i in 0..MAX_KNOWN + 5_000 {
+            k.learn("a@x", &[format!("r{i}@example.test")]);
+            if i % 1000 == 0 {
+                // Written to again now and then: stays known however many others come.
+                assert_eq!(k.learn("a@x", &regular), 0);
+            }
+        }
+        let m = k.0.lock().unwrap();
+        let kept = m["a@x"].last.len();
+        assert!(kept <= MAX_KNOWN, "{kept} remembered");
+        drop(m);
+        assert_eq!(k.count_new("a@x", &regular), 0);
+        let newest = format!("r{}@example.test", MAX_KNOWN + 4_999);
+        assert_eq!(k.count_new("a@x", std::slice::from_ref(&newest)), 0);
+        assert_eq!(k.count_new("a@x", &["r0@example.test".to_string()]), 1);
+    }
 
     #[test]
     fn windows_slide_with_the_clock() {

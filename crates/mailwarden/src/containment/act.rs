@@ -50,8 +50,16 @@ impl Containment {
     /// Suspend `account` for `t`; `context` names the session or message that showed it.
     pub async fn suspend(&self, account: &str, t: Trigger, context: &str) {
         lock(&self.suspending).insert(account.to_string());
+        // Removed however this ends (done, failed, dropped or panicking): past it, the store
+        // alone says whether the account is suspended, so `user resume` is never overruled.
+        struct Done<'a>(&'a Mutex<std::collections::HashSet<String>>, &'a str);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                lock(self.0).remove(self.1);
+            }
+        }
+        let _done = Done(&self.suspending, account);
         self.suspend_stored(account, t, context).await;
-        lock(&self.suspending).remove(account);
     }
 
     async fn suspend_stored(&self, account: &str, t: Trigger, context: &str) {

@@ -13,15 +13,20 @@ use std::net::IpAddr;
 
 /// Triplets and memories removed per write once they are long expired.
 const PURGE_BATCH: i64 = 100;
-/// Triplets recorded per client (network, or SPF-passing sender domain) at most.
+/// Unexpired triplets recorded per client (network, or SPF-passing sender domain) at most.
 const MAX_PENDING_PER_CLIENT: i64 = 1000;
 
-/// Triplets recorded for `client` (their keys start with `client|`).
-fn pending(store: &Store, client: &str) -> Result<i64, StoreError> {
+/// Triplets recorded for `client` (their keys start with `client|`) since `since`. Expired
+/// ones do not count: they are purged only by later writes, and a client at its cap writes
+/// none, so counting them would keep it from ever being recorded again.
+fn pending(store: &Store, client: &str, since: i64) -> Result<i64, StoreError> {
     let (lo, hi) = (format!("{client}|"), format!("{client}}}"));
     store.read(|c| {
-        c.prepare_cached("SELECT count(*) FROM greylist WHERE triplet >= ?1 AND triplet < ?2")?
-            .query_row([&lo, &hi], |r| r.get(0))
+        c.prepare_cached(
+            "SELECT count(*) FROM greylist WHERE triplet >= ?1 AND triplet < ?2 \
+             AND first_seen >= ?3",
+        )?
+        .query_row(rusqlite::params![lo, hi, since], |r| r.get(0))
     })
 }
 
@@ -112,7 +117,7 @@ pub async fn check(
         }),
         // New, or expired: the clock starts (again), unless this client already has its
         // fill of triplets waiting (a sender inventing addresses): then it waits unrecorded.
-        _ if pending(store, &client)? >= MAX_PENDING_PER_CLIENT => {
+        _ if pending(store, &client, now - expiry)? >= MAX_PENDING_PER_CLIENT => {
             Ok(Outcome::Greylisted { wait: min })
         }
         _ => {
@@ -214,7 +219,19 @@ mod tests {
             .unwrap();
         assert_eq!(rows, MAX_PENDING_PER_CLIENT);
         // Another network has room of its own.
-        assert_eq!(pending(&store, "198.51.100.0").unwrap(), 0);
+        assert_eq!(pending(&store, "198.51.100.0", 0).unwrap(), 0);
+        // Once its triplets have expired, the client is recorded again, and may pass.
+        let later = 1_000_000 + cfg.expiry.get().as_secs() as i64 + 1;
+        let a = attempt("192.0.2.10", None);
+        assert!(matches!(
+            check(&store, &cfg, &a, later).await.unwrap(),
+            Outcome::Greylisted { .. }
+        ));
+        let retry = later + cfg.min_delay.get().as_secs() as i64;
+        assert_eq!(
+            check(&store, &cfg, &a, retry).await.unwrap(),
+            Outcome::Passed
+        );
     }
 
     #[tokio::test]

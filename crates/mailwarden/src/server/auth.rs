@@ -125,10 +125,12 @@ pub(super) async fn attempt(
 #[derive(Default)]
 pub(super) struct Lines(std::sync::Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>);
 
-/// A place at the head of an address's line; leaving it lets the next attempt in.
+/// A place in an address's line, at its head once [`Lines::enter`] returns; leaving it (or
+/// giving up waiting) lets the next attempt in, and the last to leave forgets the line.
 pub(super) struct Place<'a> {
     lines: &'a Lines,
     ip: IpAddr,
+    line: Option<Arc<tokio::sync::Mutex<()>>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -141,17 +143,22 @@ impl Lines {
             .entry(ip)
             .or_default()
             .clone();
-        Place {
+        // In place before the wait, so a session dropped while waiting still leaves.
+        let mut place = Place {
             lines: self,
             ip,
-            guard: Some(line.lock_owned().await),
-        }
+            line: Some(line.clone()),
+            guard: None,
+        };
+        place.guard = Some(line.lock_owned().await);
+        place
     }
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
+        drop(self.line.take());
         let mut m = self.lines.0.lock().unwrap_or_else(|e| e.into_inner());
         // Nobody else holds or waits for this address's line: forget it.
         if m.get(&self.ip).is_some_and(|l| Arc::strong_count(l) == 1) {
@@ -182,6 +189,22 @@ fn failed(shared: &Shared, ctx: &mut Ctx, s: &mut Session, name: &str, detail: &
 
 #[cfg(test)]
 mod tests {
+    use super::Lines;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_line_is_forgotten_when_the_last_attempt_leaves_even_one_that_gave_up_waiting() {
+        let lines = Lines::default();
+        let ip = "192.0.2.7".parse().unwrap();
+        let first = lines.enter(ip).await;
+        // A second session of the address waits, then goes away before its turn.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), lines.enter(ip)).await;
+        assert!(gave_up.is_err(), "the line has one place at its head");
+        assert_eq!(lines.0.lock().unwrap().len(), 1);
+        drop(first);
+        assert!(lines.0.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn an_attempt_counts_under_the_accounts_own_name() {
         assert_eq!(super::key(" Alice@Example.TEST"), "alice@example.test");

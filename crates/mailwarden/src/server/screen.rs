@@ -35,6 +35,8 @@ pub(super) struct Screen {
     logged: usize,
     /// Sender domains asked of the domain lists so far.
     senders: Vec<String>,
+    /// The HELO checks were started (once per session, at the first MAIL).
+    helo_started: bool,
     /// Reverse DNS and protocol behaviour were judged (once per session).
     judged_client: bool,
     /// The session's verdict, once the first RCPT has asked.
@@ -73,6 +75,7 @@ impl Screen {
             signals: Vec::new(),
             logged: 0,
             senders: Vec::new(),
+            helo_started: false,
             judged_client: false,
             decided: None,
         }
@@ -163,29 +166,37 @@ impl Screen {
         if fresh {
             self.senders.push(sender_domain.clone());
         }
-        if self.decided.is_some() {
-            let cfg = &shared.config.screening;
-            if fresh && cfg.dnsbl.mode != Mode::Off && !cfg.dnsbl.domain_zones.is_empty() {
+        let cfg = &shared.config.screening;
+        let lists = cfg.dnsbl.mode != Mode::Off && !cfg.dnsbl.domain_zones.is_empty();
+        if std::mem::replace(&mut self.helo_started, true) {
+            // A later MAIL (after RSET, a refusal or a delivered message): only a new sender
+            // domain is asked, after whatever an earlier MAIL still waits for, so no answer
+            // is lost and no signal counted twice.
+            if fresh && lists {
                 let (dns, dcfg, t) = (
                     shared.dns.clone(),
                     cfg.dnsbl.clone(),
                     shared.config.dns.timeout.get(),
                 );
+                let earlier = self.at_mail.take();
                 self.at_mail = Some(Started::start(async move {
+                    let mut found = match earlier {
+                        Some(h) => h.finish().await.unwrap_or_default(),
+                        None => Vec::new(),
+                    };
                     let domains = [("sender", sender_domain.as_str())];
-                    dnsbl::domain_lists(dns, &dcfg, &domains, t).await
+                    found.extend(dnsbl::domain_lists(dns, &dcfg, &domains, t).await);
+                    found
                 }));
                 self.decided = None;
             }
             return;
         }
-        let cfg = &shared.config.screening;
         let mut found = Vec::new();
         if cfg.helo.mode != Mode::Off {
             found = helo::static_checks(helo_name, self.ip, &shared.config.hostname, self.local);
         }
         let resolve = cfg.helo.mode != Mode::Off && found.is_empty();
-        let lists = cfg.dnsbl.mode != Mode::Off && !cfg.dnsbl.domain_zones.is_empty();
         if !resolve && !lists {
             self.signals.extend(found);
             return;
