@@ -19,7 +19,7 @@ pub fn refused_destination(
     let ip = ip.to_canonical();
     let loops = ours.iter().any(|l| {
         l.port() == port
-            && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+            && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && is_this_host(ip)))
     });
     if loops {
         return Some((
@@ -37,7 +37,14 @@ pub fn refused_destination(
     None
 }
 
-/// Is `ip` a public unicast address? (`IpAddr::is_global` is not stable.)
+/// Is `ip` one of this host's addresses (what a wildcard listener answers on)? Only the
+/// host's own addresses can be bound; this asks the kernel rather than listing interfaces.
+fn is_this_host(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// Is `ip` a public unicast address? (`IpAddr::is_global` is not stable.) An IPv4 address
+/// carried in IPv6 (6to4, NAT64) is judged as that IPv4 address.
 pub fn is_global(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(a) => {
@@ -63,9 +70,14 @@ pub fn is_global(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x0064 && s[1] == 0xff9b))
+                || (s[0] == 0x2002 && !is_global(v4(s[1], s[2])))
+                || (s[..6] == [0x0064, 0xff9b, 0, 0, 0, 0] && !is_global(v4(s[6], s[7]))))
         }
     }
+}
+
+fn v4(hi: u16, lo: u16) -> IpAddr {
+    IpAddr::from(((hi as u32) << 16 | lo as u32).to_be_bytes())
 }
 
 /// One host to try, with its addresses in the order to try them.
@@ -245,6 +257,8 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:10.0.0.1",
+            "2002:a00:1::1",
+            "64:ff9b::a9fe:a9fe",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             let r = refused_destination(ip, 25, &[], false).map(|r| r.0);
@@ -252,6 +266,10 @@ mod tests {
             assert_eq!(refused_destination(ip, 25, &[], true), None, "{ip}");
         }
         assert_eq!(refused_destination(public, 25, &[], false), None);
+        for ip in ["2002:cb00:7205::1", "64:ff9b::cb00:7205"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(refused_destination(ip, 25, &[], false), None, "{ip}");
+        }
         let ours = [
             "203.0.114.5:25".parse().unwrap(),
             "0.0.0.0:2525".parse().unwrap(),
@@ -262,5 +280,10 @@ mod tests {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let r = refused_destination(lo, 2525, &ours, true).map(|r| r.0);
         assert_eq!(r, Some("5.4.6"));
+        // A wildcard listener answers on every address of this host, and only those.
+        let elsewhere: IpAddr = "127.0.3.9".parse().unwrap();
+        let r = refused_destination(elsewhere, 2525, &ours, true).map(|r| r.0);
+        assert_eq!(r, Some("5.4.6"));
+        assert_eq!(refused_destination(public, 2525, &ours, true), None);
     }
 }
