@@ -44,6 +44,11 @@ fn main() {
             _ => usage(&format!("unknown argument {a}")),
         }
     }
+    if let Some(o) = &only
+        && !targets::all().iter().any(|t| t.name == o)
+    {
+        usage(&format!("no target {o} (--list names them)"));
+    }
     let crashes_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crashes");
     let mut crashed = false;
     println!("seed {seed}");

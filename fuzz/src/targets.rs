@@ -291,6 +291,7 @@ fn data(data: &[u8]) {
 }
 
 const SESSION_DICT: &[&str] = &[
+    "~",
     "EHLO c.test\r\n",
     "HELO c.test\r\n",
     "MAIL FROM:<a@b.test>\r\n",
@@ -375,6 +376,8 @@ fn session(data: &[u8]) {
                 inbuf.extend(&input[offered..next]);
                 offered = next;
                 idle = 0;
+                // The disk fills (and frees) at whatever point a chunk ending in `~` says.
+                s.set_storage_low(input[next - 1] == b'~');
             }
             Event::Refused { .. } => {}
             Event::Mail { .. } => {
@@ -493,7 +496,9 @@ fn headers(data: &[u8]) {
         assert!(!h.is_empty());
     }
     let _ = mailwarden::classifier::tokens_of(&p);
-    let _ = headers::tag_subject(data, authres::header_end(data), "[SPAM]");
+    let end = mailwarden::checks::shape::header_end(data);
+    assert!(end <= data.len());
+    let _ = headers::tag_subject(data, end, "[SPAM]");
     let _ = mailwarden::records::header_value(data, "Subject");
     let _ = mailwarden::checks::shape::count(data, 1000);
 }

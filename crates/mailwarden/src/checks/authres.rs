@@ -25,7 +25,7 @@ impl HeadEdit {
 /// (case-insensitive). Returns the header section without them, or `None` when there were
 /// none.
 pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<HeadEdit> {
-    let end = header_end(raw);
+    let end = super::shape::header_end(raw);
     let mut out = Vec::with_capacity(end);
     let mut removed = false;
     let mut i = 0;
@@ -50,18 +50,6 @@ pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<HeadEdit> {
         head: out,
         rest: end,
     })
-}
-
-/// Offset of the blank line that ends the header section (or the end of the message).
-pub fn header_end(raw: &[u8]) -> usize {
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i..].starts_with(b"\r\n") || raw[i] == b'\n' {
-            return i;
-        }
-        i = next_line(raw, i, raw.len());
-    }
-    raw.len()
 }
 
 fn next_line(raw: &[u8], from: usize, end: usize) -> usize {

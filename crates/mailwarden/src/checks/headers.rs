@@ -79,10 +79,7 @@ pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
 /// The header fields of `raw` one by one, as (lowercase name, unfolded value), so a caller
 /// that wants one field or a few never builds them all. Lines without a colon are skipped.
 pub fn field_iter(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .or_else(|| memchr::memmem::find(raw, b"\n\n"))
-        .unwrap_or(raw.len());
-    let head = &raw[..end];
+    let head = &raw[..super::shape::header_end(raw)];
     let mut at = 0;
     std::iter::from_fn(move || {
         while at < head.len() {
@@ -508,6 +505,14 @@ mod tests {
     }
 
     #[test]
+    fn the_header_section_ends_at_its_first_empty_line_whatever_the_line_endings() {
+        // LF-only headers, then a CRLF body holding what looks like a field: not a header.
+        let raw = b"From: a@x.test\nSubject: hi\n\nbody\r\nX-Forged: yes\r\n\r\nmore\r\n";
+        let names: Vec<String> = field_iter(raw).map(|(n, _)| n).collect();
+        assert_eq!(names, ["from", "subject"]);
+    }
+
+    #[test]
     fn a_well_formed_message_has_no_findings() {
         assert_eq!(codes(GOOD, true), Vec::<&str>::new());
     }
@@ -631,10 +636,10 @@ mod tests {
     #[test]
     fn subject_tags() {
         let raw = b"From: a@b\r\nSubject:  hello\r\n\r\nSubject: body\r\n";
-        let t = tag_subject(raw, super::super::authres::header_end(raw), "[SPAM]");
+        let t = tag_subject(raw, super::super::shape::header_end(raw), "[SPAM]");
         assert_eq!(t, b"From: a@b\r\nSubject:  [SPAM] hello\r\n");
         let raw = b"From: a@b\r\n\r\nbody\r\n";
-        let t = tag_subject(raw, super::super::authres::header_end(raw), "[SPAM]");
+        let t = tag_subject(raw, super::super::shape::header_end(raw), "[SPAM]");
         assert_eq!(t, b"Subject: [SPAM]\r\nFrom: a@b\r\n");
     }
 

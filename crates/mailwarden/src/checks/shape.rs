@@ -54,6 +54,12 @@ pub fn count(raw: &[u8], max_fields: usize) -> Headers {
     h
 }
 
+/// Offset of the empty line (CRLF or bare LF) that ends the header section of `raw`, or its
+/// length when there is none. The one rule every header reader and editor here uses.
+pub fn header_end(raw: &[u8]) -> usize {
+    count(raw, 0).bytes
+}
+
 /// The header limits of `[limits]`.
 pub fn check_headers(limits: &Limits, raw: &[u8]) -> Result<Headers, Refusal> {
     let h = count(raw, limits.max_header_fields);
