@@ -4,9 +4,10 @@
 //! "the CEO writes" fraud, which gets through whenever our own domain publishes no DMARC
 //! `p=reject`. It passes only when something vouches for it:
 //! - a passing DKIM signature whose `d=` is aligned with the claimed domain (the same
-//!   domain, or one a level apart: RFC 7489 relaxed alignment within our own tree);
-//! - a valid ARC chain whose newest seal is from a trusted sealer (`arc.trusted_sealers`):
-//!   a mailing list that changed a message we signed;
+//!   domain, or a parent or a subdomain of it at any depth: RFC 7489 relaxed alignment
+//!   within our own tree);
+//! - a valid ARC chain whose newest seal is from a trusted sealer (`arc.trusted_sealers`,
+//!   with `arc.mode = "enforce"`): a mailing list that changed a message we signed;
 //! - a client in `mx.trusted_relays`.
 //!
 //! Fails closed: a DKIM key lookup that failed for now, or a store that cannot say which

@@ -1,4 +1,6 @@
-//! Policy checks, one file per check. Each is consulted by the session driver at its SMTP stage.
+//! Policy checks, one file per check: MAIL and RCPT ones are called by the session driver
+//! (`server::session`), end-of-DATA ones by `server::message` (mail from outside through
+//! [`inbound::decide`]). Each returns typed reasons; none does I/O of its own but DNS.
 
 pub mod arc;
 pub mod authres;

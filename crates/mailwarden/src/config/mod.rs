@@ -237,7 +237,7 @@ section! {
         /// Mail from outside whose envelope sender or `From:` is in one of our domains is
         /// refused with `550 5.7.1` (the forged "CEO" mail), unless it carries a passing DKIM
         /// signature aligned with that domain, a trusted ARC sealer
-        /// (`arc.trusted_sealers`) vouches for it, or the client is in `trusted_relays`. A
+        /// (`arc.trusted_sealers`, with `arc.mode = "enforce"`) vouches for it, or the client is in `trusted_relays`. A
         /// DKIM key lookup that failed for now gets `451 4.7.0`. Our own users send through
         /// the submission ports, where AUTH proves who they are.
         pub local_forgery: Mode = Mode::Enforce,
@@ -274,8 +274,9 @@ section! {
         /// and the classifier; later links are not looked at.
         pub max_link_hosts: usize = 1000,
         /// Memory for messages being checked at the end of DATA, over all sessions. A message
-        /// takes 1.25 times its size plus `max_scan_bytes` of it; past the budget it waits its
-        /// turn, and after five minutes gets `451 4.3.0`.
+        /// takes 1.25 times its size plus what content scoring copies of it (at most
+        /// `max_scan_bytes`); past the budget it waits its turn, and after five minutes gets
+        /// `451 4.3.0`.
         pub message_memory: ByteSize = ByteSize::mib(128),
     }
 }
@@ -283,10 +284,12 @@ section! {
 section! {
     /// SMTP AUTH (submission ports only).
     pub struct Auth {
-        /// Delay before answering the first failed AUTH of a session; it doubles with each
-        /// further failure, up to `max_failure_delay`.
+        /// How long a failed AUTH makes the next attempt wait, from any connection of the
+        /// same IP or network, or naming the same account. It doubles with each failure of
+        /// that key in the last ten minutes, up to `max_failure_delay`; attempts arriving
+        /// while the line is more than twice that long get `454 4.7.0` at once.
         pub failure_delay: Duration = Duration::millis(1000),
-        /// Upper bound of the failure delay.
+        /// Upper bound of one failure's delay.
         pub max_failure_delay: Duration = Duration::secs(8),
         /// Failed AUTH attempts in one session before `421 4.7.0` and close.
         pub max_failures_per_session: u32 = 3,
@@ -424,9 +427,9 @@ section! {
         /// Suspend when this many of an account's messages within an hour are held because
         /// their content scores as spam (`scoring.quarantine`).
         pub spam_messages_per_hour: usize = 3,
-        /// AUTH failures from one IP within ten minutes before that IP is blocked. The delay
-        /// before a failure's answer (`auth.failure_delay`) doubles with the failures in that
-        /// time from the IP or for the account named, whichever is more.
+        /// AUTH failures from one IP within ten minutes before that IP is blocked. Until then
+        /// each failure pushes the next attempt on by `auth.failure_delay`, doubled for each
+        /// earlier failure in that time from the IP, its network or for the account named.
         pub auth_failures_per_ip: usize = 10,
         /// AUTH failures from one /24 (/64) within ten minutes before the whole network is
         /// blocked. Failures never lock an account: its owner, from a clean network, gets in.

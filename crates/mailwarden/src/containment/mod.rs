@@ -2,8 +2,8 @@
 //! [`Detector`] watches what accounts do and says when one must be stopped, and
 //! [`Containment`] acts on it.
 //!
-//! A suspended account cannot authenticate (`525 5.7.13`, RFC 4954 §6) or submit
-//! (`550 5.7.1`), still receives mail, and its mail still waiting for delivery is held, not
+//! A suspended account cannot authenticate (it gets `535 5.7.8`, exactly as a wrong password
+//! does, so a guesser learns nothing from it) or submit (`550 5.7.1`), still receives mail, and its mail still waiting for delivery is held, not
 //! sent. `mailwarden user suspend|resume|status` act by hand; a resume releases or deletes
 //! the held mail. The state lives in the store, so the running server and the CLI agree at once.
 

@@ -1,3 +1,3 @@
-//! Delivery: local Maildir now; outbound SMTP joins it here.
+//! Local delivery: Maildir. Remote delivery is `outbound`.
 
 pub mod maildir;
