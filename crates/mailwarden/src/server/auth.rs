@@ -28,27 +28,28 @@ pub(super) async fn attempt(
 ) {
     let ip = ctx.peer.ip();
     let detector = &shared.contain.detector;
-    if !detector.auth_allowed(ip) {
-        // Blocked for guessing: not even the argon2 work is spent on it.
-        ctx.refuse_auth(
-            s,
-            replies::AUTH_BLOCKED,
-            "client network blocked",
-            "AUTH from a network blocked for failed logins",
-        );
+    // Blocked for guessing: not even the argon2 work is spent on it. Asked again after the
+    // wait in line, which the attempts ahead may have ended with a block.
+    let blocked = |ctx: &mut Ctx, s: &mut Session| {
+        let no = !detector.auth_allowed(ip);
+        if no {
+            ctx.refuse_auth(
+                s,
+                replies::AUTH_BLOCKED,
+                "client network blocked",
+                "AUTH from a network blocked for failed logins",
+            );
+        }
+        no
+    };
+    if blocked(ctx, s) {
         return;
     }
     let name = key(&credentials.username);
     // One password check at a time per address: more connections only queue behind it, and
     // every one of them then meets the same failures, turns and blocks.
     let _line = shared.auth_lines.enter(ip).await;
-    if !detector.auth_allowed(ip) {
-        ctx.refuse_auth(
-            s,
-            replies::AUTH_BLOCKED,
-            "client network blocked",
-            "AUTH from a network blocked for failed logins",
-        );
+    if blocked(ctx, s) {
         return;
     }
     let Some(wait) = detector.auth_turn(ip, &name) else {

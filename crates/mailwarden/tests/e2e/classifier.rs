@@ -89,15 +89,6 @@ fn learn_trains_incrementally_and_the_server_files_recognised_spam_in_junk() {
     ]);
     let inbox = s.wait_messages("alice@example.test", 1);
     assert!(!inbox[0].contains("classifier_spam"), "{}", inbox[0]);
-    let found = cli_search(&s, "content.classifier_ham");
-    assert!(found.contains("accept"), "{found}");
-}
-
-fn cli_search(s: &Server, reason: &str) -> String {
-    wait_for(Duration::from_secs(10), || {
-        let out = s.cli(&["log", "search", "--reason", reason], None);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (!text.is_empty()).then_some(text)
-    })
-    .unwrap_or_else(|| panic!("no record with {reason}"))
+    let found = s.search_records(&["--reason", "content.classifier_ham"]);
+    assert_eq!(found[0]["action"], "accept", "{found:?}");
 }

@@ -17,21 +17,6 @@ fn cli_out(s: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `log search ARGS --json`, waiting until it finds something (records are saved after the
-/// reply).
-fn search(s: &Server, args: &[&str]) -> Vec<serde_json::Value> {
-    let mut all = vec!["log", "search", "--json"];
-    all.extend_from_slice(args);
-    wait_for(Duration::from_secs(10), || {
-        let found: Vec<serde_json::Value> = cli_out(s, &all)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        (!found.is_empty()).then_some(found)
-    })
-    .unwrap_or_else(|| panic!("nothing found for {args:?}"))
-}
-
 #[test]
 fn rejected_and_accepted_transactions_are_found_and_explained() {
     let s = Server::start_with_zones(CONFIG, ZONES);
@@ -71,7 +56,7 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     assert_eq!(r["code"], 554, "{r}");
 
     // The unknown recipient.
-    let found = search(&s, &["--rcpt", "nosuch@example.test"]);
+    let found = s.search_records(&["--rcpt", "nosuch@example.test"]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["action"], "reject");
     let id = found[0]["id"].as_str().unwrap().to_string();
@@ -90,7 +75,7 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     );
 
     // The DNS-listed client: found by address and by reason, explained with the list.
-    let found = search(&s, &["--ip", "127.0.0.2", "--reason", "dnsbl_score"]);
+    let found = s.search_records(&["--ip", "127.0.0.2", "--reason", "dnsbl_score"]);
     assert_eq!(found.len(), 1, "{found:?}");
     let report = cli_out(&s, &["explain", found[0]["id"].as_str().unwrap()]);
     let why = report
@@ -102,7 +87,7 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     assert!(report.contains("bl.test"), "{report}");
 
     // The accepted message, with its Subject and its checks' results.
-    let found = search(&s, &["--action", "accept", "--sender", "@sender.test"]);
+    let found = s.search_records(&["--action", "accept", "--sender", "@sender.test"]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["subject"], "hello-records");
     assert!(found[0]["message_id"].as_str().is_some(), "{:?}", found[0]);
@@ -189,15 +174,12 @@ fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
     assert!(m.contains("headers.from_no_address"), "{m}");
     assert!(s.messages("alice@example.test").is_empty());
 
-    let found = search(
-        &s,
-        &[
-            "--action",
-            "junk",
-            "--reason",
-            "headers.message_id_not_fqdn",
-        ],
-    );
+    let found = s.search_records(&[
+        "--action",
+        "junk",
+        "--reason",
+        "headers.message_id_not_fqdn",
+    ]);
     assert_eq!(found.len(), 1, "{found:?}");
     let report = cli_out(&s, &["explain", found[0]["id"].as_str().unwrap()]);
     assert!(report.contains(" JUNK on mx"), "{report}");
@@ -225,7 +207,7 @@ fn a_reject_threshold_refuses_and_the_warning_header_marks_unverified_senders() 
     let r = send_seed(&s);
     assert_eq!(r["code"], 550, "{r}");
     assert!(r["message"].as_str().unwrap().starts_with("5.7.1"), "{r}");
-    let found = search(&s, &["--action", "reject"]);
+    let found = s.search_records(&["--action", "reject"]);
     assert_eq!(
         found[0]["reply"].as_str().unwrap().get(..9),
         Some("550 5.7.1")
@@ -270,7 +252,7 @@ fn quarantined_mail_is_held_then_released_or_deleted() {
         s.messages("alice@example.test").is_empty(),
         "nothing delivered while held"
     );
-    let found = search(&s, &["--action", "quarantine"]);
+    let found = s.search_records(&["--action", "quarantine"]);
     assert_eq!(found.len(), 2, "{found:?}");
 
     let out = cli_out(&s, &["quarantine", "release", ids[0], "--learn-ham"]);
@@ -367,7 +349,7 @@ fn a_listed_link_host_scores_and_the_subject_tag_marks_spam() {
     .unwrap_or_else(|| panic!("nothing in Junk; log:\n{}", s.log()));
     assert!(m.contains("Subject: [SPAM] Exquisite Replica Bags"), "{m}");
     assert!(m.contains("content.uribl_listed"), "{m}");
-    let found = search(&s, &["--reason", "content.uribl_listed"]);
+    let found = s.search_records(&["--reason", "content.uribl_listed"]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0]["score"].as_f64().unwrap() >= 8.5, "{:?}", found[0]);
 

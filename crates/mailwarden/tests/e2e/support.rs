@@ -211,6 +211,27 @@ impl Server {
         .unwrap_or_else(|| panic!("no log line with {needles:?}; log:\n{}", self.log()))
     }
 
+    /// `log search --json ARGS`, once it finds something (records are saved after the
+    /// reply): the records, one JSON object each.
+    pub fn search_records(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["log", "search", "--json"];
+        all.extend_from_slice(args);
+        wait_for(Duration::from_secs(10), || {
+            let out = self.cli(&all, None);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (!found.is_empty()).then_some(found)
+        })
+        .unwrap_or_else(|| panic!("no record for {args:?}"))
+    }
+
     /// Run the CLI against this server's config.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(BIN);
