@@ -641,3 +641,74 @@ impl Queue {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mail_committed_for_a_suspended_account_is_held_whoever_commits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (queue, _rx) =
+            Queue::new(store.clone(), dir.path(), DirSync::start(), 1 << 20).unwrap();
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::containment::suspend(&s, "alice@example.test", "phished", "by hand")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        // As a quarantine release commits it: the account that submitted it, no session.
+        let msg = Message {
+            id: "released1".into(),
+            created: 1,
+            sender: "alice@example.test".into(),
+            size: 6,
+            meta: Meta {
+                listener: "quarantine".into(),
+                auth: Some("alice@example.test".into()),
+                ..Meta::default()
+            },
+            rcpts: vec![
+                Recipient {
+                    idx: 0,
+                    address: "far@remote.test".into(),
+                    route: Route::Remote,
+                },
+                Recipient {
+                    idx: 1,
+                    address: "bob@example.test".into(),
+                    route: Route::Local {
+                        mailbox: "bob@example.test".into(),
+                        folder: Folder::Inbox,
+                    },
+                },
+            ],
+            body: Body::Inline(Arc::new(b"hello\n".to_vec())),
+        };
+        queue.enqueue(msg).await.unwrap();
+        let status = |route: &str| -> String {
+            let route = route.to_string();
+            store
+                .read(move |c| {
+                    c.query_row(
+                        "SELECT status FROM queue_rcpt WHERE id = 'released1' AND route = ?1",
+                        [&route],
+                        |r| r.get(0),
+                    )
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            status("remote"),
+            "held",
+            "nothing leaves for a suspended account"
+        );
+        assert_eq!(
+            status("local"),
+            "queued",
+            "a suspended account's mail to us still arrives"
+        );
+    }
+}
