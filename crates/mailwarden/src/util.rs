@@ -138,19 +138,23 @@ impl Network {
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr::{V4, V6};
         match (self.addr, ip.to_canonical()) {
-            (V4(net), V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (V6(net), V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
+            (V4(net), V4(ip)) => in_v4(ip, net, self.len),
+            (V6(net), V6(ip)) => in_v6(ip, net, self.len),
             _ => false,
         }
     }
+}
+
+/// Is `ip` in `net`/`len`?
+pub fn in_v4(ip: std::net::Ipv4Addr, net: std::net::Ipv4Addr, len: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Is `ip` in `net`/`len`?
+pub fn in_v6(ip: std::net::Ipv6Addr, net: std::net::Ipv6Addr, len: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(net) & mask
 }
 
 #[cfg(test)]

@@ -315,11 +315,8 @@ pub async fn evaluate(
             verdict: Verdict::accept(reasons),
             header,
             summary: summary.join(" "),
-            from_domain: None,
             sender_verified,
-            dkim_pass: Vec::new(),
-            dkim_temp: false,
-            arc_trusted: false,
+            ..Outcome::unchecked()
         };
     };
     let from_domain = msg

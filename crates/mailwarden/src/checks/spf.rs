@@ -8,6 +8,7 @@
 //! mail-auth's hickory resolver (so the same `[dns]` servers, timeouts and answer cache), and
 //! hands mail-auth an `SpfOutput` for DMARC and the Authentication-Results header.
 
+use crate::util::{in_v4, in_v6};
 use mail_auth::SpfResult;
 use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::hickory_resolver::net::{DnsError, NetError};
@@ -819,24 +820,6 @@ fn url_escape(s: &str) -> String {
         }
     }
     out
-}
-
-fn in_v4(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
-fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len))
-    };
-    u128::from(ip) & mask == u128::from(net) & mask
 }
 
 #[cfg(test)]

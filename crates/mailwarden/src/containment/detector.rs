@@ -379,10 +379,13 @@ impl Detector {
     pub fn accepted(&self, r: &mut Reservation, rcpts: &[String]) {
         r.committed = true;
         let account = r.account.as_str();
-        self.baseline(account);
         {
+            let now = self.counters.now_ms();
             let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
-            b.entry(account.to_string()).or_default().in_hour += 1;
+            let e = b.entry(account.to_string()).or_default();
+            // Into the current hour, once a finished one has gone into the average.
+            e.roll(now);
+            e.in_hour += 1;
         }
         self.known.learn(account, rcpts);
     }
