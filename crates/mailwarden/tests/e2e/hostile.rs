@@ -386,7 +386,7 @@ fn a_flood_of_logins_is_turned_away_not_queued_without_bound() {
 fn a_suspended_account_answers_exactly_as_a_wrong_password_does() {
     let s = Server::start("");
     s.add_user("alice@example.test", "alice-pw");
-    let out = s.cli(
+    s.cli_ok(
         &[
             "user",
             "suspend",
@@ -395,11 +395,6 @@ fn a_suspended_account_answers_exactly_as_a_wrong_password_does() {
             "phished",
         ],
         None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let right = authflood(&s, "alice@example.test", "alice-pw", "1", "127.0.0.81-81");
     let wrong = authflood(&s, "alice@example.test", "not-it", "1", "127.0.0.82-82");
@@ -427,25 +422,14 @@ fn user_add_refuses_weak_passwords_and_generates_strong_ones() {
             "{weak}: {err}"
         );
     }
-    let out = s.cli(
+    s.cli_ok(
         &["user", "add", "alice@example.test", "--password-stdin"],
         Some("correct horse battery staple\n"),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = s.cli(
+    let text = s.cli_ok(
         &["user", "passwd", "alice@example.test", "--generate"],
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
     let pw = text
         .lines()
         .find_map(|l| l.strip_prefix("password: "))
@@ -516,7 +500,7 @@ fn mx_send(s: &Server, mail_from: &str, content: &[u8]) -> String {
 /// `msg` signed by dkimpy for `domain` (RSA selector `test`).
 fn dkim_signed(domain: &str, msg: &str) -> Vec<u8> {
     let f = crate::sender_auth::fixtures();
-    let out = run(
+    run_ok(
         "python3",
         &[
             clients_dir().join("dkim_sign.py").to_str().unwrap(),
@@ -528,13 +512,7 @@ fn dkim_signed(domain: &str, msg: &str) -> Vec<u8> {
             f.join("rsa-private.pem").to_str().unwrap(),
         ],
         Some(msg),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    )
 }
 
 /// `msg` with an ARC set sealed by `domain` (Ed25519 selector `brisbane`), as a mailing list

@@ -78,7 +78,7 @@ fn aliases_and_domain_grants_apply_to_the_running_server() {
     );
     assert_eq!(r["code"], 550, "{r}");
 
-    let out = s.cli(
+    s.cli_ok(
         &[
             "user",
             "alias",
@@ -88,11 +88,6 @@ fn aliases_and_domain_grants_apply_to_the_running_server() {
         ],
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r = send_as(
         &s,
         "sales@example.test",
@@ -101,14 +96,9 @@ fn aliases_and_domain_grants_apply_to_the_running_server() {
     );
     assert_eq!(r["ok"], true, "{r}");
 
-    let out = s.cli(
+    s.cli_ok(
         &["user", "alias", "add", "alice@example.test", "@brand.test"],
         None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let r = send_as(&s, "news@brand.test", "news@brand.test", "with-domain");
     assert_eq!(r["ok"], true, "{r}");
@@ -180,7 +170,7 @@ fn a_suspended_account_cannot_log_in_or_send_and_its_mail_is_held() {
     let waiting = "SELECT count(*) FROM queue_rcpt WHERE address = 'carol@remote.test'";
     assert_eq!(s.query_count(waiting), 1);
 
-    let out = s.cli(
+    let out = s.cli_ok(
         &[
             "user",
             "suspend",
@@ -190,12 +180,7 @@ fn a_suspended_account_cannot_log_in_or_send_and_its_mail_is_held() {
         ],
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 waiting recipient(s) held"));
+    assert!(out.contains("1 waiting recipient(s) held"), "{out}");
     assert_eq!(
         s.query_count(
             "SELECT count(*) FROM queue_rcpt WHERE address = 'carol@remote.test' AND status = 'held'"

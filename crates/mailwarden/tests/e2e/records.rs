@@ -7,16 +7,6 @@ use std::time::Duration;
 const ZONES: &str = "2.0.0.127.bl.test A 127.0.0.2\n";
 const CONFIG: &str = "[screening.dnsbl]\nzones = [{ zone = \"bl.test\", weight = 1.0 }]\n";
 
-fn cli_out(s: &Server, args: &[&str]) -> String {
-    let out = s.cli(args, None);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn rejected_and_accepted_transactions_are_found_and_explained() {
     let s = Server::start_with_zones(CONFIG, ZONES);
@@ -60,7 +50,7 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["action"], "reject");
     let id = found[0]["id"].as_str().unwrap().to_string();
-    let report = cli_out(&s, &["explain", &id]);
+    let report = s.cli_ok(&["explain", &id], None);
     assert!(
         report.starts_with(&format!("{id} REJECT on mx")),
         "{report}"
@@ -77,7 +67,7 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     // The DNS-listed client: found by address and by reason, explained with the list.
     let found = s.search_records(&["--ip", "127.0.0.2", "--reason", "dnsbl_score"]);
     assert_eq!(found.len(), 1, "{found:?}");
-    let report = cli_out(&s, &["explain", found[0]["id"].as_str().unwrap()]);
+    let report = s.cli_ok(&["explain", found[0]["id"].as_str().unwrap()], None);
     let why = report
         .find("why:      dnsbl_score (screen)")
         .expect(&report);
@@ -101,12 +91,12 @@ fn rejected_and_accepted_transactions_are_found_and_explained() {
     assert!(codes.iter().any(|c| c.starts_with("dmarc.")), "{codes:?}");
 
     // Filters narrow: nothing accepted from the listed client, nothing in the future.
-    let none = cli_out(
-        &s,
+    let none = s.cli_ok(
         &["log", "search", "--ip", "127.0.0.2", "--action", "accept"],
+        None,
     );
     assert!(none.is_empty(), "{none}");
-    let all = cli_out(&s, &["log", "search", "--since", "1h"]);
+    let all = s.cli_ok(&["log", "search", "--since", "1h"], None);
     assert_eq!(all.lines().count(), 3, "{all}");
     let missing = s.cli(&["explain", "NOSUCHID"], None);
     assert_eq!(missing.status.code(), Some(2));
@@ -181,7 +171,7 @@ fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
         "headers.message_id_not_fqdn",
     ]);
     assert_eq!(found.len(), 1, "{found:?}");
-    let report = cli_out(&s, &["explain", found[0]["id"].as_str().unwrap()]);
+    let report = s.cli_ok(&["explain", found[0]["id"].as_str().unwrap()], None);
     assert!(report.contains(" JUNK on mx"), "{report}");
     let why = report.find("why:").expect(&report);
     let also = report.find("also found:").unwrap_or(report.len());
@@ -237,14 +227,14 @@ fn quarantined_mail_is_held_then_released_or_deleted() {
     };
     send_seed();
     send_seed();
-    let list = cli_out(&s, &["quarantine", "list"]);
+    let list = s.cli_ok(&["quarantine", "list"], None);
     let ids: Vec<&str> = list
         .lines()
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     assert_eq!(ids.len(), 2, "{list}");
     assert!(list.contains("headers.from_no_address"), "{list}");
-    let shown = cli_out(&s, &["quarantine", "show", ids[0]]);
+    let shown = s.cli_ok(&["quarantine", "show", ids[0]], None);
     assert!(shown.contains("Subject: Exquisite Replica Bags"), "{shown}");
     assert!(shown.contains("X-Spam-Status: Yes"), "{shown}");
     std::thread::sleep(Duration::from_millis(1500));
@@ -255,7 +245,7 @@ fn quarantined_mail_is_held_then_released_or_deleted() {
     let found = s.search_records(&["--action", "quarantine"]);
     assert_eq!(found.len(), 2, "{found:?}");
 
-    let out = cli_out(&s, &["quarantine", "release", ids[0], "--learn-ham"]);
+    let out = s.cli_ok(&["quarantine", "release", ids[0], "--learn-ham"], None);
     assert!(out.contains("learnt it as ham"), "{out}");
     assert_eq!(
         s.query_count("SELECT value FROM bayes_meta WHERE key = 'ham_messages'"),
@@ -269,8 +259,11 @@ fn quarantined_mail_is_held_then_released_or_deleted() {
     );
     s.wait_log(&["event=\"quarantine_released\"", ids[0]]);
 
-    assert!(cli_out(&s, &["quarantine", "delete", ids[1]]).contains("deleted"));
-    assert!(cli_out(&s, &["quarantine", "list"]).is_empty());
+    assert!(
+        s.cli_ok(&["quarantine", "delete", ids[1]], None)
+            .contains("deleted")
+    );
+    assert!(s.cli_ok(&["quarantine", "list"], None).is_empty());
     assert_eq!(
         s.cli(&["quarantine", "release", ids[1]], None)
             .status
@@ -302,7 +295,7 @@ fn explain_runs_the_inbound_checks_offline_on_a_message_file() {
 
     let mut args = vec!["explain", f, "--ip", "127.0.0.1"];
     args.extend_from_slice(&common);
-    let report = cli_out(&s, &args);
+    let report = s.cli_ok(&args, None);
     assert!(report.starts_with("offline JUNK on explain"), "{report}");
     let also = report.find("also found:").unwrap_or(report.len());
     for code in ["headers.from_no_address", "headers.message_id_not_fqdn"] {
@@ -319,7 +312,7 @@ fn explain_runs_the_inbound_checks_offline_on_a_message_file() {
     // From a listed address it would not even be read.
     let mut args = vec!["explain", f, "--json", "--ip", "127.0.0.2"];
     args.extend_from_slice(&common);
-    let v: serde_json::Value = serde_json::from_str(&cli_out(&s, &args)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&s.cli_ok(&args, None)).unwrap();
     assert_eq!(v["action"], "reject", "{v}");
     assert!(v["reply"].as_str().unwrap().starts_with("554 5.7.1"), "{v}");
     let deciding: Vec<&str> = v["reasons"]
@@ -331,7 +324,7 @@ fn explain_runs_the_inbound_checks_offline_on_a_message_file() {
         .collect();
     assert_eq!(deciding, ["dnsbl_score"], "{v}");
     // Nothing was delivered or recorded.
-    assert!(cli_out(&s, &["log", "search"]).is_empty());
+    assert!(s.cli_ok(&["log", "search"], None).is_empty());
 }
 
 #[test]

@@ -217,19 +217,25 @@ impl Server {
         let mut all = vec!["log", "search", "--json"];
         all.extend_from_slice(args);
         wait_for(Duration::from_secs(10), || {
-            let out = self.cli(&all, None);
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            let found: Vec<Value> = self
+                .cli_ok(&all, None)
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             (!found.is_empty()).then_some(found)
         })
         .unwrap_or_else(|| panic!("no record for {args:?}"))
+    }
+
+    /// Run the CLI, which must succeed; its standard output.
+    pub fn cli_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.cli(args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Run the CLI against this server's config.
@@ -519,6 +525,17 @@ pub fn raw(addr: SocketAddr, implicit_tls: bool, source: Option<&str>, steps: &[
 }
 
 /// Run an external client (swaks, curl) and return its output.
+/// [`run`], which must succeed; its standard output.
+pub fn run_ok(cmd: &str, args: &[&str], stdin: Option<&str>) -> Vec<u8> {
+    let out = run(cmd, args, stdin);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(cmd)
         .args(args)
