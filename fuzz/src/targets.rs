@@ -3,7 +3,7 @@
 
 use crate::Target;
 use mailwarden::checks::{authres, headers, spf};
-use mailwarden::outbound::client;
+use mailwarden::delivery::remote::client;
 use mailwarden_proto::data::{BareLf, ChunkChecker, DataReader};
 use mailwarden_proto::session::{Event, InBuf, Limits, Session, SessionConfig};
 use mailwarden_proto::{address, command, replies, sasl};
@@ -381,20 +381,20 @@ fn session(data: &[u8]) {
             }
             Event::Refused { .. } => {}
             Event::Mail { .. } => {
-                let _ = s.mail_decision(replies::MAIL_OK, "");
+                let _ = s.mail_decision(replies::MAIL_OK);
             }
             Event::Rcpt { to } => {
                 if to.to_string().len().is_multiple_of(3) {
-                    let _ = s.rcpt_decision(replies::BAD_RECIPIENT, "refused");
+                    let _ = s.rcpt_decision(replies::BAD_RECIPIENT);
                 } else {
-                    let _ = s.rcpt_decision(replies::RCPT_OK, "");
+                    let _ = s.rcpt_decision(replies::RCPT_OK);
                 }
             }
             Event::Auth { credentials, .. } => {
                 if credentials.username.len().is_multiple_of(2) {
                     s.auth_succeeded(credentials.username.clone());
                 } else {
-                    let _ = s.auth_failed(replies::AUTH_FAILED, "bad");
+                    let _ = s.auth_failed(replies::AUTH_FAILED);
                 }
             }
             Event::StartTls { .. } => s.tls_started(),
@@ -496,7 +496,7 @@ fn headers(data: &[u8]) {
         assert!(!h.is_empty());
     }
     let _ = mailwarden::classifier::tokens_of(&p);
-    let end = mailwarden::checks::shape::header_end(data);
+    let end = mailwarden::header::end(data);
     assert!(end <= data.len());
     let _ = headers::tag_subject(data, end, "[SPAM]");
     let _ = mailwarden::records::header_value(data, "Subject");
@@ -573,7 +573,7 @@ fn reply_seeds() -> Vec<Vec<u8>> {
 }
 
 fn reply(data: &[u8]) {
-    let mut r = client::Reply {
+    let mut r = client::RemoteReply {
         code: 0,
         lines: Vec::new(),
     };
@@ -586,7 +586,7 @@ fn reply(data: &[u8]) {
                 let _ = r.status();
                 let _ = r.text();
                 let _ = client::Extensions::parse(&r);
-                r = client::Reply {
+                r = client::RemoteReply {
                     code: 0,
                     lines: Vec::new(),
                 };

@@ -13,8 +13,9 @@
 //! - Account names are restricted to a filesystem-safe alphabet because they name Maildir
 //!   directories.
 
+use crate::clock::Clock;
 use crate::store::{Store, StoreError};
-use crate::util::unix_now;
+
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use mailwarden_proto::address::{self, Domain};
@@ -162,7 +163,7 @@ impl Accounts {
         let domain = domain.to_string();
         let a = addr.clone();
         let inserted = self.store.write_blocking(move |c| {
-            let now = unix_now();
+            let now = crate::clock::SystemClock.now_secs();
             c.execute(
                 "INSERT OR IGNORE INTO accounts(address, domain, password_hash, created, updated) \
                  VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -182,7 +183,7 @@ impl Accounts {
         let n = self.store.write_blocking(move |c| {
             c.execute(
                 "UPDATE accounts SET password_hash = ?2, updated = ?3 WHERE address = ?1",
-                rusqlite::params![a, hash, unix_now()],
+                rusqlite::params![a, hash, crate::clock::SystemClock.now_secs()],
             )
         })?;
         if n == 0 {
@@ -227,7 +228,7 @@ impl Accounts {
         self.store.write_blocking(move |c| {
             c.execute(
                 "INSERT OR IGNORE INTO sender_aliases(account, address, created) VALUES (?1, ?2, ?3)",
-                rusqlite::params![acc, al, unix_now()],
+                rusqlite::params![acc, al, crate::clock::SystemClock.now_secs()],
             )
         })?;
         Ok(alias)
@@ -317,7 +318,7 @@ pub enum AuthError {
 
 /// Outcome of an AUTH attempt.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Login {
     /// The canonical account address.
     Ok(String),
     Bad,
@@ -404,7 +405,7 @@ impl Authenticator {
 
     /// Check a login. Errors (answer `454 4.7.0`) are a busy verifier or a store failure,
     /// never bad passwords.
-    pub async fn verify(&self, username: &str, password: &[u8]) -> Result<Verdict, AuthError> {
+    pub async fn verify(&self, username: &str, password: &[u8]) -> Result<Login, AuthError> {
         let addr = canonical(username).ok();
         let stored = match &addr {
             Some(a) => self.accounts.password_hash(a)?,
@@ -420,7 +421,7 @@ impl Authenticator {
                 && ring::hmac::verify(&self.key, &self.mac_input(a, password), e.mac.as_ref())
                     .is_ok()
             {
-                return Ok(Verdict::Ok(a.clone()));
+                return Ok(Login::Ok(a.clone()));
             }
         }
         let hash = stored.clone().unwrap_or_else(|| self.dummy_hash.clone());
@@ -440,9 +441,9 @@ impl Authenticator {
                         },
                     );
                 }
-                Ok(Verdict::Ok(a))
+                Ok(Login::Ok(a))
             }
-            _ => Ok(Verdict::Bad),
+            _ => Ok(Login::Bad),
         }
     }
 
@@ -515,7 +516,7 @@ mod tests {
         for t in tries {
             match t.await.unwrap() {
                 Err(AuthError::Busy) => busy += 1,
-                Ok(Verdict::Bad) => {}
+                Ok(Login::Bad) => {}
                 other => panic!("{other:?}"),
             }
         }
@@ -543,15 +544,15 @@ mod tests {
         let auth = Authenticator::new(acc.clone(), Duration::from_secs(60), 64);
         assert_eq!(
             auth.verify("ALICE@example.test", b"secret").await.unwrap(),
-            Verdict::Ok("alice@example.test".into())
+            Login::Ok("alice@example.test".into())
         );
         assert_eq!(
             auth.verify("alice@example.test", b"wrong").await.unwrap(),
-            Verdict::Bad
+            Login::Bad
         );
         assert_eq!(
             auth.verify("nobody@example.test", b"secret").await.unwrap(),
-            Verdict::Bad
+            Login::Bad
         );
         // Cached success must not survive a password change.
         let a = acc.clone();
@@ -560,11 +561,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             auth.verify("alice@example.test", b"secret").await.unwrap(),
-            Verdict::Bad
+            Login::Bad
         );
         assert_eq!(
             auth.verify("alice@example.test", b"new").await.unwrap(),
-            Verdict::Ok("alice@example.test".into())
+            Login::Ok("alice@example.test".into())
         );
         let a = acc.clone();
         tokio::task::spawn_blocking(move || a.remove("alice@example.test").unwrap())
@@ -572,7 +573,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             auth.verify("alice@example.test", b"new").await.unwrap(),
-            Verdict::Bad
+            Login::Bad
         );
     }
 }

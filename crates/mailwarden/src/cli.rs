@@ -6,9 +6,10 @@
 //! commands write the same store the running server reads, so changes apply without a restart.
 
 use crate::accounts::Accounts;
-use crate::checks::relay::Routing;
+use crate::clock::Clock;
 use crate::config::docs::{ShowMode, reference_markdown, show};
 use crate::config::{self, Loaded};
+use crate::routing::Routing;
 use crate::store::{Store, StoreError};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -482,7 +483,7 @@ fn parse_since(s: &str) -> anyhow::Result<i64> {
         return Ok(t);
     }
     let d = config::units::parse_duration(s).map_err(|e| anyhow::anyhow!("--since {s:?}: {e}"))?;
-    Ok(crate::util::unix_now() - d.get().as_secs() as i64)
+    Ok(crate::clock::SystemClock.now_secs() - d.get().as_secs() as i64)
 }
 
 fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
@@ -547,7 +548,8 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
         }
         UserCmd::Status { address } => {
             let addr = crate::accounts::canonical(&address)?;
-            let st = crate::containment::state(&store, &addr)?;
+            let st =
+                crate::containment::state(&store, &addr, crate::clock::SystemClock.now_secs())?;
             println!("account:  {addr}");
             println!("state:    {}", st.state.as_str());
             if st.since > 0 {
@@ -568,7 +570,13 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             if !accounts.exists(&addr)? {
                 Err(crate::accounts::AccountError::NotFound(addr))
             } else {
-                let held = crate::containment::suspend(&store, &addr, &reason, "by hand")?;
+                let held = crate::containment::suspend(
+                    &store,
+                    &addr,
+                    &reason,
+                    "by hand",
+                    crate::clock::SystemClock.now_secs(),
+                )?;
                 println!("suspended {addr}; {held} waiting recipient(s) held");
                 Ok(())
             }
@@ -592,7 +600,12 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             } else {
                 crate::containment::HeldMail::Release
             };
-            let n = crate::containment::resume(&store, &addr, what)?;
+            let n = crate::containment::resume(
+                &store,
+                &addr,
+                what,
+                crate::clock::SystemClock.now_secs(),
+            )?;
             let done = if delete { "deleted" } else { "released" };
             println!("{addr} is active again; {n} held recipient(s) {done}");
             Ok(())
@@ -630,7 +643,7 @@ fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {
     } = cmd;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let base = selector.unwrap_or_else(|| {
-        let (year, month, _) = crate::util::civil_date(crate::util::unix_now());
+        let (year, month, _) = crate::util::civil_date(crate::clock::SystemClock.now_secs());
         format!("mw{year}{month:02}")
     });
     let wanted: Vec<(Algorithm, String)> = match algorithm.as_deref() {
@@ -679,7 +692,7 @@ fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
     use crate::queue::admin;
     let store = Store::open(&loaded.config.data_dir)?;
     let age = |t: i64| {
-        let s = (crate::util::unix_now() - t).max(0);
+        let s = (crate::clock::SystemClock.now_secs() - t).max(0);
         match s {
             0..60 => format!("{s}s"),
             60..3600 => format!("{}m", s / 60),
@@ -747,7 +760,7 @@ fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
                     println!("rcpt:     <{}> {} {}", r.address, r.route, r.status);
                     println!("          attempts: {}", r.attempts);
                     if r.status == "deferred" {
-                        let wait = r.next_attempt - crate::util::unix_now();
+                        let wait = r.next_attempt - crate::clock::SystemClock.now_secs();
                         println!("          next attempt: in {}s", wait.max(0));
                     }
                     if let Some(reply) = &r.last_reply {

@@ -2,16 +2,21 @@
 //! client at `--ip` had said `--helo` and sent it from `--mail-from` to `--rcpt`: screening
 //! (DNS lists, reverse DNS, HELO), sender authentication and content scoring, through the
 //! configured resolver, with nothing delivered. The result is a decision record, printed like
-//! one the server wrote. Greylisting and pregreet depend on a client's history and behaviour
+//! one the server wrote. The screening stages and the end-of-DATA decision are the server's
+//! own functions (`screening::at_connect`/`at_mail`/`at_rcpt`/`decide`, `checks::inbound`), so
+//! the two give the same reasons, score and action for the same facts. Pregreet, greylisting
+//! and protocol habits depend on a client's behaviour over time (`decision::Kind::behavioural`)
 //! and are not run.
 
-use crate::checks::inbound::{self, Outcome};
+use crate::checks::inbound;
 use crate::checks::sender::{self, Envelope};
 use crate::classifier::Model;
-use crate::config::{Config, Mode};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::decision::Action;
 use crate::dns::Dns;
-use crate::records::{self, Rcpt, Reason, Record};
-use crate::screening::{self, dnsbl, helo};
+use crate::records::{self, Rcpt, Record};
+use crate::screening;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -46,105 +51,74 @@ pub fn client(
 pub async fn run(
     cfg: &Config,
     model: &Model,
-    routing: &crate::checks::relay::Routing,
+    routing: &crate::routing::Routing,
     raw: &[u8],
     c: &Client,
 ) -> anyhow::Result<Record> {
     let dns = Arc::new(Dns::new(&cfg.dns)?);
-    let t = cfg.dns.timeout.get();
-    let sc = &cfg.screening;
-    let mut signals = Vec::new();
-    if sc.dnsbl.mode != Mode::Off {
-        signals.extend(dnsbl::ip_lists(dns.clone(), &sc.dnsbl, c.ip, t).await);
-        let domain = c.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
-        let names = [("HELO", c.helo.as_str()), ("sender", domain)];
-        signals.extend(dnsbl::domain_lists(dns.clone(), &sc.dnsbl, &names, t).await);
-    }
-    if sc.helo.mode != Mode::Off {
-        let found = helo::static_checks(&c.helo, c.ip, &cfg.hostname, IpAddr::from([0, 0, 0, 0]));
-        if found.is_empty()
-            && let Some(s) = helo::resolves(&dns, &c.helo).await
-        {
-            signals.push(s);
-        }
-        signals.extend(found);
-    }
+    // The door, gathered in the server's order: connect, the first MAIL, the first RCPT.
+    let mut findings = screening::at_connect(dns.clone(), cfg, c.ip).await;
+    let domain = c.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+    let unspecified = IpAddr::from([0, 0, 0, 0]);
+    findings.extend(
+        screening::at_mail(
+            dns.clone(),
+            cfg,
+            c.ip,
+            unspecified,
+            &c.helo,
+            &domain.to_ascii_lowercase(),
+        )
+        .await,
+    );
     dns.prime_loopback_ptr(c.ip).await;
     let iprev = sender::iprev(&dns, c.ip).await;
-    if sc.rdns.mode != Mode::Off
-        && let Some(s) = helo::rdns(&iprev, c.ip)
-    {
-        signals.push(s);
-    }
-    let screened = screening::decide(sc, &signals, c.ip);
-    let refusal = screened.refuse.as_ref().map(|(_, s)| s.reason);
-    let mut reasons: Vec<Reason> = signals
-        .iter()
-        // The DNS-list total is a signal of its own, found only by the decision.
-        .chain(
-            screened
-                .refuse
-                .iter()
-                .map(|(_, s)| s)
-                .filter(|s| !signals.iter().any(|x| x.reason == s.reason)),
-        )
-        .map(|s| Reason {
-            deciding: Some(s.reason) == refusal,
-            ..Reason::from(s)
-        })
-        .collect();
-    for w in &screened.would {
-        reasons.push(Reason {
-            check: "observe".into(),
-            code: format!("would_reject_{}", w.reason.as_str()),
-            detail: w.detail.clone(),
-            score: 0.0,
-            deciding: false,
-        });
-    }
+    findings.extend(screening::at_rcpt(cfg, Some(&iprev), c.ip));
+    let screened = screening::decide(cfg, &mut findings, c.ip);
+    let (mut reasons, lists_score) = screening::reasons(&findings, &screened);
 
-    let env = Envelope {
-        ip: c.ip,
-        helo: &c.helo,
-        mail_from: &c.mail_from,
-        hostname: &cfg.hostname,
-    };
-    let now = crate::util::unix_now();
-    let d = match crate::checks::shape::check_headers(&cfg.limits, raw) {
-        Err(r) => inbound::Decision::refused(r),
-        Ok(_) => {
-            let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
-            let iprev = Some(iprev.clone());
-            inbound::decide(&dns, cfg, model, &env, raw, None, iprev, now, &is_local).await
-        }
-    };
-    let (action, reply) = match (&screened.refuse, &d.outcome) {
-        (Some((reply, _)), _) => (
-            if reply.is_transient() {
-                "tempfail"
-            } else {
-                "reject"
+    // A refusal at RCPT means the message itself would never have been read: as in the
+    // server, its checks do not run and its findings are not in the record.
+    let screened_out = screened.action.refusal().is_some();
+    let now = crate::clock::SystemClock.now_secs();
+    let d = if screened_out {
+        None
+    } else {
+        // The end of DATA, as the server decides it.
+        let env = Envelope {
+            ip: c.ip,
+            helo: &c.helo,
+            mail_from: &c.mail_from,
+            hostname: &cfg.hostname,
+        };
+        Some(
+            match crate::checks::shape::check_headers(&cfg.limits, raw) {
+                Err(f) => inbound::Decision::refused(f),
+                Ok(_) => {
+                    let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
+                    let iprev = Some(iprev.clone());
+                    inbound::decide(&dns, cfg, model, &env, raw, None, iprev, now, &is_local).await
+                }
             },
-            reply.to_string(),
-        ),
-        (None, Outcome::Refuse { reply, .. }) => (
-            if reply.is_transient() {
-                "tempfail"
-            } else {
-                "reject"
-            },
-            reply.to_string(),
-        ),
-        (None, Outcome::Quarantine) => ("quarantine", "250 2.0.0 OK (held)".to_string()),
-        (None, Outcome::Deliver { junk: Some(_) }) => ("junk", "250 2.0.0 OK".to_string()),
-        (None, Outcome::Deliver { junk: None }) => ("accept", "250 2.0.0 OK".to_string()),
+        )
     };
-    // A refusal at RCPT means the message itself would never have been read.
-    let screened_out = screened.refuse.is_some();
-    reasons.extend(d.reasons.into_iter().map(|mut r| {
-        r.deciding &= !screened_out;
-        r
-    }));
+    let action = match &d {
+        Some(d) => &d.verdict.action,
+        None => &screened.action,
+    };
+    let reply = match action {
+        Action::TempFail(r) | Action::Reject(r) => r.to_string(),
+        Action::Quarantine => "250 2.0.0 OK (held)".to_string(),
+        Action::Junk | Action::Accept => "250 2.0.0 OK".to_string(),
+    };
+    if let Some(d) = &d {
+        reasons.extend(d.reasons());
+    }
+    let score = match (lists_score, &d) {
+        (Some(s), _) => s,
+        (None, Some(d)) => d.record_score(),
+        (None, None) => 0.0,
+    };
     Ok(Record {
         id: "offline".into(),
         time: now,
@@ -166,9 +140,9 @@ pub async fn run(
         }],
         message_id: records::header_value(raw, "Message-ID"),
         subject: records::header_value(raw, "Subject"),
-        score: reasons.iter().map(|r| r.score).sum(),
+        score,
         reasons,
-        action: action.into(),
+        action: action.name().into(),
         reply,
     })
 }

@@ -10,23 +10,31 @@ pub mod accounts;
 pub mod checks;
 pub mod classifier;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod containment;
+pub mod decision;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod explain;
 pub mod fsync;
+pub mod header;
 pub mod heavy;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod outbound;
 pub mod quarantine;
 pub mod queue;
 pub mod received;
 pub mod records;
+pub mod routing;
 pub mod screening;
 pub mod server;
 pub mod store;
 pub mod util;
+
+/// HACKING.md's example check, compiled and run with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../HACKING.md")]
+pub struct HackingMd;

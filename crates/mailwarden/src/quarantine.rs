@@ -154,7 +154,7 @@ pub async fn deliver_released(store: Store, queue: std::sync::Arc<crate::queue::
                 .collect();
             let msg = Message {
                 id: crate::util::new_id(),
-                created: crate::util::unix_now(),
+                created: queue.now(),
                 sender: e.sender.clone(),
                 size: e.content.len() as u64,
                 meta: Meta {

@@ -1,14 +1,8 @@
-//! Small shared helpers: identifiers, clocks and RFC 5322 dates.
+//! Small shared helpers: identifiers, networks, terminal-safe text and RFC 5322 dates. Time
+//! itself comes from `crate::clock`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 fn unix_micros() -> u64 {
     SystemTime::now()

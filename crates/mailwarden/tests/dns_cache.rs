@@ -44,7 +44,8 @@ async fn repeated_checks_are_answered_from_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_lists_are_asked_once_and_a_silent_list_does_not_count() {
     use mailwarden::config::screening::{Dnsbl, ListZone};
-    use mailwarden::screening::{Reason, dnsbl};
+    use mailwarden::decision::Kind;
+    use mailwarden::screening::dnsbl;
     use std::sync::Arc;
     let server = TestDns::with_text(
         "2.0.0.127.bl.test A 127.0.0.2\n\
@@ -67,7 +68,7 @@ async fn dns_lists_are_asked_once_and_a_silent_list_does_not_count() {
     let t = cfg.timeout.get();
     let listed = dnsbl::ip_lists(dns.clone(), &lists, "127.0.0.2".parse().unwrap(), t).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].reason, Reason::DnsblListed);
+    assert_eq!(listed[0].kind, Kind::DnsblListed);
     assert_eq!(listed[0].source, "bl.test");
     let clean = dnsbl::ip_lists(dns.clone(), &lists, "127.0.0.4".parse().unwrap(), t).await;
     assert!(clean.is_empty(), "{clean:?}");

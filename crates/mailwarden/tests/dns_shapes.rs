@@ -7,8 +7,8 @@
 use mail_auth::dmarc::Dmarc;
 use mailwarden::checks::spf;
 use mailwarden::config;
+use mailwarden::delivery::remote::route::{self, RouteError};
 use mailwarden::dns::Dns;
-use mailwarden::outbound::route::{self, RouteError};
 use std::net::IpAddr;
 
 const ZONES: &str = "

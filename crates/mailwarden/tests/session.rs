@@ -1,14 +1,16 @@
 //! In-process session tests (tier 2 in docs/testing.md): the real session driver, policy,
 //! store and queue, started in this process with no listeners; each client talks to
 //! `server::session::run` over an in-memory duplex stream, so any client address can be
-//! played.
+//! played. Time is a `ManualClock` the tests move, and DNS a loopback server: the seams
+//! `server::start` takes.
 
 use mailwarden::accounts::Accounts;
+use mailwarden::clock::ManualClock;
 use mailwarden::config::Config;
 use mailwarden::server::{self, ListenerKind, Running};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Harness {
     _dns: mailwarden_testdns::TestDns,
@@ -16,6 +18,7 @@ struct Harness {
     running: Running,
     accounts: Accounts,
     config: Config,
+    clock: ManualClock,
 }
 
 impl Harness {
@@ -35,7 +38,12 @@ impl Harness {
         let dns = mailwarden_testdns::TestDns::start(mailwarden_testdns::Zones::new());
         config.dns.nameservers = vec![dns.addr.to_string()];
         tweak(&mut config);
-        let running = server::start(config.clone()).await.unwrap();
+        // 2026-12-01, as a fixed point the tests move on from.
+        let clock = ManualClock::at(1_796_083_200_000);
+        let resolver = Arc::new(mailwarden::dns::Dns::new(&config.dns).unwrap());
+        let running = server::start(config.clone(), Arc::new(clock.clone()), resolver)
+            .await
+            .unwrap();
         let accounts = running.shared.accounts.clone();
         Harness {
             _dns: dns,
@@ -43,6 +51,7 @@ impl Harness {
             running,
             accounts,
             config,
+            clock,
         }
     }
 
@@ -66,7 +75,44 @@ impl Harness {
             self.running.shared.clone(),
         ));
         let mut c = Client {
-            io: ours,
+            io: Box::new(ours),
+            buf: Vec::new(),
+            banner: String::new(),
+        };
+        c.banner = c.reply().await;
+        c
+    }
+
+    /// A client of the implicit-TLS submission port, trusting the server's own certificate.
+    async fn tls_client(&self, peer: &str) -> Client {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = peer.parse().unwrap();
+        tokio::spawn(server::session::run(
+            theirs,
+            peer,
+            "127.0.0.1:465".parse().unwrap(),
+            ListenerKind::Submissions,
+            self.running.shared.clone(),
+        ));
+        use rustls_pki_types::pem::PemObject;
+        let cert = self.config.data_dir.join("tls/cert.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("mx.example.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, ours)
+            .await
+            .unwrap();
+        let mut c = Client {
+            io: Box::new(tls),
             buf: Vec::new(),
             banner: String::new(),
         };
@@ -87,8 +133,12 @@ impl Harness {
     }
 }
 
+/// A client's connection: the duplex stream, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 struct Client {
-    io: DuplexStream,
+    io: Box<dyn Io>,
     buf: Vec<u8>,
     banner: String,
 }
@@ -229,7 +279,7 @@ async fn shutdown_closes_idle_sessions_with_421() {
 
 /// A connection that panics inside the session's read when the client sends `TRIPWIRE`: a
 /// stand-in for any bug a client's bytes might reach.
-struct Tripwire(DuplexStream);
+struct Tripwire(tokio::io::DuplexStream);
 
 impl tokio::io::AsyncRead for Tripwire {
     fn poll_read(
@@ -281,7 +331,7 @@ async fn a_panic_ends_only_its_session_with_421_and_leaves_nothing_behind() {
         h.running.shared.clone(),
     ));
     let mut c = Client {
-        io: ours,
+        io: Box::new(ours),
         buf: Vec::new(),
         banner: String::new(),
     };
@@ -346,5 +396,104 @@ async fn a_panic_ends_only_its_session_with_421_and_leaves_nothing_behind() {
     // Other sessions go on.
     let mut other = h.client(ListenerKind::Mx, "192.0.2.41:5000").await;
     other.expect("EHLO client.test", "250").await;
+    h.running.stop().await;
+}
+
+/// One attempt of the same (network, sender, recipient) triplet: the reply to its RCPT.
+async fn greylist_attempt(h: &Harness) -> String {
+    let mut c = h.client(ListenerKind::Mx, "203.0.113.5:40000").await;
+    c.expect("EHLO mail.remote.test", "250-").await;
+    c.expect("MAIL FROM:<news@remote.test>", "250").await;
+    c.io.write_all(b"RCPT TO:<alice@example.test>\r\n")
+        .await
+        .unwrap();
+    c.reply().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greylisting_lets_a_retry_through_once_the_servers_clock_has_moved_on() {
+    let h = Harness::new(|c| {
+        c.screening.greylist.mode = mailwarden::config::Mode::Enforce;
+    })
+    .await;
+    h.add_user("alice@example.test", "pw").await;
+    let first = greylist_attempt(&h).await;
+    assert!(first.starts_with("451 4.7.1"), "{first}");
+    // Too soon: still greylisted. The wall clock did not move; the server's did not either.
+    let early = greylist_attempt(&h).await;
+    assert!(early.starts_with("451 4.7.1"), "{early}");
+    h.clock.advance(301_000);
+    let retry = greylist_attempt(&h).await;
+    assert!(retry.starts_with("250 2.1.5"), "{retry}");
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_rate_limit_counts_a_minute_of_the_servers_clock() {
+    let h = Harness::new(|c| c.containment.max_connections_per_minute_per_ip = 2).await;
+    for port in [1000, 1001] {
+        let c = h
+            .client(ListenerKind::Mx, &format!("198.51.100.9:{port}"))
+            .await;
+        assert!(c.banner.starts_with("220"), "{}", c.banner);
+    }
+    let third = h.client(ListenerKind::Mx, "198.51.100.9:1002").await;
+    assert!(third.banner.starts_with("421 4.7.0"), "{}", third.banner);
+    h.clock.advance(61_000);
+    let later = h.client(ListenerKind::Mx, "198.51.100.9:1003").await;
+    assert!(later.banner.starts_with("220"), "{}", later.banner);
+    h.running.stop().await;
+}
+
+/// One message from alice on the implicit-TLS submission port: the reply to its end of DATA.
+async fn submit(h: &Harness) -> String {
+    use base64::Engine;
+    let mut c = h.tls_client("192.0.2.30:6000").await;
+    c.expect("EHLO laptop.example.test", "250-").await;
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0alice@example.test\0pw");
+    c.expect(&format!("AUTH PLAIN {plain}"), "235").await;
+    c.expect("MAIL FROM:<alice@example.test>", "250").await;
+    c.expect("RCPT TO:<alice@example.test>", "250").await;
+    c.expect("DATA", "354").await;
+    c.io.write_all(b"From: alice@example.test\r\nSubject: hi\r\n\r\nhello\r\n.\r\n")
+        .await
+        .unwrap();
+    c.reply().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_burst_trigger_counts_a_minute_of_the_servers_clock() {
+    let h = Harness::new(|c| c.containment.burst_per_minute = 3).await;
+    h.add_user("alice@example.test", "pw").await;
+    // Five messages a minute and a bit apart: never a burst.
+    for _ in 0..5 {
+        let r = submit(&h).await;
+        assert!(r.starts_with("250"), "{r}");
+        h.clock.advance(61_000);
+    }
+    assert!(
+        !h.running
+            .shared
+            .contain
+            .is_suspended("alice@example.test")
+            .unwrap()
+    );
+    // Four within the same minute of the server's clock: the fourth is a burst.
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(submit(&h).await);
+    }
+    assert!(
+        replies[..3].iter().all(|r| r.starts_with("250")),
+        "{replies:?}"
+    );
+    assert!(!replies[3].starts_with("250"), "{replies:?}");
+    assert!(
+        h.running
+            .shared
+            .contain
+            .is_suspended("alice@example.test")
+            .unwrap()
+    );
     h.running.stop().await;
 }

@@ -14,6 +14,7 @@
 use crate::address::{ForwardPath, ReversePath};
 use crate::command::{self, Command, CommandError, MailParams, Verb};
 use crate::data::{BareLf, ChunkChecker, ContentFlags, DataReader};
+use crate::refusal::Why;
 use crate::replies;
 use crate::reply::Reply;
 use crate::sasl::{self, Credentials, Mechanism, SaslError};
@@ -155,7 +156,7 @@ pub enum Event {
     Refused {
         verb: Verb,
         reply: Reply,
-        reason: &'static str,
+        reason: Why,
     },
     /// Decide with [`Session::mail_decision`].
     Mail {
@@ -187,7 +188,7 @@ enum State {
         remaining: u64,
         last: bool,
         /// Read the chunk, then send this instead of accepting it.
-        refuse: Option<(Reply, &'static str)>,
+        refuse: Option<(Reply, Why)>,
     },
     AuthPlain,
     AuthLoginUser,
@@ -325,7 +326,7 @@ impl Session {
     }
 
     /// Send an error reply, count it, and close after too many.
-    fn refuse(&mut self, verb: Verb, reply: Reply, reason: &'static str) -> Event {
+    fn refuse(&mut self, verb: Verb, reply: Reply, reason: Why) -> Event {
         self.send(&reply);
         self.counters.errors += 1;
         if self.counters.errors >= self.cfg.limits.errors && !self.closing {
@@ -453,7 +454,7 @@ impl Session {
                             return self.refuse(
                                 Verb::Auth,
                                 replies::LINE_TOO_LONG,
-                                "auth line too long",
+                                Why::AuthLineTooLong,
                             );
                         }
                         Some(Line::Complete) => {
@@ -472,7 +473,7 @@ impl Session {
                     return self.refuse(
                         Verb::Unknown,
                         replies::LINE_TOO_LONG,
-                        "command line too long",
+                        Why::CommandLineTooLong,
                     );
                 }
                 Some(Line::Complete) => {
@@ -497,9 +498,11 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 let (verb, reply, reason) = match e {
-                    CommandError::Unrecognized => {
-                        (Verb::Unknown, replies::UNRECOGNIZED, "unrecognized command")
-                    }
+                    CommandError::Unrecognized => (
+                        Verb::Unknown,
+                        replies::UNRECOGNIZED,
+                        Why::UnrecognizedCommand,
+                    ),
                     CommandError::NonSmtp => {
                         self.counters.non_smtp_commands += 1;
                         if self.cfg.close_on_non_smtp {
@@ -507,30 +510,24 @@ impl Session {
                             return Some(Event::Refused {
                                 verb: Verb::Unknown,
                                 reply: replies::NON_SMTP_CLOSE,
-                                reason: "non-SMTP command",
+                                reason: Why::NonSmtpCommand,
                             });
                         }
-                        (Verb::Unknown, replies::NON_SMTP, "non-SMTP command")
+                        (Verb::Unknown, replies::NON_SMTP, Why::NonSmtpCommand)
                     }
                     CommandError::Encoding => {
-                        (Verb::Unknown, replies::BAD_ENCODING, "command not UTF-8")
+                        (Verb::Unknown, replies::BAD_ENCODING, Why::CommandNotUtf8)
                     }
-                    CommandError::Syntax(v) => (v, replies::SYNTAX, "syntax error"),
-                    CommandError::BadSender(crate::address::AddressError::NeedsUtf8) => (
-                        Verb::Mail,
-                        replies::NEEDS_SMTPUTF8,
-                        "non-ASCII sender without SMTPUTF8",
-                    ),
-                    CommandError::BadSender(_) => {
-                        (Verb::Mail, replies::BAD_SENDER, "bad sender address syntax")
+                    CommandError::Syntax(v) => (v, replies::SYNTAX, Why::SyntaxError),
+                    CommandError::BadSender(crate::address::AddressError::NeedsUtf8) => {
+                        (Verb::Mail, replies::NEEDS_SMTPUTF8, Why::NonAsciiSender)
                     }
-                    CommandError::BadRecipient(_) => (
-                        Verb::Rcpt,
-                        replies::BAD_RECIPIENT,
-                        "bad recipient address syntax",
-                    ),
+                    CommandError::BadSender(_) => (Verb::Mail, replies::BAD_SENDER, Why::BadSender),
+                    CommandError::BadRecipient(_) => {
+                        (Verb::Rcpt, replies::BAD_RECIPIENT, Why::BadRecipient)
+                    }
                     CommandError::UnsupportedParam(v) => {
-                        (v, replies::UNSUPPORTED_PARAM, "unsupported parameter")
+                        (v, replies::UNSUPPORTED_PARAM, Why::UnsupportedParameter)
                     }
                 };
                 return Some(self.refuse(verb, reply, reason));
@@ -541,16 +538,16 @@ impl Session {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Mail { from, params } => {
                 if self.helo.is_none() {
-                    return Some(self.refuse(Verb::Mail, replies::NEED_HELO, "MAIL before HELO"));
+                    return Some(self.refuse(Verb::Mail, replies::NEED_HELO, Why::MailBeforeHelo));
                 }
                 if self.txn.is_some() {
-                    return Some(self.refuse(Verb::Mail, replies::NESTED_MAIL, "nested MAIL"));
+                    return Some(self.refuse(Verb::Mail, replies::NESTED_MAIL, Why::NestedMail));
                 }
                 if self.cfg.auth_required && self.auth.is_none() {
                     return Some(self.refuse(
                         Verb::Mail,
                         replies::AUTH_REQUIRED,
-                        "MAIL without AUTH",
+                        Why::MailWithoutAuth,
                     ));
                 }
                 if self.counters.transactions >= self.cfg.limits.transactions {
@@ -558,7 +555,7 @@ impl Session {
                     return Some(Event::Refused {
                         verb: Verb::Mail,
                         reply: replies::TOO_MANY_MESSAGES,
-                        reason: "transaction limit",
+                        reason: Why::TransactionLimit,
                     });
                 }
                 if params
@@ -568,7 +565,7 @@ impl Session {
                     return Some(self.refuse(
                         Verb::Mail,
                         replies::SIZE_EXCEEDED,
-                        "declared SIZE over limit",
+                        Why::DeclaredSizeOverLimit,
                     ));
                 }
                 self.state = State::Awaiting(Pending::Mail(from.clone(), params.clone()));
@@ -576,10 +573,10 @@ impl Session {
             }
             Command::Rcpt { to } => {
                 let Some(txn) = &self.txn else {
-                    return Some(self.refuse(Verb::Rcpt, replies::NEED_MAIL, "RCPT before MAIL"));
+                    return Some(self.refuse(Verb::Rcpt, replies::NEED_MAIL, Why::RcptBeforeMail));
                 };
                 if txn.chunks.is_some() {
-                    return Some(self.refuse(Verb::Rcpt, replies::NEED_MAIL, "RCPT after BDAT"));
+                    return Some(self.refuse(Verb::Rcpt, replies::NEED_MAIL, Why::RcptAfterBdat));
                 }
                 if !txn.params.smtputf8
                     && let ForwardPath::Mailbox(m) = &to
@@ -588,14 +585,14 @@ impl Session {
                     return Some(self.refuse(
                         Verb::Rcpt,
                         replies::NEEDS_SMTPUTF8,
-                        "non-ASCII recipient without SMTPUTF8",
+                        Why::NonAsciiRecipient,
                     ));
                 }
                 if txn.rcpts.len() >= self.cfg.limits.recipients {
                     return Some(self.refuse(
                         Verb::Rcpt,
                         replies::TOO_MANY_RCPTS,
-                        "recipient limit",
+                        Why::RecipientLimit,
                     ));
                 }
                 self.state = State::Awaiting(Pending::Rcpt(to.clone()));
@@ -603,24 +600,24 @@ impl Session {
             }
             Command::Data => {
                 let Some(txn) = &self.txn else {
-                    return Some(self.refuse(Verb::Data, replies::NEED_MAIL, "DATA before MAIL"));
+                    return Some(self.refuse(Verb::Data, replies::NEED_MAIL, Why::DataBeforeMail));
                 };
                 if txn.chunks.is_some() {
                     return Some(self.refuse(
                         Verb::Data,
                         replies::BDAT_THEN_DATA,
-                        "DATA after BDAT",
+                        Why::DataAfterBdat,
                     ));
                 }
                 if txn.rcpts.is_empty() {
                     return Some(self.refuse(
                         Verb::Data,
                         replies::NO_VALID_RCPT,
-                        "DATA without recipients",
+                        Why::DataWithoutRecipients,
                     ));
                 }
                 if self.storage_low {
-                    return Some(self.refuse(Verb::Data, replies::NO_STORAGE, "storage low"));
+                    return Some(self.refuse(Verb::Data, replies::NO_STORAGE, Why::StorageLow));
                 }
                 self.send(&replies::START_DATA);
                 let l = &self.cfg.limits;
@@ -633,12 +630,12 @@ impl Session {
             }
             Command::Bdat { size, last } => {
                 let refuse = match &mut self.txn {
-                    None => Some((replies::NEED_MAIL, "BDAT before MAIL")),
+                    None => Some((replies::NEED_MAIL, Why::BdatBeforeMail)),
                     Some(t) if t.rcpts.is_empty() => {
-                        Some((replies::NO_VALID_RCPT, "BDAT without recipients"))
+                        Some((replies::NO_VALID_RCPT, Why::BdatWithoutRecipients))
                     }
                     Some(t) if t.chunks.is_none() && self.storage_low => {
-                        Some((replies::NO_STORAGE, "storage low"))
+                        Some((replies::NO_STORAGE, Why::StorageLow))
                     }
                     Some(t) => {
                         let l = &self.cfg.limits;
@@ -646,7 +643,7 @@ impl Session {
                             ChunkChecker::new(l.message_size, l.text_line, self.cfg.bare_lf)
                         });
                         if chk.size().saturating_add(size) > l.message_size {
-                            Some((replies::SIZE_EXCEEDED, "BDAT over size limit"))
+                            Some((replies::SIZE_EXCEEDED, Why::BdatOverSizeLimit))
                         } else {
                             None
                         }
@@ -703,14 +700,14 @@ impl Session {
                     return Some(self.refuse(
                         Verb::StartTls,
                         replies::TLS_ACTIVE,
-                        "STARTTLS under TLS",
+                        Why::StartTlsUnderTls,
                     ));
                 }
                 if !self.cfg.tls_available {
                     return Some(self.refuse(
                         Verb::StartTls,
                         replies::TLS_UNAVAILABLE,
-                        "no TLS configured",
+                        Why::NoTlsConfigured,
                     ));
                 }
                 self.send(&replies::START_TLS);
@@ -757,34 +754,22 @@ impl Session {
 
     fn auth_command(&mut self, mechanism: &str, initial: Option<String>) -> Option<Event> {
         if !self.cfg.auth_offered {
-            return Some(self.refuse(
-                Verb::Auth,
-                replies::AUTH_NOT_OFFERED,
-                "AUTH on a port without AUTH",
-            ));
+            return Some(self.refuse(Verb::Auth, replies::AUTH_NOT_OFFERED, Why::AuthNotOffered));
         }
         if !self.tls {
-            return Some(self.refuse(Verb::Auth, replies::AUTH_NEEDS_TLS, "AUTH before TLS"));
+            return Some(self.refuse(Verb::Auth, replies::AUTH_NEEDS_TLS, Why::AuthBeforeTls));
         }
         if self.helo.is_none() {
-            return Some(self.refuse(Verb::Auth, replies::NEED_HELO, "AUTH before EHLO"));
+            return Some(self.refuse(Verb::Auth, replies::NEED_HELO, Why::AuthBeforeEhlo));
         }
         if self.auth.is_some() {
-            return Some(self.refuse(Verb::Auth, replies::AUTH_ALREADY, "second AUTH"));
+            return Some(self.refuse(Verb::Auth, replies::AUTH_ALREADY, Why::SecondAuth));
         }
         if self.txn.is_some() {
-            return Some(self.refuse(
-                Verb::Auth,
-                replies::AUTH_IN_TXN,
-                "AUTH inside a transaction",
-            ));
+            return Some(self.refuse(Verb::Auth, replies::AUTH_IN_TXN, Why::AuthInTransaction));
         }
         let Some(mech) = Mechanism::parse(mechanism) else {
-            return Some(self.refuse(
-                Verb::Auth,
-                replies::AUTH_MECHANISM,
-                "unknown SASL mechanism",
-            ));
+            return Some(self.refuse(Verb::Auth, replies::AUTH_MECHANISM, Why::UnknownMechanism));
         };
         match (mech, initial) {
             (Mechanism::Plain, Some(resp)) => self.finish_plain(resp.as_bytes()),
@@ -862,7 +847,7 @@ impl Session {
                 })
             }
             Err(SaslError::AuthzMismatch) => {
-                Some(self.auth_failed_inner(replies::AUTH_FAILED, "authorization identity differs"))
+                Some(self.auth_failed_inner(replies::AUTH_FAILED, Why::AuthzDiffers))
             }
             Err(e) => Some(self.sasl_error(e)),
         }
@@ -872,12 +857,12 @@ impl Session {
         self.state = State::Command;
         match e {
             SaslError::Cancelled => {
-                self.refuse(Verb::Auth, replies::AUTH_CANCELLED, "AUTH cancelled")
+                self.refuse(Verb::Auth, replies::AUTH_CANCELLED, Why::AuthCancelled)
             }
             _ => self.refuse(
                 Verb::Auth,
                 replies::AUTH_MALFORMED,
-                "malformed AUTH response",
+                Why::MalformedAuthResponse,
             ),
         }
     }
@@ -893,7 +878,7 @@ impl Session {
     }
 
     /// Answer an [`Event::Mail`]. A positive reply opens the transaction.
-    pub fn mail_decision(&mut self, reply: Reply, reason: &'static str) -> Option<Event> {
+    pub fn mail_decision(&mut self, reply: Reply) -> Option<Event> {
         let Some(Pending::Mail(from, params)) = self.take_pending() else {
             return None;
         };
@@ -908,12 +893,12 @@ impl Session {
             self.send(&reply);
             None
         } else {
-            Some(self.refuse(Verb::Mail, reply, reason))
+            Some(self.refuse(Verb::Mail, reply, Why::Policy))
         }
     }
 
     /// Answer an [`Event::Rcpt`]. A positive reply adds the recipient.
-    pub fn rcpt_decision(&mut self, reply: Reply, reason: &'static str) -> Option<Event> {
+    pub fn rcpt_decision(&mut self, reply: Reply) -> Option<Event> {
         let Some(Pending::Rcpt(to)) = self.take_pending() else {
             return None;
         };
@@ -924,7 +909,7 @@ impl Session {
             self.send(&reply);
             None
         } else {
-            Some(self.refuse(Verb::Rcpt, reply, reason))
+            Some(self.refuse(Verb::Rcpt, reply, Why::Policy))
         }
     }
 
@@ -936,11 +921,11 @@ impl Session {
     }
 
     /// Answer a failed [`Event::Auth`] (the driver applies any delay before calling this).
-    pub fn auth_failed(&mut self, reply: Reply, reason: &'static str) -> Event {
-        self.auth_failed_inner(reply, reason)
+    pub fn auth_failed(&mut self, reply: Reply) -> Event {
+        self.auth_failed_inner(reply, Why::Policy)
     }
 
-    fn auth_failed_inner(&mut self, reply: Reply, reason: &'static str) -> Event {
+    fn auth_failed_inner(&mut self, reply: Reply, reason: Why) -> Event {
         self.take_pending();
         self.counters.auth_failures += 1;
         let ev = self.refuse(Verb::Auth, reply, reason);
@@ -960,13 +945,13 @@ impl Session {
     }
 
     /// The reply for a message whose content the session itself must refuse, if any.
-    pub fn content_refusal(&self, flags: &ContentFlags) -> Option<(Reply, &'static str)> {
+    pub fn content_refusal(&self, flags: &ContentFlags) -> Option<(Reply, Why)> {
         if flags.too_big {
-            Some((replies::SIZE_EXCEEDED, "message over size limit"))
+            Some((replies::SIZE_EXCEEDED, Why::MessageOverSizeLimit))
         } else if flags.bare_line_ending && self.cfg.bare_lf == BareLf::Reject {
-            Some((replies::BARE_LINE_ENDING, "bare CR or LF in message"))
+            Some((replies::BARE_LINE_ENDING, Why::BareLineEnding))
         } else if flags.long_line {
-            Some((replies::LONG_LINE, "text line over limit"))
+            Some((replies::LONG_LINE, Why::TextLineOverLimit))
         } else {
             None
         }

@@ -51,7 +51,7 @@ impl Runner {
                 Event::NeedInput => break,
                 Event::Refused { .. } => {}
                 Event::Mail { .. } => {
-                    self.s.mail_decision(replies::MAIL_OK, "");
+                    self.s.mail_decision(replies::MAIL_OK);
                 }
                 Event::Rcpt { to } => {
                     let ok = match &to {
@@ -66,7 +66,7 @@ impl Runner {
                     } else {
                         replies::RELAY_DENIED
                     };
-                    self.s.rcpt_decision(r, "relay");
+                    self.s.rcpt_decision(r);
                 }
                 Event::Auth { credentials, .. } => {
                     let ok = self.users.iter().any(|(u, p)| {
@@ -75,7 +75,7 @@ impl Runner {
                     if ok {
                         self.s.auth_succeeded(credentials.username.clone());
                     } else {
-                        self.s.auth_failed(replies::AUTH_FAILED, "bad password");
+                        self.s.auth_failed(replies::AUTH_FAILED);
                     }
                 }
                 Event::StartTls { .. } => {

@@ -25,38 +25,23 @@ impl HeadEdit {
 /// (case-insensitive). Returns the header section without them, or `None` when there were
 /// none.
 pub fn strip_forged(raw: &[u8], authserv_id: &str) -> Option<HeadEdit> {
-    let end = super::shape::header_end(raw);
-    let mut out = Vec::with_capacity(end);
+    let mut fields = crate::header::fields(raw);
+    let mut out = Vec::new();
     let mut removed = false;
-    let mut i = 0;
-    while i < end {
-        // One field: its first line plus continuation lines (starting with SP or HTAB).
-        let mut j = next_line(raw, i, end);
-        while j < end && matches!(raw[j], b' ' | b'\t') {
-            j = next_line(raw, j, end);
-        }
-        let field = &raw[i..j];
-        if is_ours(field, authserv_id) {
+    for f in fields.by_ref() {
+        if is_ours(f.raw, authserv_id) {
             removed = true;
         } else {
-            out.extend_from_slice(field);
+            out.extend_from_slice(f.raw);
         }
-        i = j;
     }
     if !removed {
         return None;
     }
     Some(HeadEdit {
         head: out,
-        rest: end,
+        rest: fields.offset().min(raw.len()),
     })
-}
-
-fn next_line(raw: &[u8], from: usize, end: usize) -> usize {
-    raw[from..end]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(end, |p| from + p + 1)
 }
 
 fn is_ours(field: &[u8], authserv_id: &str) -> bool {

@@ -3,22 +3,11 @@
 //! `From: "Yessenia Lakeshia"` with no address and `Message-ID: <...@1f41un723>`), and
 //! phishing hides where its links go.
 
+use crate::decision::{Finding, Kind};
 use mail_parser::{DateTime, Message, MessageParser};
 
-/// One heuristic that matched.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finding {
-    pub code: &'static str,
-    pub detail: String,
-    pub score: f64,
-}
-
-fn finding(code: &'static str, detail: impl Into<String>, score: f64) -> Finding {
-    Finding {
-        code,
-        detail: detail.into(),
-        score,
-    }
+fn finding(kind: Kind, detail: impl Into<String>, score: f64) -> Finding {
+    Finding::scored(kind, detail, score)
 }
 
 /// Fields RFC 5322 §3.6 allows at most once.
@@ -58,7 +47,7 @@ impl<'a> Parsed<'a> {
     pub fn new(raw: &'a [u8], max_scan_bytes: usize, max_hosts: usize) -> Parsed<'a> {
         let scanned = &raw[..raw.len().min(max_scan_bytes)];
         Parsed {
-            fields: field_iter(raw).take(MAX_FIELDS).collect(),
+            fields: crate::header::unfolded(raw).take(MAX_FIELDS).collect(),
             msg: MessageParser::default().parse(scanned),
             max_hosts,
         }
@@ -73,47 +62,7 @@ impl<'a> Parsed<'a> {
 
 /// The header section as (lowercase name, unfolded value) pairs.
 pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
-    field_iter(raw).collect()
-}
-
-/// The header fields of `raw` one by one, as (lowercase name, unfolded value), so a caller
-/// that wants one field or a few never builds them all. Lines without a colon are skipped.
-pub fn field_iter(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    let head = &raw[..super::shape::header_end(raw)];
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        while at < head.len() {
-            let line_end =
-                |from: usize| memchr::memchr(b'\n', &head[from..]).map_or(head.len(), |i| from + i);
-            let first = line_end(at);
-            let line = &head[at..first];
-            let mut next = (first + 1).min(head.len());
-            if line.starts_with(b" ") || line.starts_with(b"\t") {
-                // A continuation without a field before it.
-                at = next;
-                continue;
-            }
-            let Some(colon) = memchr::memchr(b':', line) else {
-                at = next;
-                continue;
-            };
-            let name = String::from_utf8_lossy(&line[..colon])
-                .trim()
-                .to_ascii_lowercase();
-            let mut value = String::from_utf8_lossy(&line[colon + 1..])
-                .trim()
-                .to_string();
-            while next < head.len() && matches!(head[next], b' ' | b'\t') {
-                let e = line_end(next);
-                value.push(' ');
-                value.push_str(String::from_utf8_lossy(&head[next..e]).trim());
-                next = (e + 1).min(head.len());
-            }
-            at = next;
-            return Some((name, value));
-        }
-        None
-    })
+    crate::header::unfolded(raw).collect()
 }
 
 fn get<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -172,14 +121,14 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
 
     let from_addr = match get(f, "from") {
         None => {
-            out.push(finding("headers.from_missing", "no From: field", 2.0));
+            out.push(finding(Kind::FromMissing, "no From: field", 2.0));
             None
         }
         Some(v) => {
             let (addr, name) = mailbox(v);
             match &addr {
                 None => out.push(finding(
-                    "headers.from_no_address",
+                    Kind::FromNoAddress,
                     format!("From: {v:?} has no address"),
                     2.0,
                 )),
@@ -188,7 +137,7 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
                         && shown != a.to_ascii_lowercase()
                     {
                         out.push(finding(
-                            "headers.display_name_address",
+                            Kind::DisplayNameAddress,
                             format!("From: shows {shown} but is {a}"),
                             2.0,
                         ));
@@ -200,18 +149,16 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
     };
 
     match get(f, "to") {
-        None => out.push(finding("headers.to_missing", "no To: field", 0.5)),
-        Some(v) if v.trim().is_empty() => {
-            out.push(finding("headers.to_empty", "To: is empty", 1.0))
-        }
+        None => out.push(finding(Kind::ToMissing, "no To: field", 0.5)),
+        Some(v) if v.trim().is_empty() => out.push(finding(Kind::ToEmpty, "To: is empty", 1.0)),
         Some(_) => {}
     }
 
     match get(f, "date") {
-        None => out.push(finding("headers.date_missing", "no Date: field", 1.0)),
+        None => out.push(finding(Kind::DateMissing, "no Date: field", 1.0)),
         Some(v) => match DateTime::parse_rfc822(v) {
             None => out.push(finding(
-                "headers.date_invalid",
+                Kind::DateInvalid,
                 format!("Date: {v:?} is not a date"),
                 1.0,
             )),
@@ -219,13 +166,13 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
                 let t = d.to_timestamp();
                 if t > now + FUTURE_SECS {
                     out.push(finding(
-                        "headers.date_future",
+                        Kind::DateFuture,
                         format!("Date: {v} is {} days ahead", (t - now) / 86_400),
                         1.5,
                     ));
                 } else if t < now - PAST_SECS {
                     out.push(finding(
-                        "headers.date_past",
+                        Kind::DatePast,
                         format!("Date: {v} is {} days old", (now - t) / 86_400),
                         1.0,
                     ));
@@ -235,21 +182,21 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
     }
 
     match get(f, "message-id") {
-        None => out.push(finding("headers.message_id_missing", "no Message-ID", 0.5)),
+        None => out.push(finding(Kind::MessageIdMissing, "no Message-ID", 0.5)),
         Some(v) => {
             let inner = v.trim().strip_prefix('<').and_then(|x| x.strip_suffix('>'));
             match inner.and_then(|x| x.rsplit_once('@')) {
                 Some((l, r)) if !l.is_empty() && !r.is_empty() => {
                     if !is_fqdn(r) {
                         out.push(finding(
-                            "headers.message_id_not_fqdn",
+                            Kind::MessageIdNotFqdn,
                             format!("Message-ID {v}: {r} is not a fully qualified domain"),
                             1.5,
                         ));
                     }
                 }
                 _ => out.push(finding(
-                    "headers.message_id_malformed",
+                    Kind::MessageIdMalformed,
                     format!("Message-ID {v:?} is not <left@right>"),
                     1.5,
                 )),
@@ -261,7 +208,7 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
         let n = f.iter().filter(|(k, _)| k == name).count();
         if n > 1 {
             out.push(finding(
-                "headers.duplicate",
+                Kind::DuplicateHeader,
                 format!("{n} {name} fields (RFC 5322 allows one)"),
                 1.5,
             ));
@@ -276,7 +223,7 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
         && !fd.ends_with(&format!(".{rd}"))
     {
         out.push(finding(
-            "headers.reply_to_elsewhere",
+            Kind::ReplyToElsewhere,
             format!("Reply-To goes to {rd}, From is {fd} (which has a DMARC policy)"),
             1.0,
         ));
@@ -292,7 +239,7 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
             .any(|w| w[0] == "by" && w[1].trim_end_matches([';', '.']) == ours)
         {
             out.push(finding(
-                "headers.forged_received",
+                Kind::ForgedReceived,
                 format!("a Received field claims our host: {}", clip(v)),
                 2.0,
             ));
@@ -307,24 +254,22 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
 /// why `scoring.subject_tag` is off by default.
 pub fn tag_subject(raw: &[u8], head_end: usize, tag: &str) -> Vec<u8> {
     let end = head_end.min(raw.len());
-    let mut at = 0;
-    while at < end {
-        let line_end = memchr::memchr(b'\n', &raw[at..end]).map_or(end, |i| at + i + 1);
-        if raw[at..line_end].len() >= 8 && raw[at..at + 8].eq_ignore_ascii_case(b"subject:") {
-            let mut v = at + 8;
-            while v < line_end && (raw[v] == b' ' || raw[v] == b'\t') {
-                v += 1;
-            }
-            let mut out = raw[..v].to_vec();
-            out.extend_from_slice(tag.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(&raw[v..end]);
-            return out;
+    let head = &raw[..end];
+    if let Some(f) = crate::header::fields(head)
+        .find(|f| f.raw.len() >= 8 && f.raw[..8].eq_ignore_ascii_case(b"subject:"))
+    {
+        let mut v = f.start + 8;
+        while v < end && (raw[v] == b' ' || raw[v] == b'\t') {
+            v += 1;
         }
-        at = line_end;
+        let mut out = raw[..v].to_vec();
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&raw[v..end]);
+        return out;
     }
     let mut out = format!("Subject: {tag}\r\n").into_bytes();
-    out.extend_from_slice(&raw[..end]);
+    out.extend_from_slice(head);
     out
 }
 
@@ -446,14 +391,14 @@ pub fn check_links(p: &Parsed<'_>) -> (Vec<Finding>, Vec<String>) {
     }
     if let Some(ip) = hosts.iter().find(|h| is_ip_host(h)) {
         out.push(finding(
-            "content.ip_url",
+            Kind::IpUrl,
             format!("a link goes to a bare address: {ip}"),
             1.5,
         ));
     }
     if let Some((shown, target)) = mismatch {
         out.push(finding(
-            "content.link_mismatch",
+            Kind::LinkMismatch,
             format!("a link shows {shown} but goes to {target}"),
             2.5,
         ));
@@ -472,7 +417,7 @@ mod tests {
         Subject: hi\r\nReply-To: alice@lists.sender.test\r\n\
         Received: from x by mx.sender.test; Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nbody\r\n";
 
-    fn codes(raw: &str, dmarc: bool) -> Vec<&'static str> {
+    fn codes(raw: &str, dmarc: bool) -> Vec<Kind> {
         check(
             &Parsed::with_defaults(raw.as_bytes()),
             NOW,
@@ -480,7 +425,7 @@ mod tests {
             dmarc,
         )
         .into_iter()
-        .map(|f| f.code)
+        .map(|f| f.kind)
         .collect()
     }
 
@@ -508,61 +453,61 @@ mod tests {
     fn the_header_section_ends_at_its_first_empty_line_whatever_the_line_endings() {
         // LF-only headers, then a CRLF body holding what looks like a field: not a header.
         let raw = b"From: a@x.test\nSubject: hi\n\nbody\r\nX-Forged: yes\r\n\r\nmore\r\n";
-        let names: Vec<String> = field_iter(raw).map(|(n, _)| n).collect();
+        let names: Vec<String> = crate::header::unfolded(raw).map(|(n, _)| n).collect();
         assert_eq!(names, ["from", "subject"]);
     }
 
     #[test]
     fn a_well_formed_message_has_no_findings() {
-        assert_eq!(codes(GOOD, true), Vec::<&str>::new());
+        assert_eq!(codes(GOOD, true), Vec::<Kind>::new());
     }
 
     #[test]
     fn from_without_an_address() {
         assert_eq!(
             codes(&with("From", Some("\"Yessenia Lakeshia\"")), false),
-            ["headers.from_no_address"]
+            [Kind::FromNoAddress]
         );
         assert_eq!(
             codes(&with("From", Some("alice@sender.test")), false),
-            Vec::<&str>::new()
+            Vec::<Kind>::new()
         );
-        assert_eq!(codes(&with("From", None), false), ["headers.from_missing"]);
+        assert_eq!(codes(&with("From", None), false), [Kind::FromMissing]);
     }
 
     #[test]
     fn to_empty_or_missing() {
-        assert_eq!(codes(&with("To", Some("")), false), ["headers.to_empty"]);
-        assert_eq!(codes(&with("To", None), false), ["headers.to_missing"]);
+        assert_eq!(codes(&with("To", Some("")), false), [Kind::ToEmpty]);
+        assert_eq!(codes(&with("To", None), false), [Kind::ToMissing]);
     }
 
     #[test]
     fn date_missing_invalid_future_past() {
-        assert_eq!(codes(&with("Date", None), false), ["headers.date_missing"]);
+        assert_eq!(codes(&with("Date", None), false), [Kind::DateMissing]);
         assert_eq!(
             codes(&with("Date", Some("yesterday")), false),
-            ["headers.date_invalid"]
+            [Kind::DateInvalid]
         );
         assert_eq!(
             codes(
                 &with("Date", Some("Mon, 23 Nov 2037 10:00:00 +0000")),
                 false
             ),
-            ["headers.date_future"]
+            [Kind::DateFuture]
         );
         assert_eq!(
             codes(
                 &with("Date", Some("Tue, 17 May 2011 14:17:47 -0500")),
                 false
             ),
-            ["headers.date_past"]
+            [Kind::DatePast]
         );
         assert_eq!(
             codes(
                 &with("Date", Some("Sun, 22 Nov 2026 23:00:00 -0500")),
                 false
             ),
-            Vec::<&str>::new()
+            Vec::<Kind>::new()
         );
     }
 
@@ -570,7 +515,7 @@ mod tests {
     fn message_id_rules() {
         assert_eq!(
             codes(&with("Message-ID", None), false),
-            ["headers.message_id_missing"]
+            [Kind::MessageIdMissing]
         );
         assert_eq!(
             codes(
@@ -580,24 +525,24 @@ mod tests {
                 ),
                 false
             ),
-            ["headers.message_id_not_fqdn"]
+            [Kind::MessageIdNotFqdn]
         );
         assert_eq!(
             codes(&with("Message-ID", Some("no-brackets")), false),
-            ["headers.message_id_malformed"]
+            [Kind::MessageIdMalformed]
         );
         assert_eq!(
             codes(&with("Message-ID", Some("<x@[192.0.2.1]>")), false),
-            Vec::<&str>::new()
+            Vec::<Kind>::new()
         );
     }
 
     #[test]
     fn duplicated_single_fields() {
         let dup = GOOD.replacen("Subject: hi\r\n", "Subject: hi\r\nSubject: again\r\n", 1);
-        assert_eq!(codes(&dup, false), ["headers.duplicate"]);
+        assert_eq!(codes(&dup, false), [Kind::DuplicateHeader]);
         let received_twice = GOOD.replacen("Received:", "Received: from a by b; x\r\nReceived:", 1);
-        assert_eq!(codes(&received_twice, false), Vec::<&str>::new());
+        assert_eq!(codes(&received_twice, false), Vec::<Kind>::new());
     }
 
     #[test]
@@ -607,54 +552,54 @@ mod tests {
                 &with("From", Some("\"ceo@bank.test\" <x@evil.test>")),
                 false
             ),
-            ["headers.display_name_address"]
+            [Kind::DisplayNameAddress]
         );
         assert_eq!(
             codes(
                 &with("From", Some("\"alice@sender.test\" <Alice@sender.test>")),
                 false
             ),
-            Vec::<&str>::new()
+            Vec::<Kind>::new()
         );
     }
 
     #[test]
     fn reply_to_elsewhere_only_with_dmarc() {
         let raw = with("Reply-To", Some("collect@elsewhere.test"));
-        assert_eq!(codes(&raw, true), ["headers.reply_to_elsewhere"]);
-        assert_eq!(codes(&raw, false), Vec::<&str>::new());
+        assert_eq!(codes(&raw, true), [Kind::ReplyToElsewhere]);
+        assert_eq!(codes(&raw, false), Vec::<Kind>::new());
         // A subdomain of the From domain is the same sender.
-        assert_eq!(codes(GOOD, true), Vec::<&str>::new());
+        assert_eq!(codes(GOOD, true), Vec::<Kind>::new());
     }
 
     #[test]
     fn received_claiming_our_host() {
         let raw = GOOD.replacen("by mx.sender.test", "by mx.example.test", 1);
-        assert_eq!(codes(&raw, false), ["headers.forged_received"]);
+        assert_eq!(codes(&raw, false), [Kind::ForgedReceived]);
     }
 
     #[test]
     fn subject_tags() {
         let raw = b"From: a@b\r\nSubject:  hello\r\n\r\nSubject: body\r\n";
-        let t = tag_subject(raw, super::super::shape::header_end(raw), "[SPAM]");
+        let t = tag_subject(raw, crate::header::end(raw), "[SPAM]");
         assert_eq!(t, b"From: a@b\r\nSubject:  [SPAM] hello\r\n");
         let raw = b"From: a@b\r\n\r\nbody\r\n";
-        let t = tag_subject(raw, super::super::shape::header_end(raw), "[SPAM]");
+        let t = tag_subject(raw, crate::header::end(raw), "[SPAM]");
         assert_eq!(t, b"Subject: [SPAM]\r\nFrom: a@b\r\n");
     }
 
-    fn link_codes(body: &str, html: bool) -> (Vec<&'static str>, Vec<String>) {
+    fn link_codes(body: &str, html: bool) -> (Vec<Kind>, Vec<String>) {
         let ct = if html { "text/html" } else { "text/plain" };
         let raw = format!("From: a@b.test\r\nContent-Type: {ct}\r\n\r\n{body}\r\n");
         let (f, hosts) = check_links(&Parsed::with_defaults(raw.as_bytes()));
-        (f.into_iter().map(|f| f.code).collect(), hosts)
+        (f.into_iter().map(|f| f.kind).collect(), hosts)
     }
 
     #[test]
     fn bare_ip_links() {
         assert_eq!(
             link_codes("see http://192.0.2.7/login", false).0,
-            ["content.ip_url"]
+            [Kind::IpUrl]
         );
         let (codes, hosts) = link_codes("see https://www.shop.test/a?b", false);
         assert!(codes.is_empty());
@@ -664,7 +609,7 @@ mod tests {
     #[test]
     fn link_text_naming_another_domain() {
         let bad = r#"<a href="http://evil.test/x">https://www.bank.test/login</a>"#;
-        assert_eq!(link_codes(bad, true).0, ["content.link_mismatch"]);
+        assert_eq!(link_codes(bad, true).0, [Kind::LinkMismatch]);
         let ok = r#"<a href="https://login.bank.test/x">https://www.bank.test/login</a> <a href="http://evil.test/">click here</a>"#;
         assert!(link_codes(ok, true).0.is_empty());
     }

@@ -13,19 +13,14 @@
 //! Fails closed: a DKIM key lookup that failed for now, or a store that cannot say which
 //! domains are ours, gives a temporary refusal, never a pass.
 
-use super::verdict::{Code, Reason};
 use crate::config::Config;
+use crate::decision::{Finding, Kind};
+use mailwarden_proto::replies;
 use std::net::IpAddr;
 
-/// What the check found. `None` from [`check`] means the message claims none of our domains.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Finding {
-    /// It claims our domain and something vouches for it.
-    Vouched(Reason),
-    /// It claims our domain and nothing vouches for it.
-    Forged(Reason),
-    /// It claims our domain (or may) and what would vouch for it could not be checked.
-    TempError(Reason),
+/// It claims our domain (or may) and what would vouch for it could not be checked.
+fn temp_error(detail: String) -> Finding {
+    Finding::refusing(Kind::LocalSenderTempError, detail, replies::AUTH_DNS_TEMP)
 }
 
 /// The facts from the session and the sender checks.
@@ -48,8 +43,9 @@ fn aligned(signer: &str, domain: &str) -> bool {
     s == d || d.ends_with(&format!(".{s}")) || s.ends_with(&format!(".{d}"))
 }
 
-/// Does the message claim one of our domains, and is the claim vouched for? `is_local` says
-/// whether a domain is ours (`Err` when the store cannot say).
+/// Does the message claim one of our domains, and is the claim vouched for? `None`: it claims
+/// none; otherwise `local_sender.vouched`, or `local_sender.forged` / `.temperror` carrying
+/// their refusal. `is_local` says whether a domain is ours (`Err` when the store cannot say).
 pub fn check(
     cfg: &Config,
     c: &Claim<'_>,
@@ -71,15 +67,12 @@ pub fn check(
             Ok(true) => claimed.push((what, d)),
             Ok(false) => {}
             Err(e) => {
-                return Some(Finding::TempError(Reason::new(
-                    Code::LocalSenderTempError,
-                    format!("cannot tell whether {d} is ours: {e}"),
-                )));
+                return Some(temp_error(format!("cannot tell whether {d} is ours: {e}")));
             }
         }
     }
     let (what, domain) = claimed.first()?.clone();
-    let vouched = |by: String| Some(Finding::Vouched(Reason::new(Code::LocalSenderVouched, by)));
+    let vouched = |by: String| Some(Finding::new(Kind::LocalSenderVouched, by));
     if let Some(n) = cfg
         .mx
         .trusted_relays
@@ -105,12 +98,13 @@ pub fn check(
         let (what, d) = unsigned;
         let detail = format!("{what} {d} is ours, and no passing DKIM signature of it");
         return Some(if c.dkim_temp {
-            Finding::TempError(Reason::new(
-                Code::LocalSenderTempError,
-                format!("{detail}: a DKIM key could not be fetched for now"),
-            ))
+            temp_error(format!("{detail}: a DKIM key could not be fetched for now"))
         } else {
-            Finding::Forged(Reason::new(Code::LocalSenderForged, detail))
+            Finding::refusing(
+                Kind::LocalSenderForged,
+                detail,
+                replies::LOCAL_SENDER_FORGED,
+            )
         });
     }
     vouched(format!(
@@ -137,10 +131,8 @@ mod tests {
         }
     }
 
-    fn code(f: Option<Finding>) -> Option<&'static str> {
-        f.map(|f| match f {
-            Finding::Vouched(r) | Finding::Forged(r) | Finding::TempError(r) => r.code.as_str(),
-        })
+    fn code(f: Option<Finding>) -> Option<String> {
+        f.map(|f| f.kind.code().into_owned())
     }
 
     #[test]
@@ -161,7 +153,7 @@ mod tests {
                 &claim("a@remote.test", Some("example.test"), &none),
                 &ours
             )),
-            Some("local_sender.forged")
+            Some("local_sender.forged".to_string())
         );
         assert_eq!(
             code(check(
@@ -169,7 +161,7 @@ mod tests {
                 &claim("ceo@example.test", Some("remote.test"), &none),
                 &ours
             )),
-            Some("local_sender.forged")
+            Some("local_sender.forged".to_string())
         );
         let signed = vec!["example.test".to_string()];
         assert_eq!(
@@ -178,7 +170,7 @@ mod tests {
                 &claim("a@sub.example.test", Some("example.test"), &signed),
                 &ours
             )),
-            Some("local_sender.vouched")
+            Some("local_sender.vouched".to_string())
         );
         let elsewhere = vec![
             "evil.test".to_string(),
@@ -190,7 +182,7 @@ mod tests {
                 &claim("", Some("example.test"), &elsewhere),
                 &ours
             )),
-            Some("local_sender.forged")
+            Some("local_sender.forged".to_string())
         );
     }
 
@@ -200,12 +192,21 @@ mod tests {
         let none: Vec<String> = vec![];
         let mut c = claim("", Some("example.test"), &none);
         c.arc_trusted = true;
-        assert_eq!(code(check(&cfg, &c, &ours)), Some("local_sender.vouched"));
+        assert_eq!(
+            code(check(&cfg, &c, &ours)),
+            Some("local_sender.vouched".to_string())
+        );
         c.arc_trusted = false;
         c.dkim_temp = true;
-        assert_eq!(code(check(&cfg, &c, &ours)), Some("local_sender.temperror"));
+        assert_eq!(
+            code(check(&cfg, &c, &ours)),
+            Some("local_sender.temperror".to_string())
+        );
         cfg.mx.trusted_relays = vec!["192.0.2.0/24".into()];
-        assert_eq!(code(check(&cfg, &c, &ours)), Some("local_sender.vouched"));
+        assert_eq!(
+            code(check(&cfg, &c, &ours)),
+            Some("local_sender.vouched".to_string())
+        );
         let broken = |_: &str| -> Result<bool, String> { Err("store down".into()) };
         assert_eq!(
             code(check(
@@ -213,7 +214,7 @@ mod tests {
                 &claim("a@x.test", None, &none),
                 &broken
             )),
-            Some("local_sender.temperror")
+            Some("local_sender.temperror".to_string())
         );
     }
 }

@@ -1,6 +1,8 @@
-//! Policy checks, one file per check: MAIL and RCPT ones are called by the session driver
-//! (`server::session`), end-of-DATA ones by `server::message` (mail from outside through
-//! [`inbound::decide`]). Each returns typed reasons; none does I/O of its own but DNS.
+//! Policy checks, one file per check, each a function of what its stage knows that returns
+//! `decision::Finding`s: submission ones are called by the stages (`server::stage`,
+//! `server::message`), end-of-DATA ones for mail from outside through [`inbound::decide`],
+//! which `explain` shares. None applies a mode (that is `decision::apply`'s) or does I/O of
+//! its own but DNS.
 
 pub mod arc;
 pub mod authres;
@@ -8,9 +10,7 @@ pub mod headers;
 pub mod inbound;
 pub mod local_sender;
 pub mod ownership;
-pub mod relay;
 pub mod scoring;
 pub mod sender;
 pub mod shape;
 pub mod spf;
-pub mod verdict;

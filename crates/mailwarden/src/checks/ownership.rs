@@ -6,45 +6,57 @@
 //! (RFC 8098 read receipts need it); its `From:` is still checked.
 
 use crate::accounts::Accounts;
+use crate::decision::{Finding, Kind};
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
-use mailwarden_proto::{Reply, replies};
+use mailwarden_proto::replies;
 
-/// Why a sender is refused: the reply and the reason for the log.
-pub struct Refusal {
-    pub reply: Reply,
-    pub reason: String,
+fn not_owned(kind: Kind, what: &str, address: &str, account: &str) -> Finding {
+    Finding::refusing(
+        kind,
+        format!("{what} <{address}> is not an address of {account}"),
+        replies::sender_not_owned(what, address),
+    )
 }
 
-fn not_owned(what: &str, address: &str, account: &str) -> Refusal {
-    Refusal {
-        reply: replies::sender_not_owned(what, address),
-        reason: format!("{what} <{address}> is not an address of {account}"),
-    }
+fn unavailable(e: impl std::fmt::Display) -> Finding {
+    Finding::refusing(
+        Kind::OwnershipUnavailable,
+        format!("store unavailable: {e}"),
+        replies::LOCAL_ERROR,
+    )
+}
+
+/// A `From:`/`Sender:` field that names no address.
+fn no_address(detail: String) -> Finding {
+    Finding::refusing(
+        Kind::HeaderNotOwned,
+        detail,
+        replies::sender_header_missing(),
+    )
 }
 
 /// The envelope sender, at MAIL FROM.
-pub fn envelope(accounts: &Accounts, account: &str, mail_from: &str) -> Result<(), Refusal> {
+pub fn envelope(accounts: &Accounts, account: &str, mail_from: &str) -> Result<(), Finding> {
     if mail_from.is_empty() {
         return Ok(());
     }
     match accounts.may_send_as(account, mail_from) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(not_owned("envelope sender", mail_from, account)),
-        Err(e) => Err(Refusal {
-            reply: replies::LOCAL_ERROR,
-            reason: format!("store unavailable: {e}"),
-        }),
+        Ok(false) => Err(not_owned(
+            Kind::SenderNotOwned,
+            "envelope sender",
+            mail_from,
+            account,
+        )),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
 /// Every `From:` and `Sender:` address of the message header. Returns the domain of the first
 /// `From:` address (the DKIM signing domain), so the header is parsed once.
-pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<String, Refusal> {
+pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<String, Finding> {
     let Some(msg) = MessageParser::new().parse_headers(raw) else {
-        return Err(Refusal {
-            reply: replies::sender_header_missing(),
-            reason: "no parseable header".into(),
-        });
+        return Err(no_address("no parseable header".into()));
     };
     let mut from_domain = None;
     for h in msg.headers() {
@@ -58,17 +70,13 @@ pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<String, 
             _ => vec![None],
         };
         if addresses.is_empty() {
-            return Err(Refusal {
-                reply: replies::sender_header_missing(),
-                reason: format!("{what} holds no address"),
-            });
+            return Err(no_address(format!("{what} holds no address")));
         }
         for a in addresses {
             let Some(a) = a.filter(|a| a.contains('@')) else {
-                return Err(Refusal {
-                    reply: replies::sender_header_missing(),
-                    reason: format!("{what} holds a name without an address"),
-                });
+                return Err(no_address(format!(
+                    "{what} holds a name without an address"
+                )));
             };
             match accounts.may_send_as(account, a) {
                 Ok(true) => {
@@ -76,20 +84,12 @@ pub fn header(accounts: &Accounts, account: &str, raw: &[u8]) -> Result<String, 
                         from_domain = a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
                     }
                 }
-                Ok(false) => return Err(not_owned(what, a, account)),
-                Err(e) => {
-                    return Err(Refusal {
-                        reply: replies::LOCAL_ERROR,
-                        reason: format!("store unavailable: {e}"),
-                    });
-                }
+                Ok(false) => return Err(not_owned(Kind::HeaderNotOwned, what, a, account)),
+                Err(e) => return Err(unavailable(e)),
             }
         }
     }
-    from_domain.ok_or_else(|| Refusal {
-        reply: replies::sender_header_missing(),
-        reason: "no From: header".into(),
-    })
+    from_domain.ok_or_else(|| no_address("no From: header".into()))
 }
 
 #[cfg(test)]
@@ -131,8 +131,8 @@ mod tests {
         assert_eq!(header(&a, me, ok).ok().as_deref(), Some("example.test"));
         let forged = b"From: Bob <bob@example.test>\r\nSubject: x\r\n\r\nbody\r\n";
         let r = header(&a, me, forged).unwrap_err();
-        assert_eq!(r.reply.code, 550);
-        assert!(r.reason.contains("bob@example.test"), "{}", r.reason);
+        assert_eq!(r.refusal.map(|r| r.code), Some(550));
+        assert!(r.detail.contains("bob@example.test"), "{}", r.detail);
         let sender = b"From: alice@example.test\r\nSender: bob@example.test\r\n\r\nx\r\n";
         assert!(header(&a, me, sender).is_err());
         let two = b"From: alice@example.test, bob@example.test\r\n\r\nx\r\n";

@@ -3,9 +3,10 @@
 //! `X-Spam-Score`/`X-Spam-Status` fields say what was found, in SpamAssassin's shape so mail
 //! clients' filters can use them.
 
-use super::headers::{self, Finding, Parsed};
+use super::headers::{self, Parsed};
 use crate::classifier::{MIN_TRAINING, Model};
 use crate::config::{Mode, Scoring as Cfg};
+use crate::decision::{Finding, Kind};
 use crate::dns::Dns;
 use crate::screening::dnsbl;
 use std::sync::Arc;
@@ -73,15 +74,15 @@ pub fn classify(model: &Model, p: &Parsed<'_>) -> Option<Finding> {
     } else {
         return None;
     };
-    Some(Finding {
-        code: if score > 0.0 {
-            "content.classifier_spam"
+    Some(Finding::scored(
+        if score > 0.0 {
+            Kind::ClassifierSpam
         } else {
-            "content.classifier_ham"
+            Kind::ClassifierHam
         },
-        detail: format!("the classifier gives a spam probability of {prob:.3}"),
+        format!("the classifier gives a spam probability of {prob:.3}"),
         score,
-    })
+    ))
 }
 
 /// Score a message already parsed (its first `limits.max_scan_bytes`). `now` is Unix time,
@@ -117,11 +118,7 @@ pub async fn score(
             .map(|h| ("link to", h.as_str()))
             .collect();
         for s in dnsbl::domain_lists(dns.clone(), &lists, &asks, dns_timeout).await {
-            findings.push(Finding {
-                code: "content.uribl_listed",
-                detail: s.detail,
-                score: s.score,
-            });
+            findings.push(Finding::scored(Kind::UriblListed, s.detail, s.score));
         }
     }
     let score = (findings.iter().map(|f| f.score).sum::<f64>() * 10.0).round() / 10.0;
@@ -138,7 +135,11 @@ pub async fn score(
 
 /// `X-Spam-Score` and `X-Spam-Status` for a tagged message.
 pub fn fields(cfg: &Cfg, s: &Scored) -> String {
-    let tests: Vec<&str> = s.findings.iter().map(|f| f.code).collect();
+    let tests: Vec<String> = s
+        .findings
+        .iter()
+        .map(|f| f.kind.code().into_owned())
+        .collect();
     let yes = if s.score >= cfg.junk { "Yes" } else { "No" };
     format!(
         "X-Spam-Score: {}\r\nX-Spam-Status: {yes}, score={} required={} tests={}\r\n",
@@ -177,10 +178,13 @@ mod tests {
         m.learn(spam, true);
         m.learn(ham, false);
         assert_eq!(
-            classify(&m, &spam_p).unwrap().code,
+            classify(&m, &spam_p).unwrap().kind.code(),
             "content.classifier_spam"
         );
-        assert_eq!(classify(&m, &ham_p).unwrap().code, "content.classifier_ham");
+        assert_eq!(
+            classify(&m, &ham_p).unwrap().kind.code(),
+            "content.classifier_ham"
+        );
     }
 
     #[tokio::test]
@@ -210,9 +214,19 @@ mod tests {
             Duration::from_millis(100),
         )
         .await;
-        let codes: Vec<&str> = s.findings.iter().map(|f| f.code).collect();
-        assert!(codes.contains(&"headers.from_no_address"), "{codes:?}");
-        assert!(codes.contains(&"headers.message_id_not_fqdn"), "{codes:?}");
+        let codes: Vec<String> = s
+            .findings
+            .iter()
+            .map(|f| f.kind.code().into_owned())
+            .collect();
+        assert!(
+            codes.iter().any(|c| c == "headers.from_no_address"),
+            "{codes:?}"
+        );
+        assert!(
+            codes.iter().any(|c| c == "headers.message_id_not_fqdn"),
+            "{codes:?}"
+        );
         assert_eq!(s.level, Level::Junk, "{s:?}");
         assert!(
             fields(&cfg, &s).contains("X-Spam-Status: Yes, score=5.5"),

@@ -13,11 +13,13 @@
 //! 3. No DMARC record: SPF `fail` → `550 5.7.23` (if `spf.reject_fail_without_dmarc`); SPF
 //!    temporary error → `451 4.7.24`.
 //!
-//! A check in `observe` mode never changes the action: what it would have done is recorded
-//! in `Verdict::would` and logged as "would reject".
+//! [`gather`] asks DNS and verifies; [`decide`] is a pure function of what it found
+//! ([`Facts`]) and the config, and returns findings: the one that would act carries its
+//! refusal (or asks for Junk). Whether it acts is `crate::decision::apply`'s to say, under the
+//! check's `mode`, as for every other policy.
 
-use super::verdict::{Action, Code, Reason, Verdict};
 use crate::config::{Config, Mode};
+use crate::decision::{Finding, Kind};
 use crate::dns::Dns;
 use mail_auth::common::crypto::Algorithm;
 use mail_auth::common::headers::HeaderWriter;
@@ -41,8 +43,10 @@ pub struct Envelope<'a> {
     pub hostname: &'a str,
 }
 
-pub struct Outcome {
-    pub verdict: Verdict,
+pub struct Checked {
+    /// Every check's finding, in the order the checks ran; the one that would act carries
+    /// its refusal or asks for Junk.
+    pub findings: Vec<Finding>,
     /// `Authentication-Results: ...` with CRLF.
     pub header: String,
     /// `spf=pass dkim=pass dmarc=pass ...` for the log.
@@ -60,11 +64,11 @@ pub struct Outcome {
     pub arc_trusted: bool,
 }
 
-impl Outcome {
+impl Checked {
     /// No check ran (the message was refused before them).
-    pub fn unchecked() -> Outcome {
-        Outcome {
-            verdict: Verdict::accept(Vec::new()),
+    pub fn unchecked() -> Checked {
+        Checked {
+            findings: Vec::new(),
             header: String::new(),
             summary: String::new(),
             from_domain: None,
@@ -201,34 +205,34 @@ fn has_v1(value: &[u8]) -> bool {
     })
 }
 
-fn spf_reason(o: &SpfOutput) -> Reason {
-    let code = match o.result() {
-        SpfResult::Pass => Code::SpfPass,
-        SpfResult::Fail => Code::SpfFail,
-        SpfResult::SoftFail => Code::SpfSoftFail,
-        SpfResult::Neutral => Code::SpfNeutral,
-        SpfResult::TempError => Code::SpfTempError,
-        SpfResult::PermError => Code::SpfPermError,
-        SpfResult::None => Code::SpfNone,
+fn spf_finding(result: &SpfResult, domain: &str) -> Finding {
+    let kind = match result {
+        SpfResult::Pass => Kind::SpfPass,
+        SpfResult::Fail => Kind::SpfFail,
+        SpfResult::SoftFail => Kind::SpfSoftFail,
+        SpfResult::Neutral => Kind::SpfNeutral,
+        SpfResult::TempError => Kind::SpfTempError,
+        SpfResult::PermError => Kind::SpfPermError,
+        SpfResult::None => Kind::SpfNone,
     };
-    Reason::new(code, format!("SPF {} for {}", o.result(), o.domain()))
+    Finding::new(kind, format!("SPF {result} for {domain}"))
 }
 
-fn dkim_reason(o: &DkimOutput) -> Reason {
+fn dkim_finding(o: &DkimOutput) -> Finding {
     let d = o.signature().map(|s| s.d.clone()).unwrap_or_default();
     let weak = o.signature().is_some_and(|s| s.a == Algorithm::RsaSha1);
-    let (code, what) = match o.result() {
-        DkimResult::Pass => (Code::DkimPass, "pass".to_string()),
+    let (kind, what) = match o.result() {
+        DkimResult::Pass => (Kind::DkimPass, "pass".to_string()),
         DkimResult::PermError(_) if weak => (
-            Code::DkimWeak,
+            Kind::DkimWeak,
             "rsa-sha1 is not accepted (RFC 8301)".to_string(),
         ),
-        DkimResult::Fail(e) | DkimResult::Neutral(e) => (Code::DkimFail, format!("fail: {e}")),
-        DkimResult::PermError(e) => (Code::DkimPermError, format!("permerror: {e}")),
-        DkimResult::TempError(e) => (Code::DkimTempError, format!("temperror: {e}")),
-        DkimResult::None => (Code::DkimNone, "none".to_string()),
+        DkimResult::Fail(e) | DkimResult::Neutral(e) => (Kind::DkimFail, format!("fail: {e}")),
+        DkimResult::PermError(e) => (Kind::DkimPermError, format!("permerror: {e}")),
+        DkimResult::TempError(e) => (Kind::DkimTempError, format!("temperror: {e}")),
+        DkimResult::None => (Kind::DkimNone, "none".to_string()),
     };
-    Reason::new(code, format!("DKIM signature d={d}: {what}"))
+    Finding::new(kind, format!("DKIM signature d={d}: {what}"))
 }
 
 fn dmarc_side(r: &DmarcResult) -> &'static str {
@@ -249,8 +253,163 @@ fn policy_name(p: Policy) -> &'static str {
     }
 }
 
-/// Run every enabled check on a received message and decide. `spf_done` and `iprev_done` are
-/// results computed earlier in the session (SPF from MAIL FROM on, iprev from connect).
+/// What the sender checks found, before anything is decided.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// SPF's result and the domain it was for (`spf.mode` not off).
+    pub spf: Option<(SpfResult, String)>,
+    /// iprev and DKIM results: reported, never deciding by themselves.
+    pub reports: Vec<Finding>,
+    /// The ARC chain (`arc.mode` not off).
+    pub arc: Option<Arc>,
+    /// DMARC's evaluation (`dmarc.mode` not off).
+    pub dmarc: Option<Dmarc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Arc {
+    pub result: Kind,
+    /// `d=` of the newest seal.
+    pub sealer: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dmarc {
+    /// The From domain's policy record was found.
+    pub record: bool,
+    pub domain: String,
+    pub policy: Policy,
+    /// The aligned SPF and DKIM sides.
+    pub spf: DmarcResult,
+    pub dkim: DmarcResult,
+}
+
+impl Dmarc {
+    fn passed(&self) -> bool {
+        self.spf == DmarcResult::Pass || self.dkim == DmarcResult::Pass
+    }
+
+    fn temp(&self) -> bool {
+        matches!(self.spf, DmarcResult::TempError(_))
+            || matches!(self.dkim, DmarcResult::TempError(_))
+    }
+
+    /// `dmarc=…` for the log's summary.
+    fn summary(&self) -> &'static str {
+        if self.record && self.passed() {
+            "pass"
+        } else if self.temp() {
+            "temperror"
+        } else if self.record {
+            "fail"
+        } else {
+            "none"
+        }
+    }
+}
+
+/// What [`decide`] concluded.
+pub struct Decided {
+    pub findings: Vec<Finding>,
+    /// A valid ARC chain sealed last by a trusted sealer, under `arc.mode = "enforce"`.
+    pub arc_trusted: bool,
+}
+
+/// The decision, in the order of the module header. Pure: table-tested below.
+pub fn decide(f: &Facts, cfg: &Config) -> Decided {
+    let mut out = Vec::new();
+    let mut spf = f.spf.as_ref().map(|(r, d)| spf_finding(r, d));
+    // SPF's finding goes first; it carries a refusal only when it speaks for itself.
+    let spf_at = spf.as_ref().map(|_| 0);
+    if let Some(s) = spf.take() {
+        out.push(s);
+    }
+    out.extend(f.reports.iter().cloned());
+    let mut arc_trusted = false;
+    if let Some(a) = &f.arc {
+        arc_trusted = a.result == Kind::ArcPass
+            && cfg.arc.mode == Mode::Enforce
+            && a.sealer.as_ref().is_some_and(|s| {
+                cfg.arc
+                    .trusted_sealers
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(s))
+            });
+        out.push(Finding::new(
+            a.result,
+            format!(
+                "ARC chain {} (sealer {})",
+                a.result.code(),
+                a.sealer.as_deref().unwrap_or("-")
+            ),
+        ));
+    }
+    let mut spf_speaks = f.dmarc.is_none();
+    if let Some(d) = &f.dmarc {
+        let detail = format!(
+            "DMARC for {}: spf={} dkim={} policy={}",
+            d.domain,
+            dmarc_side(&d.spf),
+            dmarc_side(&d.dkim),
+            policy_name(d.policy)
+        );
+        if d.record && d.passed() {
+            out.push(Finding::new(Kind::DmarcPass, detail));
+        } else if d.temp() {
+            // With or without a record found: a DNS failure never passes.
+            out.push(Finding::refusing(
+                Kind::DmarcTempError,
+                detail,
+                replies::AUTH_DNS_TEMP,
+            ));
+        } else if d.record {
+            let fail = Finding::new(Kind::DmarcFail, detail);
+            if arc_trusted {
+                out.push(fail);
+                out.push(Finding::new(
+                    Kind::ArcOverride,
+                    "DMARC failure overridden by a trusted ARC sealer",
+                ));
+            } else {
+                out.push(match d.policy {
+                    Policy::Reject => fail.refuse(replies::dmarc_reject(&d.domain)),
+                    Policy::Quarantine => fail.to_junk(),
+                    _ => fail,
+                });
+            }
+        } else {
+            out.push(Finding::new(
+                Kind::DmarcNone,
+                format!(
+                    "no DMARC record for {}",
+                    if d.domain.is_empty() { "-" } else { &d.domain }
+                ),
+            ));
+            spf_speaks = true;
+        }
+    }
+    // Without DMARC (no record, or the check off), SPF speaks for itself.
+    if spf_speaks && let (Some(i), Some((result, domain))) = (spf_at, &f.spf) {
+        let reply = match result {
+            SpfResult::Fail if cfg.spf.reject_fail_without_dmarc => {
+                Some(replies::spf_reject(domain))
+            }
+            SpfResult::TempError => Some(replies::SPF_TEMP),
+            _ => None,
+        };
+        if let Some(r) = reply {
+            out[i].refusal = Some(r);
+        }
+    }
+    Decided {
+        findings: out,
+        arc_trusted,
+    }
+}
+
+/// Run every enabled check on a received message ([`gather`]) and [`decide`]. `spf_done`
+/// and `iprev_done` are results computed earlier in the session (SPF from MAIL FROM on,
+/// iprev from connect).
 pub async fn evaluate(
     dns: &Dns,
     cfg: &Config,
@@ -258,8 +417,8 @@ pub async fn evaluate(
     raw: &[u8],
     spf_done: Option<SpfOutput>,
     iprev_done: Option<IprevOutput>,
-) -> Outcome {
-    let mut reasons = Vec::new();
+) -> Checked {
+    let mut facts = Facts::default();
     let mut ar = AuthenticationResults::new(env.hostname);
     let mut summary = Vec::new();
 
@@ -271,7 +430,7 @@ pub async fn evaluate(
         }),
     };
     if let Some(s) = &spf_out {
-        reasons.push(spf_reason(s));
+        facts.spf = Some((s.result(), s.domain().to_string()));
         summary.push(format!("spf={}", s.result().to_string().to_lowercase()));
         ar = if env.mail_from.is_empty() {
             ar.with_spf_ehlo_result(s, env.ip, env.helo)
@@ -288,14 +447,14 @@ pub async fn evaluate(
         }),
     };
     if let Some(i) = &iprev_out {
-        let (code, name) = match &i.result {
-            IprevResult::Pass => (Code::IprevPass, "pass"),
-            IprevResult::Fail(_) | IprevResult::PermError(_) => (Code::IprevFail, "fail"),
-            IprevResult::TempError(_) => (Code::IprevTempError, "temperror"),
-            IprevResult::None => (Code::IprevNone, "none"),
+        let (kind, name) = match &i.result {
+            IprevResult::Pass => (Kind::IprevPass, "pass"),
+            IprevResult::Fail(_) | IprevResult::PermError(_) => (Kind::IprevFail, "fail"),
+            IprevResult::TempError(_) => (Kind::IprevTempError, "temperror"),
+            IprevResult::None => (Kind::IprevNone, "none"),
         };
-        reasons.push(Reason::new(
-            code,
+        facts.reports.push(Finding::new(
+            kind,
             format!("iprev {} for {}", i.result, env.ip),
         ));
         summary.push(format!("iprev={name}"));
@@ -310,13 +469,18 @@ pub async fn evaluate(
     let Some(mut msg) = parsed else {
         // No parseable header section: nothing to verify or align.
         let header = ar.to_header();
-        let sender_verified = verified(&reasons);
-        return Outcome {
-            verdict: Verdict::accept(reasons),
+        // As always: with nothing to align, SPF is reported, not acted on here; content
+        // scoring judges such a message.
+        let mut findings = decide(&facts, cfg).findings;
+        for f in &mut findings {
+            f.refusal = None;
+        }
+        return Checked {
+            sender_verified: verified(&findings),
+            findings,
             header,
             summary: summary.join(" "),
-            sender_verified,
-            ..Outcome::unchecked()
+            ..Checked::unchecked()
         };
     };
     let from_domain = msg
@@ -333,8 +497,8 @@ pub async fn evaluate(
     };
     if cfg.dkim.mode != Mode::Off {
         if capped.long_h > 0 {
-            reasons.push(Reason::new(
-                Code::DkimPermError,
+            facts.reports.push(Finding::new(
+                Kind::DkimPermError,
                 format!(
                     "{} DKIM signature(s) list more than {} signed fields: not verified",
                     capped.long_h, cfg.dkim.max_signed_fields
@@ -342,8 +506,8 @@ pub async fn evaluate(
             ));
         }
         if capped.excess > 0 {
-            reasons.push(Reason::new(
-                Code::DkimCapped,
+            facts.reports.push(Finding::new(
+                Kind::DkimCapped,
                 format!(
                     "{} DKIM signature(s) past the first {} not verified",
                     capped.excess, cfg.dkim.max_signatures
@@ -351,16 +515,18 @@ pub async fn evaluate(
             ));
         }
         if dkim_out.is_empty() {
-            reasons.push(Reason::new(Code::DkimNone, "no DKIM signature"));
+            facts
+                .reports
+                .push(Finding::new(Kind::DkimNone, "no DKIM signature"));
             summary.push("dkim=none".to_string());
         }
         for o in &dkim_out {
-            let r = dkim_reason(o);
+            let f = dkim_finding(o);
             summary.push(format!(
                 "dkim={}",
-                r.code.as_str().trim_start_matches("dkim.")
+                f.kind.code().trim_start_matches("dkim.")
             ));
-            reasons.push(r);
+            facts.reports.push(f);
         }
         ar = ar.with_dkim_results(&dkim_out, msg.from());
     }
@@ -377,45 +543,20 @@ pub async fn evaluate(
         Mode::Off => None,
         _ => Some(super::arc::verify(dns, &msg, cfg.arc.max_sets).await),
     };
-    let mut arc_trusted_pass = false;
     if let Some(a) = &arc_out {
-        let sealer = a.sets().last().map(|s| s.seal.header.d.to_lowercase());
-        let pass = a.result() == &DkimResult::Pass;
-        let code = match a.result() {
-            DkimResult::Pass => Code::ArcPass,
-            DkimResult::None => Code::ArcNone,
-            _ => Code::ArcFail,
+        let result = match a.result() {
+            DkimResult::Pass => Kind::ArcPass,
+            DkimResult::None => Kind::ArcNone,
+            _ => Kind::ArcFail,
         };
-        arc_trusted_pass = pass
-            && sealer.as_ref().is_some_and(|s| {
-                cfg.arc
-                    .trusted_sealers
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(s))
-            });
-        reasons.push(Reason::new(
-            code,
-            format!(
-                "ARC chain {} (sealer {})",
-                code.as_str(),
-                sealer.as_deref().unwrap_or("-")
-            ),
-        ));
-        summary.push(format!("arc={}", code.as_str().trim_start_matches("arc.")));
+        summary.push(format!("arc={}", result.code().trim_start_matches("arc.")));
+        facts.arc = Some(Arc {
+            result,
+            sealer: a.sets().last().map(|s| s.seal.header.d.to_lowercase()),
+        });
         ar = ar.with_arc_result(a, env.ip);
     }
 
-    let mut action = Action::Accept;
-    let mut deciding: Option<(Reason, Mode)> = None;
-    let mut decide = |a: Action, r: Reason, mode: Mode, reasons: &mut Vec<Reason>| {
-        reasons.push(r.clone());
-        if deciding.is_none() {
-            action = a;
-            deciding = Some((r, mode));
-        }
-    };
-
-    let mut spf_speaks = cfg.dmarc.mode == Mode::Off;
     if cfg.dmarc.mode != Mode::Off {
         let spf_for_dmarc = spf_out
             .clone()
@@ -438,110 +579,283 @@ pub async fn evaluate(
             )))
             .await;
         ar = ar.with_dmarc_result(&dmarc);
-        let (spf_side, dkim_side) = (dmarc.spf_result(), dmarc.dkim_result());
-        let passed = *spf_side == DmarcResult::Pass || *dkim_side == DmarcResult::Pass;
-        let temp = matches!(spf_side, DmarcResult::TempError(_))
-            || matches!(dkim_side, DmarcResult::TempError(_));
-        let domain = dmarc.domain().to_string();
-        let policy = policy_name(dmarc.policy());
-        let detail = format!(
-            "DMARC for {domain}: spf={} dkim={} policy={policy}",
-            dmarc_side(spf_side),
-            dmarc_side(dkim_side)
-        );
-        let mode = cfg.dmarc.mode;
-        let has_record = dmarc.dmarc_record().is_some();
-        if has_record && passed {
-            reasons.push(Reason::new(Code::DmarcPass, detail));
-            summary.push("dmarc=pass".into());
-        } else if temp {
-            // With or without a record found: a DNS failure never passes.
-            summary.push("dmarc=temperror".into());
-            decide(
-                Action::TempFail(replies::AUTH_DNS_TEMP),
-                Reason::new(Code::DmarcTempError, detail),
-                mode,
-                &mut reasons,
-            );
-        } else if has_record {
-            if arc_trusted_pass && cfg.arc.mode == Mode::Enforce {
-                summary.push("dmarc=fail".into());
-                reasons.push(Reason::new(Code::DmarcFail, detail));
-                reasons.push(Reason::new(
-                    Code::ArcOverride,
-                    "DMARC failure overridden by a trusted ARC sealer",
-                ));
-            } else {
-                summary.push("dmarc=fail".into());
-                let r = Reason::new(Code::DmarcFail, detail);
-                match dmarc.policy() {
-                    Policy::Reject => decide(
-                        Action::Reject(replies::dmarc_reject(&domain)),
-                        r,
-                        mode,
-                        &mut reasons,
-                    ),
-                    Policy::Quarantine => decide(Action::Junk, r, mode, &mut reasons),
-                    _ => reasons.push(r),
-                }
-            }
-        } else {
-            summary.push("dmarc=none".into());
-            reasons.push(Reason::new(
-                Code::DmarcNone,
-                format!(
-                    "no DMARC record for {}",
-                    if domain.is_empty() { "-" } else { &domain }
-                ),
-            ));
-            spf_speaks = true;
-        }
-    }
-    // Without DMARC (no record, or the check off), SPF speaks for itself.
-    if spf_speaks && let Some(s) = &spf_out {
-        let mode = cfg.spf.mode;
-        match s.result() {
-            SpfResult::Fail if cfg.spf.reject_fail_without_dmarc => decide(
-                Action::Reject(replies::spf_reject(s.domain())),
-                spf_reason(s),
-                mode,
-                &mut reasons,
-            ),
-            SpfResult::TempError => decide(
-                Action::TempFail(replies::SPF_TEMP),
-                spf_reason(s),
-                mode,
-                &mut reasons,
-            ),
-            _ => {}
-        }
+        let d = Dmarc {
+            record: dmarc.dmarc_record().is_some(),
+            domain: dmarc.domain().to_string(),
+            policy: dmarc.policy(),
+            spf: dmarc.spf_result().clone(),
+            dkim: dmarc.dkim_result().clone(),
+        };
+        summary.push(format!("dmarc={}", d.summary()));
+        facts.dmarc = Some(d);
     }
 
-    let (verdict_action, would, deciding) = match deciding {
-        Some((r, Mode::Enforce)) => (action, None, Some(r)),
-        Some((r, _)) => (Action::Accept, Some(action), Some(r)),
-        None => (Action::Accept, None, None),
-    };
-    let sender_verified = verified(&reasons);
-    Outcome {
-        verdict: Verdict {
-            action: verdict_action,
-            deciding,
-            would,
-            reasons,
-        },
+    let decided = decide(&facts, cfg);
+    Checked {
+        sender_verified: verified(&decided.findings),
+        findings: decided.findings,
         header: ar.to_header(),
         summary: summary.join(" "),
         from_domain,
-        sender_verified,
         dkim_pass,
         dkim_temp,
-        arc_trusted: arc_trusted_pass && cfg.arc.mode == Mode::Enforce,
+        arc_trusted: decided.arc_trusted,
     }
 }
 
-fn verified(reasons: &[Reason]) -> bool {
-    reasons
+fn verified(findings: &[Finding]) -> bool {
+    findings
         .iter()
-        .any(|r| matches!(r.code, Code::SpfPass | Code::DmarcPass))
+        .any(|f| matches!(f.kind, Kind::SpfPass | Kind::DmarcPass))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision as a table: DMARC policy × the aligned SPF and DKIM sides, SPF alone,
+    //! a trusted ARC chain, the local-domain rule, and observe mode, each row through
+    //! [`decide`], `local_sender::check` and `decision::apply` as the server runs them.
+    use super::*;
+    use crate::checks::local_sender::{self, Claim};
+    use crate::decision::{self, Action};
+    use mail_auth::Error;
+
+    const PASS: DmarcResult = DmarcResult::Pass;
+    const NONE: DmarcResult = DmarcResult::None;
+
+    fn fail() -> DmarcResult {
+        DmarcResult::Fail(Error::NotAligned)
+    }
+
+    fn temp() -> DmarcResult {
+        DmarcResult::TempError(Error::Dns(mail_auth::DnsError::Resolver("timeout".into())))
+    }
+
+    fn dmarc(policy: Policy, spf: DmarcResult, dkim: DmarcResult) -> Option<Dmarc> {
+        Some(Dmarc {
+            record: true,
+            domain: "sender.test".into(),
+            policy,
+            spf,
+            dkim,
+        })
+    }
+
+    fn no_record() -> Option<Dmarc> {
+        Some(Dmarc {
+            record: false,
+            domain: "sender.test".into(),
+            policy: Policy::Unspecified,
+            spf: NONE,
+            dkim: NONE,
+        })
+    }
+
+    struct Row {
+        name: &'static str,
+        spf: SpfResult,
+        dmarc: Option<Dmarc>,
+        /// The newest ARC seal's `d=`, with a passing chain.
+        arc_sealer: Option<&'static str>,
+        /// The From: domain, and `d=` of the passing DKIM signatures.
+        from: &'static str,
+        dkim_pass: &'static [&'static str],
+        action: &'static str,
+        deciding: Option<&'static str>,
+    }
+
+    fn row(name: &'static str, spf: SpfResult, dmarc: Option<Dmarc>) -> Row {
+        Row {
+            name,
+            spf,
+            dmarc,
+            arc_sealer: None,
+            from: "sender.test",
+            dkim_pass: &[],
+            action: "accept",
+            deciding: None,
+        }
+    }
+
+    impl Row {
+        fn then(mut self, action: &'static str, deciding: Option<&'static str>) -> Row {
+            self.action = action;
+            self.deciding = deciding;
+            self
+        }
+    }
+
+    fn config() -> Config {
+        let mut cfg = Config::default();
+        for m in [
+            &mut cfg.spf.mode,
+            &mut cfg.dkim.mode,
+            &mut cfg.dmarc.mode,
+            &mut cfg.arc.mode,
+            &mut cfg.mx.local_forgery,
+        ] {
+            *m = Mode::Enforce;
+        }
+        cfg.spf.reject_fail_without_dmarc = true;
+        cfg.arc.trusted_sealers = vec!["lists.trusted.test".into()];
+        cfg
+    }
+
+    /// What the server does with a row: sender findings, then local forgery unless sender
+    /// authentication refuses, then one verdict.
+    fn run(cfg: &Config, r: &Row) -> (String, Option<String>, Vec<Finding>) {
+        let facts = Facts {
+            spf: Some((r.spf, "sender.test".into())),
+            reports: Vec::new(),
+            arc: r.arc_sealer.map(|s| Arc {
+                result: Kind::ArcPass,
+                sealer: Some(s.into()),
+            }),
+            dmarc: r.dmarc.clone(),
+        };
+        let d = decide(&facts, cfg);
+        let mut findings = d.findings;
+        let refused = decision::apply(cfg, &findings, None)
+            .action
+            .refusal()
+            .is_some();
+        if !refused {
+            let pass: Vec<String> = r.dkim_pass.iter().map(|s| s.to_string()).collect();
+            let claim = Claim {
+                ip: "192.0.2.9".parse().unwrap(),
+                mail_from: "someone@sender.test",
+                from_domain: Some(r.from),
+                dkim_pass: &pass,
+                dkim_temp: false,
+                arc_trusted: d.arc_trusted,
+            };
+            let ours = |d: &str| Ok(d == "ours.test");
+            findings.extend(local_sender::check(cfg, &claim, &ours));
+        }
+        let v = decision::apply(cfg, &findings, None);
+        let deciding = v
+            .deciding_finding(&findings)
+            .map(|f| f.kind.code().into_owned());
+        (v.action.name().to_string(), deciding, findings)
+    }
+
+    #[test]
+    fn every_combination_that_matters() {
+        use Policy::{None as PNone, Quarantine, Reject};
+        use SpfResult::{Fail, Pass, SoftFail, TempError};
+        let rows = [
+            // DMARC record: an aligned pass on either side passes, whatever the policy.
+            row(
+                "reject, aligned DKIM pass",
+                Fail,
+                dmarc(Reject, fail(), PASS),
+            )
+            .then("accept", None),
+            row(
+                "reject, aligned SPF pass",
+                Pass,
+                dmarc(Reject, PASS, fail()),
+            )
+            .then("accept", None),
+            row(
+                "quarantine, DKIM pass",
+                SoftFail,
+                dmarc(Quarantine, fail(), PASS),
+            )
+            .then("accept", None),
+            // No aligned pass: the policy speaks.
+            row("reject, both fail", Fail, dmarc(Reject, fail(), fail()))
+                .then("reject", Some("dmarc.fail")),
+            row("reject, DKIM none", Pass, dmarc(Reject, fail(), NONE))
+                .then("reject", Some("dmarc.fail")),
+            row(
+                "quarantine, both fail",
+                SoftFail,
+                dmarc(Quarantine, fail(), fail()),
+            )
+            .then("junk", Some("dmarc.fail")),
+            row("none, both fail", Fail, dmarc(PNone, fail(), fail())).then("accept", None),
+            // A DNS failure never passes, under any policy.
+            row(
+                "reject, SPF side temperror",
+                TempError,
+                dmarc(Reject, temp(), fail()),
+            )
+            .then("tempfail", Some("dmarc.temperror")),
+            row(
+                "none, DKIM side temperror",
+                Pass,
+                dmarc(PNone, fail(), temp()),
+            )
+            .then("tempfail", Some("dmarc.temperror")),
+            // A trusted ARC chain overrides a DMARC failure; an untrusted one does not.
+            Row {
+                arc_sealer: Some("lists.trusted.test"),
+                ..row("reject, trusted ARC", Fail, dmarc(Reject, fail(), fail()))
+            }
+            .then("accept", None),
+            Row {
+                arc_sealer: Some("lists.other.test"),
+                ..row("reject, untrusted ARC", Fail, dmarc(Reject, fail(), fail()))
+            }
+            .then("reject", Some("dmarc.fail")),
+            // No DMARC record: SPF speaks for itself.
+            row("no record, SPF pass", Pass, no_record()).then("accept", None),
+            row("no record, SPF fail", Fail, no_record()).then("reject", Some("spf.fail")),
+            row("no record, SPF softfail", SoftFail, no_record()).then("accept", None),
+            row("no record, SPF temperror", TempError, no_record())
+                .then("tempfail", Some("spf.temperror")),
+            row("DMARC off, SPF fail", Fail, None).then("reject", Some("spf.fail")),
+            // Our own domain from outside: vouched for by an aligned signature, or refused.
+            Row {
+                from: "ours.test",
+                ..row("ours, unsigned", Pass, no_record())
+            }
+            .then("reject", Some("local_sender.forged")),
+            Row {
+                from: "ours.test",
+                dkim_pass: &["ours.test"],
+                ..row("ours, signed", Pass, no_record())
+            }
+            .then("accept", None),
+            Row {
+                from: "ours.test",
+                arc_sealer: Some("lists.trusted.test"),
+                ..row("ours, trusted ARC", Pass, no_record())
+            }
+            .then("accept", None),
+        ];
+        let cfg = config();
+        for r in &rows {
+            let (action, deciding, _) = run(&cfg, r);
+            assert_eq!(
+                (action.as_str(), deciding.as_deref()),
+                (r.action, r.deciding),
+                "{}",
+                r.name
+            );
+        }
+    }
+
+    #[test]
+    fn observe_mode_keeps_every_row_from_acting_and_says_what_it_would_do() {
+        let mut cfg = config();
+        cfg.dmarc.mode = Mode::Observe;
+        cfg.spf.mode = Mode::Observe;
+        let r = row(
+            "reject, both fail",
+            SpfResult::Fail,
+            dmarc(Policy::Reject, fail(), fail()),
+        );
+        let (action, deciding, findings) = run(&cfg, &r);
+        assert_eq!((action.as_str(), deciding), ("accept", None));
+        let v = decision::apply(&cfg, &findings, None);
+        assert!(
+            matches!(v.would.as_slice(), [(Action::Reject(_), _)]),
+            "{:?}",
+            v.would
+        );
+        let w = v.would_records(&findings, None);
+        assert_eq!(w[0].code, "would_reject");
+        assert!(w[0].detail.starts_with("dmarc.fail: "), "{}", w[0].detail);
+    }
 }

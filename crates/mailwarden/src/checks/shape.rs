@@ -7,17 +7,9 @@
 //! limit; it reads bytes, not text, so no input can make it panic.
 
 use crate::config::Limits;
+use crate::decision::{Finding, Kind};
 use mail_parser::{Message, PartType};
-use mailwarden_proto::{Reply, replies};
-
-/// Why a message's shape is refused.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub reply: Reply,
-    /// A stable reason code (`shape.header_fields`).
-    pub code: &'static str,
-    pub detail: String,
-}
+use mailwarden_proto::replies;
 
 /// The header section as counted: its size, its fields and its `Received` fields, each
 /// counted no further than a little past `max_fields`.
@@ -28,74 +20,61 @@ pub struct Headers {
     pub received: usize,
 }
 
-/// Count the header section of `raw` in one pass (a field starts at a line that does not
-/// begin with SP or HTAB; the section ends at the first empty line). The scan stops a line
-/// past `max_bytes`: a section that long is refused whatever follows, and a 25 MB message
-/// with no empty line costs no more to refuse than a 1 MiB one.
+/// Count the header section of `raw` in one pass of [`crate::header::fields`]. The scan
+/// stops a line past `max_bytes`: a section that long is refused whatever follows, and a
+/// 25 MB message with no empty line costs no more to refuse than a 1 MiB one.
 pub fn count(raw: &[u8], max_fields: usize, max_bytes: usize) -> Headers {
     let mut h = Headers {
-        bytes: raw.len(),
+        bytes: 0,
         fields: 0,
         received: 0,
     };
-    let mut at = 0;
-    while at < raw.len() {
-        if at > max_bytes {
-            h.bytes = at;
-            break;
+    let mut f = crate::header::fields(raw).capped(max_bytes);
+    for field in f.by_ref() {
+        if field.name().is_none() && matches!(field.raw.first(), Some(b' ' | b'\t')) {
+            continue;
         }
-        let line = &raw[at..];
-        if line.starts_with(b"\r\n") || line.starts_with(b"\n") {
-            h.bytes = at;
-            break;
-        }
-        if !matches!(line[0], b' ' | b'\t') && h.fields <= max_fields {
+        if h.fields <= max_fields {
             h.fields += 1;
-            if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            if field.raw.len() >= 9 && field.raw[..9].eq_ignore_ascii_case(b"received:") {
                 h.received += 1;
             }
         }
-        at = memchr::memchr(b'\n', line).map_or(raw.len(), |i| at + i + 1);
     }
+    h.bytes = f.offset().min(raw.len());
     h
 }
 
-/// Offset of the empty line (CRLF or bare LF) that ends the header section of `raw`, or its
-/// length when there is none. The one rule every header reader and editor here uses.
-pub fn header_end(raw: &[u8]) -> usize {
-    count(raw, 0, usize::MAX).bytes
-}
-
 /// The header limits of `[limits]`.
-pub fn check_headers(limits: &Limits, raw: &[u8]) -> Result<Headers, Refusal> {
+pub fn check_headers(limits: &Limits, raw: &[u8]) -> Result<Headers, Finding> {
     let max_bytes = usize::try_from(limits.max_header_size.0).unwrap_or(usize::MAX);
     let h = count(raw, limits.max_header_fields, max_bytes);
     if h.bytes > max_bytes {
-        return Err(Refusal {
-            reply: replies::HEADER_TOO_LARGE,
-            code: "shape.header_size",
-            detail: format!(
+        return Err(Finding::refusing(
+            Kind::HeaderSize,
+            format!(
                 "header section of more than {} bytes (limit {})",
                 max_bytes, limits.max_header_size
             ),
-        });
+            replies::HEADER_TOO_LARGE,
+        ));
     }
     if h.fields > limits.max_header_fields {
-        return Err(Refusal {
-            reply: replies::HEADER_TOO_LARGE,
-            code: "shape.header_fields",
-            detail: format!("more than {} header fields", limits.max_header_fields),
-        });
+        return Err(Finding::refusing(
+            Kind::HeaderFields,
+            format!("more than {} header fields", limits.max_header_fields),
+            replies::HEADER_TOO_LARGE,
+        ));
     }
     if h.received > limits.max_received {
-        return Err(Refusal {
-            reply: replies::TOO_MANY_HOPS,
-            code: "shape.too_many_hops",
-            detail: format!(
+        return Err(Finding::refusing(
+            Kind::TooManyHops,
+            format!(
                 "{} Received fields (limit {}): a mail loop",
                 h.received, limits.max_received
             ),
-        });
+            replies::TOO_MANY_HOPS,
+        ));
     }
     Ok(h)
 }
@@ -126,14 +105,14 @@ pub fn mime_depth(msg: &Message<'_>) -> usize {
 }
 
 /// The MIME depth limit, on the part of the message that content scoring parsed.
-pub fn check_mime(limits: &Limits, msg: &Message<'_>) -> Result<(), Refusal> {
+pub fn check_mime(limits: &Limits, msg: &Message<'_>) -> Result<(), Finding> {
     let depth = mime_depth(msg);
     if depth > limits.max_mime_depth {
-        return Err(Refusal {
-            reply: replies::MIME_TOO_DEEP,
-            code: "shape.mime_depth",
-            detail: format!("MIME nested {depth} deep (limit {})", limits.max_mime_depth),
-        });
+        return Err(Finding::refusing(
+            Kind::MimeDepth,
+            format!("MIME nested {depth} deep (limit {})", limits.max_mime_depth),
+            replies::MIME_TOO_DEEP,
+        ));
     }
     Ok(())
 }
@@ -172,15 +151,16 @@ mod tests {
         assert!(check_headers(&l, ok).is_ok());
         let fields = b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
         assert_eq!(
-            check_headers(&l, fields).unwrap_err().code,
+            check_headers(&l, fields).unwrap_err().kind.code(),
             "shape.header_fields"
         );
         let hops = b"Received: a\r\nReceived: b\r\nReceived: c\r\n\r\n";
         let e = check_headers(&l, hops).unwrap_err();
-        assert_eq!((e.code, e.reply.code), ("shape.too_many_hops", 554));
+        assert_eq!(e.kind, Kind::TooManyHops);
+        assert_eq!(e.refusal.map(|r| r.code), Some(554));
         let big = format!("Subject: {}\r\n\r\n", "x".repeat(60));
         assert_eq!(
-            check_headers(&l, big.as_bytes()).unwrap_err().code,
+            check_headers(&l, big.as_bytes()).unwrap_err().kind.code(),
             "shape.header_size"
         );
     }
@@ -202,7 +182,10 @@ mod tests {
         l.max_mime_depth = 6;
         assert!(check_mime(&l, &msg).is_ok());
         l.max_mime_depth = 5;
-        assert_eq!(check_mime(&l, &msg).unwrap_err().code, "shape.mime_depth");
+        assert_eq!(
+            check_mime(&l, &msg).unwrap_err().kind.code(),
+            "shape.mime_depth"
+        );
         let flat = mail_parser::MessageParser::default()
             .parse(b"Subject: x\r\n\r\nhi\r\n".as_slice())
             .unwrap();

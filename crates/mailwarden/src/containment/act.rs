@@ -3,12 +3,12 @@
 //! `user status` shows it. Sessions and outbound delivery (remote 5xx replies) both feed it.
 
 use super::{Detector, Limited, Trigger};
-use crate::checks::relay::{RcptDecision, Routing};
 use crate::config::Config;
 use crate::limits::Clock;
 use crate::queue::{Folder, Message, Queue, Recipient, Route};
+use crate::routing::{RcptDecision, Routing};
 use crate::store::Store;
-use crate::util::{new_id, rfc5322_date, unix_now};
+use crate::util::{new_id, rfc5322_date};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +26,7 @@ pub struct Containment {
     queue: Arc<Queue>,
     routing: Routing,
     throttle_recorded: Mutex<HashMap<String, i64>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Containment {
@@ -37,7 +38,8 @@ impl Containment {
         clock: Arc<dyn Clock>,
     ) -> Containment {
         Containment {
-            detector: Detector::new(&config.containment, &config.auth, clock),
+            detector: Detector::new(&config.containment, &config.auth, clock.clone()),
+            clock,
             suspending: Mutex::new(Default::default()),
             config,
             store,
@@ -65,12 +67,13 @@ impl Containment {
     async fn suspend_stored(&self, account: &str, t: Trigger, context: &str) {
         let store = self.store.clone();
         let (a, reason, evidence) = (account.to_string(), t.reason, t.evidence.clone());
+        let now = self.clock.now_secs();
         // Once is enough: outbound replies can still arrive for mail sent before.
         let held = tokio::task::spawn_blocking(move || {
-            if super::is_suspended(&store, &a)? {
+            if super::is_suspended(&store, &a, now)? {
                 return Ok(None);
             }
-            super::suspend(&store, &a, reason, &evidence).map(Some)
+            super::suspend(&store, &a, reason, &evidence, now).map(Some)
         })
         .await
         .map_err(|e| e.to_string())
@@ -95,13 +98,13 @@ impl Containment {
         if lock(&self.suspending).contains(account) {
             return Ok(true);
         }
-        super::is_suspended(&self.store, account)
+        super::is_suspended(&self.store, account, self.clock.now_secs())
     }
 
     /// A limit refused `account` a message: record it as throttled (at most once a minute).
     pub async fn throttled(&self, account: &str, l: &Limited) {
         metrics::counter!("mailwarden_rate_limited_total").increment(1);
-        let now = unix_now();
+        let now = self.clock.now_secs();
         {
             let mut m = lock(&self.throttle_recorded);
             m.retain(|_, t| now - *t < THROTTLE_RECORD_SECS);
@@ -112,7 +115,7 @@ impl Containment {
         }
         let store = self.store.clone();
         let (a, r) = (account.to_string(), l.reason.clone());
-        match tokio::task::spawn_blocking(move || super::throttle(&store, &a, &r)).await {
+        match tokio::task::spawn_blocking(move || super::throttle(&store, &a, &r, now)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(event = "throttle_record_failed", account, error = %e),
             Err(e) => tracing::error!(event = "throttle_record_failed", account, error = %e),
@@ -134,7 +137,7 @@ impl Containment {
         else {
             return;
         };
-        let now = unix_now();
+        let now = self.clock.now_secs();
         let id = new_id();
         let body = format!(
             "From: mailwarden <MAILER-DAEMON@{host}>\r\nTo: <{mailbox}>\r\n\

@@ -14,7 +14,6 @@ pub use act::Containment;
 pub use detector::{Detector, Limited, Reservation, Trigger};
 
 use crate::store::{Store, StoreError};
-use crate::util::unix_now;
 use rusqlite::OptionalExtension;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,7 +52,8 @@ pub struct AccountState {
     pub evidence: String,
 }
 
-pub fn state(store: &Store, account: &str) -> Result<AccountState, StoreError> {
+/// The account's state at `now` (Unix seconds).
+pub fn state(store: &Store, account: &str, now: i64) -> Result<AccountState, StoreError> {
     let row = store.read(|c| {
         c.prepare_cached(
             "SELECT state, since, reason, evidence FROM account_state WHERE account = ?1",
@@ -69,8 +69,7 @@ pub fn state(store: &Store, account: &str) -> Result<AccountState, StoreError> {
         .optional()
     })?;
     // Throttling lifts by itself as the limit's window slides: an old record is history.
-    let row = row
-        .filter(|st| st.state != State::Throttled || unix_now() - st.since < THROTTLE_SHOWN_SECS);
+    let row = row.filter(|st| st.state != State::Throttled || now - st.since < THROTTLE_SHOWN_SECS);
     Ok(row.unwrap_or(AccountState {
         state: State::Active,
         since: 0,
@@ -79,8 +78,8 @@ pub fn state(store: &Store, account: &str) -> Result<AccountState, StoreError> {
     }))
 }
 
-pub fn is_suspended(store: &Store, account: &str) -> Result<bool, StoreError> {
-    Ok(state(store, account)?.state == State::Suspended)
+pub fn is_suspended(store: &Store, account: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(state(store, account, now)?.state == State::Suspended)
 }
 
 /// How long after its last refusal a throttled account is still shown as throttled: the
@@ -88,7 +87,7 @@ pub fn is_suspended(store: &Store, account: &str) -> Result<bool, StoreError> {
 const THROTTLE_SHOWN_SECS: i64 = 3600;
 
 /// Record that a limit refused `account` a message; a suspended account stays suspended.
-pub fn throttle(store: &Store, account: &str, reason: &str) -> Result<(), StoreError> {
+pub fn throttle(store: &Store, account: &str, reason: &str, now: i64) -> Result<(), StoreError> {
     let (a, r) = (account.to_string(), reason.to_string());
     store.write_blocking(move |c| {
         c.execute(
@@ -96,14 +95,11 @@ pub fn throttle(store: &Store, account: &str, reason: &str) -> Result<(), StoreE
              VALUES (?1, 'throttled', ?2, 'limit reached', ?3) \
              ON CONFLICT(account) DO UPDATE SET state = 'throttled', since = ?2, \
              reason = 'limit reached', evidence = ?3 WHERE state != 'suspended'",
-            rusqlite::params![a, unix_now(), r],
+            rusqlite::params![a, now, r],
         )?;
         Ok(())
     })
 }
-
-/// Recipients of this account's submitted mail that still wait for delivery.
-const WAITING_OF: &str = "id IN (SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1)";
 
 /// Suspend an account and hold its mail that waits for delivery. Returns how many recipients
 /// were held.
@@ -112,6 +108,7 @@ pub fn suspend(
     account: &str,
     reason: &str,
     evidence: &str,
+    now: i64,
 ) -> Result<usize, StoreError> {
     let (a, r, e) = (
         account.to_string(),
@@ -119,7 +116,6 @@ pub fn suspend(
         evidence.to_string(),
     );
     store.write_blocking(move |c| {
-        let now = unix_now();
         c.execute(
             "INSERT INTO account_state(account, state, since, reason, evidence) \
              VALUES (?1, 'suspended', ?2, ?3, ?4) \
@@ -127,13 +123,7 @@ pub fn suspend(
              evidence = ?4",
             rusqlite::params![a, now, r, e],
         )?;
-        c.execute(
-            &format!(
-                "UPDATE queue_rcpt SET status = 'held', updated = ?2 \
-                 WHERE status IN ('queued', 'deferred') AND route = 'remote' AND {WAITING_OF}"
-            ),
-            rusqlite::params![a, now],
-        )
+        crate::queue::account::hold(c, &a, now)
     })
 }
 
@@ -146,83 +136,79 @@ pub enum HeldMail {
 
 /// Count the recipients held for this account.
 pub fn held(store: &Store, account: &str) -> Result<usize, StoreError> {
-    let n: i64 = store.read(|c| {
-        c.query_row(
-            &format!("SELECT count(*) FROM queue_rcpt WHERE status = 'held' AND {WAITING_OF}"),
-            [account],
-            |r| r.get(0),
-        )
-    })?;
-    Ok(n as usize)
+    store.read(|c| crate::queue::account::held(c, account))
 }
 
 /// Make an account active again; release its held mail for delivery now, or delete it.
 /// Returns how many recipients were released or deleted.
-pub fn resume(store: &Store, account: &str, held_mail: HeldMail) -> Result<usize, StoreError> {
+pub fn resume(
+    store: &Store,
+    account: &str,
+    held_mail: HeldMail,
+    now: i64,
+) -> Result<usize, StoreError> {
     let a = account.to_string();
     store.write_blocking(move |c| {
         c.execute("DELETE FROM account_state WHERE account = ?1", [&a])?;
-        let n = match held_mail {
-            HeldMail::Release => c.execute(
-                &format!(
-                    "UPDATE queue_rcpt SET status = 'deferred', next_attempt = 0, updated = ?2 \
-                     WHERE status = 'held' AND {WAITING_OF}"
-                ),
-                rusqlite::params![a, unix_now()],
-            )?,
-            HeldMail::Delete => c.execute(
-                &format!("UPDATE queue_rcpt SET status = 'failed', last_reply = 'deleted when the account resumed', updated = ?2 WHERE status = 'held' AND {WAITING_OF}"),
-                rusqlite::params![a, unix_now()],
-            )?,
-        };
-        // This account's messages with nothing left to do go (their spool files, if any,
-        // are removed as orphans at the next start).
-        let ids: Vec<String> = c
-            .prepare("SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1")?
-            .query_map([&a], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for id in ids {
-            crate::queue::finish_if_done(c, &id)?;
+        match held_mail {
+            HeldMail::Release => crate::queue::account::release(c, &a, now),
+            HeldMail::Delete => crate::queue::account::delete(c, &a, now),
         }
-        Ok(n)
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
+
+    fn now() -> i64 {
+        crate::clock::SystemClock.now_secs()
+    }
 
     #[test]
     fn suspend_and_resume_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(state(&store, "a@x.test").unwrap().state, State::Active);
-        suspend(&store, "a@x.test", "by hand", "admin").unwrap();
-        let st = state(&store, "a@x.test").unwrap();
+        assert_eq!(
+            state(&store, "a@x.test", now()).unwrap().state,
+            State::Active
+        );
+        suspend(&store, "a@x.test", "by hand", "admin", now()).unwrap();
+        let st = state(&store, "a@x.test", now()).unwrap();
         assert_eq!(st.state, State::Suspended);
         assert_eq!(st.reason, "by hand");
         assert!(st.since > 0);
-        assert!(is_suspended(&store, "a@x.test").unwrap());
-        assert!(!is_suspended(&store, "b@x.test").unwrap());
-        resume(&store, "a@x.test", HeldMail::Release).unwrap();
-        assert_eq!(state(&store, "a@x.test").unwrap().state, State::Active);
+        assert!(is_suspended(&store, "a@x.test", now()).unwrap());
+        assert!(!is_suspended(&store, "b@x.test", now()).unwrap());
+        resume(&store, "a@x.test", HeldMail::Release, now()).unwrap();
+        assert_eq!(
+            state(&store, "a@x.test", now()).unwrap().state,
+            State::Active
+        );
     }
 
     #[test]
     fn throttling_shows_until_it_lifts_and_never_hides_a_suspension() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        throttle(&store, "a@x.test", "200 messages in the last hour").unwrap();
-        let st = state(&store, "a@x.test").unwrap();
+        throttle(&store, "a@x.test", "200 messages in the last hour", now()).unwrap();
+        let st = state(&store, "a@x.test", now()).unwrap();
         assert_eq!(st.state, State::Throttled);
         assert_eq!(st.evidence, "200 messages in the last hour");
         // An hour-old throttle is over.
         store
             .write_blocking(|c| c.execute("UPDATE account_state SET since = since - 3601", []))
             .unwrap();
-        assert_eq!(state(&store, "a@x.test").unwrap().state, State::Active);
-        suspend(&store, "b@x.test", "message burst", "16 in a minute").unwrap();
-        throttle(&store, "b@x.test", "limit").unwrap();
-        assert_eq!(state(&store, "b@x.test").unwrap().state, State::Suspended);
+        assert_eq!(
+            state(&store, "a@x.test", now()).unwrap().state,
+            State::Active
+        );
+        suspend(&store, "b@x.test", "message burst", "16 in a minute", now()).unwrap();
+        throttle(&store, "b@x.test", "limit", now()).unwrap();
+        assert_eq!(
+            state(&store, "b@x.test", now()).unwrap().state,
+            State::Suspended
+        );
     }
 }

@@ -13,29 +13,13 @@ use mail_auth::dkim::{Canonicalization, Signature};
 /// A header field: its name, and its value with the final CRLF.
 pub type Field<'a> = (&'a [u8], &'a [u8]);
 
-/// Split a message into its header fields and its body.
+/// Split a message into its header fields (those with a name; [`crate::header::fields`])
+/// and its body.
 pub fn split_headers(message: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
-    let mut fields: Vec<Field<'_>> = Vec::new();
-    let mut pos = 0;
-    while pos < message.len() {
-        let line_end = memchr::memchr(b'\n', &message[pos..]).map(|i| pos + i + 1);
-        let line_end = line_end.unwrap_or(message.len());
-        let line = &message[pos..line_end];
-        if line == b"\r\n" || line == b"\n" {
-            return (fields, &message[line_end..]);
-        }
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            // A continuation line belongs to the field above it.
-            if let Some(last) = fields.last_mut() {
-                let start = last.1.as_ptr() as usize - message.as_ptr() as usize;
-                last.1 = &message[start..line_end];
-            }
-        } else if let Some(colon) = line.iter().position(|b| *b == b':') {
-            fields.push((&line[..colon], &message[pos + colon + 1..line_end]));
-        }
-        pos = line_end;
-    }
-    (fields, &message[message.len()..])
+    let fields = crate::header::fields(message)
+        .filter_map(|f| Some((f.name()?, f.value())))
+        .collect();
+    (fields, &message[crate::header::body_start(message)..])
 }
 
 /// The `h=` list for a message: every configured name as often as the message has it, and

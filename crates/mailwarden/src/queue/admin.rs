@@ -5,8 +5,9 @@
 //! without any signal. Holding and releasing act on recipients that wait for delivery
 //! (`queued` or `deferred`); local recipients are delivered as soon as they are committed.
 
+use crate::clock::Clock;
 use crate::store::{Store, StoreError};
-use crate::util::unix_now;
+
 use rusqlite::OptionalExtension;
 use std::path::Path;
 
@@ -115,7 +116,7 @@ pub fn hold(store: &Store, id: &str) -> Result<usize, StoreError> {
         c.execute(
             "UPDATE queue_rcpt SET status = 'held', updated = ?2 \
              WHERE id = ?1 AND status IN ('queued', 'deferred')",
-            rusqlite::params![id, unix_now()],
+            rusqlite::params![id, crate::clock::SystemClock.now_secs()],
         )
     })
 }
@@ -127,7 +128,7 @@ pub fn release(store: &Store, id: &str) -> Result<usize, StoreError> {
         c.execute(
             "UPDATE queue_rcpt SET status = 'deferred', next_attempt = 0, updated = ?2 \
              WHERE id = ?1 AND status = 'held'",
-            rusqlite::params![id, unix_now()],
+            rusqlite::params![id, crate::clock::SystemClock.now_secs()],
         )
     })
 }

@@ -9,12 +9,11 @@
 //! `failed` (permanent), `held` (kept back by an administrator or a policy). A message leaves
 //! the queue when no recipient is `queued`, `deferred` or `held` any more.
 
+pub mod account;
 pub mod admin;
-pub mod manager;
 
 use crate::fsync::{DirSync, sync_file};
 use crate::store::{Store, StoreError};
-use crate::util::unix_now;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -151,7 +150,7 @@ impl Message {
 }
 
 /// A recipient's new status and the reply that explains it.
-pub type Outcome = (u32, Status, Option<String>);
+pub type RcptOutcome = (u32, Status, Option<String>);
 
 /// A remote recipient's new status after an attempt.
 #[derive(Debug, Clone)]
@@ -194,9 +193,9 @@ pub(crate) fn finish_if_done(c: &rusqlite::Connection, id: &str) -> rusqlite::Re
 }
 
 /// Outcomes for one message.
-pub struct Record {
+pub struct Outcomes {
     pub id: String,
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<RcptOutcome>,
     /// The outcomes cover every recipient of the message and all are final.
     pub all_final: bool,
 }
@@ -248,6 +247,7 @@ pub struct Queue {
     notify: mpsc::UnboundedSender<Dispatch>,
     held: Arc<AtomicU64>,
     budget: u64,
+    clock: Arc<dyn crate::clock::Clock>,
     /// Wakes outbound delivery when a message with remote recipients is committed.
     pub remote_ready: Arc<tokio::sync::Notify>,
 }
@@ -258,6 +258,7 @@ impl Queue {
         data_dir: &Path,
         dirsync: DirSync,
         memory_budget: u64,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> std::io::Result<(Arc<Queue>, mpsc::UnboundedReceiver<Dispatch>)> {
         let dir = data_dir.join("queue");
         crate::store::create_private_dir(&dir)?;
@@ -270,10 +271,16 @@ impl Queue {
                 notify: tx,
                 held: Arc::new(AtomicU64::new(0)),
                 budget: memory_budget,
+                clock,
                 remote_ready: Arc::new(tokio::sync::Notify::new()),
             }),
             rx,
         ))
+    }
+
+    /// Now, in seconds, by the server's clock: what retry times and stamps are taken from.
+    pub fn now(&self) -> i64 {
+        self.clock.now_secs()
     }
 
     pub fn spool_path(&self, id: &str) -> PathBuf {
@@ -385,11 +392,11 @@ impl Queue {
 
     /// Record delivery outcomes of several messages in one commit. A message with no
     /// recipient left to deliver is removed with its spool file. Returns the ids removed.
-    pub async fn record(&self, outcomes: Vec<Record>) -> Result<Vec<String>, QueueError> {
+    pub async fn record(&self, outcomes: Vec<Outcomes>) -> Result<Vec<String>, QueueError> {
+        let now = self.now();
         let finished = self
             .store
             .write(move |c| {
-                let now = unix_now();
                 let mut done = Vec::new();
                 for rec in outcomes {
                     // Every recipient delivered just now: nothing to keep, skip the updates.
@@ -598,10 +605,10 @@ impl Queue {
         outcomes: Vec<RemoteOutcome>,
     ) -> Result<bool, QueueError> {
         let id2 = id.to_string();
+        let now = self.now();
         let finished = self
             .store
             .write(move |c| {
-                let now = unix_now();
                 let mut update = c.prepare_cached(
                     "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
                      attempts = attempts + 1, next_attempt = ?6 \
@@ -650,11 +657,17 @@ mod tests {
     async fn mail_committed_for_a_suspended_account_is_held_whoever_commits_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (queue, _rx) =
-            Queue::new(store.clone(), dir.path(), DirSync::start(), 1 << 20).unwrap();
+        let (queue, _rx) = Queue::new(
+            store.clone(),
+            dir.path(),
+            DirSync::start(),
+            1 << 20,
+            crate::clock::system(),
+        )
+        .unwrap();
         let s = store.clone();
         tokio::task::spawn_blocking(move || {
-            crate::containment::suspend(&s, "alice@example.test", "phished", "by hand")
+            crate::containment::suspend(&s, "alice@example.test", "phished", "by hand", 0)
         })
         .await
         .unwrap()

@@ -4,8 +4,9 @@
 //!
 //! A record holds who the client was (IP, PTR, HELO, TLS, account), the envelope, the
 //! Message-ID and Subject, every check's typed reason with its detail and score, the action
-//! and the exact reply sent. Reasons use the stable codes of `checks::verdict::Code` and
-//! `screening::Reason`, so searches by reason keep working across versions.
+//! and the exact reply sent. Reasons use the stable codes of `decision::Kind`, so searches by
+//! reason keep working across versions. `score` is the score the decision was taken on: the
+//! sum of the reasons marked `counted`.
 
 pub mod report;
 
@@ -15,66 +16,22 @@ use serde::{Deserialize, Serialize};
 /// Expired records removed per write, so retention never costs one long delete.
 const PURGE_BATCH: i64 = 200;
 
-/// One check's finding.
+/// One finding, as a record keeps it (made by `decision::Finding::record`; stored as text so
+/// old records stay readable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
-    /// The check family: `screen`, `spf`, `dkim`, `dmarc`, `rcpt`, `limits`, ...
+    /// The finding's family: `screen`, `spf`, `dkim`, `dmarc`, `rcpt`, `limits`, ...
     pub check: String,
-    /// The stable reason code, e.g. `dnsbl_score`, `dmarc.fail`, `rcpt.no_such_local_user`.
+    /// The stable reason code (`decision::Kind::code`), e.g. `dnsbl_score`, `dmarc.fail`,
+    /// `rcpt.no_such_local_user`; or `would_<action>` for what observe mode kept from acting.
     pub code: String,
     pub detail: String,
     pub score: f64,
     /// This reason decided the action.
     pub deciding: bool,
-}
-
-impl Reason {
-    /// A finding named by a dotted code (`dmarc.fail`, `headers.to_empty`): its check is the
-    /// code's first part.
-    pub fn coded(code: &str, detail: impl Into<String>, score: f64, deciding: bool) -> Reason {
-        Reason {
-            check: code.split('.').next().unwrap_or(code).to_string(),
-            code: code.to_string(),
-            detail: detail.into(),
-            score,
-            deciding,
-        }
-    }
-
-    /// A refusal known by a short text (`no such local user` at RCPT): its code is
-    /// `rcpt.no_such_local_user`, and it decided.
-    pub fn refusal(check: &str, reason: &str, detail: &str) -> Reason {
-        let slug: String = reason
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        Reason {
-            check: check.to_string(),
-            code: format!("{check}.{slug}"),
-            detail: detail.to_string(),
-            score: 0.0,
-            deciding: true,
-        }
-    }
-}
-
-/// A screening signal, as the record keeps it (not deciding unless the caller says so).
-impl From<&crate::screening::Signal> for Reason {
-    fn from(s: &crate::screening::Signal) -> Reason {
-        Reason {
-            check: "screen".into(),
-            code: s.reason.as_str().into(),
-            detail: s.detail.clone(),
-            score: s.score,
-            deciding: false,
-        }
-    }
+    /// Its score is part of the record's `score`, the one the decision was taken on.
+    #[serde(default)]
+    pub counted: bool,
 }
 
 /// What became of one recipient.
@@ -102,6 +59,8 @@ pub struct Record {
     pub message_id: Option<String>,
     pub subject: Option<String>,
     pub reasons: Vec<Reason>,
+    /// The score the decision was taken on (the content score, or the DNS lists' weight when
+    /// they refused): the sum of the `counted` reasons.
     pub score: f64,
     /// `accept`, `junk`, `tempfail`, `reject`, or `abandoned` (the client left or reset
     /// before DATA without being refused anything).
@@ -248,10 +207,7 @@ fn like_escape(s: &str) -> String {
 
 /// The unfolded value of the first `name:` field of a message's header section.
 pub fn header_value(raw: &[u8], name: &str) -> Option<String> {
-    let name = name.to_ascii_lowercase();
-    crate::checks::headers::field_iter(raw)
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.chars().take(998).collect())
+    crate::header::value(raw, name)
 }
 
 #[cfg(test)]
@@ -274,6 +230,7 @@ mod tests {
                 detail: "d".into(),
                 score: 1.0,
                 deciding: true,
+                counted: false,
             }],
             action: action.into(),
             ..Record::default()

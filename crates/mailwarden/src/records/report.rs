@@ -42,7 +42,17 @@ pub fn text(r: &Record) -> String {
         let _ = writeln!(o, "message:  {}", dash(&r.message_id));
         let _ = writeln!(o, "subject:  {}", dash(&r.subject));
     }
-    let _ = writeln!(o, "score:    {}", r.score);
+    let counted: Vec<&str> = r
+        .reasons
+        .iter()
+        .filter(|x| x.counted && x.score != 0.0)
+        .map(|x| x.code.as_str())
+        .collect();
+    if counted.is_empty() {
+        let _ = writeln!(o, "score:    {}", r.score);
+    } else {
+        let _ = writeln!(o, "score:    {} (counted: {})", r.score, counted.join(", "));
+    }
     let others: Vec<_> = r.reasons.iter().filter(|x| !x.deciding).collect();
     if !others.is_empty() {
         let _ = writeln!(o, "also found:");
@@ -104,6 +114,7 @@ mod tests {
                     detail: "127.0.0.2 has no PTR".into(),
                     score: 1.0,
                     deciding: false,
+                    counted: false,
                 },
                 Reason {
                     check: "screen".into(),
@@ -111,6 +122,7 @@ mod tests {
                     detail: "score 1.2".into(),
                     score: 0.0,
                     deciding: true,
+                    counted: false,
                 },
             ],
             ..Record::default()

@@ -9,8 +9,8 @@
 //! check that can let mail through (SPF, DKIM, DMARC, greylisting, suspension) does fail
 //! closed.
 
-use super::{Reason, Signal};
 use crate::config::screening::{Dnsbl as Cfg, ListZone};
+use crate::decision::{Finding, Kind};
 use crate::dns::Dns;
 use mailwarden_proto::replies;
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,7 +41,7 @@ async fn ask(
     name: String,
     what: &str,
     domain_list: bool,
-) -> Option<Signal> {
+) -> Option<Finding> {
     let answer = dns
         .auth
         .ipv4_lookup(name.as_str(), Some(&dns.caches.ipv4))
@@ -66,14 +66,14 @@ async fn ask(
     }
     let codes: Vec<String> = hits.iter().map(Ipv4Addr::to_string).collect();
     let reason = if domain_list {
-        Reason::RhsblListed
+        Kind::RhsblListed
     } else if list.weight < 0.0 {
-        Reason::DnswlListed
+        Kind::DnswlListed
     } else {
-        Reason::DnsblListed
+        Kind::DnsblListed
     };
     Some(
-        Signal::new(
+        Finding::scored(
             reason,
             format!("{what} listed by {} ({})", list.zone, codes.join(", ")),
             list.weight,
@@ -86,7 +86,7 @@ async fn ask_all(
     dns: Arc<Dns>,
     asks: Vec<(ListZone, String, String, bool)>,
     timeout: Duration,
-) -> Vec<Signal> {
+) -> Vec<Finding> {
     let mut set = tokio::task::JoinSet::new();
     for (list, name, what, domain_list) in asks {
         let dns = dns.clone();
@@ -108,7 +108,7 @@ async fn ask_all(
 }
 
 /// The client IP in every IP list.
-pub async fn ip_lists(dns: Arc<Dns>, cfg: &Cfg, ip: IpAddr, timeout: Duration) -> Vec<Signal> {
+pub async fn ip_lists(dns: Arc<Dns>, cfg: &Cfg, ip: IpAddr, timeout: Duration) -> Vec<Finding> {
     let asks = cfg
         .zones
         .iter()
@@ -130,7 +130,7 @@ pub async fn domain_lists(
     cfg: &Cfg,
     domains: &[(&str, &str)],
     timeout: Duration,
-) -> Vec<Signal> {
+) -> Vec<Finding> {
     let mut asks = Vec::new();
     for (what, d) in domains {
         let d = d.trim_end_matches('.').to_ascii_lowercase();
@@ -150,13 +150,13 @@ pub async fn domain_lists(
 }
 
 /// The lists' weights summed: at the threshold or above, a refusal naming the lists.
-pub fn verdict(cfg: &Cfg, signals: &[Signal], ip: IpAddr) -> Option<Signal> {
-    let listed: Vec<&Signal> = signals
+pub fn verdict(cfg: &Cfg, signals: &[Finding], ip: IpAddr) -> Option<Finding> {
+    let listed: Vec<&Finding> = signals
         .iter()
         .filter(|s| {
             matches!(
-                s.reason,
-                Reason::DnsblListed | Reason::DnswlListed | Reason::RhsblListed
+                s.kind,
+                Kind::DnsblListed | Kind::DnswlListed | Kind::RhsblListed
             )
         })
         .collect();
@@ -171,8 +171,8 @@ pub fn verdict(cfg: &Cfg, signals: &[Signal], ip: IpAddr) -> Option<Signal> {
         .collect();
     names.dedup();
     Some(
-        Signal::new(
-            Reason::DnsblScore,
+        Finding::scored(
+            Kind::DnsblScore,
             format!("DNS list score {score} >= {}", cfg.threshold),
             0.0,
         )
@@ -181,8 +181,8 @@ pub fn verdict(cfg: &Cfg, signals: &[Signal], ip: IpAddr) -> Option<Signal> {
 }
 
 /// Does an allow list vouch for the client (a negative weight answered)?
-pub fn allowed(signals: &[Signal]) -> bool {
-    signals.iter().any(|s| s.reason == Reason::DnswlListed)
+pub fn allowed(signals: &[Finding]) -> bool {
+    signals.iter().any(|s| s.kind == Kind::DnswlListed)
 }
 
 #[cfg(test)]
@@ -202,27 +202,27 @@ mod tests {
         );
     }
 
-    fn listed(zone: &str, w: f64, reason: Reason) -> Signal {
-        Signal::new(reason, "x", w).from_source(zone)
+    fn listed(zone: &str, w: f64, reason: Kind) -> Finding {
+        Finding::scored(reason, "x", w).from_source(zone)
     }
 
     #[test]
     fn weights_add_up_and_an_allow_list_exempts() {
         let cfg = Cfg::default();
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
-        let half = [listed("a.test", 0.5, Reason::DnsblListed)];
+        let half = [listed("a.test", 0.5, Kind::DnsblListed)];
         assert!(verdict(&cfg, &half, ip).is_none());
         let two = [
-            listed("a.test", 0.5, Reason::DnsblListed),
-            listed("b.test", 0.5, Reason::DnsblListed),
+            listed("a.test", 0.5, Kind::DnsblListed),
+            listed("b.test", 0.5, Kind::DnsblListed),
         ];
         let v = verdict(&cfg, &two, ip).unwrap();
         let text = v.refusal.unwrap().text.into_owned();
         assert!(text.contains("listed by a.test, b.test"), "{text}");
         let allowed_too = [
-            listed("a.test", 0.5, Reason::DnsblListed),
-            listed("b.test", 0.5, Reason::DnsblListed),
-            listed("wl.test", -5.0, Reason::DnswlListed),
+            listed("a.test", 0.5, Kind::DnsblListed),
+            listed("b.test", 0.5, Kind::DnsblListed),
+            listed("wl.test", -5.0, Kind::DnswlListed),
         ];
         assert!(verdict(&cfg, &allowed_too, ip).is_none());
         assert!(allowed(&allowed_too));

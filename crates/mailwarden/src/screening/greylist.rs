@@ -31,7 +31,7 @@ fn pending(store: &Store, client: &str, since: i64) -> Result<i64, StoreError> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Answer {
     /// Not greylisted, and why.
     Exempt(&'static str),
     /// A retry inside the window: passes, and the network (and SPF sender) is remembered.
@@ -65,16 +65,16 @@ pub async fn check(
     cfg: &Cfg,
     a: &Attempt<'_>,
     now: i64,
-) -> Result<Outcome, StoreError> {
+) -> Result<Answer, StoreError> {
     if opted_out(cfg, a.rcpt) {
-        return Ok(Outcome::Exempt("recipient opted out"));
+        return Ok(Answer::Exempt("recipient opted out"));
     }
     if a.allowlisted {
-        return Ok(Outcome::Exempt("on an allow list"));
+        return Ok(Answer::Exempt("on an allow list"));
     }
     let net_key = format!("grey:{}", network(a.ip));
     if memory::known(store, &net_key, now)? {
-        return Ok(Outcome::Exempt("network passed greylisting before"));
+        return Ok(Answer::Exempt("network passed greylisting before"));
     }
     let sender_key = a
         .spf_pass
@@ -82,7 +82,7 @@ pub async fn check(
     if let Some(k) = &sender_key
         && memory::known(store, k, now)?
     {
-        return Ok(Outcome::Exempt("SPF pass from a sender that passed before"));
+        return Ok(Answer::Exempt("SPF pass from a sender that passed before"));
     }
     let client = match a.spf_pass {
         Some(d) => format!("spf:{}", d.to_ascii_lowercase()),
@@ -110,15 +110,15 @@ pub async fn check(
             if let Some(k) = sender_key {
                 memory::remember(store, k, until).await?;
             }
-            Ok(Outcome::Passed)
+            Ok(Answer::Passed)
         }
-        Some(f) if now - f < min => Ok(Outcome::Greylisted {
+        Some(f) if now - f < min => Ok(Answer::Greylisted {
             wait: min - (now - f),
         }),
         // New, or expired: the clock starts (again), unless this client already has its
         // fill of triplets waiting (a sender inventing addresses): then it waits unrecorded.
         _ if pending(store, &client, now - expiry)? >= MAX_PENDING_PER_CLIENT => {
-            Ok(Outcome::Greylisted { wait: min })
+            Ok(Answer::Greylisted { wait: min })
         }
         _ => {
             store
@@ -141,7 +141,7 @@ pub async fn check(
                     Ok(())
                 })
                 .await?;
-            Ok(Outcome::Greylisted { wait: min })
+            Ok(Answer::Greylisted { wait: min })
         }
     }
 }
@@ -169,17 +169,17 @@ mod tests {
         let a = attempt("192.0.2.10", None);
         assert_eq!(
             check(&store, &cfg, &a, t0).await.unwrap(),
-            Outcome::Greylisted { wait: 300 }
+            Answer::Greylisted { wait: 300 }
         );
         assert_eq!(
             check(&store, &cfg, &a, t0 + 60).await.unwrap(),
-            Outcome::Greylisted { wait: 240 }
+            Answer::Greylisted { wait: 240 }
         );
         // The retry may come from another address of the same /24.
         let b = attempt("192.0.2.77", None);
         assert_eq!(
             check(&store, &cfg, &b, t0 + 301).await.unwrap(),
-            Outcome::Passed
+            Answer::Passed
         );
         let other = Attempt {
             rcpt: "carol@example.test",
@@ -187,14 +187,14 @@ mod tests {
         };
         assert!(matches!(
             check(&store, &cfg, &other, t0 + 400).await.unwrap(),
-            Outcome::Exempt(_)
+            Answer::Exempt(_)
         ));
         // Too late a retry starts over.
         let c = attempt("198.51.100.1", None);
         check(&store, &cfg, &c, t0).await.unwrap();
         assert!(matches!(
             check(&store, &cfg, &c, t0 + 86_401).await.unwrap(),
-            Outcome::Greylisted { .. }
+            Answer::Greylisted { .. }
         ));
     }
 
@@ -211,7 +211,7 @@ mod tests {
             };
             assert!(matches!(
                 check(&store, &cfg, &a, 1_000_000).await.unwrap(),
-                Outcome::Greylisted { .. }
+                Answer::Greylisted { .. }
             ));
         }
         let rows: i64 = store
@@ -225,12 +225,12 @@ mod tests {
         let a = attempt("192.0.2.10", None);
         assert!(matches!(
             check(&store, &cfg, &a, later).await.unwrap(),
-            Outcome::Greylisted { .. }
+            Answer::Greylisted { .. }
         ));
         let retry = later + cfg.min_delay.get().as_secs() as i64;
         assert_eq!(
             check(&store, &cfg, &a, retry).await.unwrap(),
-            Outcome::Passed
+            Answer::Passed
         );
     }
 
@@ -243,12 +243,12 @@ mod tests {
         let first = attempt("203.0.113.5", Some("sender.test"));
         assert!(matches!(
             check(&store, &cfg, &first, t0).await.unwrap(),
-            Outcome::Greylisted { .. }
+            Answer::Greylisted { .. }
         ));
         let retry = attempt("198.51.100.9", Some("sender.test"));
         assert_eq!(
             check(&store, &cfg, &retry, t0 + 600).await.unwrap(),
-            Outcome::Passed
+            Answer::Passed
         );
         // Good history now: SPF-passing mail from the domain is exempt from any network.
         let later = Attempt {
@@ -257,7 +257,7 @@ mod tests {
         };
         assert_eq!(
             check(&store, &cfg, &later, t0 + 700).await.unwrap(),
-            Outcome::Exempt("SPF pass from a sender that passed before")
+            Answer::Exempt("SPF pass from a sender that passed before")
         );
     }
 
@@ -273,7 +273,7 @@ mod tests {
             check(&store, &cfg, &attempt("192.0.2.1", None), 0)
                 .await
                 .unwrap(),
-            Outcome::Exempt("recipient opted out")
+            Answer::Exempt("recipient opted out")
         ));
         let cfg = Cfg::default();
         let a = Attempt {
@@ -282,7 +282,7 @@ mod tests {
         };
         assert_eq!(
             check(&store, &cfg, &a, 0).await.unwrap(),
-            Outcome::Exempt("on an allow list")
+            Answer::Exempt("on an allow list")
         );
     }
 }

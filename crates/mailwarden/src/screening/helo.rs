@@ -3,37 +3,37 @@
 //! or claims an address it does not have; bots on residential lines rarely have a PTR that
 //! resolves back.
 
-use super::{Reason, Signal};
+use crate::decision::{Finding, Kind};
 use crate::dns::Dns;
 use mail_auth::{DnsError, Error, IprevOutput, IprevResult};
 use mailwarden_proto::replies;
 use std::net::IpAddr;
 
-fn refuse(reason: Reason, detail: String, score: f64, why: &str) -> Signal {
-    Signal::new(reason, detail, score).refuse(replies::helo_rejected(why))
+fn refuse(reason: Kind, detail: String, score: f64, why: &str) -> Finding {
+    Finding::scored(reason, detail, score).refuse(replies::helo_rejected(why))
 }
 
 /// Checks that need no DNS. `ours` is our hostname, `local_ip` the address the client
 /// connected to.
-pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -> Vec<Signal> {
+pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -> Vec<Finding> {
     if let Some(lit) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         let lit = lit.strip_prefix("IPv6:").unwrap_or(lit);
         return match lit.parse::<IpAddr>() {
             Err(_) => vec![refuse(
-                Reason::HeloSyntax,
+                Kind::HeloSyntax,
                 format!("HELO {name}: not an address literal"),
                 1.0,
                 "invalid address literal",
             )],
             Ok(ip) if ip == client => vec![],
             Ok(ip) if ip == local_ip => vec![refuse(
-                Reason::HeloIsOurs,
+                Kind::HeloIsOurs,
                 format!("HELO {name} is our own address"),
                 2.0,
                 "that is our address",
             )],
             Ok(_) => vec![refuse(
-                Reason::HeloLiteralMismatch,
+                Kind::HeloLiteralMismatch,
                 format!("HELO {name} but the client is {client}"),
                 1.0,
                 "the address literal is not your address",
@@ -42,7 +42,7 @@ pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -
     }
     if name.parse::<IpAddr>().is_ok() {
         return vec![refuse(
-            Reason::HeloSyntax,
+            Kind::HeloSyntax,
             format!("HELO {name}: an address without brackets"),
             1.0,
             "an address must be written as [address]",
@@ -50,7 +50,7 @@ pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -
     }
     if mailwarden_proto::address::domain(name, false).is_err() {
         return vec![refuse(
-            Reason::HeloSyntax,
+            Kind::HeloSyntax,
             format!("HELO {name}: not a domain name"),
             1.0,
             "not a valid name",
@@ -59,7 +59,7 @@ pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -
     let bare = name.trim_end_matches('.');
     if bare.eq_ignore_ascii_case(ours) {
         return vec![refuse(
-            Reason::HeloIsOurs,
+            Kind::HeloIsOurs,
             format!("HELO {name} is our own name"),
             2.0,
             "that is our name",
@@ -68,7 +68,7 @@ pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -
     let tld = bare.rsplit('.').next().unwrap_or("");
     if !bare.contains('.') || tld.bytes().all(|b| b.is_ascii_digit()) {
         return vec![refuse(
-            Reason::HeloNotFqdn,
+            Kind::HeloNotFqdn,
             format!("HELO {name} is not a fully qualified domain name"),
             0.5,
             "not a fully qualified domain name",
@@ -79,7 +79,7 @@ pub fn static_checks(name: &str, client: IpAddr, ours: &str, local_ip: IpAddr) -
 
 /// Does a HELO name that passed [`static_checks`] resolve to any address? Only a definite
 /// "no such name / no address" is a signal; a DNS failure is not evidence.
-pub async fn resolves(dns: &Dns, name: &str) -> Option<Signal> {
+pub async fn resolves(dns: &Dns, name: &str) -> Option<Finding> {
     let name = name.trim_end_matches('.');
     if name.starts_with('[') {
         return None;
@@ -99,7 +99,7 @@ pub async fn resolves(dns: &Dns, name: &str) -> Option<Signal> {
     }
     Some(
         refuse(
-            Reason::HeloUnresolvable,
+            Kind::HeloUnresolvable,
             format!("HELO {name} has no address in DNS"),
             0.5,
             "the name does not resolve",
@@ -109,7 +109,7 @@ pub async fn resolves(dns: &Dns, name: &str) -> Option<Signal> {
 }
 
 /// The iprev result as a signal: no PTR, a PTR that does not resolve back, or a DNS error.
-pub fn rdns(out: &IprevOutput, client: IpAddr) -> Option<Signal> {
+pub fn rdns(out: &IprevOutput, client: IpAddr) -> Option<Finding> {
     let names: Vec<&str> = out
         .ptr
         .as_deref()
@@ -120,20 +120,20 @@ pub fn rdns(out: &IprevOutput, client: IpAddr) -> Option<Signal> {
     match &out.result {
         IprevResult::Pass => None,
         IprevResult::TempError(e) => Some(
-            Signal::new(
-                Reason::PtrTempError,
+            Finding::scored(
+                Kind::PtrTempError,
                 format!("reverse DNS of {client}: {e}"),
                 0.0,
             )
             .refuse(replies::RDNS_TEMP),
         ),
         _ if names.is_empty() => Some(
-            Signal::new(Reason::NoPtr, format!("{client} has no PTR"), 1.0)
+            Finding::scored(Kind::NoPtr, format!("{client} has no PTR"), 1.0)
                 .refuse(replies::RDNS_REJECTED),
         ),
         _ => Some(
-            Signal::new(
-                Reason::PtrNotConfirmed,
+            Finding::scored(
+                Kind::PtrNotConfirmed,
                 format!("PTR {} does not resolve back to {client}", names.join(", ")),
                 0.5,
             )
@@ -146,12 +146,12 @@ pub fn rdns(out: &IprevOutput, client: IpAddr) -> Option<Signal> {
 mod tests {
     use super::*;
 
-    fn reasons(name: &str) -> Vec<Reason> {
+    fn reasons(name: &str) -> Vec<Kind> {
         let client: IpAddr = "192.0.2.7".parse().unwrap();
         let local: IpAddr = "192.0.2.1".parse().unwrap();
         static_checks(name, client, "mx.example.test", local)
             .into_iter()
-            .map(|s| s.reason)
+            .map(|s| s.kind)
             .collect()
     }
 
@@ -159,13 +159,13 @@ mod tests {
     fn helo_rules() {
         assert_eq!(reasons("mail.sender.test"), []);
         assert_eq!(reasons("[192.0.2.7]"), []);
-        assert_eq!(reasons("[192.0.2.8]"), [Reason::HeloLiteralMismatch]);
-        assert_eq!(reasons("[192.0.2.1]"), [Reason::HeloIsOurs]);
-        assert_eq!(reasons("[nonsense]"), [Reason::HeloSyntax]);
-        assert_eq!(reasons("192.0.2.7"), [Reason::HeloSyntax]);
-        assert_eq!(reasons("bad_name!"), [Reason::HeloSyntax]);
-        assert_eq!(reasons("localhost"), [Reason::HeloNotFqdn]);
-        assert_eq!(reasons("host.123"), [Reason::HeloNotFqdn]);
-        assert_eq!(reasons("MX.example.test"), [Reason::HeloIsOurs]);
+        assert_eq!(reasons("[192.0.2.8]"), [Kind::HeloLiteralMismatch]);
+        assert_eq!(reasons("[192.0.2.1]"), [Kind::HeloIsOurs]);
+        assert_eq!(reasons("[nonsense]"), [Kind::HeloSyntax]);
+        assert_eq!(reasons("192.0.2.7"), [Kind::HeloSyntax]);
+        assert_eq!(reasons("bad_name!"), [Kind::HeloSyntax]);
+        assert_eq!(reasons("localhost"), [Kind::HeloNotFqdn]);
+        assert_eq!(reasons("host.123"), [Kind::HeloNotFqdn]);
+        assert_eq!(reasons("MX.example.test"), [Kind::HeloIsOurs]);
     }
 }

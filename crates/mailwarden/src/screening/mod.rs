@@ -2,200 +2,105 @@
 //! DNS lists (RFC 5782), reverse DNS (RFC 8601 §3 iprev), HELO names (RFC 5321 §4.1.1.1),
 //! and smart greylisting.
 //!
-//! Each check yields [`Signal`]s: a stable [`Reason`], a detail for the log, a score, and
-//! the refusal it asks for when its check is in `enforce` mode. [`decide`] turns a session's
-//! signals into the one refusal (or none) applied at the first RCPT, and lists the refusals
-//! `observe` mode only logs. The decision record of the verdict issue takes these as they are.
-//! [`memory`] keeps what clients proved (pregreet passed, greylisting passed) in the store.
+//! Each check yields [`Finding`]s (a stable `Kind`, a detail for the log, a score, and the
+//! refusal it asks for). What the findings of a session add up to is decided once, at the
+//! first RCPT, by [`decide`], through `crate::decision::apply` like every other policy.
+//! The stages below gather findings in one order, which the server (`server/screen.rs`, at
+//! connect, MAIL and RCPT) and `explain FILE.eml` share. [`memory`] keeps what clients proved
+//! (pregreet passed, greylisting passed) in the store.
 
 pub mod dnsbl;
 pub mod greylist;
 pub mod helo;
 pub mod memory;
 
-use crate::config::Mode;
-use crate::config::Screening as Cfg;
-use mailwarden_proto::Reply;
+use crate::config::{Config, Mode};
+use crate::decision::{self, Cause, Finding, Kind, Verdict};
+use crate::dns::Dns;
+use crate::records::Reason;
+use mail_auth::IprevOutput;
+use std::net::IpAddr;
+use std::sync::Arc;
 
-/// Which check a signal comes from (each has its own `mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    Pregreet,
-    Protocol,
-    Dnsbl,
-    Rdns,
-    Helo,
-    Greylist,
+/// At connect: the client's address in the IP lists.
+pub async fn at_connect(dns: Arc<Dns>, cfg: &Config, ip: IpAddr) -> Vec<Finding> {
+    let lists = &cfg.screening.dnsbl;
+    if lists.mode == Mode::Off || lists.zones.is_empty() {
+        return Vec::new();
+    }
+    dnsbl::ip_lists(dns, lists, ip, cfg.dns.timeout.get()).await
 }
 
-impl Check {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Check::Pregreet => "pregreet",
-            Check::Protocol => "protocol",
-            Check::Dnsbl => "dnsbl",
-            Check::Rdns => "rdns",
-            Check::Helo => "helo",
-            Check::Greylist => "greylist",
+/// The client, at the first MAIL: its HELO name, then the HELO name and the sender domain in
+/// the domain lists. `local` is the address the client connected to.
+pub async fn at_mail(
+    dns: Arc<Dns>,
+    cfg: &Config,
+    ip: IpAddr,
+    local: IpAddr,
+    helo_name: &str,
+    sender_domain: &str,
+) -> Vec<Finding> {
+    let sc = &cfg.screening;
+    let mut found = Vec::new();
+    if sc.helo.mode != Mode::Off {
+        found = helo::static_checks(helo_name, ip, &cfg.hostname, local);
+        if found.is_empty()
+            && let Some(s) = helo::resolves(&dns, helo_name).await
+        {
+            found.push(s);
         }
     }
-
-    pub fn mode(self, cfg: &Cfg) -> Mode {
-        match self {
-            Check::Pregreet => cfg.pregreet.mode,
-            Check::Protocol => cfg.protocol.mode,
-            Check::Dnsbl => cfg.dnsbl.mode,
-            Check::Rdns => cfg.rdns.mode,
-            Check::Helo => cfg.helo.mode,
-            Check::Greylist => cfg.greylist.mode,
-        }
+    if sc.dnsbl.mode != Mode::Off && !sc.dnsbl.domain_zones.is_empty() {
+        let domains = [("HELO", helo_name), ("sender", sender_domain)];
+        found.extend(dnsbl::domain_lists(dns, &sc.dnsbl, &domains, cfg.dns.timeout.get()).await);
     }
+    found
 }
 
-/// Why a signal was raised: stable names for logs, records and `explain`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    EarlyTalker,
-    NonSmtpCommand,
-    UnauthorizedPipelining,
-    BareLfCommand,
-    TooManyErrors,
-    /// An IP block list answered.
-    DnsblListed,
-    /// An allow list (negative weight) answered.
-    DnswlListed,
-    /// A domain block list answered for the HELO name or the sender domain.
-    RhsblListed,
-    /// The DNS lists' weights reached the threshold.
-    DnsblScore,
-    NoPtr,
-    PtrNotConfirmed,
-    PtrTempError,
-    HeloSyntax,
-    HeloNotFqdn,
-    HeloIsOurs,
-    HeloLiteralMismatch,
-    HeloUnresolvable,
-    Greylisted,
-    /// Greylisting could not read or write its memory: a tempfail, never a pass.
-    GreylistUnavailable,
+/// At the first RCPT: the client's reverse DNS.
+pub fn at_rcpt(cfg: &Config, iprev: Option<&IprevOutput>, ip: IpAddr) -> Option<Finding> {
+    if cfg.screening.rdns.mode == Mode::Off {
+        return None;
+    }
+    helo::rdns(iprev?, ip)
 }
 
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::EarlyTalker => "early_talker",
-            Reason::NonSmtpCommand => "non_smtp_command",
-            Reason::UnauthorizedPipelining => "unauthorized_pipelining",
-            Reason::BareLfCommand => "bare_lf_command",
-            Reason::TooManyErrors => "too_many_errors",
-            Reason::DnsblListed => "dnsbl_listed",
-            Reason::DnswlListed => "dnswl_listed",
-            Reason::RhsblListed => "rhsbl_listed",
-            Reason::DnsblScore => "dnsbl_score",
-            Reason::NoPtr => "no_ptr",
-            Reason::PtrNotConfirmed => "ptr_not_confirmed",
-            Reason::PtrTempError => "ptr_temperror",
-            Reason::HeloSyntax => "helo_syntax",
-            Reason::HeloNotFqdn => "helo_not_fqdn",
-            Reason::HeloIsOurs => "helo_is_ours",
-            Reason::HeloLiteralMismatch => "helo_literal_mismatch",
-            Reason::HeloUnresolvable => "helo_unresolvable",
-            Reason::Greylisted => "greylisted",
-            Reason::GreylistUnavailable => "greylist_unavailable",
-        }
+/// The session's verdict: the DNS lists' total joins the findings (as `dnsbl_score`) when it
+/// reaches its threshold, then every finding's refusal is weighed under its check's mode.
+pub fn decide(cfg: &Config, findings: &mut Vec<Finding>, ip: IpAddr) -> Verdict {
+    findings.retain(|f| f.kind != Kind::DnsblScore);
+    if let Some(total) = dnsbl::verdict(&cfg.screening.dnsbl, findings, ip) {
+        findings.push(total);
     }
-
-    pub fn check(self) -> Check {
-        use Reason::*;
-        match self {
-            EarlyTalker => Check::Pregreet,
-            NonSmtpCommand | UnauthorizedPipelining | BareLfCommand | TooManyErrors => {
-                Check::Protocol
-            }
-            DnsblListed | DnswlListed | RhsblListed | DnsblScore => Check::Dnsbl,
-            NoPtr | PtrNotConfirmed | PtrTempError => Check::Rdns,
-            HeloSyntax | HeloNotFqdn | HeloIsOurs | HeloLiteralMismatch | HeloUnresolvable => {
-                Check::Helo
-            }
-            Greylisted | GreylistUnavailable => Check::Greylist,
-        }
-    }
+    decision::apply(cfg, findings, None)
 }
 
-/// One finding about a client.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Signal {
-    pub reason: Reason,
-    pub detail: String,
-    /// Where the evidence came from: a DNS list's zone, a name looked up; may be empty.
-    pub source: String,
-    /// Added to the session's screening score (DNS list weights; small ones elsewhere).
-    pub score: f64,
-    /// What the client gets when this signal's check enforces; `None`: scored only.
-    #[serde(skip)]
-    pub refusal: Option<Reply>,
-}
-
-impl Signal {
-    pub fn new(reason: Reason, detail: impl Into<String>, score: f64) -> Signal {
-        Signal {
-            reason,
-            detail: detail.into(),
-            source: String::new(),
-            score,
-            refusal: None,
-        }
-    }
-
-    pub fn from_source(mut self, source: impl Into<String>) -> Signal {
-        self.source = source.into();
-        self
-    }
-
-    pub fn refuse(mut self, reply: Reply) -> Signal {
-        self.refusal = Some(reply);
-        self
-    }
-}
-
-/// What the session's signals add up to at the first RCPT.
-#[derive(Debug, Default)]
-pub struct Decision {
-    /// The refusal for every RCPT of the session, with the signal that caused it.
-    pub refuse: Option<(Reply, Signal)>,
-    /// Refusals that `observe` mode only logs.
-    pub would: Vec<Signal>,
-    pub score: f64,
-}
-
-/// Combine signals: the DNS lists by their summed weight, every other check by its own
-/// refusal. Enforced refusals win in the order the checks run (cheapest evidence first).
-pub fn decide(cfg: &Cfg, signals: &[Signal], ip: std::net::IpAddr) -> Decision {
-    let mut d = Decision {
-        score: signals.iter().map(|s| s.score).sum(),
-        ..Decision::default()
-    };
-    let mut candidates: Vec<Signal> = signals
+/// Screening's findings as a decision record keeps them (what decided, what observe mode
+/// kept from acting), and the score a refusal by the DNS lists' weight was taken on. The
+/// server's records and `explain` both come from here.
+pub fn reasons(findings: &[Finding], v: &Verdict) -> (Vec<Reason>, Option<f64>) {
+    let listed = |k: Kind| matches!(k, Kind::DnsblListed | Kind::DnswlListed | Kind::RhsblListed);
+    let by_lists = v
+        .deciding_finding(findings)
+        .is_some_and(|f| f.kind == Kind::DnsblScore);
+    let mut out: Vec<Reason> = findings
         .iter()
-        .filter(|s| s.refusal.is_some())
-        .cloned()
+        .enumerate()
+        .map(|(i, f)| Reason {
+            counted: by_lists && listed(f.kind),
+            ..f.record(v.deciding == Some(Cause::Finding(i)))
+        })
         .collect();
-    if let Some(s) = dnsbl::verdict(&cfg.dnsbl, signals, ip) {
-        candidates.push(s);
-    }
-    for s in candidates {
-        match s.reason.check().mode(cfg) {
-            Mode::Enforce if d.refuse.is_none() => {
-                d.refuse = Some((s.refusal.clone().expect("filtered"), s));
-            }
-            Mode::Enforce | Mode::Off => {}
-            Mode::Observe => d.would.push(s),
-        }
-    }
-    d
+    out.extend(v.would_records(findings, None));
+    let score = by_lists.then(|| {
+        findings
+            .iter()
+            .filter(|f| listed(f.kind))
+            .map(|f| f.score)
+            .sum()
+    });
+    (out, score)
 }
 
 #[cfg(test)]
@@ -203,21 +108,28 @@ mod tests {
     use super::*;
     use mailwarden_proto::replies;
 
-    const IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
     #[test]
-    fn enforce_refuses_observe_only_logs() {
-        let mut cfg = Cfg::default();
-        let sig = Signal::new(Reason::HeloNotFqdn, "HELO foo", 0.5)
-            .refuse(replies::helo_rejected("not a FQDN"));
-        cfg.helo.mode = Mode::Observe;
-        let d = decide(&cfg, std::slice::from_ref(&sig), IP);
-        assert!(d.refuse.is_none());
-        assert_eq!(d.would.len(), 1);
-        assert_eq!(d.score, 0.5);
-        cfg.helo.mode = Mode::Enforce;
-        let d = decide(&cfg, &[sig], IP);
-        assert_eq!(d.refuse.unwrap().1.reason, Reason::HeloNotFqdn);
-        assert!(d.would.is_empty());
+    fn the_dns_lists_total_refuses_once_and_only_at_its_threshold() {
+        let mut cfg = Config::default();
+        cfg.screening.dnsbl.mode = Mode::Enforce;
+        cfg.screening.dnsbl.threshold = 1.0;
+        let listed = |zone: &str, w: f64| {
+            Finding::scored(Kind::DnsblListed, "listed", w).from_source(zone.to_string())
+        };
+        let mut f = vec![listed("a.test", 0.5)];
+        assert_eq!(decide(&cfg, &mut f, IP).action.name(), "accept");
+        f.push(listed("b.test", 0.5));
+        let v = decide(&cfg, &mut f, IP);
+        assert_eq!(v.action.name(), "reject");
+        assert_eq!(
+            v.deciding_finding(&f).map(|f| f.kind),
+            Some(Kind::DnsblScore)
+        );
+        // Decided again (a new sender domain): still one total.
+        decide(&cfg, &mut f, IP);
+        assert_eq!(f.iter().filter(|f| f.kind == Kind::DnsblScore).count(), 1);
+        let _ = replies::OK;
     }
 }

@@ -3,311 +3,93 @@
 //! Authentication-Results headers are removed, the verdict is applied (reject, tempfail, Junk)
 //! and the message, with its trace headers, is handed to the queue.
 
+use super::body::BodySink;
+use super::ctx::Ctx;
+use super::early::Early;
 use super::record::MessageDecision;
-use super::session::Ctx;
-use super::{ListenerKind, Shared};
+use super::shared::{ListenerKind, Shared};
 use crate::checks::authres::{self, HeadEdit};
 use crate::checks::headers::Parsed;
 use crate::checks::inbound;
 use crate::checks::scoring::{self, Level};
-use crate::checks::sender::{self, Envelope};
+use crate::checks::sender::Envelope;
 use crate::checks::shape;
-use crate::checks::verdict::Code;
+use crate::decision::{Action, Cause, Finding, Kind, ScoreAsk};
 use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
 use crate::received;
 use crate::records;
-use crate::util::{new_id, unix_now};
-use mail_auth::{IprevOutput, SpfOutput};
+use crate::util::new_id;
 use mailwarden_proto::session::Session;
 use mailwarden_proto::{Reply, replies};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::task::JoinHandle;
 
-/// Message content as it arrives: in memory up to `queue.inline_max`, then in a spool file.
-pub(super) struct BodySink {
-    pub(super) buf: Vec<u8>,
-    inline_max: usize,
-    spool: Option<SpoolFile>,
+/// A message as the session received it.
+pub(super) struct Arrived<'a> {
+    pub(super) rcpts: Vec<Recipient>,
+    /// The TLS the session runs under, for the Received header.
+    pub(super) tls: Option<&'a str>,
+    pub(super) size: u64,
 }
 
-/// A spool file that lives no longer than its transaction: dropping it removes the file,
-/// whatever ends the transaction (RSET, QUIT, a timeout, a broken TLS handshake, a panic),
-/// unless the queue took it ([`BodySink::committed`]).
-struct SpoolFile {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    kept: bool,
-}
-
-impl Drop for SpoolFile {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Bytes a spilling body gathers before each write: one read's worth or so. Written from the
-/// buffer itself on the blocking pool (no copy into a second buffer), so a session receiving
-/// a large message holds little more than this.
-const SPILL_CHUNK: usize = 64 * 1024;
-
-impl BodySink {
-    pub(super) fn new(inline_max: usize) -> BodySink {
-        BodySink {
-            buf: Vec::new(),
-            inline_max,
-            spool: None,
-        }
-    }
-
-    pub(super) async fn spill_if_large(
-        &mut self,
-        path: impl FnOnce() -> PathBuf,
-    ) -> std::io::Result<()> {
-        let threshold = if self.spool.is_none() {
-            self.inline_max
-        } else {
-            SPILL_CHUNK
-        };
-        if self.buf.len() <= threshold {
-            return Ok(());
-        }
-        if self.spool.is_none() {
-            let p = path();
-            // Owned before it exists, so a failure below still removes what was created.
-            let spool = self.spool.insert(SpoolFile {
-                path: p.clone(),
-                file: None,
-                kept: false,
-            });
-            spool.file = Some(
-                tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&p)
-                })
-                .await
-                .map_err(std::io::Error::other)??,
-            );
-        }
-        self.write_out().await
-    }
-
-    /// Write what the buffer holds to the spool file; the buffer comes back empty, at most
-    /// a chunk's capacity kept.
-    async fn write_out(&mut self) -> std::io::Result<()> {
-        let Some(spool) = self.spool.as_mut() else {
-            return Ok(());
-        };
-        // Gone only after an earlier write failed: what the buffer held then is lost, so the
-        // message must not be accepted as if whole.
-        let Some(mut f) = spool.file.take() else {
-            return Err(std::io::Error::other(
-                "spool file lost to an earlier write error",
-            ));
-        };
-        let buf = std::mem::take(&mut self.buf);
-        let (f, mut buf, written) = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let r = f.write_all(&buf);
-            (f, buf, r)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        written?;
-        buf.clear();
-        buf.shrink_to(2 * SPILL_CHUNK);
-        self.buf = buf;
-        if let Some(s) = self.spool.as_mut() {
-            s.file = Some(f);
-        }
-        Ok(())
-    }
-
-    /// Finish the body: write out and close a spool file, or hand over the memory. The spool
-    /// file stays owned here until [`BodySink::committed`].
-    async fn finish(&mut self) -> std::io::Result<Body> {
-        if self.spool.is_some() {
-            self.write_out().await?;
-            self.buf = Vec::new();
-            if let Some(spool) = self.spool.as_mut() {
-                // Closed now; the queue fsyncs it before the commit.
-                spool.file = None;
-                return Ok(Body::Spooled(spool.path.clone()));
-            }
-        }
-        Ok(Body::Inline(Arc::new(std::mem::take(&mut self.buf))))
-    }
-
-    /// The queue owns the spool file now.
-    fn committed(&mut self) {
-        if let Some(mut s) = self.spool.take() {
-            s.kept = true;
-        }
-    }
-
-    /// Drop whatever an unfinished or refused transaction left behind.
-    pub(super) fn discard(&mut self) {
-        self.buf = Vec::new();
-        self.spool = None;
-    }
-}
-
-/// A check started early: finished at once (its DNS answers were cached), or running in a
-/// task of its own while the client sends the rest of the transaction.
-pub(super) enum Started<T> {
-    Done(T),
-    Running(JoinHandle<T>),
-}
-
-impl<T: Send + 'static> Started<T> {
-    /// Poll `fut` once; spawn it only if it is still waiting. With warm caches this saves a
-    /// task and a cross-thread wake-up per check, a measurable share of a message's CPU.
-    pub(super) fn start(fut: impl std::future::Future<Output = T> + Send + 'static) -> Started<T> {
-        let mut fut = Box::pin(fut);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(v) => Started::Done(v),
-            std::task::Poll::Pending => Started::Running(tokio::spawn(fut)),
-        }
-    }
-
-    pub(super) async fn finish(self) -> Option<T> {
-        match self {
-            Started::Done(v) => Some(v),
-            Started::Running(h) => h.await.ok(),
-        }
-    }
-
-    pub(super) fn abort(&self) {
-        if let Started::Running(h) = self {
-            h.abort();
-        }
-    }
-}
-
-/// Checks started before the end of DATA: iprev from connect, SPF from MAIL FROM.
-#[derive(Default)]
-pub(super) struct Early {
-    pub(super) iprev: Option<Started<IprevOutput>>,
-    pub(super) iprev_done: Option<IprevOutput>,
-    pub(super) spf: Option<Started<SpfOutput>>,
-    /// SPF finished early (greylisting asked at RCPT), kept for the end of DATA.
-    pub(super) spf_done: Option<SpfOutput>,
-}
-
-impl Early {
-    /// Start iprev for a new session on the MX listener.
-    pub(super) fn at_connect(
-        shared: &Arc<Shared>,
-        kind: ListenerKind,
-        ip: std::net::IpAddr,
-    ) -> Early {
-        let mut e = Early::default();
-        let off = crate::config::Mode::Off;
-        let cfg = &shared.config;
-        if kind == ListenerKind::Mx && (cfg.iprev.mode != off || cfg.screening.rdns.mode != off) {
-            let dns = shared.dns.clone();
-            e.iprev = Some(Started::start(async move {
-                dns.prime_loopback_ptr(ip).await;
-                sender::iprev(&dns, ip).await
-            }));
-        }
-        e
-    }
-
-    /// Start SPF for a new transaction from outside.
-    pub(super) fn at_mail(
-        &mut self,
-        shared: &Arc<Shared>,
-        ip: std::net::IpAddr,
-        helo: &str,
-        mail_from: &str,
-    ) {
-        if let Some(h) = self.spf.take() {
-            h.abort();
-        }
-        self.spf_done = None;
-        if shared.config.spf.mode == crate::config::Mode::Off {
-            return;
-        }
-        let (dns, helo, from, host) = (
-            shared.dns.clone(),
-            helo.to_string(),
-            mail_from.to_string(),
-            shared.config.hostname.clone(),
-        );
-        self.spf = Some(Started::start(async move {
-            sender::spf(&dns, ip, &helo, &host, &from).await
-        }));
-    }
-
-    pub(super) async fn iprev(&mut self) -> Option<IprevOutput> {
-        if let Some(h) = self.iprev.take() {
-            self.iprev_done = h.finish().await;
-        }
-        self.iprev_done.clone()
-    }
-
-    async fn spf(&mut self) -> Option<SpfOutput> {
-        match self.spf.take() {
-            Some(h) => h.finish().await,
-            None => self.spf_done.take(),
-        }
-    }
-
-    /// The transaction's SPF result, waiting for it if needed, without using it up.
-    pub(super) async fn spf_peek(&mut self) -> Option<SpfOutput> {
-        if let Some(h) = self.spf.take() {
-            self.spf_done = h.finish().await;
-        }
-        self.spf_done.clone()
-    }
-}
-
-impl Drop for Early {
-    fn drop(&mut self) {
-        if let Some(h) = self.spf.take() {
-            h.abort();
-        }
-        if let Some(h) = self.iprev.take() {
-            h.abort();
-        }
-    }
-}
-
-/// The reply for a finished message, and the reason when it is a refusal.
+/// The reply for a finished message, the finding that refused it, and what the decision
+/// record keeps of it.
 pub(super) struct Finished {
     pub(super) reply: Reply,
-    pub(super) reason: Option<String>,
+    pub(super) refused: Option<Finding>,
+    pub(super) notes: MessageDecision,
+}
+
+/// A refusal of the server's own: it could not take the message (`451 4.3.0`).
+fn local_error(kind: Kind, detail: &str) -> Finding {
+    Finding::refusing(kind, detail, replies::LOCAL_ERROR)
 }
 
 /// Finish a message: checks, verdict, enqueue.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn finish(
     shared: &Shared,
     ctx: &mut Ctx,
     s: &Session,
     sink: &mut BodySink,
-    mut rcpts: Vec<Recipient>,
-    tls: Option<&str>,
-    size: u64,
     early: &mut Early,
-    notes: &mut MessageDecision,
+    m: Arrived<'_>,
 ) -> Finished {
-    let fail = |reply: Reply, reason: &str| Finished {
-        reply,
-        reason: Some(reason.to_string()),
-    };
+    let mut notes = MessageDecision::default();
+    match decide_and_queue(shared, ctx, s, sink, early, m, &mut notes).await {
+        Ok(reply) => Finished {
+            reply,
+            refused: None,
+            notes,
+        },
+        Err(f) => {
+            if !notes.reasons.iter().any(|r| r.deciding) {
+                notes.reasons.push(f.record(true));
+            }
+            Finished {
+                reply: f.refusal.clone().unwrap_or(replies::LOCAL_ERROR),
+                refused: Some(f),
+                notes,
+            }
+        }
+    }
+}
+
+async fn decide_and_queue(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    s: &Session,
+    sink: &mut BodySink,
+    early: &mut Early,
+    m: Arrived<'_>,
+    notes: &mut MessageDecision,
+) -> Result<Reply, Finding> {
+    let Arrived {
+        mut rcpts,
+        tls,
+        size,
+    } = m;
     let Some(txn) = s.transaction() else {
-        return fail(replies::LOCAL_ERROR, "no transaction");
+        return Err(local_error(Kind::NoTransaction, "no transaction"));
     };
     let cfg = &shared.config;
     let id = ctx.qid.clone().unwrap_or_else(new_id);
@@ -315,7 +97,7 @@ pub(super) async fn finish(
         Ok(b) => b,
         Err(e) => {
             tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
-            return fail(replies::LOCAL_ERROR, "spool write failed");
+            return Err(local_error(Kind::SpoolWriteFailed, "spool write failed"));
         }
     };
     // The message is checked in memory: wait for its share of `limits.message_memory`, its
@@ -328,7 +110,10 @@ pub(super) async fn finish(
         .await
     else {
         tracing::warn!(event = "message_memory_exhausted", session = %ctx.session, qid = %id, size);
-        return fail(replies::LOCAL_ERROR, "message memory budget exhausted");
+        return Err(local_error(
+            Kind::MemoryExhausted,
+            "message memory budget exhausted",
+        ));
     };
     let raw: Arc<Vec<u8>> = match &body {
         Body::Inline(b) => b.clone(),
@@ -336,27 +121,19 @@ pub(super) async fn finish(
             Ok(v) => Arc::new(v),
             Err(e) => {
                 tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %e);
-                return fail(replies::LOCAL_ERROR, "spool read failed");
+                return Err(local_error(Kind::SpoolReadFailed, "spool read failed"));
             }
         },
         Body::Stored => Arc::new(Vec::new()),
     };
     // Before anything parses it: a header section past `[limits]` is refused here.
-    let head = match shape::check_headers(&cfg.limits, &raw) {
-        Ok(h) => h,
-        Err(r) => {
-            notes
-                .reasons
-                .push(records::Reason::coded(r.code, r.detail.clone(), 0.0, true));
-            return fail(r.reply, &format!("{}: {}", r.code, r.detail));
-        }
-    };
+    let head = shape::check_headers(&cfg.limits, &raw)?;
     // RFC 8601 §5: results claiming to be ours did not come from us. Removed from whatever
     // is kept: the queued message, and a quarantined or held one.
     let mut edit = authres::strip_forged(&raw, &cfg.hostname);
     if edit.is_some() {
         tracing::info!(event = "forged_auth_results_removed", session = %ctx.session, qid = %id,
-            reason = Code::ForgedAuthResults.as_str());
+            reason = Kind::ForgedAuthResults.code().as_ref());
     }
     // The message as it will be kept, built whole only where a copy is needed anyway.
     let kept = |edit: &Option<HeadEdit>| match edit {
@@ -375,60 +152,38 @@ pub(super) async fn finish(
     if let Some(account) = s.authenticated() {
         // Suspended while this message was on its way (another session's blast tripped a
         // trigger), or this very message completes a blast: it is not taken.
-        let mut refused = super::session::suspension(shared, account);
-        if refused.is_none()
-            && let Some(r) = ctx.reservation.as_mut()
-        {
+        if let Some(f) = super::stage::suspension(shared, account) {
+            return Err(f);
+        }
+        if let Some(r) = ctx.reservation.as_mut() {
             let to: Vec<String> = rcpts.iter().map(|r| r.address.clone()).collect();
             if let Err(t) = shared.contain.detector.admit(r, &to) {
-                let reason = format!("suspended: {}: {}", t.reason, t.evidence);
+                let detail = format!("suspended: {}: {}", t.reason, t.evidence);
                 shared.contain.suspend(account, t, &ctx.session).await;
-                refused = Some(crate::checks::ownership::Refusal {
-                    reply: replies::ACCOUNT_SUSPENDED,
-                    reason,
-                });
+                return Err(Finding::refusing(
+                    Kind::Suspended,
+                    detail,
+                    replies::ACCOUNT_SUSPENDED,
+                ));
             }
-        }
-        if let Some(r) = refused {
-            notes.reasons.push(records::Reason::coded(
-                "containment.suspended",
-                r.reason.as_str(),
-                0.0,
-                true,
-            ));
-            return fail(r.reply, &r.reason);
         }
         // Submitted by a local account: its identity is proven by AUTH, not by DNS; what it
         // may claim to be in From:/Sender: is what it owns.
-        match crate::checks::ownership::header(&shared.accounts, account, &raw) {
-            Ok(domain) => signing_domain = Some(domain),
-            Err(r) => {
-                notes.reasons.push(records::Reason::coded(
-                    "ownership.header",
-                    r.reason.as_str(),
-                    0.0,
-                    true,
-                ));
-                return Finished {
-                    reply: r.reply,
-                    reason: Some(r.reason),
-                };
-            }
-        }
+        signing_domain = Some(crate::checks::ownership::header(
+            &shared.accounts,
+            account,
+            &raw,
+        )?);
         headers.push_str(&authres::submitted(&cfg.hostname, account));
-        // Outbound mail is scored like inbound: a hijacked account's spam is held.
-        let scored = match score_submitted(shared, &raw, &mut notes.reasons).await {
-            Ok(s) => s,
-            Err(r) => {
-                notes
-                    .reasons
-                    .push(records::Reason::coded(r.code, r.detail.clone(), 0.0, true));
-                return fail(r.reply, &format!("{}: {}", r.code, r.detail));
-            }
+        // Outbound mail is scored like inbound: a hijacked account's spam is held (what
+        // would be quarantined or refused from outside), never refused to the user.
+        let scored = score_submitted(shared, &raw, notes).await?;
+        let ask = ScoreAsk {
+            score: scored.score,
+            level: scored.level,
         };
-        if cfg.scoring.mode == crate::config::Mode::Enforce
-            && matches!(scored.level, Level::Quarantine | Level::Reject)
-        {
+        let v = crate::decision::apply(cfg, &[], Some(&ask));
+        if matches!(v.action, Action::Quarantine | Action::Reject(_)) {
             outbound_spam = Some(scored);
         }
     } else if ctx.listener == ListenerKind::Mx {
@@ -447,6 +202,7 @@ pub(super) async fn finish(
             s.helo().unwrap_or("").to_string(),
             mail_from.clone(),
         );
+        let now = shared.clock.now_secs();
         let decided = crate::heavy::checks(raw.len(), move || async move {
             let env = Envelope {
                 ip,
@@ -455,7 +211,6 @@ pub(super) async fn finish(
                 hostname: &config.hostname,
             };
             let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
-            let now = unix_now();
             inbound::decide(
                 &dns, &config, &model, &env, &content, spf, iprev, now, &is_local,
             )
@@ -467,13 +222,15 @@ pub(super) async fn finish(
             Err(panic) => {
                 // Fail closed: a message nothing could vouch for is not accepted.
                 tracing::error!(event = "checks_failed", session = %ctx.session, qid = %id, error = %panic);
-                return fail(replies::LOCAL_ERROR, "checks failed");
+                return Err(local_error(Kind::ChecksFailed, "checks failed"));
             }
         };
         let (out, scored) = (&d.sender, &d.scored);
-        let v = &out.verdict;
+        let v = &d.verdict;
         sender_verified = d.sender_verified;
-        notes.reasons.extend(d.reasons);
+        notes.reasons.extend(d.reasons());
+        notes.score = Some(d.record_score());
+        let deciding = v.deciding_finding(&d.findings);
         tracing::info!(
             event = "sender_auth",
             session = %ctx.session,
@@ -483,30 +240,41 @@ pub(super) async fn finish(
             header_from = out.from_domain.as_deref().unwrap_or("-"),
             results = %out.summary,
             action = v.action.name(),
-            reason = v.deciding.as_ref().map(|r| r.code.as_str()).unwrap_or("-"),
+            reason = deciding.map(|f| f.kind.code()).unwrap_or("-".into()).as_ref(),
         );
-        if let (Some(would), Some(r)) = (&v.would, &v.deciding) {
+        for (would, src) in &v.would {
+            let (code, detail) = match src {
+                Cause::Finding(i) => (d.findings[*i].kind.code(), d.findings[*i].detail.clone()),
+                Cause::Score => (
+                    Kind::SpamScore.code(),
+                    format!("spam score {}", scored.score),
+                ),
+            };
             tracing::info!(event = "would_reject", session = %ctx.session, qid = %id, ip = %ctx.peer.ip(),
-                would = would.name(), reason = r.code.as_str(), detail = %r.detail, "observe mode: delivered anyway");
+                would = would.name(), reason = code.as_ref(), detail = %detail, "observe mode: delivered anyway");
         }
         if scored.level != Level::Clean {
             tracing::info!(event = "scored", session = %ctx.session, qid = %id, score = scored.score,
                 level = scored.level.name(),
                 enforce = cfg.scoring.mode == crate::config::Mode::Enforce,
-                tests = %scored.findings.iter().map(|f| f.code).collect::<Vec<_>>().join(","));
+                tests = %scored.findings.iter().map(|f| f.kind.code()).collect::<Vec<_>>().join(","));
         }
         headers.push_str(&d.headers);
         tag_subject = !cfg.scoring.subject_tag.is_empty()
             && cfg.scoring.mode == crate::config::Mode::Enforce
             && scored.score >= cfg.scoring.junk;
-        match d.outcome {
-            inbound::Outcome::Refuse { reply, reason } => {
-                return Finished {
-                    reply,
-                    reason: Some(reason),
-                };
+        match &v.action {
+            Action::Reject(reply) | Action::TempFail(reply) => {
+                return Err(match deciding {
+                    Some(f) => f.clone(),
+                    None => Finding::refusing(
+                        Kind::SpamScore,
+                        format!("spam score {}", scored.score),
+                        reply.clone(),
+                    ),
+                });
             }
-            inbound::Outcome::Quarantine => {
+            Action::Quarantine => {
                 let mut content = headers.into_bytes();
                 content.extend_from_slice(&kept(&edit));
                 return hold(
@@ -514,16 +282,16 @@ pub(super) async fn finish(
                 )
                 .await;
             }
-            inbound::Outcome::Deliver { junk: Some(note) } => {
+            Action::Junk => {
                 notes.junk = true;
                 for r in rcpts.iter_mut() {
                     if let Route::Local { folder, .. } = &mut r.route {
                         *folder = Folder::Junk;
                     }
                 }
-                verdict_note = Some(note);
+                verdict_note = d.junk_note();
             }
-            inbound::Outcome::Deliver { junk: None } => {}
+            Action::Accept => {}
         }
     }
 
@@ -543,7 +311,10 @@ pub(super) async fn finish(
             Body::Spooled(p) => {
                 if let Err(err) = rewrite(p, &e.head, &raw[e.rest..]).await {
                     tracing::error!(event = "spool_failed", session = %ctx.session, qid = %id, error = %err);
-                    return fail(replies::LOCAL_ERROR, "spool rewrite failed");
+                    return Err(local_error(
+                        Kind::SpoolRewriteFailed,
+                        "spool rewrite failed",
+                    ));
                 }
                 if signing.is_some() {
                     content = Arc::new(e.apply(&raw));
@@ -601,11 +372,11 @@ pub(super) async fn finish(
         },
     )
     .await;
-    if reply.is_positive() {
-        sink.committed();
+    if !reply.is_positive() {
+        return Err(Finding::refusing(Kind::QueueFailed, "queue failure", reply));
     }
-    let reason = (!reply.is_positive()).then(|| "queue failure".to_string());
-    Finished { reply, reason }
+    sink.committed();
+    Ok(reply)
 }
 
 /// Content scoring of submitted mail ([`scoring`]), off the async workers: the scanned part
@@ -613,8 +384,8 @@ pub(super) async fn finish(
 async fn score_submitted(
     shared: &Shared,
     raw: &Arc<Vec<u8>>,
-    reasons: &mut Vec<records::Reason>,
-) -> Result<scoring::Scored, shape::Refusal> {
+    notes: &mut MessageDecision,
+) -> Result<scoring::Scored, Finding> {
     let (dns, cfg, model, raw) = (
         shared.dns.clone(),
         shared.config.clone(),
@@ -622,6 +393,7 @@ async fn score_submitted(
         raw.clone(),
     );
     let size = raw.len();
+    let now = shared.clock.now_secs();
     let scored = crate::heavy::checks(size, move || async move {
         let l = &cfg.limits;
         let parsed = {
@@ -631,7 +403,6 @@ async fn score_submitted(
         if let Some(msg) = &parsed.msg {
             shape::check_mime(l, msg)?;
         }
-        let now = unix_now();
         let timeout = cfg.dns.timeout.get();
         Ok(scoring::score(
             &dns,
@@ -655,14 +426,13 @@ async fn score_submitted(
             level: Level::Clean,
         })
     })?;
-    for f in &scored.findings {
-        reasons.push(records::Reason::coded(
-            f.code,
-            f.detail.as_str(),
-            f.score,
-            false,
-        ));
-    }
+    notes
+        .reasons
+        .extend(scored.findings.iter().map(|f| records::Reason {
+            counted: true,
+            ..f.record(false)
+        }));
+    notes.score = Some(scored.score);
     Ok(scored)
 }
 
@@ -678,10 +448,10 @@ async fn hold(
     content: Vec<u8>,
     scored: &scoring::Scored,
     notes: &mut MessageDecision,
-) -> Finished {
+) -> Result<Reply, Finding> {
     let e = crate::quarantine::Entry {
         id: id.to_string(),
-        time: unix_now(),
+        time: shared.clock.now_secs(),
         sender: sender.to_string(),
         account,
         rcpts: rcpts
@@ -695,7 +465,7 @@ async fn hold(
         reasons: scored
             .findings
             .iter()
-            .map(|f| f.code)
+            .map(|f| f.kind.code())
             .collect::<Vec<_>>()
             .join(","),
         content,
@@ -708,17 +478,14 @@ async fn hold(
             }
             tracing::info!(event = "quarantined", session = %ctx.session, qid = %id,
                 score = scored.score);
-            Finished {
-                reply: replies::queued(id),
-                reason: None,
-            }
+            Ok(replies::queued(id))
         }
         Err(e) => {
             tracing::error!(event = "quarantine_failed", qid = %id, error = %e);
-            Finished {
-                reply: replies::LOCAL_ERROR,
-                reason: Some("quarantine write failed".into()),
-            }
+            Err(local_error(
+                Kind::QuarantineFailed,
+                "quarantine write failed",
+            ))
         }
     }
 }
@@ -733,8 +500,8 @@ async fn dkim_sign(shared: &Shared, id: &str, content: Arc<Vec<u8>>, domain: Str
     }
     let sign_headers = shared.config.dkim.sign_headers.clone();
     let d = domain.clone();
+    let now = shared.clock.now_secs().max(0) as u64;
     let signed = tokio::task::spawn_blocking(move || {
-        let now = unix_now().max(0) as u64;
         keys.iter()
             .map(|k| {
                 crate::dkim::sign::sign(k, &d, &content, &sign_headers, now)
@@ -793,7 +560,7 @@ async fn enqueue(shared: &Shared, ctx: &Ctx, s: &Session, q: Queued<'_>) -> Repl
     let Some(txn) = s.transaction() else {
         return replies::LOCAL_ERROR;
     };
-    let now = unix_now();
+    let now = shared.clock.now_secs();
     let single = (rcpts.len() == 1).then(|| rcpts[0].address.clone());
     let mut prepend = headers;
     prepend += &received::header(&received::Trace {

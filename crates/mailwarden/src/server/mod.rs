@@ -6,25 +6,30 @@
 //! listeners and tell sessions to close with `421 4.3.2`.
 
 mod auth;
-pub mod connlimit;
+mod body;
+mod ctx;
+mod early;
 pub mod freespace;
 mod message;
 mod record;
 mod screen;
 pub mod session;
+mod shared;
+mod stage;
 pub mod tls;
 
+pub use shared::{ListenerKind, Shared};
+
 use crate::accounts::{Accounts, Authenticator};
-use crate::checks::relay::Routing;
-use crate::config::{BareLfMode, Config, Loaded};
+use crate::config::{Config, Loaded};
+use crate::delivery::local as manager;
 use crate::delivery::maildir::Maildir;
 use crate::fsync::DirSync;
-use crate::queue::{Queue, manager};
+use crate::limits::conn::ConnLimiter;
+use crate::queue::Queue;
+use crate::routing::Routing;
 use crate::store::Store;
 use anyhow::Context;
-use connlimit::ConnLimiter;
-use mailwarden_proto::data::BareLf;
-use mailwarden_proto::session::{Limits, SessionConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,93 +39,6 @@ use tokio::sync::watch;
 
 /// How often the server looks for a newly trained classifier model.
 const CLASSIFIER_REFRESH: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Port 25: inbound mail for local domains.
-    Mx,
-    /// Port 587: STARTTLS, then AUTH.
-    Submission,
-    /// Port 465: implicit TLS, then AUTH.
-    Submissions,
-}
-
-impl ListenerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ListenerKind::Mx => "mx",
-            ListenerKind::Submission => "submission",
-            ListenerKind::Submissions => "submissions",
-        }
-    }
-
-    fn from_name(n: &str) -> ListenerKind {
-        match n {
-            "submission" => ListenerKind::Submission,
-            "submissions" => ListenerKind::Submissions,
-            _ => ListenerKind::Mx,
-        }
-    }
-}
-
-/// Everything sessions share.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub accounts: Accounts,
-    pub auth: Arc<Authenticator>,
-    pub routing: Routing,
-    pub dns: Arc<crate::dns::Dns>,
-    pub queue: Arc<Queue>,
-    /// DKIM keys for signing submitted mail.
-    pub keyring: crate::dkim::keys::Keyring,
-    /// Limits, anomaly triggers, suspension and AUTH brute-force blocks for the submission
-    /// ports (and outbound delivery's 5xx replies).
-    pub contain: Arc<crate::containment::Containment>,
-    /// The content classifier's model, reloaded when `mailwarden learn` changes it.
-    pub classifier: crate::classifier::Live,
-    /// Time for limits, screening memory and greylisting (shifted in end-to-end tests).
-    pub clock: Arc<dyn crate::limits::Clock>,
-    pub tls: tokio_rustls::TlsAcceptor,
-    pub limiter: Arc<ConnLimiter>,
-    /// `limits.min_free_space` on the filesystem of `data_dir`.
-    pub free_space: freespace::FreeSpace,
-    /// One AUTH password check at a time per client address.
-    auth_lines: auth::Lines,
-    /// `limits.message_memory`: messages being checked in memory, over all sessions.
-    pub memory: crate::heavy::Memory,
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    pub fn session_config(&self, kind: ListenerKind) -> SessionConfig {
-        let s = &self.config.smtp;
-        let submission = kind != ListenerKind::Mx;
-        SessionConfig {
-            hostname: self.config.hostname.clone(),
-            limits: Limits {
-                command_line: s.max_command_line,
-                auth_line: 12288,
-                text_line: s.max_text_line,
-                message_size: s.max_message_size.0,
-                recipients: s.max_recipients,
-                errors: s.max_errors,
-                junk_commands: s.max_junk_commands,
-                transactions: s.max_messages_per_session,
-                auth_failures: self.config.auth.max_failures_per_session,
-            },
-            tls_available: kind != ListenerKind::Submissions,
-            tls_at_start: kind == ListenerKind::Submissions,
-            auth_offered: submission,
-            auth_required: submission,
-            bare_lf: match s.bare_lf {
-                BareLfMode::Reject => BareLf::Reject,
-                BareLfMode::Normalize => BareLf::Normalize,
-            },
-            close_on_non_smtp: !submission
-                && self.config.screening.protocol.mode == crate::config::Mode::Enforce,
-        }
-    }
-}
 
 /// A running server's handles, for tests that run it in-process.
 pub struct Running {
@@ -152,8 +70,15 @@ impl Running {
     }
 }
 
-/// Open everything and bind the listeners; serving starts on return.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+/// Open everything and bind the listeners; serving starts on return. Time comes from
+/// `clock` and every DNS answer from `dns`, for everything the server decides: the binary
+/// passes the system's (or a test clock) and the configured resolver; in-process tests pass
+/// their own.
+pub async fn start(
+    config: Config,
+    clock: Arc<dyn crate::clock::Clock>,
+    dns: Arc<crate::dns::Dns>,
+) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
@@ -164,6 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &config.data_dir,
         dirsync.clone(),
         config.queue.memory_budget.0,
+        clock.clone(),
     )?;
     let maildir = Arc::new(Maildir::new(
         &config.data_dir,
@@ -172,9 +98,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.queue.maildir_sync,
     ));
     let accounts = Accounts::new(store.clone());
-    let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let clock = crate::limits::server_clock();
     let contain = Arc::new(crate::containment::Containment::new(
         config.clone(),
         store.clone(),
@@ -202,7 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.smtp.max_connections_per_ip,
         ),
         memory: crate::heavy::Memory::new(config.limits.message_memory.0),
-        auth_lines: auth::Lines::default(),
+        auth_lines: crate::limits::lines::Lines::default(),
         free_space: freespace::FreeSpace::new(
             config.data_dir.clone(),
             config.limits.min_free_space.0,
@@ -255,7 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .iter()
         .filter_map(|(_, l)| l.local_addr().ok())
         .collect();
-    tasks.push(crate::outbound::spawn(
+    tasks.push(crate::delivery::remote::spawn(
         config.clone(),
         queue.clone(),
         dns,
@@ -333,7 +257,8 @@ async fn accept_loop(l: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
 /// `mailwarden serve`: start, print what we listen on, run until SIGINT/SIGTERM.
 pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let config = loaded.config.clone();
-    let running = start(loaded.config).await?;
+    let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
+    let running = start(loaded.config, crate::clock::from_env(), dns).await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

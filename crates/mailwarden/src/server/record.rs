@@ -1,14 +1,12 @@
 //! Building a session's decision records (see `crate::records`): a record opens at MAIL FROM,
 //! collects each RCPT's reply and any refusal's reasons, takes the message's verdict at the
 //! end of DATA, and is saved when the transaction ends: after DATA, at the next MAIL, or when
-//! the session ends (RSET or QUIT before DATA).
+//! the session ends (RSET or QUIT before DATA). Screening's findings join it at the first RCPT
+//! (and any found later, when the transaction ends), so it reads in the order `explain`
+//! prints: the client first, then the message.
 
-use super::Shared;
-use super::message::Early;
-use super::screen::Screen;
+use super::shared::Shared;
 use crate::records::{self, Rcpt, Reason, Record};
-use crate::screening::Signal;
-use crate::util::unix_now;
 use mailwarden_proto::Reply;
 use std::sync::Arc;
 
@@ -45,6 +43,24 @@ impl Recorder {
         self.last_refusal = Some(reply.clone());
     }
 
+    /// Findings of the session that belong to this transaction too (screening's); each
+    /// once. `score`: the score a refusal among them was decided on.
+    pub(super) fn note(&mut self, reasons: Vec<Reason>, score: Option<f64>) {
+        let Some(r) = self.cur.as_mut() else { return };
+        for why in reasons {
+            if !r
+                .reasons
+                .iter()
+                .any(|x| x.code == why.code && x.detail == why.detail)
+            {
+                r.reasons.push(why);
+            }
+        }
+        if let Some(s) = score {
+            r.score = s;
+        }
+    }
+
     pub(super) fn accepted_rcpt(&mut self, rcpt: &str, reply: &Reply) {
         if let Some(r) = self.cur.as_mut() {
             r.rcpts.push(Rcpt {
@@ -60,6 +76,9 @@ impl Recorder {
         r.message_id = d.message_id;
         r.subject = d.subject;
         r.reasons.extend(d.reasons);
+        if d.score.is_some() {
+            r.score = d.score.unwrap_or_default();
+        }
         r.action = if reply.is_positive() {
             if d.quarantined {
                 "quarantine"
@@ -116,13 +135,15 @@ pub(super) struct MessageDecision {
     pub(super) junk: bool,
     pub(super) quarantined: bool,
     pub(super) reasons: Vec<Reason>,
+    /// The score the message's verdict was taken on, if scoring ran.
+    pub(super) score: Option<f64>,
     pub(super) message_id: Option<String>,
     pub(super) subject: Option<String>,
 }
 
 /// Save a finished record in the background (the client's reply does not wait for it), with
-/// the session's screening signals and the client's PTR name.
-pub(super) fn spawn_save(shared: &Arc<Shared>, r: Record, screen: Option<&Screen>, early: &Early) {
+/// the client's PTR name.
+pub(super) fn spawn_save(shared: &Arc<Shared>, mut r: Record, ptr: Option<String>) {
     if r.action == "abandoned"
         && let Ok(ip) = r.ip.parse()
         && !shared.contain.detector.keep_abandoned_record(ip)
@@ -130,29 +151,14 @@ pub(super) fn spawn_save(shared: &Arc<Shared>, r: Record, screen: Option<&Screen
         metrics::counter!("mailwarden_records_not_kept_total").increment(1);
         return;
     }
-    let signals = screen.map(|s| s.signals.clone()).unwrap_or_default();
-    let ptr = early
-        .iprev_done
-        .as_ref()
-        .and_then(|o| o.ptr.as_ref())
-        .and_then(|p| p.first())
-        .map(|n| n.trim_end_matches('.').to_string());
-    let shared = shared.clone();
-    tokio::spawn(async move { save(&shared, r, &signals, ptr).await });
-}
-
-async fn save(shared: &Shared, mut r: Record, signals: &[Signal], ptr: Option<String>) {
-    for s in signals {
-        if !r.reasons.iter().any(|x| x.code == s.reason.as_str()) {
-            r.reasons.push(Reason::from(s));
-        }
-    }
-    r.score = r.reasons.iter().map(|x| x.score).sum();
     r.ptr = ptr;
-    r.time = unix_now();
-    let retention = shared.config.records.retention.get().as_secs() as i64;
-    let id = r.id.clone();
-    if let Err(e) = records::save(shared.accounts.store(), r, retention).await {
-        tracing::error!(event = "record_failed", qid = %id, error = %e);
-    }
+    r.time = shared.clock.now_secs();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let retention = shared.config.records.retention.get().as_secs() as i64;
+        let id = r.id.clone();
+        if let Err(e) = records::save(shared.accounts.store(), r, retention).await {
+            tracing::error!(event = "record_failed", qid = %id, error = %e);
+        }
+    });
 }

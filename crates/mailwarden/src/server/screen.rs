@@ -1,37 +1,33 @@
-//! Screening in an MX session (see `crate::screening` for the checks): the pregreet banner
-//! at connect, DNS list lookups started at connect, HELO and domain-list checks started at
-//! MAIL, and one decision at the first RCPT that every RCPT of the session then gets.
-//! Greylisting is per recipient. Each signal is logged once, as `event="screen"`, with the
-//! action taken: `reject`, `tempfail`, `would_reject` (observe mode) or `score`.
+//! Screening in an MX session (see `crate::screening` for the checks and the order they are
+//! gathered in): the pregreet banner at connect, DNS list lookups started at connect, HELO
+//! and domain-list checks started at MAIL, and one verdict at the first RCPT that every RCPT
+//! of the session then gets. Greylisting is per recipient. Each finding is logged once, as
+//! `event="screen"`, with the action taken: `reject`, `tempfail`, `would_reject` (observe
+//! mode) or `score`.
 
-use super::Shared;
-use super::message::{Early, Started};
+use super::early::{Early, Started};
+use super::shared::Shared;
 use crate::config::Mode;
-use crate::screening::greylist::{self, Attempt, Outcome};
-use crate::screening::{self, Reason, Signal, dnsbl, helo, memory};
+use crate::decision::{self, Finding, Kind, Verdict};
+use crate::records::Reason;
+use crate::screening::greylist::{self, Answer, Attempt};
+use crate::screening::{self, dnsbl, memory};
+use mailwarden_proto::replies;
 use mailwarden_proto::session::Session;
-use mailwarden_proto::{Reply, replies};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// A refusal decided by screening, for every RCPT of the session.
-#[derive(Clone)]
-pub(super) struct Refusal {
-    pub(super) reply: Reply,
-    /// The signal that refused.
-    pub(super) signal: Signal,
-}
-
 pub(super) struct Screen {
     ip: IpAddr,
     local: IpAddr,
-    ip_lists: Option<Started<Vec<Signal>>>,
-    at_mail: Option<Started<Vec<Signal>>>,
+    ip_lists: Option<Started<Vec<Finding>>>,
+    at_mail: Option<Started<Vec<Finding>>>,
     /// Everything found so far, in the order found: what the decision record will hold.
-    pub(super) signals: Vec<Signal>,
-    /// Signals already logged (the verdict is decided again for a new sender domain).
+    findings: Vec<Finding>,
+    /// Findings already logged, the DNS lists' total aside (the verdict is decided again
+    /// for a new sender domain).
     logged: usize,
     /// Sender domains asked of the domain lists so far.
     senders: Vec<String>,
@@ -40,39 +36,36 @@ pub(super) struct Screen {
     /// Reverse DNS and protocol behaviour were judged (once per session).
     judged_client: bool,
     /// The session's verdict, once the first RCPT has asked.
-    decided: Option<Option<Refusal>>,
+    decided: Option<Verdict>,
 }
 
-fn log_signal(session: &str, ip: IpAddr, s: &Signal, action: &'static str) {
-    tracing::info!(event = "screen", session, ip = %ip, check = s.reason.check().as_str(),
-        reason = s.reason.as_str(), detail = %s.detail, score = s.score, action);
-    metrics::counter!("mailwarden_screen_total", "check" => s.reason.check().as_str(),
-        "reason" => s.reason.as_str(), "action" => action)
+fn log_finding(session: &str, ip: IpAddr, f: &Finding, action: &'static str) {
+    let check = f.kind.screening().map_or("-", |p| p.name());
+    let code = f.kind.code();
+    tracing::info!(event = "screen", session, ip = %ip, check, reason = code.as_ref(),
+        detail = %f.detail, score = f.score, action);
+    metrics::counter!("mailwarden_screen_total", "check" => check,
+        "reason" => code.into_owned(), "action" => action)
     .increment(1);
 }
 
 fn now_secs(shared: &Shared) -> i64 {
-    shared.clock.now_ms().div_euclid(1000)
+    shared.clock.now_secs()
 }
 
 impl Screen {
     /// A new MX session: start the DNS list lookups for the client's address.
     pub(super) fn at_connect(shared: &Arc<Shared>, peer: SocketAddr, local: SocketAddr) -> Screen {
-        let cfg = &shared.config.screening.dnsbl;
-        let ip_lists = (cfg.mode != Mode::Off && !cfg.zones.is_empty()).then(|| {
-            let (dns, cfg, t) = (
-                shared.dns.clone(),
-                cfg.clone(),
-                shared.config.dns.timeout.get(),
-            );
-            Started::start(async move { dnsbl::ip_lists(dns, &cfg, peer.ip(), t).await })
-        });
+        let (dns, cfg) = (shared.dns.clone(), shared.config.clone());
+        let ip_lists = Some(Started::start(async move {
+            screening::at_connect(dns, &cfg, peer.ip()).await
+        }));
         Screen {
             ip: peer.ip(),
             local: local.ip(),
             ip_lists,
             at_mail: None,
-            signals: Vec::new(),
+            findings: Vec::new(),
             logged: 0,
             senders: Vec::new(),
             helo_started: false,
@@ -126,27 +119,29 @@ impl Screen {
             }
             Some(0) => true,
             Some(n) => {
-                let s = Signal::new(
-                    Reason::EarlyTalker,
+                let f = Finding::scored(
+                    Kind::EarlyTalker,
                     format!("{n} bytes before the end of the greeting"),
                     1.0,
                 )
                 .refuse(replies::EARLY_TALKER);
-                let enforce = cfg.mode == Mode::Enforce;
-                log_signal(
+                let v = decision::apply(&shared.config, std::slice::from_ref(&f), None);
+                let refused = v.action.refusal().is_some();
+                log_finding(
                     session,
                     self.ip,
-                    &s,
-                    if enforce { "reject" } else { "would_reject" },
+                    &f,
+                    if refused { "reject" } else { "would_reject" },
                 );
-                self.signals.push(s);
-                if enforce {
+                self.findings.push(f);
+                if refused {
                     let r = replies::EARLY_TALKER.to_wire();
                     let _ =
                         tokio::time::timeout(Duration::from_secs(5), io.write_all(r.as_bytes()))
                             .await;
                     tracing::info!(event = "reject", session, listener = "mx", ip = %self.ip,
-                        verb = "CONNECT", reply = %replies::EARLY_TALKER, reason = "early talker");
+                        verb = "CONNECT", reply = %replies::EARLY_TALKER,
+                        code = Kind::EarlyTalker.code().as_ref(), reason = "early talker");
                     return false;
                 }
                 true
@@ -166,18 +161,15 @@ impl Screen {
         if fresh {
             self.senders.push(sender_domain.clone());
         }
-        let cfg = &shared.config.screening;
-        let lists = cfg.dnsbl.mode != Mode::Off && !cfg.dnsbl.domain_zones.is_empty();
+        let cfg = shared.config.clone();
+        let dns = shared.dns.clone();
         if std::mem::replace(&mut self.helo_started, true) {
             // A later MAIL (after RSET, a refusal or a delivered message): only a new sender
             // domain is asked, after whatever an earlier MAIL still waits for, so no answer
-            // is lost and no signal counted twice.
+            // is lost and no finding counted twice.
+            let lists = cfg.screening.dnsbl.mode != Mode::Off
+                && !cfg.screening.dnsbl.domain_zones.is_empty();
             if fresh && lists {
-                let (dns, dcfg, t) = (
-                    shared.dns.clone(),
-                    cfg.dnsbl.clone(),
-                    shared.config.dns.timeout.get(),
-                );
                 let earlier = self.at_mail.take();
                 self.at_mail = Some(Started::start(async move {
                     let mut found = match earlier {
@@ -185,75 +177,57 @@ impl Screen {
                         None => Vec::new(),
                     };
                     let domains = [("sender", sender_domain.as_str())];
-                    found.extend(dnsbl::domain_lists(dns, &dcfg, &domains, t).await);
+                    let (lists, t) = (&cfg.screening.dnsbl, cfg.dns.timeout.get());
+                    found.extend(dnsbl::domain_lists(dns, lists, &domains, t).await);
                     found
                 }));
                 self.decided = None;
             }
             return;
         }
-        let mut found = Vec::new();
-        if cfg.helo.mode != Mode::Off {
-            found = helo::static_checks(helo_name, self.ip, &shared.config.hostname, self.local);
-        }
-        let resolve = cfg.helo.mode != Mode::Off && found.is_empty();
-        if !resolve && !lists {
-            self.signals.extend(found);
-            return;
-        }
-        let (dns, dcfg, t) = (
-            shared.dns.clone(),
-            cfg.dnsbl.clone(),
-            shared.config.dns.timeout.get(),
-        );
-        let helo_name = helo_name.to_string();
+        let (ip, local, helo_name) = (self.ip, self.local, helo_name.to_string());
         self.at_mail = Some(Started::start(async move {
-            if resolve && let Some(s) = helo::resolves(&dns, &helo_name).await {
-                found.push(s);
-            }
-            if lists {
-                let domains = [
-                    ("HELO", helo_name.as_str()),
-                    ("sender", sender_domain.as_str()),
-                ];
-                found.extend(dnsbl::domain_lists(dns, &dcfg, &domains, t).await);
-            }
-            found
+            screening::at_mail(dns, &cfg, ip, local, &helo_name, &sender_domain).await
         }));
     }
 
-    /// The first RCPT asks for the session's verdict; later ones get the same.
+    /// The first RCPT asks for the session's verdict; later ones get the same. Returns the
+    /// finding that refuses every RCPT of the session, if one does.
     pub(super) async fn verdict(
         &mut self,
         shared: &Shared,
         s: &Session,
         early: &mut Early,
         session: &str,
-    ) -> Option<Refusal> {
-        if let Some(d) = &self.decided {
-            return d.clone();
+    ) -> Option<Finding> {
+        if self.decided.is_none() {
+            self.decide(shared, s, early, session).await;
         }
-        let cfg = &shared.config.screening;
+        let v = self.decided.as_ref()?;
+        v.deciding_finding(&self.findings).cloned()
+    }
+
+    async fn decide(&mut self, shared: &Shared, s: &Session, early: &mut Early, session: &str) {
+        let cfg = &shared.config;
         if let Some(h) = self.ip_lists.take() {
-            self.signals.extend(h.finish().await.unwrap_or_default());
+            self.findings.extend(h.finish().await.unwrap_or_default());
         }
         if let Some(h) = self.at_mail.take() {
-            self.signals.extend(h.finish().await.unwrap_or_default());
+            self.findings.extend(h.finish().await.unwrap_or_default());
         }
         let judge_client = !std::mem::replace(&mut self.judged_client, true);
         if judge_client
-            && cfg.rdns.mode != Mode::Off
-            && let Some(out) = early.iprev().await
-            && let Some(sig) = helo::rdns(&out, self.ip)
+            && cfg.screening.rdns.mode != Mode::Off
+            && let Some(f) = screening::at_rcpt(cfg, early.iprev().await.as_ref(), self.ip)
         {
-            self.signals.push(sig);
+            self.findings.push(f);
         }
-        if judge_client && cfg.protocol.mode != Mode::Off {
+        if judge_client && cfg.screening.protocol.mode != Mode::Off {
             let c = s.counters();
             if c.unauthorized_pipelining > 0 {
-                self.signals.push(
-                    Signal::new(
-                        Reason::UnauthorizedPipelining,
+                self.findings.push(
+                    Finding::scored(
+                        Kind::UnauthorizedPipelining,
                         format!(
                             "{} commands sent before their replies without PIPELINING",
                             c.unauthorized_pipelining
@@ -264,44 +238,41 @@ impl Screen {
                 );
             }
             if c.bare_lf_commands > 0 {
-                self.signals.push(Signal::new(
-                    Reason::BareLfCommand,
+                self.findings.push(Finding::scored(
+                    Kind::BareLfCommand,
                     format!("{} commands ended with a bare LF", c.bare_lf_commands),
                     0.5,
                 ));
             }
         }
-        let d = screening::decide(cfg, &self.signals, self.ip);
-        let refusing = d.refuse.as_ref().map(|(_, s)| s.reason);
-        // The DNS lists' total exists only in the decision; the early talker was logged
-        // when it talked.
-        let total = d
-            .refuse
-            .iter()
-            .map(|(_, s)| s)
-            .chain(&d.would)
-            .filter(|s| s.reason == Reason::DnsblScore);
-        for sig in self.signals[self.logged..]
-            .iter()
-            .filter(|s| s.reason != Reason::EarlyTalker)
-            .chain(total)
-        {
-            let action = if Some(sig.reason) == refusing {
+        let v = screening::decide(cfg, &mut self.findings, self.ip);
+        // `logged` counts findings other than the DNS lists' total, which is decided (and
+        // logged) anew each time.
+        let mut seen = 0;
+        for (i, f) in self.findings.iter().enumerate() {
+            if f.kind != Kind::DnsblScore {
+                seen += 1;
+                // The early talker was logged when it talked.
+                if seen <= self.logged || f.kind == Kind::EarlyTalker {
+                    continue;
+                }
+            }
+            let src = Some(decision::Cause::Finding(i));
+            let action = if src == v.deciding {
                 "reject"
-            } else if d.would.iter().any(|w| w.reason == sig.reason) {
+            } else if v.would.iter().any(|(_, w)| Some(*w) == src) {
                 "would_reject"
             } else {
                 "score"
             };
-            log_signal(session, self.ip, sig, action);
+            log_finding(session, self.ip, f, action);
         }
-        self.logged = self.signals.len();
-        let refusal = d.refuse.map(|(reply, signal)| Refusal { reply, signal });
-        self.decided = Some(refusal.clone());
-        refusal
+        self.logged = seen;
+        self.decided = Some(v);
     }
 
-    /// Greylisting for one local recipient the session's verdict let through.
+    /// Greylisting for one local recipient the session's verdict let through: the finding
+    /// when it refuses.
     pub(super) async fn greylist(
         &mut self,
         shared: &Shared,
@@ -309,7 +280,7 @@ impl Screen {
         sender: &str,
         rcpt: &str,
         session: &str,
-    ) -> Option<Refusal> {
+    ) -> Option<Finding> {
         let cfg = &shared.config.screening.greylist;
         if cfg.mode == Mode::Off {
             return None;
@@ -326,14 +297,13 @@ impl Screen {
             sender,
             rcpt,
             spf_pass,
-            allowlisted: dnsbl::allowed(&self.signals),
+            allowlisted: dnsbl::allowed(&self.findings),
         };
         // Fail closed: a greylist that cannot say whether the client retried tempfails.
-        let sig = match greylist::check(shared.accounts.store(), cfg, &a, now_secs(shared)).await {
-            Ok(Outcome::Greylisted { wait }) => Signal::new(
-                Reason::Greylisted,
+        let f = match greylist::check(shared.accounts.store(), cfg, &a, now_secs(shared)).await {
+            Ok(Answer::Greylisted { wait }) => Finding::new(
+                Kind::Greylisted,
                 format!("first attempt for {rcpt}; retry in {wait}s or later"),
-                0.0,
             )
             .refuse(replies::GREYLISTED),
             Ok(outcome) => {
@@ -342,26 +312,38 @@ impl Screen {
             }
             Err(e) => {
                 tracing::error!(event = "greylist_failed", session, error = %e);
-                Signal::new(
-                    Reason::GreylistUnavailable,
+                Finding::new(
+                    Kind::GreylistUnavailable,
                     format!("greylist memory unavailable: {e}"),
-                    0.0,
                 )
                 .refuse(replies::LOCAL_ERROR)
             }
         };
-        let enforce = cfg.mode == Mode::Enforce;
-        log_signal(
+        let v = decision::apply(&shared.config, std::slice::from_ref(&f), None);
+        let refused = v.action.refusal().is_some();
+        log_finding(
             session,
             self.ip,
-            &sig,
-            if enforce { "tempfail" } else { "would_reject" },
+            &f,
+            if refused { "tempfail" } else { "would_reject" },
         );
-        self.signals.push(sig.clone());
-        enforce.then(|| Refusal {
-            reply: sig.refusal.clone().unwrap_or(replies::GREYLISTED),
-            signal: sig,
-        })
+        // Acted on (or not) here, for this recipient: kept as evidence, asking for nothing
+        // more when the session's verdict is decided again.
+        self.findings.push(Finding {
+            refusal: None,
+            ..f.clone()
+        });
+        self.logged += 1;
+        refused.then_some(f)
+    }
+
+    /// The session's findings as the transaction's record keeps them, and the score a
+    /// refusal among them was taken on.
+    pub(super) fn reasons(&self) -> (Vec<Reason>, Option<f64>) {
+        match &self.decided {
+            Some(v) => screening::reasons(&self.findings, v),
+            None => screening::reasons(&self.findings, &Verdict::accept()),
+        }
     }
 
     /// The session ended: a client closed for too many errors loses its pregreet exemption.
@@ -370,13 +352,13 @@ impl Screen {
         if cfg.mode == Mode::Off || s.counters().errors < shared.config.smtp.max_errors {
             return;
         }
-        let sig = Signal::new(
-            Reason::TooManyErrors,
+        let f = Finding::scored(
+            Kind::TooManyErrors,
             format!("closed after {} errors", s.counters().errors),
             1.0,
         );
-        log_signal(session, self.ip, &sig, "score");
-        self.signals.push(sig);
+        log_finding(session, self.ip, &f, "score");
+        self.findings.push(f);
         if cfg.mode == Mode::Enforce {
             let _ = memory::forget(shared.accounts.store(), format!("pregreet:{}", self.ip)).await;
         }

@@ -3,20 +3,24 @@
 //! (routing and relay, AUTH, the queue) and owns the socket, TLS, timeouts and the body spool.
 //!
 //! Flow: listener → **session** → checks → queue. The session never delivers; it only hands
-//! durable messages to the queue. Every refusal is logged once, through [`Ctx::reject`], with
-//! session id, queue id, client, HELO, sender and recipient.
+//! durable messages to the queue. The driver routes the core's events to the stages
+//! (`stage.rs` for connect, MAIL and RCPT, `auth.rs`, `message.rs` for the end of DATA) and
+//! acts on their decisions; every refusal is logged once, through `Ctx::reject`.
 
-use super::message::{self, BodySink, Early};
+use super::body::BodySink;
+use super::ctx::Ctx;
+use super::early::Early;
 use super::record::{self, Recorder};
 use super::screen::Screen;
-use super::{ListenerKind, Shared};
-use crate::checks::relay::RcptDecision;
-use crate::queue::{Folder, Recipient, Route};
-use crate::records;
+use super::shared::{ListenerKind, Shared};
+use super::{message, stage};
+use crate::decision::{Finding, Kind};
+use crate::queue::Recipient;
 use crate::util::new_id;
 use mailwarden_proto::command::Verb;
+use mailwarden_proto::data::ContentFlags;
 use mailwarden_proto::session::{Event, InBuf, Session};
-use mailwarden_proto::{Reply, replies};
+use mailwarden_proto::{Why, replies};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,81 +70,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
     }
 }
 
-/// What the log lines of this session share.
-pub(super) struct Ctx {
-    pub(super) session: String,
-    pub(super) listener: ListenerKind,
-    pub(super) peer: SocketAddr,
-    pub(super) qid: Option<String>,
-    pub(super) from: Option<String>,
-    /// The open transaction's decision record.
-    pub(super) rec: Recorder,
-    /// What the open transaction holds against its account's limits (submission).
-    pub(super) reservation: Option<crate::containment::Reservation>,
-}
-
-impl Ctx {
-    /// Log a refusal known by a short reason, and note it in the transaction's decision
-    /// record under a code derived from it.
-    pub(super) fn reject(
-        &mut self,
-        s: &Session,
-        verb: Verb,
-        reply: &Reply,
-        reason: &str,
-        rcpt: Option<&str>,
-    ) {
-        let (head, _) = reason.split_once(": ").unwrap_or((reason, ""));
-        let why = records::Reason::refusal(&verb.as_str().to_ascii_lowercase(), head, reason);
-        self.reject_as(s, verb, reply, reason, why, rcpt);
-    }
-
-    /// The one place refusals are logged; `why` goes into the decision record as it is.
-    pub(super) fn reject_as(
-        &mut self,
-        s: &Session,
-        verb: Verb,
-        reply: &Reply,
-        reason: &str,
-        why: records::Reason,
-        rcpt: Option<&str>,
-    ) {
-        tracing::info!(
-            event = "reject",
-            session = %self.session,
-            qid = self.qid.as_deref().unwrap_or("-"),
-            listener = self.listener.name(),
-            ip = %self.peer.ip(),
-            helo = s.helo().unwrap_or("-"),
-            user = s.authenticated().unwrap_or("-"),
-            from = self.from.as_deref().unwrap_or("-"),
-            rcpt = rcpt.unwrap_or("-"),
-            verb = verb.as_str(),
-            reply = %reply,
-            reason,
-        );
-        self.rec.refused(rcpt, reply, why);
-        metrics::counter!("mailwarden_smtp_rejections_total",
-            "listener" => self.listener.name(), "verb" => verb.as_str(),
-            "code" => reply.code.to_string())
-        .increment(1);
-    }
-
-    /// Refuse an AUTH attempt (`reason` counts in the session) and log it once with
-    /// `detail`, which never holds the attempted name.
-    pub(super) fn refuse_auth(
-        &mut self,
-        s: &mut Session,
-        reply: Reply,
-        reason: &'static str,
-        detail: &str,
-    ) {
-        if let Event::Refused { verb, reply, .. } = s.auth_failed(reply, reason) {
-            self.reject(s, verb, &reply, detail, None);
-        }
-    }
-}
-
 pub async fn run<IO>(
     io: IO,
     peer: SocketAddr,
@@ -160,24 +89,12 @@ pub async fn run<IO>(
         reservation: None,
     };
     let mut stream = Stream::Plain(io);
-    let acquired = shared
-        .limiter
-        .acquire(peer.ip())
-        .map_err(|why| format!("{why:?}"));
-    let acquired = acquired.and_then(|slot| {
-        shared
-            .contain
-            .detector
-            .connection(peer.ip())
-            .map(|()| slot)
-            .map_err(|l| l.reason)
-    });
-    let _slot = match acquired {
+    let _slot = match stage::connect(&shared, peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {
             let r = replies::TOO_MANY_CONNECTIONS;
             tracing::info!(event = "reject", session = %ctx.session, listener = kind.name(), ip = %peer.ip(),
-                verb = "CONNECT", reply = %r, reason = %why);
+                verb = "CONNECT", reply = %r, code = why.kind.code().as_ref(), reason = why.detail.as_str());
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 stream.write_all(r.to_wire().as_bytes()),
@@ -216,17 +133,37 @@ pub async fn run<IO>(
     if let Some(r) = ctx.reservation.take() {
         shared.contain.detector.release(r);
     }
-    let why = records::Reason::coded("session.panic", panic, 0.0, true);
-    let record = ctx.rec.abort(&reply, why, || records::Record {
+    let why = Finding::new(Kind::SessionPanic, panic).record(true);
+    let rec = ctx.rec.abort(&reply, why, || crate::records::Record {
         id: new_id(),
         session: ctx.session.clone(),
         listener: kind.name().to_string(),
         ip: peer.ip().to_string(),
         ..Default::default()
     });
-    record::spawn_save(&shared, record, None, &Early::default());
+    record::spawn_save(&shared, rec, None);
     tracing::info!(event = "disconnect", session = %ctx.session, ip = %peer.ip(), reason = "panic",
         secs = started.elapsed().as_secs_f32());
+}
+
+/// One session's state between events.
+struct Driver<'a, IO> {
+    stream: &'a mut Stream<IO>,
+    ctx: &'a mut Ctx,
+    body: &'a mut BodySink,
+    shared: Arc<Shared>,
+    s: Session,
+    inbuf: InBuf,
+    early: Early,
+    /// Screening, on the MX port.
+    screen: Option<Screen>,
+    /// The open transaction's accepted recipients.
+    routed: Vec<Recipient>,
+    tls_info: Option<String>,
+    deadline: tokio::time::Instant,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    messages: u32,
+    end_reason: &'static str,
 }
 
 /// Everything after admission: TLS on the implicit-TLS port, pregreet, and the command loop.
@@ -240,12 +177,10 @@ async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = shared.clone();
-    let cfg = &shared.config;
     let (kind, peer) = (ctx.listener, ctx.peer);
     let mut tls_info: Option<String> = None;
     if kind == ListenerKind::Submissions {
-        match upgrade(stream, &shared).await {
+        match upgrade(stream, shared).await {
             Ok(info) => tls_info = Some(info),
             Err(e) => {
                 tracing::info!(event = "tls_failed", session = %ctx.session, ip = %peer.ip(), error = %e);
@@ -253,365 +188,328 @@ async fn serve<IO>(
             }
         }
     }
-    let mut s = Session::new(shared.session_config(kind));
     let mut inbuf = InBuf::with_capacity(1024);
-    let mut early = Early::at_connect(&shared, kind, peer.ip());
-    let mut screen = (kind == ListenerKind::Mx).then(|| Screen::at_connect(&shared, peer, local));
+    let mut screen = (kind == ListenerKind::Mx).then(|| Screen::at_connect(shared, peer, local));
     if let (Some(sc), Stream::Plain(io)) = (screen.as_mut(), &mut *stream) {
         let mut talked = Vec::new();
-        if !sc.pregreet(&shared, io, &ctx.session, &mut talked).await {
+        if !sc.pregreet(shared, io, &ctx.session, &mut talked).await {
             return;
         }
         inbuf.extend(&talked);
     }
-    let mut routed: Vec<Recipient> = Vec::new();
-    let mut shutdown = shared.shutdown.clone();
-    let deadline = tokio::time::Instant::now() + cfg.smtp.max_session_time.get();
-    let mut messages = 0u32;
-    let mut end_reason = "quit";
-    s.greet();
+    let mut d = Driver {
+        s: Session::new(shared.session_config(kind)),
+        early: Early::at_connect(shared, kind, peer.ip()),
+        deadline: tokio::time::Instant::now() + shared.config.smtp.max_session_time.get(),
+        shutdown: shared.shutdown.clone(),
+        shared: shared.clone(),
+        stream,
+        ctx,
+        body,
+        inbuf,
+        screen,
+        routed: Vec::new(),
+        tls_info,
+        messages: 0,
+        end_reason: "quit",
+    };
+    d.s.greet();
     loop {
-        if !s.in_data() {
-            s.set_storage_low(shared.free_space.is_low());
+        if !d.s.in_data() {
+            d.s.set_storage_low(d.shared.free_space.is_low());
         }
-        match s.poll(&mut inbuf, &mut body.buf) {
+        match d.s.poll(&mut d.inbuf, &mut d.body.buf) {
             Event::NeedInput => {
-                if s.in_data() {
-                    let q = shared.queue.clone();
-                    let id = ctx.qid.clone().unwrap_or_else(new_id);
-                    if let Err(e) = body.spill_if_large(|| q.spool_path(&id)).await {
-                        tracing::error!(event = "spool_failed", session = %ctx.session, error = %e);
-                        s.close_with(&replies::LOCAL_ERROR);
-                        end_reason = "spool error";
-                        continue;
-                    }
-                } else {
-                    inbuf.shrink(4096);
-                }
-                if s.has_output() && !flush(stream, &mut s, cfg.smtp.idle_timeout.get()).await {
-                    end_reason = "write failed";
+                if !d.read_more().await {
                     break;
                 }
-                let wait = if s.in_data() {
-                    cfg.smtp.data_timeout.get()
-                } else {
-                    cfg.smtp.idle_timeout.get()
-                };
-                let reserve = if s.in_data() { 64 * 1024 } else { 1024 };
-                tokio::select! {
-                    r = tokio::time::timeout(wait, stream.read_into(inbuf.for_read(reserve))) => match r {
-                        Err(_) => {
-                            s.close_with(&replies::TIMEOUT);
-                            end_reason = "timeout";
-                        }
-                        Ok(Ok(0)) => {
-                            end_reason = if s.in_data() { "disconnect in DATA" } else { "disconnect" };
-                            break;
-                        }
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(event = "read_error", session = %ctx.session, error = %e);
-                            end_reason = "read error";
-                            break;
-                        }
-                    },
-                    _ = shutdown.changed() => {
-                        s.close_with(&replies::SHUTTING_DOWN);
-                        end_reason = "shutdown";
-                    }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        s.close_with(&replies::SESSION_TOO_LONG);
-                        end_reason = "session time limit";
-                    }
-                }
             }
-            Event::Refused {
-                verb,
-                reply,
-                reason,
-            } => {
-                ctx.reject(&s, verb, &reply, reason, None);
-            }
-            Event::Mail { from, params: _ } => {
-                // A new transaction: forget anything an abandoned one left behind.
-                body.discard();
-                routed.clear();
-                ctx.qid = Some(new_id());
-                ctx.from = Some(from.to_string());
-                let base = crate::records::Record {
-                    id: ctx.qid.clone().unwrap_or_default(),
-                    session: ctx.session.clone(),
-                    listener: kind.name().to_string(),
-                    ip: peer.ip().to_string(),
-                    helo: s.helo().unwrap_or("").to_string(),
-                    tls: tls_info.clone(),
-                    account: s.authenticated().map(str::to_string),
-                    mail_from: from.to_string(),
-                    ..Default::default()
-                };
-                if let Some(prev) = ctx.rec.start(base) {
-                    record::spawn_save(&shared, prev, screen.as_ref(), &early);
-                }
-                if let Some(sc) = screen.as_mut() {
-                    sc.at_mail(&shared, s.helo().unwrap_or(""), &from.to_string());
-                }
-                if kind == ListenerKind::Mx && s.authenticated().is_none() {
-                    early.at_mail(
-                        &shared,
-                        peer.ip(),
-                        s.helo().unwrap_or(""),
-                        &from.to_string(),
-                    );
-                }
-                // A transaction that never became a message gives its reservation back.
-                if let Some(r) = ctx.reservation.take() {
-                    shared.contain.detector.release(r);
-                }
-                // Submission: the envelope sender must be one of the account's addresses, and
-                // the message must fit the account's limits (counted now, not after it).
-                let owned = match s.authenticated() {
-                    _ if shared.free_space.is_low() => Err(crate::checks::ownership::Refusal {
-                        reply: replies::NO_STORAGE,
-                        reason: "storage low".into(),
-                    }),
-                    Some(account) if let Some(refused) = suspension(&shared, account) => {
-                        Err(refused)
-                    }
-                    Some(account) if kind != ListenerKind::Mx => {
-                        let sender = from.to_string();
-                        match crate::checks::ownership::envelope(&shared.accounts, account, &sender)
-                        {
-                            Err(r) => Err(r),
-                            Ok(()) => {
-                                let domain = sender.rsplit_once('@').map(|(_, d)| d);
-                                match shared.contain.detector.reserve_message(account, domain) {
-                                    Ok(r) => {
-                                        ctx.reservation = Some(r);
-                                        Ok(())
-                                    }
-                                    Err(l) => {
-                                        shared.contain.throttled(account, &l).await;
-                                        Err(crate::checks::ownership::Refusal {
-                                            reply: replies::rate_limited(&l.reason),
-                                            reason: l.reason,
-                                        })
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    _ => Ok(()),
-                };
-                match owned {
-                    Ok(()) => {
-                        if let Some(Event::Refused {
-                            verb,
-                            reply,
-                            reason,
-                        }) = s.mail_decision(replies::MAIL_OK, "")
-                        {
-                            ctx.reject(&s, verb, &reply, reason, None);
-                        }
-                    }
-                    Err(r) => {
-                        if let Some(Event::Refused { verb, reply, .. }) =
-                            s.mail_decision(r.reply, "sender not owned")
-                        {
-                            ctx.reject(&s, verb, &reply, &r.reason, None);
-                        }
-                    }
-                }
-            }
-            Event::Rcpt { to } => {
-                let addr = to.to_string();
-                let mut route = match shared.routing.decide(&to, s.authenticated().is_some()) {
-                    RcptDecision::Local { mailbox } => Ok(Route::Local {
-                        mailbox,
-                        folder: Folder::Inbox,
-                    }),
-                    RcptDecision::Remote => Ok(Route::Remote),
-                    RcptDecision::Refuse { reply, reason } => Err((reply, reason)),
-                };
-                // Screening acts here, late, so the one reject line names everything.
-                let mut screened = None;
-                if let Some(sc) = screen.as_mut() {
-                    let mut refusal = sc.verdict(&shared, &s, &mut early, &ctx.session).await;
-                    if refusal.is_none() && route.is_ok() {
-                        let from = ctx.from.clone().unwrap_or_default();
-                        refusal = sc
-                            .greylist(&shared, &mut early, &from, &addr, &ctx.session)
-                            .await;
-                    }
-                    if let Some(r) = refusal {
-                        route = Err((r.reply, r.signal.reason.as_str()));
-                        screened = Some(r.signal);
-                    }
-                }
-                // Each recipient counts against the account's day when it is accepted, so
-                // parallel sessions cannot all pass the limit at once.
-                if route.is_ok()
-                    && let Some(r) = ctx.reservation.as_mut()
-                    && let Err(l) = shared.contain.detector.reserve_rcpt(r, &addr)
-                {
-                    if let Some(account) = s.authenticated() {
-                        shared.contain.throttled(account, &l).await;
-                    }
-                    tracing::info!(event = "rate_limited", session = %ctx.session, rcpt = %addr, reason = %l.reason);
-                    route = Err((replies::rate_limited(&l.reason), "recipient limit reached"));
-                }
-                match route {
-                    Ok(route) => {
-                        routed.push(Recipient {
-                            idx: routed.len() as u32,
-                            address: addr.clone(),
-                            route,
-                        });
-                        ctx.rec.accepted_rcpt(&addr, &replies::RCPT_OK);
-                        s.rcpt_decision(replies::RCPT_OK, "");
-                    }
-                    Err((reply, reason)) => {
-                        if let Some(Event::Refused {
-                            verb,
-                            reply,
-                            reason,
-                        }) = s.rcpt_decision(reply, reason)
-                        {
-                            match &screened {
-                                Some(sig) => {
-                                    let text = format!("{}: {}", reason, sig.detail);
-                                    let why = records::Reason {
-                                        deciding: true,
-                                        ..records::Reason::from(sig)
-                                    };
-                                    ctx.reject_as(&s, verb, &reply, &text, why, Some(&addr));
-                                }
-                                None => ctx.reject(&s, verb, &reply, reason, Some(&addr)),
-                            }
-                        }
-                        // Guessing local addresses with a stolen account (BlockCracking).
-                        if reason == "no such local user"
-                            && kind != ListenerKind::Mx
-                            && let Some(account) = s.authenticated().map(str::to_string)
-                            && let Some(t) = shared.contain.detector.unknown_recipient(&account)
-                        {
-                            shared.contain.suspend(&account, t, &ctx.session).await;
-                        }
-                    }
-                }
-            }
+            ev @ Event::Refused { .. } => d.ctx.refused_by_core(&d.s, ev),
+            Event::Mail { from, params: _ } => d.on_mail(from.to_string()).await,
+            Event::Rcpt { to } => d.on_rcpt(to).await,
             Event::Auth {
                 mechanism,
                 credentials,
-            } => super::auth::attempt(&shared, ctx, &mut s, mechanism, credentials).await,
+            } => super::auth::attempt(&d.shared, d.ctx, &mut d.s, mechanism, credentials).await,
             Event::StartTls { discarded } => {
-                // RFC 3207 §4.2: the transaction is forgotten, and so is its content.
-                body.discard();
-                if discarded > 0 {
-                    tracing::warn!(event = "starttls_injection", session = %ctx.session, ip = %peer.ip(), discarded);
-                }
-                if !flush(stream, &mut s, cfg.smtp.idle_timeout.get()).await {
-                    end_reason = "write failed";
+                if !d.on_starttls(discarded).await {
                     break;
                 }
-                match upgrade(stream, &shared).await {
-                    Ok(info) => {
-                        tracing::debug!(event = "starttls", session = %ctx.session, tls = %info);
-                        tls_info = Some(info);
-                        s.tls_started();
-                    }
-                    Err(e) => {
-                        tracing::info!(event = "tls_failed", session = %ctx.session, ip = %peer.ip(), error = %e);
-                        end_reason = "tls failed";
-                        break;
-                    }
-                }
             }
-            Event::Message { flags } => {
-                if let Some((reply, reason)) = s.content_refusal(&flags) {
-                    body.discard();
-                    ctx.reject(&s, Verb::Data, &reply, reason, None);
-                    s.message_decision(reply);
-                    continue;
-                }
-                let rcpt_list: Vec<String> = routed.iter().map(|r| r.address.clone()).collect();
-                let mut notes = record::MessageDecision::default();
-                let done = message::finish(
-                    &shared,
-                    ctx,
-                    &s,
-                    body,
-                    std::mem::take(&mut routed),
-                    tls_info.as_deref(),
-                    flags.size,
-                    &mut early,
-                    &mut notes,
-                )
-                .await;
-                let reply = done.reply;
-                if !reply.is_positive() && !notes.reasons.iter().any(|r| r.deciding) {
-                    let why = done.reason.as_deref().unwrap_or("refused");
-                    let head = why.split_once(": ").map_or(why, |(h, _)| h);
-                    notes
-                        .reasons
-                        .push(records::Reason::refusal("data", head, why));
-                }
-                ctx.rec.message(&reply, notes);
-                // Whatever the queue did not take goes now, accepted (held in quarantine) or not.
-                body.discard();
-                if reply.is_positive() {
-                    messages += 1;
-                    metrics::counter!("mailwarden_messages_accepted_total", "listener" => kind.name())
-                        .increment(1);
-                    if let Some(r) = ctx.reservation.as_mut() {
-                        shared.contain.detector.accepted(r, &rcpt_list);
-                    }
-                } else {
-                    ctx.reject(
-                        &s,
-                        Verb::Data,
-                        &reply,
-                        done.reason.as_deref().unwrap_or("refused"),
-                        None,
-                    );
-                }
-                s.message_decision(reply);
-                if let Some(r) = ctx.reservation.take() {
-                    shared.contain.detector.release(r);
-                }
-                if let Some(r) = ctx.rec.take() {
-                    record::spawn_save(&shared, r, screen.as_ref(), &early);
-                }
-                ctx.qid = None;
-                ctx.from = None;
-            }
+            Event::Message { flags } => d.on_message(flags).await,
             Event::Close => {
-                let _ = flush(stream, &mut s, Duration::from_secs(5)).await;
-                stream.shutdown().await;
+                let _ = flush(d.stream, &mut d.s, Duration::from_secs(5)).await;
+                d.stream.shutdown().await;
                 break;
             }
         }
     }
-    body.discard();
-    if let Some(r) = ctx.reservation.take() {
-        shared.contain.detector.release(r);
+    d.finish(started).await;
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
+    /// Flush, then wait for the client (spilling a large message to its spool file first).
+    /// False: the session is over.
+    async fn read_more(&mut self) -> bool {
+        let cfg = &self.shared.config;
+        if self.s.in_data() {
+            let q = self.shared.queue.clone();
+            let id = self.ctx.qid.clone().unwrap_or_else(new_id);
+            if let Err(e) = self.body.spill_if_large(|| q.spool_path(&id)).await {
+                tracing::error!(event = "spool_failed", session = %self.ctx.session, error = %e);
+                self.s.close_with(&replies::LOCAL_ERROR);
+                self.end_reason = "spool error";
+                return true;
+            }
+        } else {
+            self.inbuf.shrink(4096);
+        }
+        if self.s.has_output()
+            && !flush(self.stream, &mut self.s, cfg.smtp.idle_timeout.get()).await
+        {
+            self.end_reason = "write failed";
+            return false;
+        }
+        let (wait, reserve) = if self.s.in_data() {
+            (cfg.smtp.data_timeout.get(), 64 * 1024)
+        } else {
+            (cfg.smtp.idle_timeout.get(), 1024)
+        };
+        tokio::select! {
+            r = tokio::time::timeout(wait, self.stream.read_into(self.inbuf.for_read(reserve))) => match r {
+                Err(_) => {
+                    self.s.close_with(&replies::TIMEOUT);
+                    self.end_reason = "timeout";
+                }
+                Ok(Ok(0)) => {
+                    self.end_reason = if self.s.in_data() { "disconnect in DATA" } else { "disconnect" };
+                    return false;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(event = "read_error", session = %self.ctx.session, error = %e);
+                    self.end_reason = "read error";
+                    return false;
+                }
+            },
+            _ = self.shutdown.changed() => {
+                self.s.close_with(&replies::SHUTTING_DOWN);
+                self.end_reason = "shutdown";
+            }
+            _ = tokio::time::sleep_until(self.deadline) => {
+                self.s.close_with(&replies::SESSION_TOO_LONG);
+                self.end_reason = "session time limit";
+            }
+        }
+        true
     }
-    if let Some(sc) = screen.as_mut() {
-        sc.at_end(&shared, &s, &ctx.session).await;
+
+    /// The transaction's record, saved in the background with screening's findings.
+    fn save(&mut self, r: crate::records::Record) {
+        let mut r = r;
+        if let Some(sc) = &self.screen {
+            let (reasons, _) = sc.reasons();
+            for why in reasons {
+                if !r
+                    .reasons
+                    .iter()
+                    .any(|x| x.code == why.code && x.detail == why.detail)
+                {
+                    r.reasons.push(why);
+                }
+            }
+        }
+        record::spawn_save(&self.shared, r, self.early.ptr());
     }
-    if let Some(r) = ctx.rec.take() {
-        record::spawn_save(&shared, r, screen.as_ref(), &early);
+
+    async fn on_mail(&mut self, from: String) {
+        let shared = self.shared.clone();
+        let (kind, peer) = (self.ctx.listener, self.ctx.peer);
+        // A new transaction: forget anything an abandoned one left behind.
+        self.body.discard();
+        self.routed.clear();
+        self.ctx.qid = Some(new_id());
+        self.ctx.from = Some(from.clone());
+        let base = crate::records::Record {
+            id: self.ctx.qid.clone().unwrap_or_default(),
+            session: self.ctx.session.clone(),
+            listener: kind.name().to_string(),
+            ip: peer.ip().to_string(),
+            helo: self.s.helo().unwrap_or("").to_string(),
+            tls: self.tls_info.clone(),
+            account: self.s.authenticated().map(str::to_string),
+            mail_from: from.clone(),
+            ..Default::default()
+        };
+        if let Some(prev) = self.ctx.rec.start(base) {
+            self.save(prev);
+        }
+        let helo = self.s.helo().unwrap_or("").to_string();
+        if let Some(sc) = self.screen.as_mut() {
+            sc.at_mail(&shared, &helo, &from);
+        }
+        if kind == ListenerKind::Mx && self.s.authenticated().is_none() {
+            self.early.at_mail(&shared, peer.ip(), &helo, &from);
+        }
+        // A transaction that never became a message gives its reservation back.
+        if let Some(r) = self.ctx.reservation.take() {
+            shared.contain.detector.release(r);
+        }
+        match stage::mail(&shared, self.ctx, &self.s, &from).await {
+            None => {
+                let ev = self.s.mail_decision(replies::MAIL_OK);
+                if let Some(ev) = ev {
+                    self.ctx.refused_by_core(&self.s, ev);
+                }
+            }
+            Some(why) => {
+                let reply = why.refusal.clone().unwrap_or(replies::LOCAL_ERROR);
+                let ev = self.s.mail_decision(reply);
+                self.ctx.refuse_with(&self.s, ev, &why, None);
+            }
+        }
     }
-    let c = s.counters();
-    tracing::info!(
-        event = "disconnect",
-        session = %ctx.session,
-        ip = %peer.ip(),
-        reason = end_reason,
-        messages,
-        errors = c.errors,
-        bare_lf_commands = c.bare_lf_commands,
-        secs = started.elapsed().as_secs_f32(),
-    );
+
+    async fn on_rcpt(&mut self, to: mailwarden_proto::address::ForwardPath) {
+        let shared = self.shared.clone();
+        let addr = to.to_string();
+        let routed = stage::rcpt(
+            &shared,
+            self.ctx,
+            &self.s,
+            self.screen.as_mut(),
+            &mut self.early,
+            &to,
+        )
+        .await;
+        match routed {
+            Ok(route) => {
+                self.routed.push(Recipient {
+                    idx: self.routed.len() as u32,
+                    address: addr.clone(),
+                    route,
+                });
+                self.ctx.rec.accepted_rcpt(&addr, &replies::RCPT_OK);
+                self.s.rcpt_decision(replies::RCPT_OK);
+            }
+            Err(why) => {
+                let reply = why.refusal.clone().unwrap_or(replies::LOCAL_ERROR);
+                let ev = self.s.rcpt_decision(reply);
+                self.ctx.refuse_with(&self.s, ev, &why, Some(&addr));
+                stage::rcpt_refused(&shared, self.ctx, &self.s, &why).await;
+            }
+        }
+    }
+
+    /// STARTTLS: false when the handshake failed and the session is over.
+    async fn on_starttls(&mut self, discarded: usize) -> bool {
+        // RFC 3207 §4.2: the transaction is forgotten, and so is its content.
+        self.body.discard();
+        if discarded > 0 {
+            tracing::warn!(event = "starttls_injection", session = %self.ctx.session, ip = %self.ctx.peer.ip(), discarded);
+        }
+        if !flush(
+            self.stream,
+            &mut self.s,
+            self.shared.config.smtp.idle_timeout.get(),
+        )
+        .await
+        {
+            self.end_reason = "write failed";
+            return false;
+        }
+        match upgrade(self.stream, &self.shared).await {
+            Ok(info) => {
+                tracing::debug!(event = "starttls", session = %self.ctx.session, tls = %info);
+                self.tls_info = Some(info);
+                self.s.tls_started();
+                true
+            }
+            Err(e) => {
+                tracing::info!(event = "tls_failed", session = %self.ctx.session, ip = %self.ctx.peer.ip(), error = %e);
+                self.end_reason = "tls failed";
+                false
+            }
+        }
+    }
+
+    async fn on_message(&mut self, flags: ContentFlags) {
+        let shared = self.shared.clone();
+        if let Some((reply, why)) = self.s.content_refusal(&flags) {
+            self.body.discard();
+            let f = Finding::new(Kind::Protocol(Verb::Data, why), why.text());
+            self.ctx.reject(&self.s, Verb::Data, &reply, &f, None);
+            self.s.message_decision(reply);
+            return;
+        }
+        let rcpt_list: Vec<String> = self.routed.iter().map(|r| r.address.clone()).collect();
+        let arrived = message::Arrived {
+            rcpts: std::mem::take(&mut self.routed),
+            tls: self.tls_info.as_deref(),
+            size: flags.size,
+        };
+        let done = message::finish(
+            &shared,
+            self.ctx,
+            &self.s,
+            self.body,
+            &mut self.early,
+            arrived,
+        )
+        .await;
+        let reply = done.reply;
+        self.ctx.rec.message(&reply, done.notes);
+        // Whatever the queue did not take goes now, accepted (held in quarantine) or not.
+        self.body.discard();
+        if reply.is_positive() {
+            self.messages += 1;
+            metrics::counter!("mailwarden_messages_accepted_total", "listener" => self.ctx.listener.name())
+                .increment(1);
+            if let Some(r) = self.ctx.reservation.as_mut() {
+                shared.contain.detector.accepted(r, &rcpt_list);
+            }
+        } else {
+            let why = done.refused.unwrap_or_else(|| {
+                Finding::new(Kind::Protocol(Verb::Data, Why::Policy), "refused")
+            });
+            self.ctx.reject(&self.s, Verb::Data, &reply, &why, None);
+        }
+        self.s.message_decision(reply);
+        if let Some(r) = self.ctx.reservation.take() {
+            shared.contain.detector.release(r);
+        }
+        if let Some(r) = self.ctx.rec.take() {
+            self.save(r);
+        }
+        self.ctx.qid = None;
+        self.ctx.from = None;
+    }
+
+    /// The session is over: release what it holds, save the open record, log the end.
+    async fn finish(mut self, started: Instant) {
+        let shared = self.shared.clone();
+        self.body.discard();
+        if let Some(r) = self.ctx.reservation.take() {
+            shared.contain.detector.release(r);
+        }
+        if let Some(sc) = self.screen.as_mut() {
+            sc.at_end(&shared, &self.s, &self.ctx.session).await;
+        }
+        if let Some(r) = self.ctx.rec.take() {
+            self.save(r);
+        }
+        let c = self.s.counters();
+        tracing::info!(
+            event = "disconnect",
+            session = %self.ctx.session,
+            ip = %self.ctx.peer.ip(),
+            reason = self.end_reason,
+            messages = self.messages,
+            errors = c.errors,
+            bare_lf_commands = c.bare_lf_commands,
+            secs = started.elapsed().as_secs_f32(),
+        );
+    }
 }
 
 async fn flush<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -632,28 +530,6 @@ async fn flush<IO: AsyncRead + AsyncWrite + Unpin>(
     out.clear();
     *s.output() = out;
     ok
-}
-
-/// The refusal for a suspended account, if it is one. A store that cannot say answers
-/// `451 4.3.0`: a suspension is never assumed away.
-pub(super) fn suspension(
-    shared: &Shared,
-    account: &str,
-) -> Option<crate::checks::ownership::Refusal> {
-    match shared.contain.is_suspended(account) {
-        Ok(false) => None,
-        Ok(true) => Some(crate::checks::ownership::Refusal {
-            reply: replies::ACCOUNT_SUSPENDED,
-            reason: format!("account {account} is suspended"),
-        }),
-        Err(e) => {
-            tracing::error!(event = "suspension_check_failed", account, error = %e);
-            Some(crate::checks::ownership::Refusal {
-                reply: replies::LOCAL_ERROR,
-                reason: format!("cannot read the state of {account}: {e}"),
-            })
-        }
-    }
 }
 
 /// Turn the plain stream into TLS in place; on failure nothing is left of it.

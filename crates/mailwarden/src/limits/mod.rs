@@ -1,77 +1,20 @@
-//! Keyed counters over sliding time windows, with an injectable clock: the one component
-//! behind rate limits, anomaly triggers and brute-force blocking.
+//! Limits. Keyed counters over sliding time windows, with an injectable clock: the one
+//! component behind rate limits, anomaly triggers and brute-force blocking; and the
+//! concurrent-connection limits ([`conn`]).
 //!
 //! Keys name what is counted for whom: an account, a client IP, its network (IPv4 /24,
 //! IPv6 /64) or a sender domain. Events older than the longest window asked about are dropped
 //! as new ones arrive, so memory follows the recent traffic only.
 
+pub mod conn;
+pub mod lines;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Milliseconds since the Unix epoch.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told: for tests that simulate days in milliseconds.
-#[derive(Clone, Default)]
-pub struct ManualClock(Arc<AtomicI64>);
-
-impl ManualClock {
-    pub fn at(ms: i64) -> ManualClock {
-        ManualClock(Arc::new(AtomicI64::new(ms)))
-    }
-    pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::Relaxed);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// The system clock shifted by a number of milliseconds read from a file at each call: how
-/// end-to-end tests move the real binary's time (greylisting delays, a simulated week). Only
-/// `MAILWARDEN_TEST_CLOCK=FILE` in the environment turns it on, and the server says so at
-/// startup.
-pub struct FileClock(std::path::PathBuf);
-
-impl Clock for FileClock {
-    fn now_ms(&self) -> i64 {
-        let offset = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        SystemClock.now_ms() + offset
-    }
-}
-
-/// The server's clock: the system's, or a [`FileClock`] when the environment asks for one.
-pub fn server_clock() -> Arc<dyn Clock> {
-    match std::env::var_os("MAILWARDEN_TEST_CLOCK") {
-        Some(path) => {
-            tracing::warn!(event = "test_clock", file = %std::path::Path::new(&path).display(),
-                "time is shifted by the offset in this file (MAILWARDEN_TEST_CLOCK)");
-            Arc::new(FileClock(path.into()))
-        }
-        None => Arc::new(SystemClock),
-    }
-}
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {

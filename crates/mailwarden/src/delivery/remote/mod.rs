@@ -16,12 +16,12 @@ pub mod client;
 pub mod dsn;
 pub mod route;
 
-use crate::checks::relay::{RcptDecision, Routing};
 use crate::config::Config;
 use crate::containment::Containment;
 use crate::dns::Dns;
 use crate::queue::{Body, Folder, Message, Queue, Recipient, RemoteOutcome, Route, Status};
-use crate::util::unix_now;
+use crate::routing::{RcptDecision, Routing};
+
 use client::{ConnectError, Connector, Outgoing, RcptResult, TlsMode};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -107,7 +107,7 @@ impl Outbound {
         if self.pending() >= MAX_PENDING {
             return;
         }
-        let now = unix_now();
+        let now = self.queue.now();
         let due = match self.queue.due_remote(now, SCAN_LIMIT) {
             Ok(d) => d,
             Err(e) => {
@@ -401,7 +401,7 @@ impl Outbound {
                 return false;
             }
         };
-        let now = unix_now();
+        let now = self.queue.now();
         let mut outcomes = Vec::new();
         let mut failed = Vec::new();
         for ((r, attempts), res) in job.rcpts.iter().zip(&job.attempts).zip(results) {
@@ -478,7 +478,7 @@ impl Outbound {
     }
 
     async fn defer_all(&self, job: &Job, why: &str) {
-        let now = unix_now();
+        let now = self.queue.now();
         let mut failed = Vec::new();
         let outcomes = job
             .rcpts
@@ -551,8 +551,9 @@ impl Outbound {
                     folder: Folder::Inbox,
                 },
                 RcptDecision::Remote => Route::Remote,
-                RcptDecision::Refuse { reason, .. } => {
-                    tracing::info!(event = "bounce_suppressed", qid = %msg.id, sender = %msg.sender, reason);
+                RcptDecision::Refuse(f) => {
+                    tracing::info!(event = "bounce_suppressed", qid = %msg.id, sender = %msg.sender,
+                        code = f.kind.code().as_ref(), reason = f.detail.as_str());
                     return;
                 }
             },
@@ -571,7 +572,7 @@ impl Outbound {
         };
         let mut header = msg.meta.prepend.as_bytes().to_vec();
         header.extend_from_slice(&original);
-        let now = unix_now();
+        let now = self.queue.now();
         let body = dsn::build(
             &self.config.hostname,
             &msg.id,

@@ -26,12 +26,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A reply from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct RemoteReply {
     pub code: u16,
     pub lines: Vec<String>,
 }
 
-impl Reply {
+impl RemoteReply {
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
@@ -109,7 +109,7 @@ pub struct Extensions {
 }
 
 impl Extensions {
-    pub fn parse(reply: &Reply) -> Extensions {
+    pub fn parse(reply: &RemoteReply) -> Extensions {
         let mut e = Extensions::default();
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_whitespace();
@@ -140,7 +140,7 @@ pub struct Conn {
 /// What one transaction did for each recipient, in the order given.
 #[derive(Debug, Clone)]
 pub enum RcptResult {
-    Accepted(Reply),
+    Accepted(RemoteReply),
     Deferred(String, String),
     Failed(String, String),
 }
@@ -312,14 +312,14 @@ impl Conn {
         Err(e)
     }
 
-    async fn command(&mut self, cmd: &str, limit: Duration) -> Result<Reply, String> {
+    async fn command(&mut self, cmd: &str, limit: Duration) -> Result<RemoteReply, String> {
         self.write(format!("{cmd}\r\n").as_bytes(), limit).await?;
         self.flush(limit).await?;
         self.read_reply(limit).await
     }
 
     /// Read one (possibly multiline) reply.
-    pub async fn read_reply(&mut self, limit: Duration) -> Result<Reply, String> {
+    pub async fn read_reply(&mut self, limit: Duration) -> Result<RemoteReply, String> {
         match timeout(limit, self.read_reply_inner()).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -333,8 +333,8 @@ impl Conn {
         }
     }
 
-    async fn read_reply_inner(&mut self) -> Result<Reply, String> {
-        let mut reply = Reply {
+    async fn read_reply_inner(&mut self) -> Result<RemoteReply, String> {
+        let mut reply = RemoteReply {
             code: 0,
             lines: Vec::new(),
         };
@@ -370,7 +370,7 @@ impl Conn {
             mail.push_str(" BODY=8BITMIME");
         }
         let remote = self.remote.clone();
-        let said = |r: &Reply| format!("{remote} said: {}", r.text());
+        let said = |r: &RemoteReply| format!("{remote} said: {}", r.text());
         let (mail_reply, rcpt_replies, data_reply) = if self.ext.pipelining {
             // RFC 2920: MAIL, every RCPT and DATA in one write, then the replies in order.
             let mut batch = format!("{mail}\r\n");
@@ -398,7 +398,7 @@ impl Conn {
                     );
                 }
             }
-            let d = if rr.iter().any(Reply::is_positive) {
+            let d = if rr.iter().any(RemoteReply::is_positive) {
                 Some(self.command("DATA", DATA_INIT_TIMEOUT).await?)
             } else {
                 None
@@ -459,7 +459,7 @@ impl Conn {
 
     /// After a refused MAIL with pipelining, the DATA reply was read already; make sure the
     /// session is back at the start.
-    async fn finish_failed(&mut self, data_reply: Option<&Reply>) -> Result<(), String> {
+    async fn finish_failed(&mut self, data_reply: Option<&RemoteReply>) -> Result<(), String> {
         if let Some(d) = data_reply
             && d.code == 354
         {
@@ -515,7 +515,7 @@ impl Conn {
     }
 }
 
-fn classify(r: &Reply, said: String) -> RcptResult {
+fn classify(r: &RemoteReply, said: String) -> RcptResult {
     if r.is_transient() {
         RcptResult::Deferred(r.status(), said)
     } else {
@@ -526,7 +526,7 @@ fn classify(r: &Reply, said: String) -> RcptResult {
 /// Add one line of a server reply (with its line ending, at most `MAX_REPLY_LINE` bytes) to
 /// `reply`; true when it was the last line. Everything the server sends passes through here,
 /// so it takes any bytes: a malformed line is an error, never a panic.
-pub fn reply_line(reply: &mut Reply, line: &[u8]) -> Result<bool, String> {
+pub fn reply_line(reply: &mut RemoteReply, line: &[u8]) -> Result<bool, String> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches(['\r', '\n']);
     let c: u16 = text
@@ -627,18 +627,18 @@ mod tests {
 
     #[test]
     fn reply_status_prefers_matching_enhanced_code() {
-        let r = Reply {
+        let r = RemoteReply {
             code: 550,
             lines: vec!["5.1.1 no such user".into()],
         };
         assert_eq!(r.status(), "5.1.1");
         assert_eq!(r.text(), "550 5.1.1 no such user");
-        let r = Reply {
+        let r = RemoteReply {
             code: 451,
             lines: vec!["5.1.1 wrong class".into()],
         };
         assert_eq!(r.status(), "4.0.0");
-        let r = Reply {
+        let r = RemoteReply {
             code: 421,
             lines: vec!["try later".into()],
         };
@@ -647,7 +647,7 @@ mod tests {
 
     #[test]
     fn extensions_from_ehlo() {
-        let r = Reply {
+        let r = RemoteReply {
             code: 250,
             lines: vec![
                 "mx.test".into(),

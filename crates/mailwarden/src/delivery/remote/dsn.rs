@@ -97,12 +97,7 @@ fn one_line(s: &str) -> String {
 
 /// The header section of a stored message (up to the blank line), at most `max` octets.
 pub fn header_of(message: &[u8], max: usize) -> &[u8] {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(message.len());
-    &message[..end.min(max)]
+    &message[..crate::header::end(message).min(max)]
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Relay control and recipient routing at RCPT (RFC 5321 §3.6, §4.1.1.3, §4.5.1).
+//! Recipient routing and relay control at RCPT (RFC 5321 §3.6, §4.1.1.3, §4.5.1).
 //!
 //! Security: mailwarden is never an open relay. Only an authenticated session may name a
 //! non-local domain. The decision uses only the parsed domain of the final mailbox, so `%`,
@@ -8,22 +8,19 @@
 
 use crate::accounts::Accounts;
 use crate::config::Config;
+use crate::decision::{Finding, Kind};
 use mailwarden_proto::address::{Domain, ForwardPath};
-use mailwarden_proto::{Reply, replies};
+use mailwarden_proto::replies;
 use std::collections::HashSet;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum RcptDecision {
     /// Deliver into this account's mailbox (canonical `local@domain`).
-    Local {
-        mailbox: String,
-    },
+    Local { mailbox: String },
     /// Relay to another domain (authenticated sessions only).
     Remote,
-    Refuse {
-        reply: Reply,
-        reason: &'static str,
-    },
+    /// Refused, with the finding that says why (it carries the reply).
+    Refuse(Finding),
 }
 
 #[derive(Clone)]
@@ -62,22 +59,27 @@ impl Routing {
         };
         let domain = match &m.domain {
             Domain::Literal(_) if authenticated => {
-                return RcptDecision::Refuse {
-                    reply: replies::LITERAL_REFUSED,
-                    reason: "recipient is an address literal",
-                };
+                return RcptDecision::Refuse(Finding::refusing(
+                    Kind::RcptAddressLiteral,
+                    "recipient is an address literal",
+                    replies::LITERAL_REFUSED,
+                ));
             }
             Domain::Literal(_) => {
-                return RcptDecision::Refuse {
-                    reply: replies::RELAY_DENIED,
-                    reason: "relay to an address literal",
-                };
+                return RcptDecision::Refuse(Finding::refusing(
+                    Kind::RelayAddressLiteral,
+                    "relay to an address literal",
+                    replies::RELAY_DENIED,
+                ));
             }
             Domain::Name(d) => d,
         };
-        let temp = |_| RcptDecision::Refuse {
-            reply: replies::LOCAL_ERROR,
-            reason: "store unavailable",
+        let temp = |_| {
+            RcptDecision::Refuse(Finding::refusing(
+                Kind::RoutingUnavailable,
+                "store unavailable",
+                replies::LOCAL_ERROR,
+            ))
         };
         match self.is_local_domain(domain) {
             Err(e) => temp(e),
@@ -91,17 +93,19 @@ impl Routing {
                 match self.accounts.exists(&key) {
                     Err(e) => temp(e),
                     Ok(true) => RcptDecision::Local { mailbox: key },
-                    Ok(false) => RcptDecision::Refuse {
-                        reply: replies::NO_SUCH_USER,
-                        reason: "no such local user",
-                    },
+                    Ok(false) => RcptDecision::Refuse(Finding::refusing(
+                        Kind::NoSuchUser,
+                        "no such local user",
+                        replies::NO_SUCH_USER,
+                    )),
                 }
             }
             Ok(false) if authenticated => RcptDecision::Remote,
-            Ok(false) => RcptDecision::Refuse {
-                reply: replies::RELAY_DENIED,
-                reason: "relay attempt without authentication",
-            },
+            Ok(false) => RcptDecision::Refuse(Finding::refusing(
+                Kind::RelayDenied,
+                "relay attempt without authentication",
+                replies::RELAY_DENIED,
+            )),
         }
     }
 }
@@ -144,7 +148,7 @@ mod tests {
         );
         assert!(matches!(
             decide(&r, "<bob@example.test>", false),
-            RcptDecision::Refuse { reply, .. } if reply == replies::NO_SUCH_USER
+            RcptDecision::Refuse(f) if f.refusal == Some(replies::NO_SUCH_USER)
         ));
         assert_eq!(
             decide(&r, "<postmaster@other.test>", false),
@@ -157,7 +161,7 @@ mod tests {
     #[test]
     fn relay_needs_auth_and_tricks_never_route() {
         let (_d, r) = routing();
-        let denied = |d: RcptDecision| matches!(d, RcptDecision::Refuse { .. });
+        let denied = |d: RcptDecision| matches!(d, RcptDecision::Refuse(_));
         assert!(denied(decide(&r, "<bob@remote.test>", false)));
         assert_eq!(decide(&r, "<bob@remote.test>", true), RcptDecision::Remote);
         for trick in [

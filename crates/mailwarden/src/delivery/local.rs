@@ -1,4 +1,4 @@
-//! The queue manager: takes durable messages from the queue and runs their local deliveries in
+//! Local delivery: takes durable messages from the queue and runs their local deliveries in
 //! batches, then records every recipient's outcome.
 //!
 //! Batching is what keeps durable delivery cheap: everything that arrived while the previous
@@ -9,8 +9,8 @@
 //! A local delivery that fails (disk full, permissions) leaves the recipient `queued` and the
 //! message is tried again after a pause. Remote recipients wait for outbound delivery.
 
-use super::{Body, Dispatch, Outcome, Queue, Record, Route, Status};
-use crate::delivery::maildir::{Job, Maildir, Prepared};
+use super::maildir::{Job, Maildir, Prepared};
+use crate::queue::{Body, Dispatch, Outcomes, Queue, RcptOutcome, Route, Status};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -118,7 +118,7 @@ async fn run_batch(
         })
         .collect();
     let results = maildir.deliver_batch(jobs, threads).await;
-    let mut outcomes: Vec<(String, Vec<Outcome>)> =
+    let mut outcomes: Vec<(String, Vec<RcptOutcome>)> =
         ids.iter().map(|id| (id.clone(), Vec::new())).collect();
     let mut failed = vec![false; ids.len()];
     for ((m, (idx, address, mailbox, folder)), r) in owner.into_iter().zip(described).zip(results) {
@@ -138,18 +138,18 @@ async fn run_batch(
             }
         }
     }
-    let records: Vec<Record> = outcomes
+    let per_message: Vec<Outcomes> = outcomes
         .into_iter()
         .zip(&totals)
         .filter(|((_, o), _)| !o.is_empty())
-        .map(|((id, outcomes), total)| Record {
+        .map(|((id, outcomes), total)| Outcomes {
             id,
             all_final: Some(outcomes.len()) == *total,
             outcomes,
         })
         .collect();
-    if !records.is_empty()
-        && let Err(e) = queue.record(records).await
+    if !per_message.is_empty()
+        && let Err(e) = queue.record(per_message).await
     {
         // The files are in place; the next attempt finds them and records them then.
         tracing::error!(event = "queue_record_failed", error = %e);
