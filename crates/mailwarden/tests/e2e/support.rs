@@ -420,7 +420,7 @@ pub fn smtplib_stdin(port: SocketAddr, mode: &str, args: &[&str], stdin: Option<
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3");
+        .unwrap_or_else(|_| missing("python3", how_to_get("python3")));
     {
         use std::io::Write;
         let mut i = child.stdin.take().unwrap();
@@ -495,7 +495,7 @@ pub fn raw(addr: SocketAddr, implicit_tls: bool, source: Option<&str>, steps: &[
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3");
+        .unwrap_or_else(|_| missing("python3", how_to_get("python3")));
     {
         use std::io::Write;
         child
@@ -524,7 +524,43 @@ pub fn raw(addr: SocketAddr, implicit_tls: bool, source: Option<&str>, steps: &[
     }
 }
 
-/// Run an external client (swaks, curl) and return its output.
+/// How to get each outside tool the end-to-end tier drives the server with.
+fn how_to_get(cmd: &str) -> &'static str {
+    match cmd {
+        "swaks" => "apt-get install swaks libio-socket-ssl-perl libauthen-sasl-perl",
+        "curl" => "apt-get install curl",
+        "opendkim" => "apt-get install opendkim",
+        "python3" => "apt-get install python3",
+        _ => "see scripts/test",
+    }
+}
+
+/// Fail the test by naming a missing tool and how to get it, rather than with whatever the
+/// missing tool makes a test trip over.
+pub fn missing(tool: &str, how: &str) -> ! {
+    panic!(
+        "the end-to-end tests need {tool}, which is not installed here: run `scripts/test` \
+         (it installs every test client), or: {how}"
+    )
+}
+
+/// dkimpy (with PyNaCl), for the scripts that sign and verify independently of mailwarden.
+fn need_dkimpy() {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let found = *FOUND.get_or_init(|| {
+        Command::new("python3")
+            .args(["-c", "import dkim, nacl"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !found {
+        missing(
+            "the Python modules dkimpy and pynacl",
+            "python3 -m pip install dkimpy pynacl",
+        );
+    }
+}
+
 /// [`run`], which must succeed; its standard output.
 pub fn run_ok(cmd: &str, args: &[&str], stdin: Option<&str>) -> Vec<u8> {
     let out = run(cmd, args, stdin);
@@ -536,14 +572,24 @@ pub fn run_ok(cmd: &str, args: &[&str], stdin: Option<&str>) -> Vec<u8> {
     out.stdout
 }
 
+/// Run an external client (swaks, curl, opendkim, a Python script) and return its output.
 pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    if args
+        .first()
+        .is_some_and(|a| a.ends_with("dkim_sign.py") || a.ends_with("dkim_verify.py"))
+    {
+        need_dkimpy();
+    }
     let mut child = Command::new(cmd)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd} ({e}); .ci/run installs it"));
+        .unwrap_or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing(cmd, how_to_get(cmd)),
+            _ => panic!("cannot run {cmd}: {e}"),
+        });
     {
         use std::io::Write;
         let mut i = child.stdin.take().unwrap();
