@@ -419,6 +419,30 @@ async fn greylisting_lets_a_retry_through_once_the_servers_clock_has_moved_on() 
     h.add_user("alice@example.test", "pw").await;
     let first = greylist_attempt(&h).await;
     assert!(first.starts_with("451 4.7.1"), "{first}");
+    // Its record says greylisting decided it.
+    let store = h.running.shared.accounts.store().clone();
+    let filter = mailwarden::records::Filter {
+        ip: Some("203.0.113.5".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = mailwarden::records::search(&store, &filter).unwrap();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rec = found.first().expect("a record of the greylisted attempt");
+    assert_eq!(rec.action, "tempfail");
+    let deciding: Vec<&str> = rec
+        .reasons
+        .iter()
+        .filter(|r| r.deciding)
+        .map(|r| r.code.as_str())
+        .collect();
+    assert_eq!(deciding, ["greylisted"], "{:?}", rec.reasons);
     // Too soon: still greylisted. The wall clock did not move; the server's did not either.
     let early = greylist_attempt(&h).await;
     assert!(early.starts_with("451 4.7.1"), "{early}");

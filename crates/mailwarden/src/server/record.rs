@@ -36,9 +36,13 @@ impl Recorder {
                 reply: reply.to_string(),
             });
         }
-        // After DATA's verdict the message's own reasons say it all.
-        if !self.decided && !r.reasons.iter().any(|x| x.code == why.code) {
-            r.reasons.push(why);
+        // After DATA's verdict the message's own reasons say it all. A finding the record
+        // holds already (screening's, noted at RCPT) is marked as the one that decided.
+        if !self.decided {
+            match r.reasons.iter_mut().find(|x| x.code == why.code) {
+                Some(x) => x.deciding |= why.deciding,
+                None => r.reasons.push(why),
+            }
         }
         self.last_refusal = Some(reply.clone());
     }

@@ -37,6 +37,9 @@ pub(super) struct Screen {
     judged_client: bool,
     /// The session's verdict, once the first RCPT has asked.
     decided: Option<Verdict>,
+    /// What observe-mode greylisting would have done, per recipient (not part of the
+    /// session's verdict).
+    greylist_would: Vec<Reason>,
 }
 
 fn log_finding(session: &str, ip: IpAddr, f: &Finding, action: &'static str) {
@@ -71,6 +74,7 @@ impl Screen {
             helo_started: false,
             judged_client: false,
             decided: None,
+            greylist_would: Vec::new(),
         }
     }
 
@@ -327,6 +331,8 @@ impl Screen {
             &f,
             if refused { "tempfail" } else { "would_reject" },
         );
+        self.greylist_would
+            .extend(v.would_records(std::slice::from_ref(&f), None));
         // Acted on (or not) here, for this recipient: kept as evidence, asking for nothing
         // more when the session's verdict is decided again.
         self.findings.push(Finding {
@@ -340,10 +346,12 @@ impl Screen {
     /// The session's findings as the transaction's record keeps them, and the score a
     /// refusal among them was taken on.
     pub(super) fn reasons(&self) -> (Vec<Reason>, Option<f64>) {
-        match &self.decided {
+        let (mut reasons, score) = match &self.decided {
             Some(v) => screening::reasons(&self.findings, v),
             None => screening::reasons(&self.findings, &Verdict::accept()),
-        }
+        };
+        reasons.extend(self.greylist_would.iter().cloned());
+        (reasons, score)
     }
 
     /// The session ended: a client closed for too many errors loses its pregreet exemption.

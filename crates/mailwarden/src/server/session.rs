@@ -304,12 +304,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         true
     }
 
-    /// The transaction's record, saved in the background with screening's findings.
+    /// The transaction's record, saved in the background with screening's findings (those
+    /// found after its RCPTs added as evidence only: they decided nothing of it).
     fn save(&mut self, r: crate::records::Record) {
         let mut r = r;
         if let Some(sc) = &self.screen {
             let (reasons, _) = sc.reasons();
-            for why in reasons {
+            for mut why in reasons {
+                why.deciding = false;
                 if !r
                     .reasons
                     .iter()
