@@ -189,6 +189,8 @@ async fn serve<IO>(
         }
     }
     let mut inbuf = InBuf::with_capacity(1024);
+    // Started now, so their DNS answers come while pregreet waits.
+    let early = Early::at_connect(shared, kind, peer.ip());
     let mut screen = (kind == ListenerKind::Mx).then(|| Screen::at_connect(shared, peer, local));
     if let (Some(sc), Stream::Plain(io)) = (screen.as_mut(), &mut *stream) {
         let mut talked = Vec::new();
@@ -199,7 +201,7 @@ async fn serve<IO>(
     }
     let mut d = Driver {
         s: Session::new(shared.session_config(kind)),
-        early: Early::at_connect(shared, kind, peer.ip()),
+        early,
         deadline: tokio::time::Instant::now() + shared.config.smtp.max_session_time.get(),
         shutdown: shared.shutdown.clone(),
         shared: shared.clone(),
