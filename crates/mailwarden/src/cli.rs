@@ -93,6 +93,10 @@ enum Cmd {
         /// FILE only: the recipient (default the postmaster).
         #[arg(long)]
         rcpt: Option<String>,
+        /// FILE only: decide as of this Unix time, as the server did when it received the
+        /// message (a record's `time`); default now.
+        #[arg(long, value_name = "UNIX_TIME")]
+        time: Option<i64>,
     },
 }
 
@@ -365,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             helo,
             mail_from,
             rcpt,
+            time,
         } => {
             let store = Store::open(&loaded.config.data_dir)?;
             let file = std::path::Path::new(&id);
@@ -377,7 +382,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .enable_all()
                     .build()?;
                 let routing = Routing::new(cfg, Accounts::new(store.clone()));
-                rt.block_on(crate::explain::run(cfg, &model, &routing, &raw, &client))?
+                let now = time.unwrap_or_else(|| crate::clock::SystemClock.now_secs());
+                rt.block_on(crate::explain::run(
+                    cfg, &model, &routing, &raw, &client, now,
+                ))?
             } else {
                 let Some(r) = crate::records::get(&store, &id)? else {
                     eprintln!("mailwarden: no decision record {id}, and no such file");

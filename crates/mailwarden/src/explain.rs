@@ -11,7 +11,6 @@
 use crate::checks::inbound;
 use crate::checks::sender::{self, Envelope};
 use crate::classifier::Model;
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::decision::Action;
 use crate::dns::Dns;
@@ -54,6 +53,7 @@ pub async fn run(
     routing: &crate::routing::Routing,
     raw: &[u8],
     c: &Client,
+    now: i64,
 ) -> anyhow::Result<Record> {
     let dns = Arc::new(Dns::new(&cfg.dns)?);
     // The door, gathered in the server's order: connect, the first MAIL, the first RCPT.
@@ -80,7 +80,6 @@ pub async fn run(
     // A refusal at RCPT means the message itself would never have been read: as in the
     // server, its checks do not run and its findings are not in the record.
     let screened_out = screened.action.refusal().is_some();
-    let now = crate::clock::SystemClock.now_secs();
     let d = if screened_out {
         None
     } else {

@@ -10,7 +10,8 @@
 //!
 //! The server runs for real (its binary, a loopback DNS server with one IP list and one
 //! domain list, a classifier trained on other messages of the corpus), and every message is
-//! sent by Python's smtplib from one of three loopback addresses with one of four HELO names.
+//! sent by Python's smtplib from one of three loopback addresses with one of four HELO names;
+//! `explain` is given the time the server's record says it received it.
 //! Findings that depend on a client's behaviour over time (`decision::Kind::behavioural`:
 //! pregreet, greylisting, protocol habits) exist only in the server and are left out of the
 //! comparison; with the config below none is expected.
@@ -246,6 +247,9 @@ mode = "enforce"
                 from,
                 "--rcpt",
                 "alice@example.test",
+                // The time it was received: the age of its Date: depends on it.
+                "--time",
+                &rec["time"].to_string(),
             ],
             None,
         ))
