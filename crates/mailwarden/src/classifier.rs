@@ -215,7 +215,15 @@ impl Model {
         if clues.is_empty() {
             return 0.5;
         }
-        clues.sort_by(|a, b| (b - 0.5).abs().total_cmp(&(a - 0.5).abs()));
+        // The most telling first. Ties (a spammy and a hammy token equally far from 0.5)
+        // are broken by value, not by the token set's iteration order, which differs from
+        // process to process: the same message must get the same score every time.
+        clues.sort_by(|a, b| {
+            (b - 0.5)
+                .abs()
+                .total_cmp(&(a - 0.5).abs())
+                .then(a.total_cmp(b))
+        });
         clues.truncate(MAX_CLUES);
         let n = clues.len();
         let ln_ham: f64 = clues.iter().map(|f| f.max(1e-200).ln()).sum();
@@ -388,5 +396,33 @@ mod tests {
         assert!(t.contains("url:shop.test"), "{t:?}");
         assert!(t.contains("visit"), "{t:?}");
         assert!(!t.iter().any(|x| x.contains("someone")), "{t:?}");
+    }
+}
+
+#[cfg(test)]
+mod determinism {
+    use super::*;
+
+    /// Far more equally telling clues than are kept: which are kept must not depend on the
+    /// order the token set happens to iterate in.
+    #[test]
+    fn equally_telling_clues_give_one_score_whatever_the_iteration_order() {
+        let mut m = Model {
+            spam_messages: 100,
+            ham_messages: 100,
+            ..Model::default()
+        };
+        let mut toks = HashSet::new();
+        for i in 0..(MAX_CLUES * 3) {
+            let (s, h) = if i % 2 == 0 { (6, 2) } else { (2, 6) };
+            m.counts.insert(format!("t{i}"), (s, h));
+            toks.insert(format!("t{i}"));
+        }
+        let first = m.score_tokens(&toks);
+        for _ in 0..20 {
+            // A new set: a new random iteration order.
+            let again: HashSet<String> = toks.iter().cloned().collect();
+            assert_eq!(m.score_tokens(&again), first);
+        }
     }
 }
