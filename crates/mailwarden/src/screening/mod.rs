@@ -106,7 +106,6 @@ pub fn reasons(findings: &[Finding], v: &Verdict) -> (Vec<Reason>, Option<f64>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailwarden_proto::replies;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
@@ -130,6 +129,5 @@ mod tests {
         // Decided again (a new sender domain): still one total.
         decide(&cfg, &mut f, IP);
         assert_eq!(f.iter().filter(|f| f.kind == Kind::DnsblScore).count(), 1);
-        let _ = replies::OK;
     }
 }
