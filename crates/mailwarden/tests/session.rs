@@ -521,3 +521,58 @@ async fn the_burst_trigger_counts_a_minute_of_the_servers_clock() {
     );
     h.running.stop().await;
 }
+
+/// Observe-mode greylisting (the default) finds something at every RCPT of a stranger. A
+/// session of many transactions of many recipients must not carry those findings along: each
+/// transaction's record holds greylisting once, with its `would_tempfail`, and the session's
+/// screening state does not grow with the recipients it has seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greylisting_findings_belong_to_their_transaction_however_many_there_are() {
+    let h = Harness::new(|_| {}).await;
+    let (transactions, rcpts) = (5, 20);
+    for i in 0..rcpts {
+        h.add_user(&format!("user{i}@example.test"), "pw").await;
+    }
+    let mut c = h.client(ListenerKind::Mx, "203.0.113.9:40000").await;
+    c.expect("EHLO mail.remote.test", "250-").await;
+    for t in 0..transactions {
+        c.expect(&format!("MAIL FROM:<news{t}@remote.test>"), "250")
+            .await;
+        // A recipient of its own each time: every finding's detail differs.
+        for i in 0..rcpts {
+            c.expect(&format!("RCPT TO:<user{i}@example.test>"), "250 2.1.5")
+                .await;
+        }
+        c.expect("DATA", "354").await;
+        c.expect("Subject: hi\r\n\r\nbody\r\n.", "250 2.0.0").await;
+    }
+    c.expect("QUIT", "221").await;
+    let store = h.running.shared.accounts.store().clone();
+    let filter = mailwarden::records::Filter {
+        ip: Some("203.0.113.9".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    for _ in 0..200 {
+        found = mailwarden::records::search(&store, &filter).unwrap();
+        if found.len() == transactions {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(found.len(), transactions);
+    for rec in &found {
+        let count = |pred: &dyn Fn(&mailwarden::records::Reason) -> bool| {
+            rec.reasons.iter().filter(|r| pred(r)).count()
+        };
+        assert_eq!(count(&|r| r.code == "greylisted"), 1, "{:?}", rec.reasons);
+        assert_eq!(
+            count(&|r| r.code == "would_tempfail" && r.detail.starts_with("greylisted: ")),
+            1,
+            "{:?}",
+            rec.reasons
+        );
+    }
+    h.running.stop().await;
+}

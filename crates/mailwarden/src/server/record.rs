@@ -17,14 +17,18 @@ pub(super) struct Recorder {
     last_refusal: Option<Reply>,
     /// A message was decided in this transaction.
     decided: bool,
+    /// The version of screening's findings this transaction's record holds.
+    screen_noted: Option<u64>,
 }
 
 impl Recorder {
-    /// A new transaction (MAIL FROM). Returns the previous one's record, if any, to save.
-    pub(super) fn start(&mut self, base: Record) -> Option<Record> {
-        let prev = self.take();
+    /// A new transaction (MAIL FROM), once the previous one was taken.
+    pub(super) fn start(&mut self, base: Record) {
+        debug_assert!(self.cur.is_none(), "the previous transaction was not taken");
         self.cur = Some(base);
-        prev
+        self.decided = false;
+        self.last_refusal = None;
+        self.screen_noted = None;
     }
 
     /// A refused MAIL FROM or RCPT TO, with what refused it.
@@ -63,6 +67,38 @@ impl Recorder {
         if let Some(s) = score {
             r.score = s;
         }
+    }
+
+    /// Screening's findings at `version`, unless the record holds them already: computed
+    /// only then. Without `deciding` (the transaction is over), they join as evidence only.
+    pub(super) fn note_screen(
+        &mut self,
+        version: u64,
+        deciding: bool,
+        reasons: impl FnOnce() -> (Vec<Reason>, Option<f64>),
+    ) {
+        if self.cur.is_none() || self.screen_noted == Some(version) {
+            return;
+        }
+        self.screen_noted = Some(version);
+        let (mut reasons, score) = reasons();
+        if !deciding {
+            reasons.iter_mut().for_each(|r| r.deciding = false);
+        }
+        self.note(reasons, score.filter(|_| deciding));
+    }
+
+    /// A finding of one recipient (greylisting), kept once per transaction by its code, as
+    /// records always kept it. Returns whether it was new to the record.
+    pub(super) fn note_first(&mut self, why: Reason) -> bool {
+        let Some(r) = self.cur.as_mut() else {
+            return false;
+        };
+        if r.reasons.iter().any(|x| x.code == why.code) {
+            return false;
+        }
+        r.reasons.push(why);
+        true
     }
 
     pub(super) fn accepted_rcpt(&mut self, rcpt: &str, reply: &Reply) {

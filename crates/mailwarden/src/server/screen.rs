@@ -37,9 +37,9 @@ pub(super) struct Screen {
     judged_client: bool,
     /// The session's verdict, once the first RCPT has asked.
     decided: Option<Verdict>,
-    /// What observe-mode greylisting would have done, per recipient (not part of the
-    /// session's verdict).
-    greylist_would: Vec<Reason>,
+    /// Bumped whenever what the session's records get from screening changes, so each
+    /// transaction copies it once per change, not at every RCPT.
+    version: u64,
 }
 
 fn log_finding(session: &str, ip: IpAddr, f: &Finding, action: &'static str) {
@@ -74,7 +74,7 @@ impl Screen {
             helo_started: false,
             judged_client: false,
             decided: None,
-            greylist_would: Vec::new(),
+            version: 0,
         }
     }
 
@@ -272,11 +272,14 @@ impl Screen {
             log_finding(session, self.ip, f, action);
         }
         self.logged = seen;
+        self.version += 1;
         self.decided = Some(v);
     }
 
     /// Greylisting for one local recipient the session's verdict let through: the finding
-    /// when it refuses.
+    /// and its verdict, if the triplet is greylisted (or greylisting cannot say). The
+    /// finding belongs to this recipient's transaction, not to the session: a session of
+    /// many transactions and recipients keeps no more screening state than one.
     pub(super) async fn greylist(
         &mut self,
         shared: &Shared,
@@ -284,7 +287,7 @@ impl Screen {
         sender: &str,
         rcpt: &str,
         session: &str,
-    ) -> Option<Finding> {
+    ) -> Option<(Finding, Verdict)> {
         let cfg = &shared.config.screening.greylist;
         if cfg.mode == Mode::Off {
             return None;
@@ -331,27 +334,21 @@ impl Screen {
             &f,
             if refused { "tempfail" } else { "would_reject" },
         );
-        self.greylist_would
-            .extend(v.would_records(std::slice::from_ref(&f), None));
-        // Acted on (or not) here, for this recipient: kept as evidence, asking for nothing
-        // more when the session's verdict is decided again.
-        self.findings.push(Finding {
-            refusal: None,
-            ..f.clone()
-        });
-        self.logged += 1;
-        refused.then_some(f)
+        Some((f, v))
+    }
+
+    /// Changes whenever [`Screen::reasons`] would give something new.
+    pub(super) fn version(&self) -> u64 {
+        self.version
     }
 
     /// The session's findings as the transaction's record keeps them, and the score a
     /// refusal among them was taken on.
     pub(super) fn reasons(&self) -> (Vec<Reason>, Option<f64>) {
-        let (mut reasons, score) = match &self.decided {
+        match &self.decided {
             Some(v) => screening::reasons(&self.findings, v),
             None => screening::reasons(&self.findings, &Verdict::accept()),
-        };
-        reasons.extend(self.greylist_would.iter().cloned());
-        (reasons, score)
+        }
     }
 
     /// The session ended: a client closed for too many errors loses its pregreet exemption.
@@ -367,6 +364,7 @@ impl Screen {
         );
         log_finding(session, self.ip, &f, "score");
         self.findings.push(f);
+        self.version += 1;
         if cfg.mode == Mode::Enforce {
             let _ = memory::forget(shared.accounts.store(), format!("pregreet:{}", self.ip)).await;
         }

@@ -306,24 +306,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         true
     }
 
-    /// The transaction's record, saved in the background with screening's findings (those
-    /// found after its RCPTs added as evidence only: they decided nothing of it).
-    fn save(&mut self, r: crate::records::Record) {
-        let mut r = r;
+    /// End the open transaction: screening's findings its record does not hold yet join it
+    /// (as evidence only: found after its RCPTs, they decided nothing of it), and it is
+    /// saved in the background.
+    fn end_transaction(&mut self) {
         if let Some(sc) = &self.screen {
-            let (reasons, _) = sc.reasons();
-            for mut why in reasons {
-                why.deciding = false;
-                if !r
-                    .reasons
-                    .iter()
-                    .any(|x| x.code == why.code && x.detail == why.detail)
-                {
-                    r.reasons.push(why);
-                }
-            }
+            self.ctx
+                .rec
+                .note_screen(sc.version(), false, || sc.reasons());
         }
-        record::spawn_save(&self.shared, r, self.early.ptr());
+        if let Some(r) = self.ctx.rec.take() {
+            record::spawn_save(&self.shared, r, self.early.ptr());
+        }
     }
 
     async fn on_mail(&mut self, from: String) {
@@ -345,9 +339,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
             mail_from: from.clone(),
             ..Default::default()
         };
-        if let Some(prev) = self.ctx.rec.start(base) {
-            self.save(prev);
-        }
+        self.end_transaction();
+        self.ctx.rec.start(base);
         let helo = self.s.helo().unwrap_or("").to_string();
         if let Some(sc) = self.screen.as_mut() {
             sc.at_mail(&shared, &helo, &from);
@@ -482,9 +475,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         if let Some(r) = self.ctx.reservation.take() {
             shared.contain.detector.release(r);
         }
-        if let Some(r) = self.ctx.rec.take() {
-            self.save(r);
-        }
+        self.end_transaction();
         self.ctx.qid = None;
         self.ctx.from = None;
     }
@@ -499,9 +490,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         if let Some(sc) = self.screen.as_mut() {
             sc.at_end(&shared, &self.s, &self.ctx.session).await;
         }
-        if let Some(r) = self.ctx.rec.take() {
-            self.save(r);
-        }
+        self.end_transaction();
         let c = self.s.counters();
         tracing::info!(
             event = "disconnect",

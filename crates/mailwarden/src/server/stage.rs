@@ -141,12 +141,19 @@ pub(super) async fn rcpt(
         None => routed,
         Some(sc) => {
             let mut refusal = sc.verdict(shared, s, early, &ctx.session).await;
+            ctx.rec.note_screen(sc.version(), true, || sc.reasons());
             if refusal.is_none() && routed.is_ok() {
                 let from = ctx.from.clone().unwrap_or_default();
-                refusal = sc.greylist(shared, early, &from, &addr, &ctx.session).await;
+                if let Some((f, v)) = sc.greylist(shared, early, &from, &addr, &ctx.session).await {
+                    if ctx.rec.note_first(f.record(false)) {
+                        ctx.rec
+                            .note(v.would_records(std::slice::from_ref(&f), None), None);
+                    }
+                    if v.action.refusal().is_some() {
+                        refusal = Some(f);
+                    }
+                }
             }
-            let (reasons, score) = sc.reasons();
-            ctx.rec.note(reasons, score);
             match refusal {
                 Some(f) => Err(f),
                 None => routed,
