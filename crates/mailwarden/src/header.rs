@@ -153,11 +153,12 @@ pub fn unfolded(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-/// The unfolded value of the first `name:` field, at most 998 characters.
+/// The unfolded value of the first `name:` field, at most 998 characters. Only that field
+/// is unfolded.
 pub fn value(raw: &[u8], name: &str) -> Option<String> {
-    let name = name.to_ascii_lowercase();
-    unfolded(raw)
-        .find(|(n, _)| *n == name)
+    let f = fields(raw).find(|f| f.is(name))?;
+    unfolded(f.raw)
+        .next()
         .map(|(_, v)| v.chars().take(998).collect())
 }
 

@@ -71,20 +71,15 @@ fn files(folder: &str, skip: usize, n: usize) -> Vec<PathBuf> {
 /// What must be the same: each finding's code, detail, score and whether it decided or was
 /// counted in the score; the score; the action.
 fn summary(rec: &Value) -> (Vec<String>, String, String) {
-    let behavioural = [
-        "early_talker",
-        "greylisted",
-        "greylist_unavailable",
-        "non_smtp_command",
-        "unauthorized_pipelining",
-        "bare_lf_command",
-        "too_many_errors",
-    ];
+    let behavioural: Vec<String> = mailwarden::decision::Kind::BEHAVIOURAL
+        .iter()
+        .map(|k| k.code().into_owned())
+        .collect();
     let mut reasons: Vec<String> = rec["reasons"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| !behavioural.contains(&r["code"].as_str().unwrap_or("")))
+        .filter(|r| !behavioural.iter().any(|b| r["code"] == b.as_str()))
         .map(|r| {
             format!(
                 "{} | {} | {} | deciding={} counted={}",

@@ -317,13 +317,9 @@ pub struct Decided {
 
 /// The decision, in the order of the module header. Pure: table-tested below.
 pub fn decide(f: &Facts, cfg: &Config) -> Decided {
-    let mut out = Vec::new();
-    let mut spf = f.spf.as_ref().map(|(r, d)| spf_finding(r, d));
     // SPF's finding goes first; it carries a refusal only when it speaks for itself.
-    let spf_at = spf.as_ref().map(|_| 0);
-    if let Some(s) = spf.take() {
-        out.push(s);
-    }
+    let mut out: Vec<Finding> = f.spf.iter().map(|(r, d)| spf_finding(r, d)).collect();
+    let spf_at = f.spf.as_ref().map(|_| 0);
     out.extend(f.reports.iter().cloned());
     let mut arc_trusted = false;
     if let Some(a) = &f.arc {

@@ -253,5 +253,12 @@ mod tests {
         assert_eq!(Kind::DmarcFail.policy(), Some(Policy::Dmarc));
         assert_eq!(Kind::FromNoAddress.family(), "headers");
         assert_eq!(Kind::NoSuchUser.policy(), None);
+        // The findings explain cannot know are exactly the screening checks of behaviour.
+        for k in Kind::BEHAVIOURAL {
+            assert!(matches!(
+                k.screening(),
+                Some(Policy::Pregreet | Policy::Greylist | Policy::Protocol)
+            ));
+        }
     }
 }

@@ -427,11 +427,18 @@ impl Kind {
 
     /// Found by what a client did over time (pregreet, greylisting, protocol habits), which
     /// `explain FILE.eml` cannot know.
+    pub const BEHAVIOURAL: [Kind; 7] = [
+        Kind::EarlyTalker,
+        Kind::Greylisted,
+        Kind::GreylistUnavailable,
+        Kind::NonSmtpCommand,
+        Kind::UnauthorizedPipelining,
+        Kind::BareLfCommand,
+        Kind::TooManyErrors,
+    ];
+
     pub fn behavioural(self) -> bool {
-        matches!(
-            self.screening(),
-            Some(Policy::Pregreet | Policy::Greylist | Policy::Protocol)
-        )
+        Kind::BEHAVIOURAL.contains(&self)
     }
 }
 
