@@ -332,13 +332,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Quarantine { cmd } => return quarantine(&loaded, cmd),
         Cmd::Learn { spam, ham } => {
+            use crate::classifier::fit::Example;
             anyhow::ensure!(
                 !spam.is_empty() || !ham.is_empty(),
                 "give --spam DIR and/or --ham DIR"
             );
-            let store = Store::open(&loaded.config.data_dir)?;
+            let cfg = &loaded.config;
+            let store = Store::open(&cfg.data_dir)?;
             let mut model = crate::classifier::Model::load(&store)?;
-            let mut n = (0, 0);
+            let now = crate::clock::Clock::now_secs(&crate::clock::SystemClock);
+            let mut examples = Vec::new();
             for (dirs, is_spam) in [(&spam, true), (&ham, false)] {
                 for dir in dirs {
                     for e in std::fs::read_dir(dir)
@@ -346,21 +349,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     {
                         let p = e?.path();
                         if p.is_file() {
-                            model.learn(&std::fs::read(&p)?, is_spam);
-                            if is_spam { n.0 += 1 } else { n.1 += 1 }
+                            let raw = std::fs::read(&p)?;
+                            let ex = Example::read(&raw, is_spam, now, &cfg.hostname);
+                            model.learn_tokens(&ex.tokens, is_spam);
+                            examples.push(ex);
                         }
                     }
                 }
             }
-            model.save(&store)?;
+            let n_spam = examples.iter().filter(|e| e.spam).count();
             println!(
-                "learned {} spam and {} ham; the model now knows {} spam, {} ham, {} tokens",
-                n.0,
-                n.1,
+                "learned {n_spam} spam and {} ham; the model now knows {} spam, {} ham, {} tokens",
+                examples.len() - n_spam,
                 model.spam_messages,
                 model.ham_messages,
                 model.tokens_known()
             );
+            match crate::classifier::fit::fit(&examples, cfg.scoring.junk) {
+                Ok((weights, report)) => {
+                    println!(
+                        "weights fitted on this mail ({}-fold cross-validation): at scoring.junk \
+                         = {}, {:.2}% of the legitimate mail and {:.2}% of the spam go to Junk",
+                        crate::classifier::fit::FOLDS,
+                        cfg.scoring.junk,
+                        100.0 * report.cv_ham_in_junk,
+                        100.0 * report.cv_spam_recall
+                    );
+                    for (code, w) in &weights {
+                        println!("  {code} = {w:+.2}");
+                    }
+                    model.weights = weights;
+                }
+                Err(why) => println!("weights not fitted: {why}"),
+            }
+            model.save(&store)?;
         }
         Cmd::Explain {
             id,

@@ -179,8 +179,16 @@ CREATE TABLE quarantine(
 );
 "#;
 
+/// The content score's weights `mailwarden learn` fitted (`classifier::fit`), by reason code.
+const SCHEMA_V8: &str = r#"
+CREATE TABLE score_weights(
+    code TEXT PRIMARY KEY,
+    weight REAL NOT NULL
+);
+"#;
+
 const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

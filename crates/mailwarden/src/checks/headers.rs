@@ -6,8 +6,9 @@
 use crate::decision::{Finding, Kind};
 use mail_parser::{DateTime, Message, MessageParser};
 
-fn finding(kind: Kind, detail: impl Into<String>, score: f64) -> Finding {
-    Finding::scored(kind, detail, score)
+/// A heuristic's finding, at its built-in weight (`scoring::content` weighs it).
+fn finding(kind: Kind, detail: impl Into<String>) -> Finding {
+    Finding::scored(kind, detail, super::weights::builtin(kind))
 }
 
 /// Fields RFC 5322 §3.6 allows at most once.
@@ -65,22 +66,99 @@ pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
     crate::header::unfolded(raw).collect()
 }
 
+/// When a stored message arrived (Unix time): what "now" was for it, so date rules see what
+/// they saw then. The newest `Received:` field's date; without one, `Delivery-Date:` (what
+/// mbox writers add), then `Date:` itself (no date rule fires).
+pub fn received_time(raw: &[u8]) -> Option<i64> {
+    let parse = |v: &str| DateTime::parse_rfc822(v.trim()).map(|d| d.to_timestamp());
+    let mut delivery = None;
+    let mut date = None;
+    for (n, v) in crate::header::unfolded(raw) {
+        match n.as_str() {
+            "received" => {
+                if let Some(t) = v.rsplit_once(';').and_then(|(_, d)| parse(d)) {
+                    return Some(t);
+                }
+            }
+            "delivery-date" if delivery.is_none() => delivery = parse(&v).or_else(|| ctime(&v)),
+            "date" if date.is_none() => date = parse(&v),
+            _ => {}
+        }
+    }
+    delivery.or(date)
+}
+
+/// A ctime(3) date (`Mon Sep  9 17:37:05 2002`), as mbox `Delivery-Date:` fields have it.
+fn ctime(v: &str) -> Option<i64> {
+    let p: Vec<&str> = v.split_whitespace().collect();
+    let [wd, mon, day, time, year] = p[..] else {
+        return None;
+    };
+    DateTime::parse_rfc822(&format!("{wd}, {day} {mon} {year} {time} +0000"))
+        .map(|d| d.to_timestamp())
+}
+
 fn get<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
     f.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
-/// The addr-spec of a From-like value, and the display name before it.
-pub fn mailbox(value: &str) -> (Option<String>, String) {
-    if let (Some(l), Some(r)) = (value.rfind('<'), value.rfind('>'))
-        && l < r
-    {
-        let addr = value[l + 1..r].trim();
-        let name = value[..l].trim().trim_matches('"').to_string();
-        return (addr.contains('@').then(|| addr.to_string()), name);
+/// The mailboxes of an address field (`From:`, `To:`, `Reply-To:`), read as RFC 5322 §3.4
+/// and §4.4 do by mail-parser: comments (`root@example.org (Cron Daemon)`), groups
+/// (`undisclosed-recipients:;`), quoted and encoded display names, obsolete routes. Each is
+/// (display name, addr-spec); the addr-spec is `None` when it has no `@`.
+pub fn mailboxes(value: &str) -> Vec<(String, Option<String>)> {
+    use mail_parser::{HeaderValue, parsers::MessageStream};
+    // The parser reads a field's value up to its line end.
+    let line = format!("{}\n", value.replace(['\r', '\n'], " "));
+    let one = |a: &mail_parser::Addr<'_>| {
+        let addr = a
+            .address
+            .as_deref()
+            .map(str::trim)
+            // An obsolete route (`<@relay.test:bob@x.test>`, RFC 5322 §4.4) is not part of
+            // the address.
+            .map(|x| match x.strip_prefix('@') {
+                Some(routed) => routed.rsplit_once(':').map_or(x, |(_, a)| a),
+                None => x,
+            })
+            .filter(|x| {
+                x.rsplit_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+            })
+            .map(str::to_string);
+        (a.name.as_deref().unwrap_or("").trim().to_string(), addr)
+    };
+    match MessageStream::new(line.as_bytes()).parse_address() {
+        HeaderValue::Address(mail_parser::Address::List(l)) => l.iter().map(one).collect(),
+        HeaderValue::Address(mail_parser::Address::Group(g)) => {
+            g.iter().flat_map(|g| g.addresses.iter().map(one)).collect()
+        }
+        _ => Vec::new(),
     }
-    let bare = value.trim();
-    let ok = bare.contains('@') && !bare.contains([' ', '"', ',']);
-    (ok.then(|| bare.to_string()), String::new())
+}
+
+/// The first addr-spec of a From-like value, and its display name (or the first display
+/// name, when no mailbox has an address).
+pub fn mailbox(value: &str) -> (Option<String>, String) {
+    let all = mailboxes(value);
+    if let Some((name, addr)) = all.iter().find(|(_, a)| a.is_some()) {
+        return (addr.clone(), name.clone());
+    }
+    (
+        None,
+        all.into_iter().next().map(|(n, _)| n).unwrap_or_default(),
+    )
+}
+
+/// The id of a `Message-ID:` value: `<left@right>`, with any comments or folding around it
+/// (RFC 5322 §3.6.4 and the obsolete forms of §4.5.4: a quoted left part, spaces around
+/// `@`). `None` when there is no bracketed id.
+pub fn message_id(value: &str) -> Option<(String, String)> {
+    let l = value.find('<')?;
+    let r = l + value[l..].find('>')?;
+    let (left, right) = value[l + 1..r].rsplit_once('@')?;
+    let (left, right) = (left.trim(), right.trim());
+    (!left.is_empty() && !right.is_empty()).then(|| (left.to_string(), right.to_string()))
 }
 
 fn domain_of(addr: &str) -> Option<String> {
@@ -99,10 +177,13 @@ fn address_in(name: &str) -> Option<String> {
         .map(|t| t.to_ascii_lowercase())
 }
 
-fn is_fqdn(d: &str) -> bool {
+/// A domain name (one label is enough: legitimate mailers name their Message-IDs after a
+/// machine's bare hostname as often as spamware does, so only a right part that is no name at
+/// all tells), or an address literal.
+fn is_domain(d: &str) -> bool {
     let d = d.trim_end_matches('.');
     (d.starts_with('[') && d.ends_with(']'))
-        || (d.contains('.')
+        || (!d.is_empty()
             && mailwarden_proto::address::domain(d, false).is_ok()
             && !d
                 .rsplit('.')
@@ -121,7 +202,7 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
 
     let from_addr = match get(f, "from") {
         None => {
-            out.push(finding(Kind::FromMissing, "no From: field", 2.0));
+            out.push(finding(Kind::FromMissing, "no From: field"));
             None
         }
         Some(v) => {
@@ -130,7 +211,6 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
                 None => out.push(finding(
                     Kind::FromNoAddress,
                     format!("From: {v:?} has no address"),
-                    2.0,
                 )),
                 Some(a) => {
                     if let Some(shown) = address_in(&name)
@@ -139,7 +219,6 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
                         out.push(finding(
                             Kind::DisplayNameAddress,
                             format!("From: shows {shown} but is {a}"),
-                            2.0,
                         ));
                     }
                 }
@@ -148,19 +227,19 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
         }
     };
 
-    match get(f, "to") {
-        None => out.push(finding(Kind::ToMissing, "no To: field", 0.5)),
-        Some(v) if v.trim().is_empty() => out.push(finding(Kind::ToEmpty, "To: is empty", 1.0)),
-        Some(_) => {}
+    // No To: at all is how Bcc-only mail (lists, announcements) comes: legitimate mail has it
+    // more often than spam, so it says nothing (`headers.to_missing` is no longer found). An
+    // empty group (`undisclosed-recipients:;`) is how RFC 5322 writes it: not empty either.
+    if get(f, "to").is_some_and(|v| v.trim().is_empty()) {
+        out.push(finding(Kind::ToEmpty, "To: is empty"));
     }
 
     match get(f, "date") {
-        None => out.push(finding(Kind::DateMissing, "no Date: field", 1.0)),
+        None => out.push(finding(Kind::DateMissing, "no Date: field")),
         Some(v) => match DateTime::parse_rfc822(v) {
             None => out.push(finding(
                 Kind::DateInvalid,
                 format!("Date: {v:?} is not a date"),
-                1.0,
             )),
             Some(d) => {
                 let t = d.to_timestamp();
@@ -168,13 +247,11 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
                     out.push(finding(
                         Kind::DateFuture,
                         format!("Date: {v} is {} days ahead", (t - now) / 86_400),
-                        1.5,
                     ));
                 } else if t < now - PAST_SECS {
                     out.push(finding(
                         Kind::DatePast,
                         format!("Date: {v} is {} days old", (now - t) / 86_400),
-                        1.0,
                     ));
                 }
             }
@@ -182,26 +259,21 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
     }
 
     match get(f, "message-id") {
-        None => out.push(finding(Kind::MessageIdMissing, "no Message-ID", 0.5)),
-        Some(v) => {
-            let inner = v.trim().strip_prefix('<').and_then(|x| x.strip_suffix('>'));
-            match inner.and_then(|x| x.rsplit_once('@')) {
-                Some((l, r)) if !l.is_empty() && !r.is_empty() => {
-                    if !is_fqdn(r) {
-                        out.push(finding(
-                            Kind::MessageIdNotFqdn,
-                            format!("Message-ID {v}: {r} is not a fully qualified domain"),
-                            1.5,
-                        ));
-                    }
+        None => out.push(finding(Kind::MessageIdMissing, "no Message-ID")),
+        Some(v) => match message_id(v) {
+            Some((_, r)) => {
+                if !is_domain(&r) {
+                    out.push(finding(
+                        Kind::MessageIdNotFqdn,
+                        format!("Message-ID {v}: {r:?} is not a domain name"),
+                    ));
                 }
-                _ => out.push(finding(
-                    Kind::MessageIdMalformed,
-                    format!("Message-ID {v:?} is not <left@right>"),
-                    1.5,
-                )),
             }
-        }
+            None => out.push(finding(
+                Kind::MessageIdMalformed,
+                format!("Message-ID {v:?} is not <left@right>"),
+            )),
+        },
     }
 
     for name in SINGLE {
@@ -210,7 +282,6 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
             out.push(finding(
                 Kind::DuplicateHeader,
                 format!("{n} {name} fields (RFC 5322 allows one)"),
-                1.5,
             ));
         }
     }
@@ -225,7 +296,6 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
         out.push(finding(
             Kind::ReplyToElsewhere,
             format!("Reply-To goes to {rd}, From is {fd} (which has a DMARC policy)"),
-            1.0,
         ));
     }
 
@@ -241,7 +311,6 @@ pub fn check(p: &Parsed<'_>, now: i64, ours: &str, from_has_dmarc: bool) -> Vec<
             out.push(finding(
                 Kind::ForgedReceived,
                 format!("a Received field claims our host: {}", clip(v)),
-                2.0,
             ));
             break;
         }
@@ -325,6 +394,21 @@ fn base(h: &str) -> String {
     labels.into_iter().rev().collect::<Vec<_>>().join(".")
 }
 
+/// Text without its HTML tags.
+fn visible(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The first anchor whose visible text names another domain than its `href`. Each search
 /// starts where the last anchor ended, so the scan is linear.
 fn link_mismatch(html: &str) -> Option<(String, String)> {
@@ -339,7 +423,10 @@ fn link_mismatch(html: &str) -> Option<(String, String)> {
             break;
         };
         let tag = &lower[start..gt];
-        let text = lower[gt + 1..close].trim();
+        // What a reader sees: the anchor's text without its tags (an image's `src` is not
+        // shown, and newsletters wrap ads' images in links to the advertiser).
+        let text = visible(&lower[gt + 1..close]);
+        let text = text.trim();
         from = close;
         let Some(h) = tag.find("href=") else { continue };
         let href = tag[h + 5..].trim_start_matches(['"', '\'']);
@@ -348,7 +435,7 @@ fn link_mismatch(html: &str) -> Option<(String, String)> {
         };
         // Visible text that looks like a URL or a bare domain.
         let shown = url_hosts(text, 1).into_iter().next().or_else(|| {
-            let t = text.trim_end_matches('/');
+            let t = text.split(['/', '?', '#']).next().unwrap_or("");
             (t.starts_with("www.") && !t.contains(char::is_whitespace)).then(|| t.to_string())
         });
         if let Some(shown) = shown
@@ -393,14 +480,12 @@ pub fn check_links(p: &Parsed<'_>) -> (Vec<Finding>, Vec<String>) {
         out.push(finding(
             Kind::IpUrl,
             format!("a link goes to a bare address: {ip}"),
-            1.5,
         ));
     }
     if let Some((shown, target)) = mismatch {
         out.push(finding(
             Kind::LinkMismatch,
             format!("a link shows {shown} but goes to {target}"),
-            2.5,
         ));
     }
     hosts.retain(|h| !is_ip_host(h));
@@ -476,9 +561,42 @@ mod tests {
     }
 
     #[test]
-    fn to_empty_or_missing() {
+    fn to_empty_but_not_missing_nor_an_empty_group() {
         assert_eq!(codes(&with("To", Some("")), false), [Kind::ToEmpty]);
-        assert_eq!(codes(&with("To", None), false), [Kind::ToMissing]);
+        assert_eq!(codes(&with("To", None), false), Vec::<Kind>::new());
+        assert_eq!(
+            codes(&with("To", Some("undisclosed-recipients:;")), false),
+            Vec::<Kind>::new()
+        );
+    }
+
+    #[test]
+    fn addresses_are_read_as_rfc_5322_writes_them() {
+        // The comment form, a quoted name with an address inside, an encoded name, a group,
+        // an obsolete route.
+        for (v, addr, name) in [
+            (
+                "root@example.org (Cron Daemon)",
+                "root@example.org",
+                "Cron Daemon",
+            ),
+            ("\"Doe, Jane\" <jane@x.test>", "jane@x.test", "Doe, Jane"),
+            ("=?utf-8?q?J=C3=BCrgen?= <j@x.test>", "j@x.test", "Jürgen"),
+            ("friends: a@x.test, b@y.test;", "a@x.test", ""),
+            ("<@relay.test:bob@x.test>", "bob@x.test", ""),
+        ] {
+            assert_eq!(
+                mailbox(v),
+                (Some(addr.to_string()), name.to_string()),
+                "{v}"
+            );
+        }
+        assert_eq!(mailbox("\"Yessenia Lakeshia\"").0, None);
+        assert_eq!(mailboxes("a@x.test, Bob <b@y.test>").len(), 2);
+        assert_eq!(
+            codes(&with("From", Some("root@example.org (Cron Daemon)")), false),
+            Vec::<Kind>::new()
+        );
     }
 
     #[test]
@@ -525,7 +643,28 @@ mod tests {
                 ),
                 false
             ),
+            Vec::<Kind>::new(),
+            "a bare hostname is a name"
+        );
+        assert_eq!(
+            codes(&with("Message-ID", Some("<x@.>")), false),
             [Kind::MessageIdNotFqdn]
+        );
+        assert_eq!(
+            codes(&with("Message-ID", Some("<x@bad_host!>")), false),
+            [Kind::MessageIdNotFqdn]
+        );
+        // Comments and folding around the id (RFC 5322 §3.6.4, obsolete forms of §4.5.4).
+        assert_eq!(
+            codes(
+                &with("Message-ID", Some("<a.b@c.test> (added by relay)")),
+                false
+            ),
+            Vec::<Kind>::new()
+        );
+        assert_eq!(
+            codes(&with("Message-ID", Some("<\"quoted id\"@c.test>")), false),
+            Vec::<Kind>::new()
         );
         assert_eq!(
             codes(&with("Message-ID", Some("no-brackets")), false),
@@ -612,5 +751,11 @@ mod tests {
         assert_eq!(link_codes(bad, true).0, [Kind::LinkMismatch]);
         let ok = r#"<a href="https://login.bank.test/x">https://www.bank.test/login</a> <a href="http://evil.test/">click here</a>"#;
         assert!(link_codes(ok, true).0.is_empty());
+        // An image's address is not what the reader sees; a bare domain's path is not its
+        // name.
+        let image = r#"<a href="http://shop.test/"><img src="http://cdn.test/ad.gif"></a>"#;
+        assert!(link_codes(image, true).0.is_empty());
+        let path = r#"<a href="http://www.shop.test/">www.shop.test/offers</a>"#;
+        assert!(link_codes(path, true).0.is_empty());
     }
 }

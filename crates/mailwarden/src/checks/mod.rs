@@ -14,3 +14,4 @@ pub mod scoring;
 pub mod sender;
 pub mod shape;
 pub mod spf;
+pub mod weights;

@@ -1,9 +1,11 @@
-//! Content scoring: the header and link heuristics ([`super::headers`]) and URI block lists
-//! add up to a score; `[scoring]` thresholds map it to tag, junk or reject. The
+//! Content scoring: the header and link heuristics ([`super::headers`]), the classifier and
+//! URI block lists add up to a score, each reason weighed ([`super::weights`]: configured,
+//! learned or built-in); `[scoring]` thresholds map it to tag, junk or reject. The
 //! `X-Spam-Score`/`X-Spam-Status` fields say what was found, in SpamAssassin's shape so mail
 //! clients' filters can use them.
 
 use super::headers::{self, Parsed};
+use super::weights::Weights;
 use crate::classifier::{MIN_TRAINING, Model};
 use crate::config::{Mode, Scoring as Cfg};
 use crate::decision::{Finding, Kind};
@@ -58,31 +60,56 @@ pub fn level(cfg: &Cfg, score: f64) -> Level {
 }
 
 /// The classifier's opinion as a finding, once it has learnt enough of both kinds.
-pub fn classify(model: &Model, p: &Parsed<'_>) -> Option<Finding> {
+pub fn classify(model: &Model, w: &Weights<'_>, p: &Parsed<'_>) -> Option<Finding> {
+    let prob = probability(model, p)?;
+    w.classifier(prob)
+}
+
+/// The classifier's spam probability, once it has learnt enough of both kinds.
+pub fn probability(model: &Model, p: &Parsed<'_>) -> Option<f64> {
     if model.spam_messages < MIN_TRAINING || model.ham_messages < MIN_TRAINING {
         return None;
     }
-    let prob = model.score_tokens(&crate::classifier::tokens_of(p));
-    let score = if prob >= 0.99 {
-        5.0
-    } else if prob >= 0.9 {
-        3.0
-    } else if prob >= 0.6 {
-        1.0
-    } else if prob <= 0.1 {
-        -1.0
-    } else {
-        return None;
+    Some(model.score_tokens(&crate::classifier::tokens_of(p)))
+}
+
+/// The header and link heuristics' findings, unweighed, and the message's link hosts.
+pub fn heuristics(
+    parsed: &Parsed<'_>,
+    now: i64,
+    ours: &str,
+    from_has_dmarc: bool,
+) -> (Vec<Finding>, Vec<String>) {
+    let mut findings = headers::check(parsed, now, ours, from_has_dmarc);
+    let (links, hosts) = headers::check_links(parsed);
+    findings.extend(links);
+    (findings, hosts)
+}
+
+/// Everything content scoring finds without I/O, weighed: the heuristics and the classifier.
+/// The server's scoring and `eval/classifier.sh` both use it. CPU-bound: callers hold a
+/// [`crate::heavy::cpu`] slot.
+pub fn content(
+    cfg: &Cfg,
+    model: &Model,
+    parsed: &Parsed<'_>,
+    now: i64,
+    ours: &str,
+    from_has_dmarc: bool,
+) -> (Vec<Finding>, Vec<String>) {
+    let w = Weights {
+        config: &cfg.weights,
+        learned: &model.weights,
     };
-    Some(Finding::scored(
-        if score > 0.0 {
-            Kind::ClassifierSpam
-        } else {
-            Kind::ClassifierHam
-        },
-        format!("the classifier gives a spam probability of {prob:.3}"),
-        score,
-    ))
+    let (mut findings, hosts) = heuristics(parsed, now, ours, from_has_dmarc);
+    w.apply(&mut findings);
+    findings.extend(classify(model, &w, parsed));
+    (findings, hosts)
+}
+
+/// The sum of findings' scores, to one decimal.
+pub fn total(findings: &[Finding]) -> f64 {
+    (findings.iter().map(|f| f.score).sum::<f64>() * 10.0).round() / 10.0
 }
 
 /// Score a message already parsed (its first `limits.max_scan_bytes`). `now` is Unix time,
@@ -101,11 +128,7 @@ pub async fn score(
 ) -> Scored {
     let (mut findings, hosts) = {
         let _cpu = crate::heavy::cpu().await;
-        let mut findings = headers::check(parsed, now, ours, from_has_dmarc);
-        let (links, hosts) = headers::check_links(parsed);
-        findings.extend(links);
-        findings.extend(classify(model, parsed));
-        (findings, hosts)
+        content(cfg, model, parsed, now, ours, from_has_dmarc)
     };
     if !cfg.uribl_zones.is_empty() && !hosts.is_empty() {
         let lists = crate::config::screening::Dnsbl {
@@ -121,7 +144,7 @@ pub async fn score(
             findings.push(Finding::scored(Kind::UriblListed, s.detail, s.score));
         }
     }
-    let score = (findings.iter().map(|f| f.score).sum::<f64>() * 10.0).round() / 10.0;
+    let score = total(&findings);
     Scored {
         level: if cfg.mode == Mode::Off {
             Level::Clean
@@ -174,6 +197,9 @@ mod tests {
             m.learn(ham, false);
         }
         let (spam_p, ham_p) = (Parsed::with_defaults(spam), Parsed::with_defaults(ham));
+        let cfg = Cfg::default();
+        let w = super::super::weights::configured(&cfg);
+        let classify = |m: &Model, p: &Parsed<'_>| classify(m, &w, p);
         assert_eq!(classify(&m, &spam_p), None, "too little training");
         m.learn(spam, true);
         m.learn(ham, false);
@@ -223,13 +249,18 @@ mod tests {
             codes.iter().any(|c| c == "headers.from_no_address"),
             "{codes:?}"
         );
-        assert!(
-            codes.iter().any(|c| c == "headers.message_id_not_fqdn"),
-            "{codes:?}"
+        // Three heuristics together, at their built-in weights, none enough alone.
+        assert_eq!(
+            codes,
+            [
+                "headers.from_no_address",
+                "headers.to_empty",
+                "headers.date_past"
+            ]
         );
         assert_eq!(s.level, Level::Junk, "{s:?}");
         assert!(
-            fields(&cfg, &s).contains("X-Spam-Status: Yes, score=5.5"),
+            fields(&cfg, &s).contains("X-Spam-Status: Yes, score=5"),
             "{}",
             fields(&cfg, &s)
         );

@@ -174,7 +174,8 @@ mod tests {
             if let toml::Value::Table(t) = v {
                 for (k, v) in t {
                     let key = format!("{prefix}{k}");
-                    if v.is_table() {
+                    // A table-valued key (`scoring.weights`) is documented as a key.
+                    if v.is_table() && !page.contains(&format!("`{key}`")) {
                         assert!(
                             page.contains(&format!("`[{key}]`")),
                             "section {key} undocumented"

@@ -469,6 +469,11 @@ section! {
         /// Add `X-Mailwarden-Warning: The sender of this message could not be verified` to
         /// mail whose sender no check verified, so readers notice forgeries.
         pub warning_header: bool = false,
+        /// The weight of a scored reason, by its code, over the learned and built-in ones:
+        /// `weights = { "headers.date_past" = 0.5, "content.classifier_spam" = 6.0 }`. The
+        /// classifier's weight is multiplied by its strength (0 to 1). `mailwarden explain`
+        /// shows the weight each reason was given, and where it came from.
+        pub weights: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new(),
     }
 }
 
@@ -617,6 +622,17 @@ impl Config {
                 "hostname {:?} is not a valid domain name",
                 self.hostname
             ));
+        }
+        for code in self.scoring.weights.keys() {
+            if !crate::checks::weights::learnable().any(|k| k.code() == code.as_str()) {
+                errs.push(format!(
+                    "scoring.weights: {code:?} is not a weighted reason (one of {})",
+                    crate::checks::weights::learnable()
+                        .map(|k| k.code())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
         }
         if self.domains.is_empty() {
             errs.push("domains must list at least one local domain".to_string());

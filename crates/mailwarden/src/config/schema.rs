@@ -54,6 +54,12 @@ impl<T: Describe> Describe for Vec<T> {
     }
 }
 
+impl<T: Describe> Describe for std::collections::BTreeMap<String, T> {
+    fn type_name() -> String {
+        format!("table of {}", T::type_name())
+    }
+}
+
 impl<T: Describe> Describe for Option<T> {
     fn type_name() -> String {
         format!("{} (optional)", T::type_name())

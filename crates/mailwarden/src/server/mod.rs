@@ -135,6 +135,27 @@ pub async fn start(
         config: config.clone(),
     });
 
+    // The stored model before any port opens: the first message after a start is scored
+    // like every other, however large the model is.
+    {
+        let (s, sh) = (store.clone(), shared.clone());
+        tokio::task::spawn_blocking(move || sh.classifier.refresh(&s))
+            .await?
+            .context("cannot load the classifier's model")?;
+        let m = shared.classifier.get();
+        tracing::info!(
+            event = "classifier_loaded",
+            spam = m.spam_messages,
+            ham = m.ham_messages,
+            tokens = m.tokens_known(),
+            weights = if m.weights.is_empty() {
+                "built-in"
+            } else {
+                "learned"
+            }
+        );
+    }
+
     let mut listeners = Vec::new();
     for (name, addr) in config.listeners() {
         if addr.is_empty() {

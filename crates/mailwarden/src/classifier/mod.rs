@@ -4,13 +4,16 @@
 //!
 //! Learning only adds counts, so the model learns incrementally: `mailwarden learn --spam DIR
 //! --ham DIR` now, users' moves into and out of Junk later ([`Model::forget`] undoes a wrong
-//! label). Tokens come from the decoded message (mail-parser): words of the Subject and the
-//! text parts (HTML turned to text), the sender's domain, link hosts and header names.
+//! label). Tokens are [`tokens`]'s. `mailwarden learn` also fits the content score's weights
+//! on the same mail ([`fit`]); they are stored with the model.
 
-use crate::checks::headers::{self, Parsed};
+pub mod fit;
+mod tokens;
+
 use crate::store::{Store, StoreError};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+pub use tokens::{strip_mbox, tokens, tokens_of};
 
 /// Messages of each kind a model needs before its opinion counts in scoring.
 pub const MIN_TRAINING: u64 = 20;
@@ -22,120 +25,18 @@ const PRIOR: f64 = 0.5;
 const MIN_DISTANCE: f64 = 0.1;
 /// The most telling tokens used per message.
 const MAX_CLUES: usize = 150;
-/// Bytes of a message looked at, and of its decoded text: enough for any letter, not for
-/// attachments, and a bound on the work a message can cost (tokens are allocated).
-const MAX_BYTES: usize = 256 * 1024;
-/// Link hosts turned into tokens at most.
-const MAX_HOSTS: usize = 200;
 
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     pub spam_messages: u64,
     pub ham_messages: u64,
     counts: HashMap<String, (u32, u32)>,
-}
-
-fn words(text: &str, prefix: &str, out: &mut HashSet<String>) {
-    for w in text.split(|c: char| !(c.is_alphanumeric() || "$'-!".contains(c))) {
-        let w = w.trim_matches(|c: char| "'-".contains(c));
-        let n = w.chars().count();
-        if n < 3 {
-            continue;
-        }
-        if n > 20 {
-            // Long strings (encodings, hashes) say little one by one; their shape says more.
-            let first = w.chars().next().unwrap_or('x');
-            out.insert(format!("{prefix}skip:{first}{}", n / 10 * 10));
-            continue;
-        }
-        out.insert(format!("{prefix}{}", w.to_lowercase()));
-    }
-}
-
-/// Adjacent word pairs: "click here", "remove you" say more together than apart.
-fn bigrams(text: &str, out: &mut HashSet<String>) {
-    let mut prev: Option<String> = None;
-    for w in text.split(|c: char| !c.is_alphanumeric()) {
-        if w.chars().count() < 2 || w.chars().count() > 20 {
-            continue;
-        }
-        let w = w.to_lowercase();
-        if let Some(p) = prev {
-            out.insert(format!("bi:{p} {w}"));
-        }
-        prev = Some(w);
-    }
-}
-
-/// The distinct tokens of a raw message (an mbox `From ` line first is skipped).
-pub fn tokens(raw: &[u8]) -> HashSet<String> {
-    let raw = if raw.starts_with(b"From ") {
-        memchr::memchr(b'\n', raw).map_or(raw, |i| &raw[i + 1..])
-    } else {
-        raw
-    };
-    tokens_of(&Parsed::new(raw, MAX_BYTES, MAX_HOSTS))
-}
-
-/// At most `left` bytes of `t`, cut at a character boundary; `left` goes down by as much.
-fn budget<'t>(t: &'t str, left: &mut usize) -> &'t str {
-    let mut n = t.len().min(*left);
-    while !t.is_char_boundary(n) {
-        n -= 1;
-    }
-    *left -= n;
-    &t[..n]
-}
-
-/// The distinct tokens of a message already parsed (the server's scoring shares the parse).
-pub fn tokens_of(p: &Parsed<'_>) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for (name, value) in &p.fields {
-        out.insert(format!("h:{name}"));
-        match name.as_str() {
-            "subject" => words(value, "s:", &mut out),
-            "from" | "reply-to" | "return-path" => {
-                if let Some(d) = value
-                    .rsplit_once('@')
-                    .map(|(_, d)| d.trim_end_matches(['>', ' ', '"']).to_lowercase())
-                {
-                    out.insert(format!("{name}:{d}"));
-                }
-                words(value, &format!("{name}:"), &mut out);
-            }
-            "content-type" | "x-mailer" | "user-agent" | "content-transfer-encoding" => {
-                let v = value.split(';').next().unwrap_or("").trim().to_lowercase();
-                out.insert(format!("{name}:{v}"));
-            }
-            _ => {}
-        }
-    }
-    let Some(msg) = &p.msg else {
-        return out;
-    };
-    let hosts = p.max_hosts.min(MAX_HOSTS);
-    let mut left = MAX_BYTES;
-    for i in 0.. {
-        let Some(t) = msg.body_text(i).filter(|_| left > 0) else {
-            break;
-        };
-        let t = budget(&t, &mut left);
-        words(t, "", &mut out);
-        bigrams(t, &mut out);
-        for h in headers::url_hosts(t, hosts) {
-            out.insert(format!("url:{h}"));
-        }
-    }
-    let mut left = MAX_BYTES;
-    for i in 0.. {
-        let Some(h) = msg.body_html(i).filter(|_| left > 0) else {
-            break;
-        };
-        for host in headers::url_hosts(budget(&h, &mut left), hosts) {
-            out.insert(format!("url:{host}"));
-        }
-    }
-    out
+    /// Changes with every save or recorded message, so a running server sees changes that
+    /// leave the message counts as they were.
+    pub generation: u64,
+    /// The content score's weights fitted with this model, by reason code; empty until
+    /// `mailwarden learn` fitted them (the built-in weights apply).
+    pub weights: BTreeMap<String, f64>,
 }
 
 /// chi2Q: the probability that a chi-square with `v` (even) degrees of freedom is ≥ `x2`.
@@ -156,9 +57,61 @@ impl Model {
         self.adjust(&tokens(raw), spam, true);
     }
 
+    /// Learn a message already tokenised.
+    pub fn learn_tokens(&mut self, toks: &HashSet<String>, spam: bool) {
+        self.adjust(toks, spam, true);
+    }
+
     /// Undo an earlier [`Model::learn`] with the same label (a user corrected it).
     pub fn forget(&mut self, raw: &[u8], spam: bool) {
         self.adjust(&tokens(raw), spam, false);
+    }
+
+    /// Learn (`add`) or forget one message's tokens, here and in the store, without
+    /// rewriting the stored model: what users' moves into and out of Junk do.
+    pub fn record(
+        &mut self,
+        store: &Store,
+        toks: &HashSet<String>,
+        spam: bool,
+        add: bool,
+    ) -> Result<(), StoreError> {
+        self.adjust(toks, spam, add);
+        let toks: Vec<String> = toks.iter().cloned().collect();
+        let (col, key) = if spam {
+            ("spam", "spam_messages")
+        } else {
+            ("ham", "ham_messages")
+        };
+        let total = if spam {
+            self.spam_messages
+        } else {
+            self.ham_messages
+        };
+        let delta: i64 = if add { 1 } else { -1 };
+        store.write_blocking(move |c| {
+            let sql = format!(
+                "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(token) DO UPDATE SET {col} = MAX(0, {col} + ?4)"
+            );
+            let mut up = c.prepare(&sql)?;
+            let first = delta.max(0);
+            let (s, h) = if spam { (first, 0) } else { (0, first) };
+            for t in &toks {
+                up.execute(rusqlite::params![t, s, h, delta])?;
+            }
+            c.execute("DELETE FROM bayes_tokens WHERE spam = 0 AND ham = 0", [])?;
+            c.execute(
+                "INSERT OR REPLACE INTO bayes_meta(key, value) VALUES (?1, ?2)",
+                rusqlite::params![key, total as i64],
+            )?;
+            c.execute(
+                "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                [],
+            )?;
+            Ok(())
+        })
     }
 
     fn adjust(&mut self, toks: &HashSet<String>, spam: bool, add: bool) {
@@ -180,10 +133,16 @@ impl Model {
             msgs.saturating_sub(1)
         };
         for t in toks {
-            let e = self.counts.entry(t.clone()).or_default();
-            step(if spam { &mut e.0 } else { &mut e.1 });
+            if add {
+                let e = self.counts.entry(t.clone()).or_default();
+                step(if spam { &mut e.0 } else { &mut e.1 });
+            } else if let Some(e) = self.counts.get_mut(t) {
+                step(if spam { &mut e.0 } else { &mut e.1 });
+                if *e == (0, 0) {
+                    self.counts.remove(t);
+                }
+            }
         }
-        self.counts.retain(|_, (s, h)| *s > 0 || *h > 0);
     }
 
     pub fn tokens_known(&self) -> usize {
@@ -243,6 +202,7 @@ impl Model {
                 match k.as_str() {
                     "spam_messages" => m.spam_messages = v as u64,
                     "ham_messages" => m.ham_messages = v as u64,
+                    "generation" => m.generation = v as u64,
                     _ => {}
                 }
             }
@@ -256,6 +216,11 @@ impl Model {
             })? {
                 let (t, s, h) = row?;
                 m.counts.insert(t, (s, h));
+            }
+            let mut st = c.prepare("SELECT code, weight FROM score_weights")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))? {
+                let (k, w) = row?;
+                m.weights.insert(k, w);
             }
             Ok(m)
         })
@@ -273,6 +238,18 @@ impl Model {
                     ins.execute(rusqlite::params![t, s, h])?;
                 }
             }
+            c.execute("DELETE FROM score_weights", [])?;
+            for (k, w) in &m.weights {
+                c.execute(
+                    "INSERT INTO score_weights(code, weight) VALUES (?1, ?2)",
+                    rusqlite::params![k, w],
+                )?;
+            }
+            c.execute(
+                "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                [],
+            )?;
             for (k, v) in [
                 ("spam_messages", m.spam_messages),
                 ("ham_messages", m.ham_messages),
@@ -296,7 +273,7 @@ impl Live {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Reload if the stored message counts differ from the loaded ones. Returns whether it
+    /// Reload if the stored model changed since it was loaded. Returns whether it
     /// reloaded.
     pub fn refresh(&self, store: &Store) -> Result<bool, StoreError> {
         let counts: Vec<(String, i64)> = store.read(|c| {
@@ -311,7 +288,8 @@ impl Live {
                 .map_or(0, |(_, v)| *v as u64)
         };
         let cur = self.get();
-        if (get("spam_messages"), get("ham_messages")) == (cur.spam_messages, cur.ham_messages) {
+        let stored = (get("spam_messages"), get("ham_messages"), get("generation"));
+        if stored == (cur.spam_messages, cur.ham_messages, cur.generation) {
             return Ok(false);
         }
         let m = Model::load(store)?;
@@ -384,18 +362,6 @@ mod tests {
         assert_eq!(back.tokens_known(), m.tokens_known());
         let probe = msg("replica", "pills");
         assert_eq!(back.score(&probe), m.score(&probe));
-    }
-
-    #[test]
-    fn tokens_skip_the_mbox_line_and_decode_parts() {
-        let raw = b"From someone Mon Jan 1 00:00:00 2002\nFrom: x@shop.test\nSubject: Hello\n\
-            Content-Type: text/html\n\n<p>Visit <a href=\"http://shop.test/x\">us</a></p>\n";
-        let t = tokens(raw);
-        assert!(t.contains("s:hello"), "{t:?}");
-        assert!(t.contains("from:shop.test"), "{t:?}");
-        assert!(t.contains("url:shop.test"), "{t:?}");
-        assert!(t.contains("visit"), "{t:?}");
-        assert!(!t.iter().any(|x| x.contains("someone")), "{t:?}");
     }
 }
 
