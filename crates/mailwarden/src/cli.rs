@@ -452,8 +452,9 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
         QuarantineCmd::List => {
             for e in q::list(&store)? {
                 let to: Vec<&str> = e.rcpts.iter().map(|(a, _)| a.as_str()).collect();
+                let subject = crate::header::decoded(&e.content, "Subject").unwrap_or_default();
                 let line = format!(
-                    "{}  {}  score {:<5} <{}> -> {}  {}",
+                    "{}  {}  score {:<5} <{}> -> {}  {}  subject: {subject}",
                     e.id,
                     crate::util::rfc5322_date(e.time),
                     e.score,
@@ -471,8 +472,9 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
             if raw {
                 std::io::stdout().write_all(&e.content)?;
             } else {
-                // CRLF line ends read as plain line ends; every other control is escaped.
-                let text = String::from_utf8_lossy(&e.content).replace("\r\n", "\n");
+                // Decoded for people (RFC 2047 words, the body's charset); every control
+                // but the line ends is escaped. `--raw` gives the bytes.
+                let text = crate::quarantine::render(&e.content);
                 print!("{}", crate::util::terminal_safe(&text));
             }
         }

@@ -138,7 +138,7 @@ pub async fn run(
             reply: reply.clone(),
         }],
         message_id: records::header_value(raw, "Message-ID"),
-        subject: records::header_value(raw, "Subject"),
+        subject: crate::header::decoded(raw, "Subject"),
         score,
         reasons,
         action: action.name().into(),

@@ -156,7 +156,26 @@ pub fn unfolded(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
 /// The unfolded value of the first `name:` field, at most 998 characters. Only that field
 /// is unfolded.
 pub fn value(raw: &[u8], name: &str) -> Option<String> {
+    value_of(fields(raw).find(|f| f.is(name))?)
+}
+
+/// The first `name:` field's value as people read it: unfolded, its RFC 2047 encoded words
+/// decoded (ISO-2022-JP, Shift_JIS, EUC-JP and every charset mail-parser knows), at most
+/// 998 characters. For what an administrator reads: records, `explain`, quarantine lists.
+pub fn decoded(raw: &[u8], name: &str) -> Option<String> {
     let f = fields(raw).find(|f| f.is(name))?;
+    let mut value = f.value().to_vec();
+    if !value.ends_with(b"\n") {
+        value.push(b'\n');
+    }
+    let text = match mail_parser::parsers::MessageStream::new(&value).parse_unstructured() {
+        mail_parser::HeaderValue::Text(t) => t.into_owned(),
+        _ => return value_of(f),
+    };
+    Some(text.trim().chars().take(998).collect())
+}
+
+fn value_of(f: Field<'_>) -> Option<String> {
     unfolded(f.raw)
         .next()
         .map(|(_, v)| v.chars().take(998).collect())
@@ -165,6 +184,22 @@ pub fn value(raw: &[u8], name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoded_values_read_as_people_read_them() {
+        // "【緊急】未払い" in ISO-2022-JP, then in Shift_JIS, both RFC 2047 base64, folded.
+        let raw = b"Subject: =?ISO-2022-JP?B?GyRCIVo2WzVeIVtMJEonJCQbKEI=?=\r\n \
+            =?Shift_JIS?B?grGC8YLJgr+CzQ==?=\r\n\r\nbody";
+        assert_eq!(
+            decoded(raw, "subject").as_deref(),
+            Some("【緊急】未払いこんにちは")
+        );
+        assert_eq!(
+            decoded(b"Subject: plain\r\n\r\n", "Subject").as_deref(),
+            Some("plain")
+        );
+        assert_eq!(decoded(b"Subject: plain\r\n\r\n", "To"), None);
+    }
 
     #[test]
     fn fields_fold_and_the_section_ends_at_the_empty_line() {

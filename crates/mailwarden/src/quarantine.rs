@@ -23,6 +23,33 @@ pub struct Entry {
     pub content: Vec<u8>,
 }
 
+/// A held message as people read it: its header fields with encoded words decoded, then its
+/// first text part in its own charset (HTML turned to text), at most 64 KiB of it. Nothing in
+/// it is interpreted: the caller escapes controls.
+pub fn render(content: &[u8]) -> String {
+    const MAX_TEXT: usize = 64 * 1024;
+    let mut out = String::new();
+    for f in crate::header::fields(content).capped(64 * 1024) {
+        let Some(name) = f.name() else { continue };
+        let name = String::from_utf8_lossy(name).trim().to_string();
+        let value = crate::header::decoded(f.raw, &name).unwrap_or_default();
+        out.push_str(&format!("{name}: {value}\n"));
+    }
+    out.push('\n');
+    let msg = mail_parser::MessageParser::default().parse(content);
+    if let Some(text) = msg.as_ref().and_then(|m| m.body_text(0)) {
+        let mut end = text.len().min(MAX_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push_str(&text[..end].replace("\r\n", "\n"));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
 pub async fn hold(store: &Store, e: Entry) -> Result<(), StoreError> {
     store
         .write(move |c| {

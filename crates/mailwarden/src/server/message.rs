@@ -141,7 +141,7 @@ async fn decide_and_queue(
         None => raw.to_vec(),
     };
     notes.message_id = records::header_value(&raw, "Message-ID");
-    notes.subject = records::header_value(&raw, "Subject");
+    notes.subject = crate::header::decoded(&raw, "Subject");
 
     let mut headers = String::new();
     let mut outbound_spam = None;

@@ -217,7 +217,7 @@ pub async fn start(
                 let s = store.clone();
                 let sh = shared.clone();
                 match tokio::task::spawn_blocking(move || sh.classifier.refresh(&s)).await {
-                    Ok(Ok(true)) => tracing::info!(event = "classifier_loaded"),
+                    Ok(Ok(true)) => log_loaded(&shared.classifier.get()),
                     Ok(Err(e)) => tracing::error!(event = "classifier_load_failed", error = %e),
                     _ => {}
                 }
@@ -340,4 +340,18 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+fn log_loaded(m: &crate::classifier::Model) {
+    tracing::info!(
+        event = "classifier_loaded",
+        spam = m.spam_messages,
+        ham = m.ham_messages,
+        tokens = m.tokens_known(),
+        weights = if m.weights.is_empty() {
+            "built-in"
+        } else {
+            "learned"
+        }
+    );
 }

@@ -6,6 +6,7 @@ mod cli;
 mod containment;
 mod crash;
 mod hostile;
+mod japanese;
 mod limits;
 mod mx;
 mod outbound;
