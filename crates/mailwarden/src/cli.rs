@@ -406,7 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let routing = Routing::new(cfg, Accounts::new(store.clone()));
                 let now = time.unwrap_or_else(|| crate::clock::SystemClock.now_secs());
                 rt.block_on(crate::explain::run(
-                    cfg, &model, &routing, &raw, &client, now,
+                    cfg, &model, &store, &routing, &raw, &client, now,
                 ))?
             } else {
                 let Some(r) = crate::records::get(&store, &id)? else {

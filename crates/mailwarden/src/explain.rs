@@ -50,6 +50,7 @@ pub fn client(
 pub async fn run(
     cfg: &Config,
     model: &Model,
+    store: &crate::store::Store,
     routing: &crate::routing::Routing,
     raw: &[u8],
     c: &Client,
@@ -96,7 +97,16 @@ pub async fn run(
                 Ok(_) => {
                     let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
                     let iprev = Some(iprev.clone());
-                    inbound::decide(&dns, cfg, model, &env, raw, None, iprev, now, &is_local).await
+                    let history = |w: &crate::reputation::Who| {
+                        crate::reputation::lookup(store, &cfg.reputation, w, now)
+                            .map_err(|e| e.to_string())
+                    };
+                    let ours = inbound::Ours {
+                        now,
+                        is_local: &is_local,
+                        history: &history,
+                    };
+                    inbound::decide(&dns, cfg, model, &env, raw, None, iprev, &ours).await
                 }
             },
         )

@@ -187,8 +187,47 @@ CREATE TABLE score_weights(
 );
 "#;
 
+/// Sender reputation (`reputation`): outcomes per identity and day, the identities of each
+/// message (for users' marks), who our users wrote to and the Message-IDs they sent; and
+/// what users' moves taught (`learning`).
+const SCHEMA_V9: &str = r#"
+CREATE TABLE reputation(
+    identity TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    accepted INTEGER NOT NULL DEFAULT 0,
+    junked INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    marked_spam INTEGER NOT NULL DEFAULT 0,
+    marked_ham INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(identity, day)
+);
+CREATE INDEX reputation_day ON reputation(day);
+CREATE TABLE reputation_msgs(
+    id TEXT PRIMARY KEY,
+    time INTEGER NOT NULL,
+    identities TEXT NOT NULL
+);
+CREATE INDEX reputation_msgs_time ON reputation_msgs(time);
+CREATE TABLE correspondents(
+    address TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
+CREATE TABLE sent_ids(
+    message_id TEXT PRIMARY KEY,
+    time INTEGER NOT NULL
+);
+CREATE INDEX sent_ids_time ON sent_ids(time);
+CREATE TABLE learned(
+    id TEXT PRIMARY KEY,
+    spam INTEGER NOT NULL,
+    time INTEGER NOT NULL
+);
+"#;
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -1,6 +1,7 @@
 //! The decision at the end of DATA for mail from other servers: sender authentication
 //! ([`super::sender`]) first, then local-domain forgery ([`super::local_sender`]), then
-//! content scoring ([`super::scoring`]). Their findings go through `crate::decision::apply`
+//! content scoring ([`super::scoring`]) with the sender's reputation ([`crate::reputation`])
+//! among its reasons. Their findings go through `crate::decision::apply`
 //! together with the content score, so one verdict comes out, with every reason typed for the
 //! decision record. The server acts on it (`server/message.rs`); `mailwarden explain
 //! FILE.eml` prints it, so the offline report and the server cannot disagree.
@@ -15,6 +16,7 @@ use crate::config::{Config, Mode};
 use crate::decision::{self, Action, Cause, Finding, Kind, ScoreAsk, Verdict};
 use crate::dns::Dns;
 use crate::records::Reason;
+use crate::reputation::{self, History, Who};
 use mail_auth::{IprevOutput, SpfOutput};
 use std::sync::Arc;
 
@@ -31,6 +33,18 @@ pub struct Decision {
     pub sender_verified: bool,
     pub sender: sender::Checked,
     pub scored: Scored,
+    /// Who sent it, as far as authentication says: what reputation counts it under.
+    pub who: Who,
+}
+
+/// What the end-of-DATA decision asks of its host (the server, or `explain`).
+pub struct Ours<'a> {
+    /// Unix time.
+    pub now: i64,
+    /// Whether a domain is one of ours (local forgery).
+    pub is_local: &'a (dyn Fn(&str) -> Result<bool, String> + Sync),
+    /// A sender's history ([`reputation::lookup`] on the store).
+    pub history: &'a (dyn Fn(&Who) -> Result<History, String> + Sync),
 }
 
 impl Decision {
@@ -60,6 +74,7 @@ impl Decision {
                 score: 0.0,
                 level: Level::Clean,
             },
+            who: Who::default(),
         }
     }
 
@@ -111,9 +126,9 @@ impl Decision {
 }
 
 /// Decide on a received message whose header section passed [`shape::check_headers`].
-/// `spf` and `iprev` are results found earlier in the session, if any; `now` is Unix time.
-/// Parsing and scoring hold a [`crate::heavy::cpu`] slot when offloaded; a server runs this
-/// through [`crate::heavy::checks`].
+/// `spf` and `iprev` are results found earlier in the session, if any. Parsing and scoring
+/// hold a [`crate::heavy::cpu`] slot when offloaded; a server runs this through
+/// [`crate::heavy::checks`].
 #[allow(clippy::too_many_arguments)]
 pub async fn decide(
     dns: &Arc<Dns>,
@@ -123,9 +138,9 @@ pub async fn decide(
     raw: &[u8],
     spf: Option<SpfOutput>,
     iprev: Option<IprevOutput>,
-    now: i64,
-    is_local: &(dyn Fn(&str) -> Result<bool, String> + Sync),
+    ours: &Ours<'_>,
 ) -> Decision {
+    let (now, is_local) = (ours.now, ours.is_local);
     let parsed = {
         let _cpu = crate::heavy::cpu().await;
         let l = &cfg.limits;
@@ -158,7 +173,7 @@ pub async fn decide(
     let dmarc_policy = findings
         .iter()
         .any(|f| matches!(f.kind, Kind::DmarcPass | Kind::DmarcFail));
-    let scored = scoring::score(
+    let mut scored = scoring::score(
         dns,
         &cfg.scoring,
         model,
@@ -169,6 +184,23 @@ pub async fn decide(
         cfg.dns.timeout.get(),
     )
     .await;
+    let who = who(&out, env, &findings, raw);
+    if cfg.reputation.mode != Mode::Off {
+        let mut found = match (ours.history)(&who) {
+            Ok(h) => reputation::assess(&cfg.reputation, &who, &h),
+            // History is a help, not a gate: without it the message is scored on the rest.
+            Err(e) => {
+                tracing::warn!(event = "reputation_unavailable", error = %e);
+                Vec::new()
+            }
+        };
+        super::weights::Weights {
+            config: &cfg.scoring.weights,
+            learned: &model.weights,
+        }
+        .apply(&mut found);
+        scored.add(&cfg.scoring, found);
+    }
     let content_from = findings.len();
     findings.extend(scored.findings.iter().cloned());
     // With scoring off the level is clean: the score is shown, and asks for nothing.
@@ -200,5 +232,51 @@ pub async fn decide(
         sender_verified: out.sender_verified,
         sender: out,
         scored,
+        who,
+    }
+}
+
+/// Who sent the message, as far as authentication supports it: the From address and domain
+/// only when a DKIM signature or SPF passed aligned with the From domain (or DMARC passed),
+/// the client IP always, and the ids it replies to.
+fn who(out: &sender::Checked, env: &Envelope<'_>, findings: &[Finding], raw: &[u8]) -> Who {
+    let aligned = |d: &str, fd: &str| {
+        let (d, fd) = (d.to_ascii_lowercase(), fd.to_ascii_lowercase());
+        d == fd || d.ends_with(&format!(".{fd}")) || fd.ends_with(&format!(".{d}"))
+    };
+    let has = |k: Kind| findings.iter().any(|f| f.kind == k);
+    let from = crate::header::value(raw, "From")
+        .and_then(|v| super::headers::mailbox(&v).0)
+        .map(|a| a.to_ascii_lowercase());
+    let authenticated = match (&out.from_domain, &from) {
+        (Some(fd), Some(addr)) if addr.rsplit_once('@').is_some_and(|(_, d)| aligned(d, fd)) => {
+            let spf_domain = env.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+            has(Kind::DmarcPass)
+                || out.dkim_pass.iter().any(|d| aligned(d, fd))
+                || (has(Kind::SpfPass) && !spf_domain.is_empty() && aligned(spf_domain, fd))
+        }
+        _ => false,
+    };
+    let mut replies_to = Vec::new();
+    for name in ["In-Reply-To", "References"] {
+        let Some(v) = crate::header::value(raw, name) else {
+            continue;
+        };
+        for part in v.split('<').skip(1) {
+            if replies_to.len() >= reputation::MAX_REFERENCES {
+                break;
+            }
+            if let Some((id, _)) = part.split_once('>') {
+                replies_to.push(id.trim().to_string());
+            }
+        }
+    }
+    Who {
+        domain: authenticated
+            .then(|| out.from_domain.as_deref().map(str::to_ascii_lowercase))
+            .flatten(),
+        from: from.filter(|_| authenticated),
+        ip: Some(env.ip),
+        replies_to,
     }
 }

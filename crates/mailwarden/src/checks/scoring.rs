@@ -45,6 +45,20 @@ pub struct Scored {
     pub level: Level,
 }
 
+impl Scored {
+    /// Count more findings (already weighed) in the score, and level it again.
+    pub fn add(&mut self, cfg: &Cfg, more: Vec<Finding>) {
+        if more.is_empty() {
+            return;
+        }
+        self.findings.extend(more);
+        self.score = total(&self.findings);
+        if cfg.mode != Mode::Off {
+            self.level = level(cfg, self.score);
+        }
+    }
+}
+
 pub fn level(cfg: &Cfg, score: f64) -> Level {
     if score >= cfg.reject {
         Level::Reject

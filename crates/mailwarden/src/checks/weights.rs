@@ -35,13 +35,22 @@ pub const BUILTIN: &[(Kind, f64)] = &[
     (Kind::LinkMismatch, 1.5),
     (Kind::ClassifierSpam, 4.0),
     (Kind::ClassifierHam, -2.0),
+    (Kind::ReputationBad, 3.0),
+    (Kind::ReputationGood, -1.5),
+    (Kind::Correspondent, -2.5),
+    (Kind::ReplyToOurs, -2.5),
 ];
 
-/// The reasons `mailwarden learn` fits: every weighted one. Heuristics may only add (a
-/// heuristic a spammer could trigger on purpose must never lower a score); the classifier's
-/// ham side may only subtract.
-pub fn learnable() -> impl Iterator<Item = Kind> {
+/// Every reason with a weight (what `[scoring.weights]` may name).
+pub fn weighed() -> impl Iterator<Item = Kind> {
     BUILTIN.iter().map(|(k, _)| *k)
+}
+
+/// The reasons `mailwarden learn` fits: all but reputation's, which labelled mail from
+/// elsewhere has no history for. Heuristics may only add (a heuristic a spammer could trigger
+/// on purpose must never lower a score); the classifier's ham side may only subtract.
+pub fn learnable() -> impl Iterator<Item = Kind> {
+    weighed().filter(|k| k.family() != "reputation")
 }
 
 /// The built-in weight of a reason (0 for one the content score does not weigh).

@@ -67,51 +67,52 @@ impl Model {
         self.adjust(&tokens(raw), spam, false);
     }
 
-    /// Learn (`add`) or forget one message's tokens, here and in the store, without
-    /// rewriting the stored model: what users' moves into and out of Junk do.
-    pub fn record(
-        &mut self,
+    /// Learn (`add`) or forget one message's tokens in the stored model, without rewriting
+    /// it: what users' moves into and out of Junk do. A running server reloads the model
+    /// (its generation changed).
+    pub async fn record(
         store: &Store,
         toks: &HashSet<String>,
         spam: bool,
         add: bool,
     ) -> Result<(), StoreError> {
-        self.adjust(toks, spam, add);
         let toks: Vec<String> = toks.iter().cloned().collect();
         let (col, key) = if spam {
             ("spam", "spam_messages")
         } else {
             ("ham", "ham_messages")
         };
-        let total = if spam {
-            self.spam_messages
-        } else {
-            self.ham_messages
-        };
         let delta: i64 = if add { 1 } else { -1 };
-        store.write_blocking(move |c| {
-            let sql = format!(
-                "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(token) DO UPDATE SET {col} = MAX(0, {col} + ?4)"
-            );
-            let mut up = c.prepare(&sql)?;
-            let first = delta.max(0);
-            let (s, h) = if spam { (first, 0) } else { (0, first) };
-            for t in &toks {
-                up.execute(rusqlite::params![t, s, h, delta])?;
-            }
-            c.execute("DELETE FROM bayes_tokens WHERE spam = 0 AND ham = 0", [])?;
-            c.execute(
-                "INSERT OR REPLACE INTO bayes_meta(key, value) VALUES (?1, ?2)",
-                rusqlite::params![key, total as i64],
-            )?;
-            c.execute(
-                "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
-                 ON CONFLICT(key) DO UPDATE SET value = value + 1",
-                [],
-            )?;
-            Ok(())
-        })
+        store
+            .write(move |c| {
+                let mut up = c.prepare(&format!(
+                    "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(token) DO UPDATE SET {col} = MAX(0, {col} + ?4)"
+                ))?;
+                let mut gone = c.prepare(
+                    "DELETE FROM bayes_tokens WHERE token = ?1 AND spam = 0 AND ham = 0",
+                )?;
+                let first = delta.max(0);
+                let (s, h) = if spam { (first, 0) } else { (0, first) };
+                for t in &toks {
+                    up.execute(rusqlite::params![t, s, h, delta])?;
+                    if !add {
+                        gone.execute([t])?;
+                    }
+                }
+                c.execute(
+                    "INSERT INTO bayes_meta(key, value) VALUES (?1, MAX(0, ?2)) \
+                     ON CONFLICT(key) DO UPDATE SET value = MAX(0, value + ?2)",
+                    rusqlite::params![key, delta],
+                )?;
+                c.execute(
+                    "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
+                     ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     fn adjust(&mut self, toks: &HashSet<String>, spam: bool, add: bool) {
@@ -349,6 +350,31 @@ mod tests {
         m.forget(&odd, true);
         assert!((m.score(&odd) - before).abs() < 1e-9);
         assert_eq!(m.spam_messages, 20);
+    }
+
+    #[test]
+    fn users_moves_update_the_stored_model_in_place() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let m = trained();
+        m.save(&store).unwrap();
+        let odd = tokens(&msg("thursday pills", "committee discount"));
+        let before = m.score_tokens(&odd);
+        rt.block_on(Model::record(&store, &odd, true, true))
+            .unwrap();
+        let after = Model::load(&store).unwrap();
+        assert_eq!(after.spam_messages, 21);
+        assert!(after.score_tokens(&odd) > before);
+        assert_ne!(after.generation, m.generation);
+        rt.block_on(Model::record(&store, &odd, true, false))
+            .unwrap();
+        let back = Model::load(&store).unwrap();
+        assert_eq!(back.spam_messages, 20);
+        assert!((back.score_tokens(&odd) - before).abs() < 1e-9);
+        assert_eq!(back.tokens_known(), m.tokens_known());
     }
 
     #[test]

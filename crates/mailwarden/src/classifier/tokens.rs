@@ -144,6 +144,16 @@ fn received(value: &str, out: &mut HashSet<String>) {
     }
 }
 
+/// Fields a receiver adds (our verdicts, delivery's Return-Path): a message read back from a
+/// mailbox to be learned must give the tokens it gave when it was scored.
+fn added_on_receipt(name: &str) -> bool {
+    matches!(
+        name,
+        "return-path" | "delivered-to" | "authentication-results"
+    ) || name.starts_with("x-mailwarden-")
+        || name.starts_with("x-spam-")
+}
+
 /// At most `left` bytes of `t`, cut at a character boundary; `left` goes down by as much.
 fn budget<'t>(t: &'t str, left: &mut usize) -> &'t str {
     let mut n = t.len().min(*left);
@@ -160,6 +170,9 @@ pub fn tokens_of(p: &Parsed<'_>) -> HashSet<String> {
     let msg = p.msg.as_ref();
     let mut relays = 0;
     for (name, value) in &p.fields {
+        if added_on_receipt(name) {
+            continue;
+        }
         out.insert(format!("h:{name}"));
         match name.as_str() {
             // Decoded (RFC 2047) when the message parsed.

@@ -54,6 +54,8 @@ section! {
         pub screening: Screening = Screening::default(),
         pub records: Records = Records::default(),
         pub scoring: Scoring = Scoring::default(),
+        pub reputation: Reputation = Reputation::default(),
+        pub learning: Learning = Learning::default(),
         pub log: Log = Log::default(),
     }
 }
@@ -478,6 +480,36 @@ section! {
 }
 
 section! {
+    /// Sender reputation from our own history: per identity (the authenticated From address,
+    /// the DMARC-aligned From domain, the client's /32, /24 and /16, or /64 and /48), what we
+    /// did with its mail and what users marked as spam or ham. It is a scored reason of the
+    /// content score (`reputation.*`, weighed like the others), and trusts only what an
+    /// authentication result supports: unauthenticated From addresses are neither credited
+    /// nor blamed.
+    pub struct Reputation {
+        /// `off` neither keeps history nor scores; `observe` and `enforce` do both (whether
+        /// the score acts is `scoring.mode`'s).
+        pub mode: Mode = Mode::Enforce,
+        /// How far back history counts.
+        pub window: Duration = Duration::secs(90 * 86400),
+        /// Messages an identity needs before its history says anything.
+        pub min_messages: u64 = 3,
+    }
+}
+
+section! {
+    /// Learning from users: a message a user moves into Junk (through any IMAP server on the
+    /// Maildir) is learned as spam by the classifier and reputation, one moved out of Junk as
+    /// ham; moved back, it is unlearned.
+    pub struct Learning {
+        /// `off` does not look; `observe` and `enforce` learn.
+        pub mode: Mode = Mode::Enforce,
+        /// How often the mailboxes are looked at.
+        pub scan_interval: Duration = Duration::secs(30),
+    }
+}
+
+section! {
     /// Decision records: one per SMTP transaction, for `mailwarden log search` and
     /// `mailwarden explain`.
     pub struct Records {
@@ -624,10 +656,10 @@ impl Config {
             ));
         }
         for code in self.scoring.weights.keys() {
-            if !crate::checks::weights::learnable().any(|k| k.code() == code.as_str()) {
+            if !crate::checks::weights::weighed().any(|k| k.code() == code.as_str()) {
                 errs.push(format!(
                     "scoring.weights: {code:?} is not a weighted reason (one of {})",
-                    crate::checks::weights::learnable()
+                    crate::checks::weights::weighed()
                         .map(|k| k.code())
                         .collect::<Vec<_>>()
                         .join(", ")

@@ -103,6 +103,16 @@ pub enum Kind {
     /// the score counted).
     SpamScore,
 
+    // Sender reputation, from our own history (`reputation`).
+    /// An identity whose mail we mostly junked, held or refused, or users marked as spam.
+    ReputationBad,
+    /// An authenticated identity whose mail was accepted and not marked as spam.
+    ReputationGood,
+    /// An authenticated sender our users have written to.
+    Correspondent,
+    /// An authenticated reply to a message one of our users sent.
+    ReplyToOurs,
+
     // The message's shape, before anything parses it.
     HeaderSize,
     HeaderFields,
@@ -289,6 +299,10 @@ impl Kind {
             ClassifierSpam => "content.classifier_spam",
             ClassifierHam => "content.classifier_ham",
             SpamScore => "content.spam_score",
+            ReputationBad => "reputation.bad",
+            ReputationGood => "reputation.good",
+            Correspondent => "reputation.correspondent",
+            ReplyToOurs => "reputation.reply",
             HeaderSize => "shape.header_size",
             HeaderFields => "shape.header_fields",
             TooManyHops => "shape.too_many_hops",
@@ -353,6 +367,7 @@ impl Kind {
             IpUrl | LinkMismatch | UriblListed | ClassifierSpam | ClassifierHam | SpamScore => {
                 "content"
             }
+            ReputationBad | ReputationGood | Correspondent | ReplyToOurs => "reputation",
             HeaderSize | HeaderFields | TooManyHops | MimeDepth => "shape",
             NoSuchUser | RelayDenied | RcptAddressLiteral | RelayAddressLiteral
             | RoutingUnavailable | RecipientLimit => "rcpt",
@@ -418,7 +433,7 @@ impl Kind {
             "dmarc" => Policy::Dmarc,
             "iprev" => Policy::Iprev,
             "local_sender" => Policy::LocalForgery,
-            "content" => Policy::Scoring,
+            "content" | "reputation" => Policy::Scoring,
             _ if matches!(self, ForgedAuthResults) => return None,
             "headers" => Policy::Scoring,
             _ => return None,

@@ -15,9 +15,11 @@ use crate::checks::scoring::{self, Level};
 use crate::checks::sender::Envelope;
 use crate::checks::shape;
 use crate::decision::{Action, Cause, Finding, Kind, ScoreAsk};
+use crate::learning::{self, LEARN_FIELD, Place};
 use crate::queue::{Body, Folder, Message, Meta, Recipient, Route};
 use crate::received;
 use crate::records;
+use crate::reputation::Outcome;
 use crate::util::new_id;
 use mailwarden_proto::session::Session;
 use mailwarden_proto::{Reply, replies};
@@ -149,6 +151,10 @@ async fn decide_and_queue(
     let mut verdict_note = None;
     let mut sender_verified = false;
     let mut signing_domain = None;
+    // What reputation counts once the message is queued: (identities, outcome) for mail from
+    // outside, (recipients, Message-ID) for mail our users send.
+    let mut outcome = None;
+    let mut wrote = None;
     if let Some(account) = s.authenticated() {
         // Suspended while this message was on its way (another session's blast tripped a
         // trigger), or this very message completes a blast: it is not taken.
@@ -175,6 +181,15 @@ async fn decide_and_queue(
             &raw,
         )?);
         headers.push_str(&authres::submitted(&cfg.hostname, account));
+        wrote = Some((
+            rcpts.iter().map(|r| r.address.clone()).collect::<Vec<_>>(),
+            notes
+                .message_id
+                .as_deref()
+                .and_then(|v| v.split('<').nth(1))
+                .and_then(|v| v.split_once('>'))
+                .map(|(id, _)| id.trim().to_string()),
+        ));
         // Outbound mail is scored like inbound: a hijacked account's spam is held (what
         // would be quarantined or refused from outside), never refused to the user.
         let scored = score_submitted(shared, &raw, notes).await?;
@@ -190,12 +205,13 @@ async fn decide_and_queue(
         let mail_from = txn.mail_from.to_string();
         let spf = early.spf().await;
         let iprev = early.iprev().await;
-        let (dns, config, model, content, routing) = (
+        let (dns, config, model, content, routing, store) = (
             shared.dns.clone(),
             shared.config.clone(),
             shared.classifier.get(),
             raw.clone(),
             shared.routing.clone(),
+            shared.accounts.store().clone(),
         );
         let (ip, helo, from) = (
             ctx.peer.ip(),
@@ -211,10 +227,16 @@ async fn decide_and_queue(
                 hostname: &config.hostname,
             };
             let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
-            inbound::decide(
-                &dns, &config, &model, &env, &content, spf, iprev, now, &is_local,
-            )
-            .await
+            let history = |w: &crate::reputation::Who| {
+                crate::reputation::lookup(&store, &config.reputation, w, now)
+                    .map_err(|e| e.to_string())
+            };
+            let ours = inbound::Ours {
+                now,
+                is_local: &is_local,
+                history: &history,
+            };
+            inbound::decide(&dns, &config, &model, &env, &content, spf, iprev, &ours).await
         })
         .await;
         let d = match decided {
@@ -263,8 +285,12 @@ async fn decide_and_queue(
         tag_subject = !cfg.scoring.subject_tag.is_empty()
             && cfg.scoring.mode == crate::config::Mode::Enforce
             && scored.score >= cfg.scoring.junk;
+        let keys = d.who.keys();
         match &v.action {
             Action::Reject(reply) | Action::TempFail(reply) => {
+                if matches!(v.action, Action::Reject(_)) {
+                    remember(shared, &id, keys, Outcome::Rejected);
+                }
                 return Err(match deciding {
                     Some(f) => f.clone(),
                     None => Finding::refusing(
@@ -277,10 +303,14 @@ async fn decide_and_queue(
             Action::Quarantine => {
                 let mut content = headers.into_bytes();
                 content.extend_from_slice(&kept(&edit));
-                return hold(
+                let done = hold(
                     shared, ctx, &id, &mail_from, None, &rcpts, content, scored, notes,
                 )
                 .await;
+                if done.is_ok() {
+                    remember(shared, &id, keys, Outcome::Quarantined);
+                }
+                return done;
             }
             Action::Junk => {
                 notes.junk = true;
@@ -290,9 +320,22 @@ async fn decide_and_queue(
                     }
                 }
                 verdict_note = d.junk_note();
+                outcome = Some((keys, Outcome::Junked));
             }
-            Action::Accept => {}
+            Action::Accept => outcome = Some((keys, Outcome::Accepted)),
         }
+        // Which message a user later moves into or out of Junk, and where we put it
+        // (`learning`); on top, so a field the sender wrote further down is never the one
+        // read.
+        let place = if notes.junk {
+            Place::Junk
+        } else {
+            Place::Inbox
+        };
+        headers.insert_str(
+            0,
+            &format!("{LEARN_FIELD}: {}\r\n", learning::field_value(&id, place)),
+        );
     }
 
     if tag_subject {
@@ -357,6 +400,7 @@ async fn decide_and_queue(
         }
         return done;
     }
+    let qid = id.clone();
     let reply = enqueue(
         shared,
         ctx,
@@ -376,7 +420,40 @@ async fn decide_and_queue(
         return Err(Finding::refusing(Kind::QueueFailed, "queue failure", reply));
     }
     sink.committed();
+    if let Some((keys, o)) = outcome {
+        remember(shared, &qid, keys, o);
+    }
+    if let Some((to, message_id)) = wrote
+        && shared.config.reputation.mode != crate::config::Mode::Off
+    {
+        let (store, now) = (shared.accounts.store().clone(), shared.clock.now_secs());
+        tokio::spawn(async move {
+            if let Err(e) = crate::reputation::wrote(&store, to, message_id, now).await {
+                tracing::warn!(event = "reputation_write_failed", error = %e);
+            }
+        });
+    }
     Ok(reply)
+}
+
+/// Count an outcome for a sender's identities, in the background: reputation is a help, and
+/// waiting for its commit would hold the client's reply.
+fn remember(shared: &Shared, id: &str, keys: Vec<String>, o: Outcome) {
+    let cfg = &shared.config.reputation;
+    if cfg.mode == crate::config::Mode::Off {
+        return;
+    }
+    let (store, now, id) = (
+        shared.accounts.store().clone(),
+        shared.clock.now_secs(),
+        id.to_string(),
+    );
+    let days = (cfg.window.get().as_secs() / 86_400) as i64;
+    tokio::spawn(async move {
+        if let Err(e) = crate::reputation::record(&store, &id, keys, o, now, days).await {
+            tracing::warn!(event = "reputation_write_failed", error = %e);
+        }
+    });
 }
 
 /// Content scoring of submitted mail ([`scoring`]), off the async workers: the scanned part

@@ -225,6 +225,14 @@ pub async fn start(
             }
         }));
     }
+    if config.learning.mode != crate::config::Mode::Off {
+        tasks.push(tokio::spawn(crate::learning::run(
+            store.clone(),
+            config.data_dir.clone(),
+            config.learning.scan_interval.get(),
+            shared.clock.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(crate::quarantine::deliver_released(
         store.clone(),
         queue.clone(),

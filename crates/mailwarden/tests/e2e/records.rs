@@ -164,18 +164,13 @@ fn the_seed_spam_goes_to_junk_and_explain_names_its_forged_headers() {
     assert!(m.contains("headers.from_no_address"), "{m}");
     assert!(s.messages("alice@example.test").is_empty());
 
-    let found = s.search_records(&[
-        "--action",
-        "junk",
-        "--reason",
-        "headers.message_id_not_fqdn",
-    ]);
+    let found = s.search_records(&["--action", "junk", "--reason", "headers.to_empty"]);
     assert_eq!(found.len(), 1, "{found:?}");
     let report = s.cli_ok(&["explain", found[0]["id"].as_str().unwrap()], None);
     assert!(report.contains(" JUNK on mx"), "{report}");
     let why = report.find("why:").expect(&report);
     let also = report.find("also found:").unwrap_or(report.len());
-    for code in ["headers.from_no_address", "headers.message_id_not_fqdn"] {
+    for code in ["headers.from_no_address", "headers.to_empty"] {
         let at = report
             .find(code)
             .unwrap_or_else(|| panic!("{code} in {report}"));
@@ -298,7 +293,7 @@ fn explain_runs_the_inbound_checks_offline_on_a_message_file() {
     let report = s.cli_ok(&args, None);
     assert!(report.starts_with("offline JUNK on explain"), "{report}");
     let also = report.find("also found:").unwrap_or(report.len());
-    for code in ["headers.from_no_address", "headers.message_id_not_fqdn"] {
+    for code in ["headers.from_no_address", "headers.to_empty"] {
         let at = report
             .find(code)
             .unwrap_or_else(|| panic!("{code} in {report}"));
@@ -344,7 +339,7 @@ fn a_listed_link_host_scores_and_the_subject_tag_marks_spam() {
     assert!(m.contains("content.uribl_listed"), "{m}");
     let found = s.search_records(&["--reason", "content.uribl_listed"]);
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0]["score"].as_f64().unwrap() >= 8.5, "{:?}", found[0]);
+    assert!(found[0]["score"].as_f64().unwrap() >= 8.0, "{:?}", found[0]);
 
     // A tidy message keeps its Subject.
     let inbox = send_tidy(&s);

@@ -1,0 +1,188 @@
+//! Learning from users through a real IMAP server: Dovecot (Debian `dovecot-imapd`, started
+//! here on a loopback port over the server's Maildir) serves alice's mail, Junk included;
+//! a real client (Python's imaplib) moves a message into Junk and another out of it, and
+//! mailwarden learns them as spam and ham (classifier and reputation), once, and unlearns the
+//! one moved back.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Dovecot over `data_dir`'s Maildir tree, for one user; stopped when dropped.
+struct Dovecot {
+    child: Child,
+    port: u16,
+}
+
+impl Dovecot {
+    fn start(data_dir: &std::path::Path, user: &str, password: &str) -> Dovecot {
+        let mut child = Command::new("python3")
+            .arg(clients_dir().join("dovecot.py"))
+            .arg(data_dir)
+            .args([user, password])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|_| missing("python3", "apt-get install python3"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(port) = line.trim().strip_prefix("port=") else {
+            let out = child.wait_with_output().unwrap();
+            if out.status.code() == Some(3) {
+                missing("dovecot", "apt-get install dovecot-imapd");
+            }
+            panic!("dovecot.py: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        Dovecot {
+            port: port.parse().unwrap(),
+            child,
+        }
+    }
+
+    /// Move the messages whose subject has each text, as a mail client does, and return
+    /// every folder's subjects.
+    fn client(&self, moves: &[(&str, &str, &str)]) -> serde_json::Value {
+        let port = self.port.to_string();
+        let mut args = vec![
+            clients_dir()
+                .join("imap_move.py")
+                .to_str()
+                .unwrap()
+                .to_string(),
+            "--port".into(),
+            port,
+            "--user".into(),
+            "alice@example.test".into(),
+            "--password".into(),
+            "imap-pw".into(),
+        ];
+        for (s, from, to) in moves {
+            args.extend([
+                "--move".into(),
+                s.to_string(),
+                from.to_string(),
+                to.to_string(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_ok("python3", &args, None);
+        serde_json::from_slice(&out).unwrap()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // Closing its stdin stops it.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn moves_in_a_real_imap_client_are_learned_once_and_unlearned_when_moved_back() {
+    // A Date this old is given the junk score by itself here, so one message goes to Junk.
+    let s = Server::start(
+        "[learning]\nscan_interval = \"1s\"\n\
+         [scoring.weights]\n\"headers.date_past\" = 6.0\n",
+    );
+    s.add_user("alice@example.test", "pw");
+    let send = |subject: &str, date: Option<&str>| {
+        let date = date.map(|d| format!("Date: {d}\r\n")).unwrap_or_default();
+        let raw = format!(
+            "From: someone@elsewhere.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n\
+             {date}Message-ID: <{}@elsewhere.test>\r\n\r\nsome text about {subject}\r\n",
+            subject.replace(' ', ".")
+        );
+        let r = smtplib_stdin(
+            s.mx(),
+            "plain",
+            &[
+                "--from",
+                "someone@elsewhere.test",
+                "--to",
+                "alice@example.test",
+                "--raw",
+            ],
+            Some(raw.as_bytes()),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+    };
+    send("cheap replica watches", None);
+    send(
+        "minutes of the meeting",
+        Some("Tue, 17 May 2011 14:17:47 -0500"),
+    );
+    s.wait_messages("alice@example.test", 1);
+    let junk = s.maildir("alice@example.test").join(".Junk");
+    wait_for(Duration::from_secs(20), || {
+        s.messages_in(&junk).into_iter().next()
+    })
+    .expect("the old-dated message in Junk");
+
+    let dovecot = Dovecot::start(&s.data_dir(), "alice@example.test", "imap-pw");
+    let seen = dovecot.client(&[]);
+    assert_eq!(
+        seen["folders"]["Junk"],
+        serde_json::json!(["minutes of the meeting"]),
+        "Dovecot reads the Junk folder we wrote: {seen}"
+    );
+    assert_eq!(
+        seen["folders"]["INBOX"],
+        serde_json::json!(["cheap replica watches"])
+    );
+
+    // Alice disagrees with both: spam into Junk, the minutes out of it.
+    let moved = dovecot.client(&[
+        ("cheap replica watches", "INBOX", "Junk"),
+        ("minutes of the meeting", "Junk", "INBOX"),
+    ]);
+    assert_eq!(moved["moved"], 2, "{moved}");
+    let count = |key: &str| {
+        s.query_count(&format!(
+            "SELECT COALESCE(MAX(value), 0) FROM bayes_meta WHERE key = '{key}'"
+        ))
+    };
+    wait_for(Duration::from_secs(60), || {
+        (count("spam_messages") == 1 && count("ham_messages") == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not learned; log:\n{}", s.log()));
+    assert_eq!(
+        s.log_lines(&["event=\"learned_from_user\"", "label=\"spam\""])
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.log_lines(&["event=\"learned_from_user\"", "label=\"ham\""])
+            .len(),
+        1
+    );
+    // Reputation: the sender's identities (its IP, /24 and /16) carry the marks.
+    assert_eq!(
+        s.query_count("SELECT SUM(marked_spam) FROM reputation WHERE identity = 'ip:127.0.0.1'"),
+        1
+    );
+    assert_eq!(
+        s.query_count("SELECT SUM(marked_ham) FROM reputation WHERE identity = 'ip:127.0.0.1'"),
+        1
+    );
+
+    // Once: later passes change nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((count("spam_messages"), count("ham_messages")), (1, 1));
+
+    // Back to the inbox: unlearned.
+    dovecot.client(&[("cheap replica watches", "Junk", "INBOX")]);
+    wait_for(Duration::from_secs(60), || {
+        (count("spam_messages") == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not unlearned; log:\n{}", s.log()));
+    assert_eq!(count("ham_messages"), 1);
+    assert_eq!(
+        s.query_count("SELECT SUM(marked_spam) FROM reputation WHERE identity = 'ip:127.0.0.1'"),
+        0
+    );
+}
