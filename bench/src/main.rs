@@ -7,8 +7,9 @@
 //! `--messages` or `--duration`, whichever comes first. `--idle` holds many idle sessions and
 //! probes how fast a new session still gets its banner.
 //!
-//! The client is cheap on purpose: one pre-built message, pipelined MAIL/RCPT/DATA when the
-//! server offers PIPELINING, and a reply parser that only reads codes.
+//! The client is cheap on purpose: messages built once (one generated, or a corpus read at
+//! start with `--corpus`), pipelined MAIL/RCPT/DATA when the server offers PIPELINING, and a
+//! reply parser that only reads codes.
 #![forbid(unsafe_code)]
 
 mod smtp;
@@ -62,6 +63,11 @@ pub struct Args {
     /// Send this exact message (e.g. DKIM-signed) instead of a generated one.
     #[arg(long)]
     pub message_file: Option<std::path::PathBuf>,
+    /// Replay real messages: every file in this directory and its subdirectories (an mbox
+    /// `From ` first line is dropped), in turn, so the server's parser, tokenizer and
+    /// heuristics see real text instead of one line repeated.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
     /// Source addresses to spread connections over (e.g. 127.0.0.2,127.0.0.3).
     #[arg(long, value_delimiter = ',')]
     pub source: Vec<std::net::IpAddr>,

@@ -59,6 +59,59 @@ pub struct Template {
     rcpts: usize,
     head: Vec<u8>,
     tail: Vec<u8>,
+    /// `--corpus`: each message ready to send (CRLF, dot-stuffed, ended), used in turn.
+    corpus: Vec<Vec<u8>>,
+}
+
+/// CRLF line ends, dot-stuffing and the final dot.
+fn data(body: &[u8]) -> Vec<u8> {
+    let mut tail = Vec::with_capacity(body.len() + 8);
+    let mut line_start = true;
+    for &b in body {
+        if line_start && b == b'.' {
+            tail.push(b'.');
+        }
+        tail.push(b);
+        line_start = b == b'\n';
+    }
+    if !tail.ends_with(b"\r\n") {
+        tail.extend_from_slice(b"\r\n");
+    }
+    tail.extend_from_slice(b".\r\n");
+    tail
+}
+
+/// Every file under `dir` (one level of subdirectories), sorted, ready to send.
+fn corpus(dir: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            for f in std::fs::read_dir(&p)? {
+                let f = f?.path();
+                if f.is_file() {
+                    files.push(f);
+                }
+            }
+        } else if p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no messages in {}", dir.display());
+    files
+        .iter()
+        .map(|f| {
+            let raw = std::fs::read(f)?;
+            let raw = match raw.strip_prefix(b"From ") {
+                Some(_) => {
+                    raw[raw.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)..].to_vec()
+                }
+                None => raw,
+            };
+            Ok(data(&crlf(&raw)))
+        })
+        .collect()
 }
 
 impl Template {
@@ -87,24 +140,15 @@ impl Template {
                 (head.into_bytes(), body)
             }
         };
-        let mut tail = Vec::with_capacity(body.len() + 8);
-        let mut line_start = true;
-        for &b in &body {
-            if line_start && b == b'.' {
-                tail.push(b'.');
-            }
-            tail.push(b);
-            line_start = b == b'\n';
-        }
-        if !tail.ends_with(b"\r\n") {
-            tail.extend_from_slice(b"\r\n");
-        }
-        tail.extend_from_slice(b".\r\n");
         Ok(Template {
             envelope,
             rcpts: args.to.len(),
             head,
-            tail,
+            tail: data(&body),
+            corpus: match &args.corpus {
+                Some(dir) => corpus(dir)?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -311,6 +355,11 @@ impl Conn {
             self.write(b"RSET\r\n").await?;
             let _ = self.reply().await;
             return Ok(code);
+        }
+        if !t.corpus.is_empty() {
+            self.write(&t.corpus[(n % t.corpus.len() as u64) as usize])
+                .await?;
+            return self.reply().await;
         }
         let mut msg = std::mem::take(&mut self.out);
         msg.clear();
