@@ -9,7 +9,8 @@
 //! name and remembered. A message is where its newest copy is; its label (`learned` table)
 //! follows where the user put it against where we put it.
 //!
-//! Security: files come from users' mail and names from their IMAP server. Only the first
+//! Security: files come from users' mail and names from their IMAP server; links are not
+//! followed. Only the first
 //! [`HEAD_BYTES`] of a file are read to find the field, at most [`MAX_BYTES`] to learn it; a
 //! field a sender wrote further down is never the first (ours is prepended); ids not in
 //! `reputation_msgs` (expired, or never ours) still teach the classifier but mark no one.
@@ -137,6 +138,11 @@ impl Learner {
                     continue;
                 };
                 for e in entries.flatten() {
+                    // Regular files only: a link a mailbox's owner planted would have the
+                    // server read (and learn) a file that is not mail.
+                    if !e.file_type().is_ok_and(|t| t.is_file()) {
+                        continue;
+                    }
                     let path = e.path();
                     alive.insert(path.clone());
                     let seen = self

@@ -3,8 +3,10 @@
 //! Three sources, strongest first: `[scoring.weights]` in the config (one reason at a time),
 //! the weights `mailwarden learn` fitted on labelled mail and stored with the classifier's
 //! model (`classifier::fit`), and the conservative built-in ones below. The built-in ones
-//! apply until a model is fitted; each is below the default `scoring.junk`, so no heuristic
-//! alone can put a message in Junk.
+//! apply until a model is fitted; each heuristic's is below the default `scoring.junk`, so no
+//! heuristic alone can put a message in Junk. The classifier's alone can, when it is sure
+//! (a spam probability of 0.955 or more): a trained model whose weights were not fitted (too
+//! little mail, or trained before weights were) still files what it recognises.
 //!
 //! The classifier's output is a reason too: its spam probability p becomes a strength,
 //! `2p - 1` for spam (`content.classifier_spam`) or `1 - 2p` for ham
@@ -33,7 +35,7 @@ pub const BUILTIN: &[(Kind, f64)] = &[
     (Kind::ForgedReceived, 2.0),
     (Kind::IpUrl, 1.5),
     (Kind::LinkMismatch, 1.5),
-    (Kind::ClassifierSpam, 4.0),
+    (Kind::ClassifierSpam, 5.5),
     (Kind::ClassifierHam, -2.0),
     (Kind::ReputationBad, 3.0),
     (Kind::ReputationGood, -1.5),
@@ -156,17 +158,16 @@ mod tests {
     #[test]
     fn no_builtin_heuristic_alone_reaches_junk() {
         let junk = Scoring::default().junk;
-        for (k, w) in BUILTIN {
+        for (k, w) in BUILTIN.iter().filter(|(k, _)| *k != Kind::ClassifierSpam) {
             assert!(*w < junk, "{} weighs {w}, junk is {junk}", k.code());
         }
-        // Nor the classifier at full strength without any other reason.
-        let top = Weights {
+        // The classifier alone only when it is sure.
+        let w = Weights {
             config: &BTreeMap::new(),
             learned: &BTreeMap::new(),
-        }
-        .classifier(1.0)
-        .unwrap();
-        assert!(top.score < junk, "{top:?}");
+        };
+        assert!(w.classifier(0.96).unwrap().score >= junk);
+        assert!(w.classifier(0.95).unwrap().score < junk);
     }
 
     #[test]
@@ -200,9 +201,9 @@ mod tests {
             learned: &BTreeMap::new(),
         };
         assert!(w.classifier(0.5).is_none());
-        let spam = w.classifier(0.95).unwrap();
+        let spam = w.classifier(0.8).unwrap();
         assert_eq!(spam.kind, Kind::ClassifierSpam);
-        assert_eq!(spam.score, 3.6);
+        assert_eq!(spam.score, 3.3);
         let ham = w.classifier(0.0).unwrap();
         assert_eq!((ham.kind, ham.score), (Kind::ClassifierHam, -2.0));
     }
