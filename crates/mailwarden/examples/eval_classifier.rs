@@ -95,7 +95,7 @@ fn main() {
     for e in &examples {
         model.learn_tokens(&e.tokens, e.spam);
     }
-    let (weights, report) = fit::fit(&examples, cfg.scoring.junk).expect("fit");
+    let (weights, report) = fit::fit(&examples, &cfg.scoring).expect("fit");
     if !builtin {
         model.weights = weights;
     }

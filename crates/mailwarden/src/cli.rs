@@ -339,7 +339,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             let cfg = &loaded.config;
             let store = Store::open(&cfg.data_dir)?;
-            let mut model = crate::classifier::Model::load(&store)?;
+            // This run's counts, added to the stored ones at the end (a server's learning from
+            // users meanwhile is kept).
+            let mut model = crate::classifier::Model::default();
             let now = crate::clock::Clock::now_secs(&crate::clock::SystemClock);
             let mut examples = Vec::new();
             for (dirs, is_spam) in [(&spam, true), (&ham, false)] {
@@ -357,15 +359,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            let n_spam = examples.iter().filter(|e| e.spam).count();
-            println!(
-                "learned {n_spam} spam and {} ham; the model now knows {} spam, {} ham, {} tokens",
-                examples.len() - n_spam,
-                model.spam_messages,
-                model.ham_messages,
-                model.tokens_known()
-            );
-            match crate::classifier::fit::fit(&examples, cfg.scoring.junk) {
+            match crate::classifier::fit::fit(&examples, &cfg.scoring) {
                 Ok((weights, report)) => {
                     println!(
                         "weights fitted on this mail ({}-fold cross-validation): at scoring.junk \
@@ -382,7 +376,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(why) => println!("weights not fitted: {why}"),
             }
-            model.save(&store)?;
+            model.add_to_store(&store)?;
+            let all = crate::classifier::Model::load(&store)?;
+            println!(
+                "learned {} spam and {} ham; the model now knows {} spam, {} ham, {} tokens",
+                model.spam_messages,
+                model.ham_messages,
+                all.spam_messages,
+                all.ham_messages,
+                all.tokens_known()
+            );
         }
         Cmd::Explain {
             id,
@@ -483,9 +486,10 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
                 return missing(&id);
             };
             if learn_ham {
-                let mut model = crate::classifier::Model::load(&store)?;
-                model.learn(&e.content, false);
-                model.save(&store)?;
+                let toks: Vec<String> = crate::classifier::tokens(&e.content).into_iter().collect();
+                store.write_blocking(move |c| {
+                    crate::classifier::Model::record_in(c, &toks, false, true)
+                })?;
             }
             if !q::release(&store, &id)? {
                 return missing(&id);

@@ -97,9 +97,10 @@ pub async fn run(
                 Ok(_) => {
                     let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
                     let iprev = Some(iprev.clone());
-                    let history = |w: &crate::reputation::Who| {
-                        crate::reputation::lookup(store, &cfg.reputation, w, now)
-                            .map_err(|e| e.to_string())
+                    let history = |w: crate::reputation::Who| -> inbound::HistoryFuture {
+                        let found = crate::reputation::lookup(store, &cfg.reputation, &w, now)
+                            .map_err(|e| e.to_string());
+                        Box::pin(async move { found })
                     };
                     let ours = inbound::Ours {
                         now,

@@ -9,9 +9,11 @@
 //! Message-IDs they sent, so an authenticated reply or a known correspondent is recognised.
 //!
 //! [`assess`] is pure: it turns a [`History`] into findings, most specific identity first
-//! (the first with `reputation.min_messages` messages speaks). A bad history can come from
-//! any identity; a good one, a correspondent or a reply only from an authenticated one, so a
-//! forged From gains nothing, and no one can spoil another's name by forging it.
+//! (the first with `reputation.min_messages` messages speaks). An authenticated sender is
+//! judged by its own name when it has enough history, never by its /16's (neighbours on a
+//! shared network are not it); a good history, a correspondent or a reply counts only for an
+//! authenticated one, so a forged From gains nothing, and no one can spoil another's name by
+//! forging it. A reply is credited only from a domain the replied-to message was sent to.
 //!
 //! Security: keys are built from values we checked (addresses parsed and lowercased, IPs);
 //! every lookup is a handful of primary-key reads whatever the message holds (References are
@@ -136,7 +138,7 @@ pub struct History {
     pub identities: Vec<(String, Counts)>,
     /// The authenticated From is an address our users wrote to.
     pub correspondent: bool,
-    /// One of `replies_to` is a Message-ID our users sent.
+    /// One of `replies_to` is a Message-ID our users sent to the authenticated From's domain.
     pub reply: bool,
 }
 
@@ -163,12 +165,12 @@ pub fn assess(cfg: &Cfg, who: &Who, h: &History) -> Vec<Finding> {
             0.0,
         ));
     }
-    // The most specific identity with enough history speaks.
-    if let Some((key, c)) = h
-        .identities
-        .iter()
-        .find(|(_, c)| c.messages() + c.marked_spam + c.marked_ham >= cfg.min_messages)
-    {
+    // The most specific identity with enough history speaks; an authenticated sender is not
+    // judged by its /16 or /48.
+    if let Some((key, c)) = h.identities.iter().find(|(k, c)| {
+        c.messages() + c.marked_spam + c.marked_ham >= cfg.min_messages
+            && !(authenticated && k.starts_with("wide:"))
+    }) {
         let bad = c.junked + c.quarantined + c.rejected + 2 * c.marked_spam;
         let good = c.accepted.saturating_sub(c.marked_spam) + 2 * c.marked_ham;
         let total = (bad + good).max(1) as f64;
@@ -226,15 +228,30 @@ pub fn lookup(store: &Store, cfg: &Cfg, who: &Who, now: i64) -> Result<History, 
                 .prepare_cached("SELECT 1 FROM correspondents WHERE address = ?1 AND last >= ?2")?
                 .exists(rusqlite::params![f, since * 86_400])?;
         }
-        let mut st = c.prepare_cached("SELECT 1 FROM sent_ids WHERE message_id = ?1")?;
-        for id in &replies {
-            if st.exists([id])? {
-                h.reply = true;
-                break;
+        // A Message-ID is public once a list has it: a reply counts only from a domain the
+        // message was sent to.
+        if let Some(d) = &who.domain {
+            let mut st = c.prepare_cached("SELECT domains FROM sent_ids WHERE message_id = ?1")?;
+            for id in &replies {
+                let domains: Option<String> = st
+                    .query_row([id], |r| r.get(0))
+                    .map(Some)
+                    .or_else(none_if_missing)?;
+                if domains.is_some_and(|ds| ds.split(' ').any(|x| x == d)) {
+                    h.reply = true;
+                    break;
+                }
             }
         }
         Ok(h)
     })
+}
+
+fn none_if_missing<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {
+    match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
+    }
 }
 
 /// Count `outcome` for each of `keys` today, and remember which keys message `id` had (for a
@@ -280,11 +297,12 @@ fn count(
     count_by(c, keys, outcome, now, 1)
 }
 
+/// Add `delta` to `outcome` for each of `keys` on the day of `when`.
 fn count_by(
     c: &rusqlite::Connection,
     keys: &[String],
     outcome: Outcome,
-    now: i64,
+    when: i64,
     delta: i64,
 ) -> rusqlite::Result<()> {
     let col = outcome.column();
@@ -293,49 +311,49 @@ fn count_by(
          ON CONFLICT(identity, day) DO UPDATE SET {col} = MAX(0, {col} + ?3)"
     ))?;
     for k in keys {
-        st.execute(rusqlite::params![k, day(now), delta])?;
+        st.execute(rusqlite::params![k, day(when), delta])?;
     }
     Ok(())
 }
 
 /// A user marked message `id` as spam or ham (`add`), or took the mark back: count it for
-/// the identities the message had. Returns whether the message was known.
-pub async fn mark(
-    store: &Store,
+/// the identities the message had, on the day it arrived (so a mark taken back later cancels
+/// it, and it leaves the window with the message). Returns whether the message was known.
+pub async fn mark(store: &Store, id: &str, spam: bool, add: bool) -> Result<bool, StoreError> {
+    let id = id.to_string();
+    store.write(move |c| mark_in(c, &id, spam, add)).await
+}
+
+/// [`mark`] inside a caller's transaction.
+pub fn mark_in(
+    c: &rusqlite::Connection,
     id: &str,
     spam: bool,
     add: bool,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let id = id.to_string();
-    store
-        .write(move |c| {
-            let keys: Option<String> = c
-                .query_row(
-                    "SELECT identities FROM reputation_msgs WHERE id = ?1",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })?;
-            let Some(keys) = keys else { return Ok(false) };
-            let keys: Vec<String> = keys.split(' ').map(str::to_string).collect();
-            let outcome = if spam {
-                Outcome::MarkedSpam
-            } else {
-                Outcome::MarkedHam
-            };
-            count_by(c, &keys, outcome, now, if add { 1 } else { -1 })?;
-            Ok(true)
-        })
-        .await
+) -> rusqlite::Result<bool> {
+    let found: Option<(String, i64)> = c
+        .query_row(
+            "SELECT identities, time FROM reputation_msgs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(none_if_missing)?;
+    let Some((keys, when)) = found else {
+        return Ok(false);
+    };
+    let keys: Vec<String> = keys.split(' ').map(str::to_string).collect();
+    let outcome = if spam {
+        Outcome::MarkedSpam
+    } else {
+        Outcome::MarkedHam
+    };
+    count_by(c, &keys, outcome, when, if add { 1 } else { -1 })?;
+    Ok(true)
 }
 
 /// Mail one of our users sent: its recipients become correspondents, its Message-ID a
-/// message a reply may answer.
+/// message their domains may reply to.
 pub async fn wrote(
     store: &Store,
     rcpts: Vec<String>,
@@ -352,9 +370,16 @@ pub async fn wrote(
                 st.execute(rusqlite::params![r.to_ascii_lowercase(), now])?;
             }
             if let Some(id) = &message_id {
+                let mut domains: Vec<String> = rcpts
+                    .iter()
+                    .filter_map(|r| r.rsplit_once('@'))
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .collect();
+                domains.sort();
+                domains.dedup();
                 c.execute(
-                    "INSERT OR IGNORE INTO sent_ids(message_id, time) VALUES (?1, ?2)",
-                    rusqlite::params![id, now],
+                    "INSERT OR IGNORE INTO sent_ids(message_id, time, domains) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![id, now, domains.join(" ")],
                 )?;
             }
             // Replies come within months; a year-old id is dropped, a batch at a time.
@@ -451,6 +476,8 @@ mod tests {
         );
         // An IP's good history is no credential (shared hosts, big providers)...
         assert_eq!(kinds(assess(&cfg(), &w, &history(&w, 2, good))), []);
+        // ...and an authenticated sender is not judged by its /16.
+        assert_eq!(kinds(assess(&cfg(), &w, &history(&w, 4, bad))), []);
         // ...its bad one counts, authenticated or not.
         let anon = who(false);
         assert_eq!(
@@ -509,26 +536,40 @@ mod tests {
         assert_eq!(h.identities[0].1.accepted, 3);
         assert_eq!(h.identities[4].1.accepted, 3, "{h:?}");
         assert!(!h.correspondent && !h.reply);
-        assert!(mark(&store, "q1", true, true, now).await.unwrap());
-        assert!(!mark(&store, "unknown", true, true, now).await.unwrap());
+        assert!(mark(&store, "q1", true, true).await.unwrap());
+        assert!(!mark(&store, "unknown", true, true).await.unwrap());
         let h = lookup(&store, &cfg(), &w, now).unwrap();
         assert_eq!(h.identities[0].1.marked_spam, 1);
-        assert!(mark(&store, "q1", true, false, now).await.unwrap());
+        assert!(mark(&store, "q1", true, false).await.unwrap());
         assert_eq!(
             lookup(&store, &cfg(), &w, now).unwrap().identities[0]
                 .1
                 .marked_spam,
             0
         );
+        // Sent to another domain: a reply from sender.test is not one.
         wrote(
             &store,
-            vec!["Alice@Sender.test".into()],
+            vec!["carol@elsewhere.test".into()],
             Some("1@ours.test".into()),
             now,
         )
         .await
         .unwrap();
-        let h = lookup(&store, &cfg(), &w, now).unwrap();
+        assert!(!lookup(&store, &cfg(), &w, now).unwrap().reply);
+        wrote(
+            &store,
+            vec!["Alice@Sender.test".into()],
+            Some("2@ours.test".into()),
+            now,
+        )
+        .await
+        .unwrap();
+        let w2 = Who {
+            replies_to: vec!["2@ours.test".into()],
+            ..w.clone()
+        };
+        let h = lookup(&store, &cfg(), &w2, now).unwrap();
         assert!(h.correspondent && h.reply, "{h:?}");
         // Past the window, history is gone.
         let later = now + 91 * 86_400;

@@ -215,13 +215,16 @@ CREATE TABLE correspondents(
 );
 CREATE TABLE sent_ids(
     message_id TEXT PRIMARY KEY,
-    time INTEGER NOT NULL
+    time INTEGER NOT NULL,
+    domains TEXT NOT NULL
 );
 CREATE INDEX sent_ids_time ON sent_ids(time);
 CREATE TABLE learned(
-    id TEXT PRIMARY KEY,
+    mailbox TEXT NOT NULL,
+    id TEXT NOT NULL,
     spam INTEGER NOT NULL,
-    time INTEGER NOT NULL
+    time INTEGER NOT NULL,
+    PRIMARY KEY(mailbox, id)
 );
 "#;
 

@@ -43,9 +43,14 @@ pub struct Ours<'a> {
     pub now: i64,
     /// Whether a domain is one of ours (local forgery).
     pub is_local: &'a (dyn Fn(&str) -> Result<bool, String> + Sync),
-    /// A sender's history ([`reputation::lookup`] on the store).
-    pub history: &'a (dyn Fn(&Who) -> Result<History, String> + Sync),
+    /// A sender's history ([`reputation::lookup`] on the store, off the async workers in
+    /// the server).
+    pub history: &'a (dyn Fn(Who) -> HistoryFuture + Sync),
 }
+
+/// What [`Ours::history`] answers with.
+pub type HistoryFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<History, String>> + Send>>;
 
 impl Decision {
     /// A message whose shape ([`shape`]) is refused before any other check reads it.
@@ -186,7 +191,7 @@ pub async fn decide(
     .await;
     let who = who(&out, env, &findings, raw);
     if cfg.reputation.mode != Mode::Off {
-        let mut found = match (ours.history)(&who) {
+        let mut found = match (ours.history)(who.clone()).await {
             Ok(h) => reputation::assess(&cfg.reputation, &who, &h),
             // History is a help, not a gate: without it the message is scored on the rest.
             Err(e) => {
@@ -237,13 +242,11 @@ pub async fn decide(
 }
 
 /// Who sent the message, as far as authentication supports it: the From address and domain
-/// only when a DKIM signature or SPF passed aligned with the From domain (or DMARC passed),
-/// the client IP always, and the ids it replies to.
+/// only when DMARC passed, or a DKIM signature or SPF passed for the From domain itself
+/// (strict alignment: without the public suffix list, `d=x.example` cannot be told apart from
+/// a stranger under a shared suffix), the client IP always, and the ids it replies to.
 fn who(out: &sender::Checked, env: &Envelope<'_>, findings: &[Finding], raw: &[u8]) -> Who {
-    let aligned = |d: &str, fd: &str| {
-        let (d, fd) = (d.to_ascii_lowercase(), fd.to_ascii_lowercase());
-        d == fd || d.ends_with(&format!(".{fd}")) || fd.ends_with(&format!(".{d}"))
-    };
+    let aligned = |d: &str, fd: &str| d.trim_end_matches('.').eq_ignore_ascii_case(fd);
     let has = |k: Kind| findings.iter().any(|f| f.kind == k);
     let from = crate::header::value(raw, "From")
         .and_then(|v| super::headers::mailbox(&v).0)

@@ -16,12 +16,17 @@
 //!
 //! A heuristic that fired on fewer than [`MIN_HITS`] messages keeps its built-in weight; no
 //! heuristic may weigh more than [`HEURISTIC_CAP`] of `scoring.junk`, so none alone puts mail
-//! in Junk, and the classifier no more than [`CLASSIFIER_CAP`]. Caps only lower weights that
-//! add, so the cross-validated share of legitimate mail in Junk can only fall.
+//! in Junk; the classifier's spam side no more than [`CLASSIFIER_CAP`] of it and below
+//! `scoring.quarantine`, so the classifier alone never holds or refuses mail; its ham side no
+//! less than [`CLASSIFIER_HAM_CAP`] of it, so words a spammer chooses cannot cancel much
+//! other evidence. The report's cross-validated figures are those of the fold models under
+//! the same scale, caps and built-in weights: what the stored weights would do, before any
+//! `[scoring.weights]` override.
 
 use super::Model;
 use crate::checks::headers::{self, Parsed};
 use crate::checks::{scoring, weights};
+use crate::config::Scoring;
 use crate::decision::Kind;
 use std::collections::{BTreeMap, HashSet};
 
@@ -35,12 +40,14 @@ pub const MIN_PER_CLASS: usize = 50;
 pub const MIN_HITS: usize = 5;
 /// The largest weight a heuristic may be given, as a share of `scoring.junk`.
 pub const HEURISTIC_CAP: f64 = 0.8;
-/// The largest weight the classifier's spam side may be given, as a share of `scoring.junk`:
-/// below the default `scoring.quarantine`, so the classifier alone never holds or refuses
-/// mail however cleanly the training mail separated (a scale fitted on it would otherwise
-/// grow without bound), and the ham side's, which can only let mail through.
+/// The largest weight the classifier's spam side may be given, as a share of `scoring.junk`
+/// (and never more than [`BELOW_QUARANTINE`] of `scoring.quarantine`): however cleanly the
+/// training mail separated (a scale fitted on it would otherwise grow without bound), the
+/// classifier alone never holds or refuses mail.
 pub const CLASSIFIER_CAP: f64 = 1.5;
-pub const CLASSIFIER_HAM_CAP: f64 = 2.0;
+pub const BELOW_QUARANTINE: f64 = 0.9;
+/// The most the classifier's ham side may take away, as a share of `scoring.junk`.
+pub const CLASSIFIER_HAM_CAP: f64 = 1.0;
 /// The L2 penalty and the descent's steps.
 const L2: f64 = 1e-3;
 const STEPS: usize = 1500;
@@ -93,7 +100,8 @@ pub struct Report {
 }
 
 /// The weights fitted, by reason code, and the report; `Err` when there is too little mail.
-pub fn fit(examples: &[Example], junk: f64) -> Result<(BTreeMap<String, f64>, Report), String> {
+pub fn fit(examples: &[Example], cfg: &Scoring) -> Result<(BTreeMap<String, f64>, Report), String> {
+    let junk = cfg.junk;
     let spam = examples.iter().filter(|e| e.spam).count();
     let ham = examples.len() - spam;
     if spam < MIN_PER_CLASS || ham < MIN_PER_CLASS {
@@ -156,6 +164,7 @@ pub fn fit(examples: &[Example], junk: f64) -> Result<(BTreeMap<String, f64>, Re
 
     // Cross-validated scores: each fold by a regression of the others.
     let mut oof = vec![0.0; examples.len()];
+    let mut fold_weights = Vec::with_capacity(FOLDS);
     for k in 0..FOLDS {
         let idx: Vec<usize> = (0..examples.len()).filter(|i| fold(*i) != k).collect();
         let w = regression(&kinds, &x, &y, &idx);
@@ -164,6 +173,7 @@ pub fn fit(examples: &[Example], junk: f64) -> Result<(BTreeMap<String, f64>, Re
                 oof[i] = dot(&w, row);
             }
         }
+        fold_weights.push(w);
     }
     let mut ham_scores: Vec<f64> = oof
         .iter()
@@ -191,26 +201,41 @@ pub fn fit(examples: &[Example], junk: f64) -> Result<(BTreeMap<String, f64>, Re
         .map_or(0.0, |z| z + 1e-6)
         .max(spam_median / 4.0);
     let scale = junk / threshold;
+    // Scaled to points, capped, and the built-in weight where too few messages had a say.
+    let points = |w: &[f64]| -> Vec<f64> {
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(j, k)| {
+                if hits[j] < MIN_HITS {
+                    return weights::builtin(*k);
+                }
+                let v = w[j] * scale;
+                match k {
+                    Kind::ClassifierSpam => v
+                        .min(CLASSIFIER_CAP * junk)
+                        .min(BELOW_QUARANTINE * cfg.quarantine),
+                    Kind::ClassifierHam => v.max(-CLASSIFIER_HAM_CAP * junk),
+                    _ => v.min(HEURISTIC_CAP * junk),
+                }
+            })
+            .collect()
+    };
 
     let all_idx: Vec<usize> = (0..examples.len()).collect();
-    let w = regression(&kinds, &x, &y, &all_idx);
-    let mut learned = BTreeMap::new();
-    for (j, k) in kinds.iter().enumerate() {
-        if hits[j] < MIN_HITS {
-            continue;
-        }
-        let v = w[j] * scale;
-        let v = match k {
-            Kind::ClassifierSpam => v.min(CLASSIFIER_CAP * junk),
-            Kind::ClassifierHam => v.max(-CLASSIFIER_HAM_CAP * junk),
-            _ => v.min(HEURISTIC_CAP * junk),
-        };
-        learned.insert(k.code().into_owned(), (v * 100.0).round() / 100.0);
-    }
+    let w = points(&regression(&kinds, &x, &y, &all_idx));
+    let learned = kinds
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| hits[*j] >= MIN_HITS)
+        .map(|(j, k)| (k.code().into_owned(), (w[j] * 100.0).round() / 100.0))
+        .collect();
+    // What the stored weights would do, out of fold.
+    let fold_points: Vec<Vec<f64>> = fold_weights.iter().map(|w| points(w)).collect();
     let in_junk = |s: bool| {
-        oof.iter()
-            .zip(&y)
-            .filter(|(z, l)| **l == s && **z >= threshold)
+        x.iter()
+            .enumerate()
+            .filter(|(i, row)| y[*i] == s && dot(&fold_points[fold(*i)], row) >= junk)
             .count() as f64
     };
     let mut ham_p: Vec<f64> = prob
@@ -343,7 +368,7 @@ mod tests {
     #[test]
     fn fits_signed_weights_scaled_to_the_junk_threshold() {
         let ex = corpus();
-        let (w, report) = fit(&ex, 5.0).unwrap();
+        let (w, report) = fit(&ex, &Scoring::default()).unwrap();
         assert!(w["headers.date_future"] > 0.0, "{w:?}");
         assert!(w["headers.date_future"] <= HEURISTIC_CAP * 5.0, "{w:?}");
         assert!(w["content.classifier_spam"] > 0.0, "{w:?}");
@@ -364,6 +389,10 @@ mod tests {
     #[test]
     fn too_little_mail_keeps_the_builtin_weights() {
         let ex: Vec<Example> = corpus().into_iter().take(60).collect();
-        assert!(fit(&ex, 5.0).unwrap_err().contains("needs 50 of each"));
+        assert!(
+            fit(&ex, &Scoring::default())
+                .unwrap_err()
+                .contains("needs 50 of each")
+        );
     }
 }

@@ -77,42 +77,67 @@ impl Model {
         add: bool,
     ) -> Result<(), StoreError> {
         let toks: Vec<String> = toks.iter().cloned().collect();
+        store
+            .write(move |c| Model::record_in(c, &toks, spam, add))
+            .await
+    }
+
+    /// [`Model::record`] inside a caller's transaction.
+    pub fn record_in(
+        c: &rusqlite::Connection,
+        toks: &[String],
+        spam: bool,
+        add: bool,
+    ) -> rusqlite::Result<()> {
         let (col, key) = if spam {
             ("spam", "spam_messages")
         } else {
             ("ham", "ham_messages")
         };
         let delta: i64 = if add { 1 } else { -1 };
-        store
-            .write(move |c| {
-                let mut up = c.prepare(&format!(
-                    "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(token) DO UPDATE SET {col} = MAX(0, {col} + ?4)"
-                ))?;
-                let mut gone = c.prepare(
-                    "DELETE FROM bayes_tokens WHERE token = ?1 AND spam = 0 AND ham = 0",
-                )?;
-                let first = delta.max(0);
-                let (s, h) = if spam { (first, 0) } else { (0, first) };
-                for t in &toks {
-                    up.execute(rusqlite::params![t, s, h, delta])?;
-                    if !add {
-                        gone.execute([t])?;
-                    }
+        let mut up = c.prepare_cached(&format!(
+            "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(token) DO UPDATE SET {col} = MAX(0, {col} + ?4)"
+        ))?;
+        let mut gone =
+            c.prepare_cached("DELETE FROM bayes_tokens WHERE token = ?1 AND spam = 0 AND ham = 0")?;
+        let first = delta.max(0);
+        let (s, h) = if spam { (first, 0) } else { (0, first) };
+        for t in toks {
+            up.execute(rusqlite::params![t, s, h, delta])?;
+            if !add {
+                gone.execute([t])?;
+            }
+        }
+        bump(c, key, delta)
+    }
+
+    /// Add this model's counts (a run of `mailwarden learn`) to the stored model, and store
+    /// its weights when it has any. Adding, not rewriting: what users' moves stored meanwhile
+    /// is kept.
+    pub fn add_to_store(&self, store: &Store) -> Result<(), StoreError> {
+        let m = self.clone();
+        store.write_blocking(move |c| {
+            let mut up = c.prepare(
+                "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(token) DO UPDATE SET spam = spam + ?2, ham = ham + ?3",
+            )?;
+            for (t, (s, h)) in &m.counts {
+                up.execute(rusqlite::params![t, s, h])?;
+            }
+            bump(c, "spam_messages", m.spam_messages as i64)?;
+            bump(c, "ham_messages", m.ham_messages as i64)?;
+            if !m.weights.is_empty() {
+                c.execute("DELETE FROM score_weights", [])?;
+                for (k, w) in &m.weights {
+                    c.execute(
+                        "INSERT INTO score_weights(code, weight) VALUES (?1, ?2)",
+                        rusqlite::params![k, w],
+                    )?;
                 }
-                c.execute(
-                    "INSERT INTO bayes_meta(key, value) VALUES (?1, MAX(0, ?2)) \
-                     ON CONFLICT(key) DO UPDATE SET value = MAX(0, value + ?2)",
-                    rusqlite::params![key, delta],
-                )?;
-                c.execute(
-                    "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
-                     ON CONFLICT(key) DO UPDATE SET value = value + 1",
-                    [],
-                )?;
-                Ok(())
-            })
-            .await
+            }
+            Ok(())
+        })
     }
 
     fn adjust(&mut self, toks: &HashSet<String>, spam: bool, add: bool) {
@@ -263,6 +288,21 @@ impl Model {
             Ok(())
         })
     }
+}
+
+/// Add `delta` to a stored count (never below 0), and change the model's generation.
+fn bump(c: &rusqlite::Connection, key: &str, delta: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO bayes_meta(key, value) VALUES (?1, MAX(0, ?2)) \
+         ON CONFLICT(key) DO UPDATE SET value = MAX(0, value + ?2)",
+        rusqlite::params![key, delta],
+    )?;
+    c.execute(
+        "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
+         ON CONFLICT(key) DO UPDATE SET value = value + 1",
+        [],
+    )?;
+    Ok(())
 }
 
 /// The model a running server scores with, reloaded when `mailwarden learn` changed it.

@@ -227,9 +227,17 @@ async fn decide_and_queue(
                 hostname: &config.hostname,
             };
             let is_local = |d: &str| routing.is_local_domain(d).map_err(|e| e.to_string());
-            let history = |w: &crate::reputation::Who| {
-                crate::reputation::lookup(&store, &config.reputation, w, now)
+            let history = |w: crate::reputation::Who| -> inbound::HistoryFuture {
+                let (store, cfg) = (store.clone(), config.reputation.clone());
+                Box::pin(async move {
+                    // SQLite reads: on the blocking pool, not an async worker.
+                    tokio::task::spawn_blocking(move || {
+                        crate::reputation::lookup(&store, &cfg, &w, now)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())
+                })
             };
             let ours = inbound::Ours {
                 now,
@@ -334,7 +342,10 @@ async fn decide_and_queue(
         };
         headers.insert_str(
             0,
-            &format!("{LEARN_FIELD}: {}\r\n", learning::field_value(&id, place)),
+            &format!(
+                "{LEARN_FIELD}: {}\r\n",
+                learning::field_value(&shared.learn_key, &id, place)
+            ),
         );
     }
 

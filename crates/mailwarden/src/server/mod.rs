@@ -106,7 +106,10 @@ pub async fn start(
         Routing::new(&config, accounts.clone()),
         clock.clone(),
     ));
+    let learn_key = crate::learning::key(&config.data_dir)
+        .with_context(|| format!("cannot make {}/learn.key", config.data_dir.display()))?;
     let shared = Arc::new(Shared {
+        learn_key: learn_key.clone(),
         auth: Authenticator::new(
             accounts.clone(),
             config.auth.cache_ttl.get(),
@@ -229,6 +232,7 @@ pub async fn start(
         tasks.push(tokio::spawn(crate::learning::run(
             store.clone(),
             config.data_dir.clone(),
+            learn_key,
             config.learning.scan_interval.get(),
             shared.clock.clone(),
         )));

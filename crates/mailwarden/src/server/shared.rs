@@ -42,6 +42,8 @@ impl ListenerKind {
 /// Everything sessions share.
 pub struct Shared {
     pub config: Arc<Config>,
+    /// Signs `X-Mailwarden-Id` on delivered mail (`learning`).
+    pub learn_key: ring::hmac::Key,
     pub accounts: Accounts,
     pub auth: Arc<Authenticator>,
     pub routing: Routing,
