@@ -175,21 +175,9 @@ pub fn fit(examples: &[Example], cfg: &Scoring) -> Result<(BTreeMap<String, f64>
         }
         fold_weights.push(w);
     }
-    let mut ham_scores: Vec<f64> = oof
-        .iter()
-        .zip(&y)
-        .filter(|(_, s)| !**s)
-        .map(|(z, _)| *z)
-        .collect();
-    ham_scores.sort_by(|a, b| b.total_cmp(a));
+    let ham_scores = highest_first(&oof, &y, false);
     let allowed = (ham as f64 * MAX_HAM_IN_JUNK).floor() as usize;
-    let mut spam_scores: Vec<f64> = oof
-        .iter()
-        .zip(&y)
-        .filter(|(_, s)| **s)
-        .map(|(z, _)| *z)
-        .collect();
-    spam_scores.sort_by(f64::total_cmp);
+    let spam_scores = highest_first(&oof, &y, true);
     let spam_median = spam_scores[spam_scores.len() / 2];
     if spam_median <= 0.0 {
         return Err("nothing in this mail tells spam from ham; the built-in weights apply".into());
@@ -238,13 +226,7 @@ pub fn fit(examples: &[Example], cfg: &Scoring) -> Result<(BTreeMap<String, f64>
             .filter(|(i, row)| y[*i] == s && dot(&fold_points[fold(*i)], row) >= junk)
             .count() as f64
     };
-    let mut ham_p: Vec<f64> = prob
-        .iter()
-        .zip(&y)
-        .filter(|(_, s)| !**s)
-        .map(|(p, _)| *p)
-        .collect();
-    ham_p.sort_by(|a, b| b.total_cmp(a));
+    let ham_p = highest_first(&prob, &y, false);
     let p_threshold = ham_p.get(allowed).map_or(0.0, |p| p + 1e-9);
     let cv_classifier_recall = prob
         .iter()
@@ -275,6 +257,18 @@ fn features(kinds: &[Kind], fired: &[Kind], prob: f64) -> Vec<f64> {
             _ => f64::from(u8::from(fired.contains(k))),
         })
         .collect()
+}
+
+/// The values of one label's messages, highest first.
+fn highest_first(values: &[f64], y: &[bool], spam: bool) -> Vec<f64> {
+    let mut v: Vec<f64> = values
+        .iter()
+        .zip(y)
+        .filter(|(_, s)| **s == spam)
+        .map(|(v, _)| *v)
+        .collect();
+    v.sort_by(|a, b| b.total_cmp(a));
+    v
 }
 
 fn dot(w: &[f64], x: &[f64]) -> f64 {

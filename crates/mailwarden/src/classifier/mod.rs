@@ -128,13 +128,7 @@ impl Model {
             bump(c, "spam_messages", m.spam_messages as i64)?;
             bump(c, "ham_messages", m.ham_messages as i64)?;
             if !m.weights.is_empty() {
-                c.execute("DELETE FROM score_weights", [])?;
-                for (k, w) in &m.weights {
-                    c.execute(
-                        "INSERT INTO score_weights(code, weight) VALUES (?1, ?2)",
-                        rusqlite::params![k, w],
-                    )?;
-                }
+                write_weights(c, &m.weights)?;
             }
             Ok(())
         })
@@ -264,18 +258,8 @@ impl Model {
                     ins.execute(rusqlite::params![t, s, h])?;
                 }
             }
-            c.execute("DELETE FROM score_weights", [])?;
-            for (k, w) in &m.weights {
-                c.execute(
-                    "INSERT INTO score_weights(code, weight) VALUES (?1, ?2)",
-                    rusqlite::params![k, w],
-                )?;
-            }
-            c.execute(
-                "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
-                 ON CONFLICT(key) DO UPDATE SET value = value + 1",
-                [],
-            )?;
+            write_weights(c, &m.weights)?;
+            next_generation(c)?;
             for (k, v) in [
                 ("spam_messages", m.spam_messages),
                 ("ham_messages", m.ham_messages),
@@ -297,11 +281,26 @@ fn bump(c: &rusqlite::Connection, key: &str, delta: i64) -> rusqlite::Result<()>
          ON CONFLICT(key) DO UPDATE SET value = MAX(0, value + ?2)",
         rusqlite::params![key, delta],
     )?;
+    next_generation(c)
+}
+
+/// A running server reloads a model whose generation changed.
+fn next_generation(c: &rusqlite::Connection) -> rusqlite::Result<()> {
     c.execute(
         "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
          ON CONFLICT(key) DO UPDATE SET value = value + 1",
         [],
     )?;
+    Ok(())
+}
+
+/// Replace the stored weights.
+fn write_weights(c: &rusqlite::Connection, w: &BTreeMap<String, f64>) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM score_weights", [])?;
+    let mut st = c.prepare("INSERT INTO score_weights(code, weight) VALUES (?1, ?2)")?;
+    for (k, v) in w {
+        st.execute(rusqlite::params![k, v])?;
+    }
     Ok(())
 }
 

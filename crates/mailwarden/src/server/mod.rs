@@ -145,18 +145,7 @@ pub async fn start(
         tokio::task::spawn_blocking(move || sh.classifier.refresh(&s))
             .await?
             .context("cannot load the classifier's model")?;
-        let m = shared.classifier.get();
-        tracing::info!(
-            event = "classifier_loaded",
-            spam = m.spam_messages,
-            ham = m.ham_messages,
-            tokens = m.tokens_known(),
-            weights = if m.weights.is_empty() {
-                "built-in"
-            } else {
-                "learned"
-            }
-        );
+        log_loaded(&shared.classifier.get());
     }
 
     let mut listeners = Vec::new();
