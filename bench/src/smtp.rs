@@ -63,22 +63,11 @@ pub struct Template {
     corpus: Vec<Vec<u8>>,
 }
 
-/// CRLF line ends, dot-stuffing and the final dot.
+/// Dot-stuffed, with the final dot (`body` has CRLF line ends).
 fn data(body: &[u8]) -> Vec<u8> {
-    let mut tail = Vec::with_capacity(body.len() + 8);
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            tail.push(b'.');
-        }
-        tail.push(b);
-        line_start = b == b'\n';
-    }
-    if !tail.ends_with(b"\r\n") {
-        tail.extend_from_slice(b"\r\n");
-    }
-    tail.extend_from_slice(b".\r\n");
-    tail
+    let mut out = Vec::new();
+    mailwarden_proto::data::dot_stuff(body, &mut out);
+    out
 }
 
 /// Every file under `dir` (one level of subdirectories), sorted, ready to send.
