@@ -4,11 +4,11 @@
 //! (30% test), so runs are repeatable. Training is `mailwarden learn`'s; each test message is
 //! scored by the server's content pipeline as of the date of its newest `Received:` field,
 //! and put in Junk when it reaches the default `scoring.junk`. Prints recall and false
-//! positives per group, and throughput per core.
+//! positives per group, and throughput per core. `EVAL_MISSES=1` also lists each misjudged
+//! test message on standard error, with its score, probability and findings.
 
 use mailwarden::checks::headers::{self, Parsed};
 use mailwarden::checks::scoring;
-use mailwarden::checks::weights::Weights;
 use mailwarden::classifier::Model;
 use mailwarden::classifier::fit::{self, Example};
 use mailwarden::decision::Kind;
@@ -117,10 +117,7 @@ fn main() {
         100.0 * report.cv_classifier_recall
     );
     println!("\n| heuristic | spam hit rate | ham hit rate | weight |\n|---|---:|---:|---:|");
-    let w = Weights {
-        config: &cfg.scoring.weights,
-        learned: &model.weights,
-    };
+    let w = scoring::weights(&cfg.scoring, &model);
     for h in &report.hit_rates {
         let (weight, src) = w.of(h.kind);
         println!(

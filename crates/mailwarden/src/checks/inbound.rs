@@ -189,7 +189,7 @@ pub async fn decide(
         cfg.dns.timeout.get(),
     )
     .await;
-    let who = who(&out, env, &findings, raw);
+    let who = who(&out, env, &findings, &parsed.fields);
     if cfg.reputation.mode != Mode::Off {
         let mut found = match (ours.history)(who.clone()).await {
             Ok(h) => reputation::assess(&cfg.reputation, &who, &h),
@@ -199,11 +199,7 @@ pub async fn decide(
                 Vec::new()
             }
         };
-        super::weights::Weights {
-            config: &cfg.scoring.weights,
-            learned: &model.weights,
-        }
-        .apply(&mut found);
+        scoring::weights(&cfg.scoring, model).apply(&mut found);
         scored.add(&cfg.scoring, found);
     }
     let content_from = findings.len();
@@ -245,11 +241,18 @@ pub async fn decide(
 /// only when DMARC passed, or a DKIM signature or SPF passed for the From domain itself
 /// (strict alignment: without the public suffix list, `d=x.example` cannot be told apart from
 /// a stranger under a shared suffix), the client IP always, and the ids it replies to.
-fn who(out: &sender::Checked, env: &Envelope<'_>, findings: &[Finding], raw: &[u8]) -> Who {
+/// `fields` are the header fields content scoring parsed already.
+fn who(
+    out: &sender::Checked,
+    env: &Envelope<'_>,
+    findings: &[Finding],
+    fields: &[(String, String)],
+) -> Who {
     let aligned = |d: &str, fd: &str| d.trim_end_matches('.').eq_ignore_ascii_case(fd);
     let has = |k: Kind| findings.iter().any(|f| f.kind == k);
-    let from = crate::header::value(raw, "From")
-        .and_then(|v| super::headers::mailbox(&v).0)
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let from = field("from")
+        .and_then(|v| super::headers::mailbox(v).0)
         .map(|a| a.to_ascii_lowercase());
     let authenticated = match (&out.from_domain, &from) {
         (Some(fd), Some(addr)) if addr.rsplit_once('@').is_some_and(|(_, d)| aligned(d, fd)) => {
@@ -261,8 +264,8 @@ fn who(out: &sender::Checked, env: &Envelope<'_>, findings: &[Finding], raw: &[u
         _ => false,
     };
     let mut replies_to = Vec::new();
-    for name in ["In-Reply-To", "References"] {
-        let Some(v) = crate::header::value(raw, name) else {
+    for name in ["in-reply-to", "references"] {
+        let Some(v) = field(name) else {
             continue;
         };
         for part in v.split('<').skip(1) {

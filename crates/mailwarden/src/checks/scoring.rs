@@ -100,6 +100,14 @@ pub fn heuristics(
     (findings, hosts)
 }
 
+/// The weights in force: the config's, then the model's learned ones, then built-in.
+pub fn weights<'a>(cfg: &'a Cfg, model: &'a Model) -> Weights<'a> {
+    Weights {
+        config: &cfg.weights,
+        learned: &model.weights,
+    }
+}
+
 /// Everything content scoring finds without I/O, weighed: the heuristics and the classifier.
 /// The server's scoring and `eval/classifier.sh` both use it. CPU-bound: callers hold a
 /// [`crate::heavy::cpu`] slot.
@@ -111,10 +119,7 @@ pub fn content(
     ours: &str,
     from_has_dmarc: bool,
 ) -> (Vec<Finding>, Vec<String>) {
-    let w = Weights {
-        config: &cfg.weights,
-        learned: &model.weights,
-    };
+    let w = weights(cfg, model);
     let (mut findings, hosts) = heuristics(parsed, now, ours, from_has_dmarc);
     w.apply(&mut findings);
     findings.extend(classify(model, &w, parsed));
@@ -212,7 +217,8 @@ mod tests {
         }
         let (spam_p, ham_p) = (Parsed::with_defaults(spam), Parsed::with_defaults(ham));
         let cfg = Cfg::default();
-        let w = super::super::weights::configured(&cfg);
+        let untrained = Model::default();
+        let w = weights(&cfg, &untrained);
         let classify = |m: &Model, p: &Parsed<'_>| classify(m, &w, p);
         assert_eq!(classify(&m, &spam_p), None, "too little training");
         m.learn(spam, true);

@@ -12,7 +12,6 @@
 //! `2p - 1` for spam (`content.classifier_spam`) or `1 - 2p` for ham
 //! (`content.classifier_ham`), multiplied by the weight.
 
-use crate::config::Scoring;
 use crate::decision::{Finding, Kind};
 use std::collections::BTreeMap;
 
@@ -142,18 +141,10 @@ pub fn strength(prob: f64) -> Option<(Kind, f64)> {
     }
 }
 
-/// The weights of a config, with nothing learned.
-pub fn configured(cfg: &Scoring) -> Weights<'_> {
-    static NONE: BTreeMap<String, f64> = BTreeMap::new();
-    Weights {
-        config: &cfg.weights,
-        learned: &NONE,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Scoring;
 
     #[test]
     fn no_builtin_heuristic_alone_reaches_junk() {

@@ -2,10 +2,12 @@
 //! Robinson's per-token estimate and Fisher's chi-square method (as SpamBayes and Bogofilter
 //! do), so a message needs many strong clues, not one word, to score as spam or ham.
 //!
-//! Learning only adds counts, so the model learns incrementally: `mailwarden learn --spam DIR
-//! --ham DIR` now, users' moves into and out of Junk later ([`Model::forget`] undoes a wrong
-//! label). Tokens are [`tokens`]'s. `mailwarden learn` also fits the content score's weights
-//! on the same mail ([`fit`]); they are stored with the model.
+//! Learning only adds counts, so the model learns incrementally, and the stored model is
+//! changed in place, never rewritten: `mailwarden learn --spam DIR --ham DIR` adds a run's
+//! counts ([`Model::add_to_store`]), users' moves into and out of Junk add or take back one
+//! message's ([`Model::record`], from `learning`). Tokens are [`tokens`]'s. `mailwarden learn`
+//! also fits the content score's weights on the same mail ([`fit`]); they are stored with the
+//! model.
 
 pub mod fit;
 mod tokens;
@@ -245,33 +247,6 @@ impl Model {
             Ok(m)
         })
     }
-
-    /// Replace the stored model with this one (the store's writer commits it as one).
-    pub fn save(&self, store: &Store) -> Result<(), StoreError> {
-        let m = self.clone();
-        store.write_blocking(move |c| {
-            c.execute("DELETE FROM bayes_tokens", [])?;
-            {
-                let mut ins =
-                    c.prepare("INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3)")?;
-                for (t, (s, h)) in &m.counts {
-                    ins.execute(rusqlite::params![t, s, h])?;
-                }
-            }
-            write_weights(c, &m.weights)?;
-            next_generation(c)?;
-            for (k, v) in [
-                ("spam_messages", m.spam_messages),
-                ("ham_messages", m.ham_messages),
-            ] {
-                c.execute(
-                    "INSERT OR REPLACE INTO bayes_meta(key, value) VALUES (?1, ?2)",
-                    rusqlite::params![k, v as i64],
-                )?;
-            }
-            Ok(())
-        })
-    }
 }
 
 /// Add `delta` to a stored count (never below 0), and change the model's generation.
@@ -399,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let m = trained();
-        m.save(&store).unwrap();
+        m.add_to_store(&store).unwrap();
         let odd = tokens(&msg("thursday pills", "committee discount"));
         let before = m.score_tokens(&odd);
         rt.block_on(Model::record(&store, &odd, true, true))
@@ -421,7 +396,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let m = trained();
-        m.save(&store).unwrap();
+        m.add_to_store(&store).unwrap();
         let back = Model::load(&store).unwrap();
         assert_eq!(back.spam_messages, 20);
         assert_eq!(back.tokens_known(), m.tokens_known());
