@@ -592,6 +592,9 @@ mod tests {
             );
         }
         assert_eq!(mailbox("\"Yessenia Lakeshia\"").0, None);
+        // A From listing twenty thousand mailboxes is read once, and its first one counts.
+        let many: Vec<String> = (0..20_000).map(|i| format!("u{i} <u{i}@x.test>")).collect();
+        assert_eq!(mailbox(&many.join(", ")).0.as_deref(), Some("u0@x.test"));
         assert_eq!(mailboxes("a@x.test, Bob <b@y.test>").len(), 2);
         assert_eq!(
             codes(&with("From", Some("root@example.org (Cron Daemon)")), false),

@@ -286,3 +286,48 @@ fn who(
         replies_to,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Envelope<'static> {
+        Envelope {
+            ip: "192.0.2.7".parse().unwrap(),
+            helo: "mail.sender.test",
+            mail_from: "alice@sender.test",
+            hostname: "mx.example.test",
+        }
+    }
+
+    fn fields(raw: &str) -> Vec<(String, String)> {
+        crate::header::unfolded(raw.as_bytes()).collect()
+    }
+
+    #[test]
+    fn a_thousand_references_cost_twenty_lookups() {
+        let refs: String = (0..10_000).map(|i| format!("<{i}@x.test> ")).collect();
+        let raw = format!("From: a@sender.test\r\nReferences: {refs}\r\n\r\nbody\r\n");
+        let w = who(&sender::Checked::unchecked(), &env(), &[], &fields(&raw));
+        assert_eq!(w.replies_to.len(), reputation::MAX_REFERENCES);
+        assert_eq!(w.replies_to[0], "0@x.test");
+    }
+
+    #[test]
+    fn the_from_counts_only_when_its_own_domain_is_authenticated() {
+        let raw = "From: Alice <Alice@Sender.test>\r\n\r\nbody\r\n";
+        let mut out = sender::Checked::unchecked();
+        out.from_domain = Some("sender.test".into());
+        let spf = [Finding::new(Kind::SpfPass, "pass")];
+        let w = who(&out, &env(), &spf, &fields(raw));
+        assert_eq!(w.from.as_deref(), Some("alice@sender.test"));
+        assert_eq!(w.domain.as_deref(), Some("sender.test"));
+        // A signature of a parent or a sibling under a shared suffix is not the From's.
+        out.dkim_pass = vec!["test".into()];
+        let w = who(&out, &env(), &[], &fields(raw));
+        assert_eq!((w.from, w.domain), (None, None));
+        // Nothing passed: the IP is all there is.
+        let w = who(&sender::Checked::unchecked(), &env(), &[], &fields(raw));
+        assert_eq!(w.keys().len(), 3);
+    }
+}

@@ -269,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn a_megabyte_of_distinct_kanji_costs_at_most_the_byte_budget() {
+        // Characters in a scrambled order, so nearly every pair is new: the worst case for
+        // character pairs.
+        let mut x = 88_172_645_463_325_252u64;
+        let text: String = (0..400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from_u32(0x4E00 + (x % 20_000) as u32).unwrap()
+            })
+            .collect();
+        let raw = format!("From: a@b.test\r\nSubject: x\r\n\r\n{text}\r\n");
+        let t = tokens(raw.as_bytes());
+        // Three bytes a character: no more pairs than the budget holds characters.
+        assert!(t.len() <= MAX_BYTES / 3 + 16, "{}", t.len());
+        assert!(t.len() > 50_000, "{}", t.len());
+    }
+
+    #[test]
     fn an_encoded_subject_is_tokenised_decoded() {
         // "緊急" in ISO-2022-JP, base64, as RFC 2047 writes it.
         let raw = b"From: a@b.test\r\nSubject: =?ISO-2022-JP?B?GyRCNls1XhsoQg==?=\r\n\r\nx\r\n";
