@@ -16,10 +16,10 @@
 use crate::clock::Clock;
 use crate::store::{Store, StoreError};
 
+use crate::store::Optional;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
 use mailwarden_proto::address::{self, Domain};
-use rusqlite::OptionalExtension;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,9 +165,9 @@ impl Accounts {
         let inserted = self.store.write_blocking(move |c| {
             let now = crate::clock::SystemClock.now_secs();
             c.execute(
-                "INSERT OR IGNORE INTO accounts(address, domain, password_hash, created, updated) \
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-                rusqlite::params![a, domain, hash, now],
+                "INSERT INTO accounts(address, domain, password_hash, created, updated) \
+                 VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT DO NOTHING",
+                crate::params![a, domain, hash, now],
             )
         })?;
         if inserted == 0 {
@@ -183,7 +183,7 @@ impl Accounts {
         let n = self.store.write_blocking(move |c| {
             c.execute(
                 "UPDATE accounts SET password_hash = ?2, updated = ?3 WHERE address = ?1",
-                rusqlite::params![a, hash, crate::clock::SystemClock.now_secs()],
+                crate::params![a, hash, crate::clock::SystemClock.now_secs()],
             )
         })?;
         if n == 0 {
@@ -206,9 +206,11 @@ impl Accounts {
 
     pub fn list(&self) -> Result<Vec<String>, AccountError> {
         Ok(self.store.read(|c| {
-            let mut st =
-                c.prepare_cached("SELECT address FROM accounts ORDER BY domain, address")?;
-            st.query_map([], |r| r.get(0))?.collect()
+            c.query_map(
+                "SELECT address FROM accounts ORDER BY domain, address",
+                (),
+                |r| r.get(0),
+            )
         })?)
     }
 
@@ -227,8 +229,9 @@ impl Accounts {
         let (acc, al) = (account.clone(), alias.clone());
         self.store.write_blocking(move |c| {
             c.execute(
-                "INSERT OR IGNORE INTO sender_aliases(account, address, created) VALUES (?1, ?2, ?3)",
-                rusqlite::params![acc, al, crate::clock::SystemClock.now_secs()],
+                "INSERT INTO sender_aliases(account, address, created) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+                crate::params![acc, al, crate::clock::SystemClock.now_secs()],
             )
         })?;
         Ok(alias)
@@ -253,11 +256,11 @@ impl Accounts {
     pub fn aliases(&self, account: &str) -> Result<Vec<String>, AccountError> {
         let account = canonical(account)?;
         Ok(self.store.read(|c| {
-            c.prepare_cached(
+            c.query_map(
                 "SELECT address FROM sender_aliases WHERE account = ?1 ORDER BY address",
-            )?
-            .query_map([&account], |r| r.get(0))?
-            .collect()
+                [&account],
+                |r| r.get(0),
+            )
         })?)
     }
 
@@ -275,34 +278,33 @@ impl Accounts {
         };
         let domain_grant = format!("@{domain}");
         self.store.read(|c| {
-            c.prepare_cached(
+            c.exists(
                 "SELECT 1 FROM sender_aliases WHERE account = ?1 AND address IN (?2, ?3)",
-            )?
-            .exists(rusqlite::params![account, address, domain_grant])
+                crate::params![account, address, domain_grant],
+            )
         })
     }
 
     /// Does this (canonical) address have an account?
     pub fn exists(&self, addr: &str) -> Result<bool, StoreError> {
-        self.store.read(|c| {
-            c.prepare_cached("SELECT 1 FROM accounts WHERE address = ?1")?
-                .exists([addr])
-        })
+        self.store
+            .read(|c| c.exists("SELECT 1 FROM accounts WHERE address = ?1", [addr]))
     }
 
     /// Does any account live in this domain?
     pub fn has_domain(&self, domain: &str) -> Result<bool, StoreError> {
-        self.store.read(|c| {
-            c.prepare_cached("SELECT 1 FROM accounts WHERE domain = ?1 LIMIT 1")?
-                .exists([domain])
-        })
+        self.store
+            .read(|c| c.exists("SELECT 1 FROM accounts WHERE domain = ?1 LIMIT 1", [domain]))
     }
 
     fn password_hash(&self, addr: &str) -> Result<Option<String>, StoreError> {
         self.store.read(|c| {
-            c.prepare_cached("SELECT password_hash FROM accounts WHERE address = ?1")?
-                .query_row([addr], |r| r.get(0))
-                .optional()
+            c.query_row(
+                "SELECT password_hash FROM accounts WHERE address = ?1",
+                [addr],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 }

@@ -320,7 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reason,
                 limit,
             };
-            let store = Store::open(&loaded.config.data_dir)?;
+            let store = Store::for_config(&loaded.config)?;
             for r in crate::records::search(&store, &f)? {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
@@ -338,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "give --spam DIR and/or --ham DIR"
             );
             let cfg = &loaded.config;
-            let store = Store::open(&cfg.data_dir)?;
+            let store = Store::for_config(cfg)?;
             // This run's counts, added to the stored ones at the end (a server's learning from
             // users meanwhile is kept).
             let mut model = crate::classifier::Model::default();
@@ -396,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rcpt,
             time,
         } => {
-            let store = Store::open(&loaded.config.data_dir)?;
+            let store = Store::for_config(&loaded.config)?;
             let file = std::path::Path::new(&id);
             let record = if file.is_file() {
                 let raw = std::fs::read(file)?;
@@ -446,7 +446,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
     use crate::quarantine as q;
-    let store = Store::open(&loaded.config.data_dir)?;
+    let store = Store::for_config(&loaded.config)?;
     let missing = |id: &str| {
         eprintln!("mailwarden: nothing in quarantine as {id}");
         Ok(ExitCode::from(2))
@@ -523,7 +523,7 @@ fn parse_since(s: &str) -> anyhow::Result<i64> {
 }
 
 fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&loaded.config.data_dir)?;
+    let store = Store::for_config(&loaded.config)?;
     let accounts = Accounts::new(store.clone());
     let result = match cmd {
         UserCmd::Add {
@@ -726,7 +726,7 @@ fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {
 
 fn queue(loaded: &Loaded, cmd: QueueCmd) -> anyhow::Result<ExitCode> {
     use crate::queue::admin;
-    let store = Store::open(&loaded.config.data_dir)?;
+    let store = Store::for_config(&loaded.config)?;
     let age = |t: i64| {
         let s = (crate::clock::SystemClock.now_secs() - t).max(0);
         match s {

@@ -242,11 +242,14 @@ impl Learner {
         now: i64,
     ) -> Result<(usize, usize), StoreError> {
         let found = self.scan(data_dir);
-        let labels: HashMap<Key, (bool, i64)> = store.read(|c| {
-            c.prepare("SELECT mailbox, id, spam, time FROM learned")?
-                .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))?
-                .collect()
-        })?;
+        let labels: HashMap<Key, (bool, i64)> = store
+            .read(|c| {
+                c.query_map("SELECT mailbox, id, spam, time FROM learned", (), |r| {
+                    Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
+                })
+            })?
+            .into_iter()
+            .collect();
         let (mut learned, mut unlearned) = (0, 0);
         for (k, f) in &found {
             let want = label(f.delivered, f.now);
@@ -275,9 +278,10 @@ impl Learner {
                             Model::record_in(c, &toks, spam, true)?;
                             crate::reputation::mark_in(c, &id, spam, true)?;
                             c.execute(
-                                "INSERT OR REPLACE INTO learned(mailbox, id, spam, time) \
-                                 VALUES (?1, ?2, ?3, ?4)",
-                                rusqlite::params![mailbox, id, spam, now],
+                                "INSERT INTO learned(mailbox, id, spam, time) \
+                                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(mailbox, id) \
+                                 DO UPDATE SET spam = excluded.spam, time = excluded.time",
+                                crate::params![mailbox, id, spam, now],
                             )?;
                         }
                         None => {
@@ -310,9 +314,8 @@ impl Learner {
         if !gone.is_empty() {
             store
                 .write(move |c| {
-                    let mut st = c.prepare("DELETE FROM learned WHERE mailbox = ?1 AND id = ?2")?;
                     for (m, i) in &gone {
-                        st.execute([m, i])?;
+                        c.execute("DELETE FROM learned WHERE mailbox = ?1 AND id = ?2", [m, i])?;
                     }
                     Ok(())
                 })

@@ -3,8 +3,8 @@
 //! works on the store; a release is picked up by the running server within a second and
 //! delivered to the recipients' inboxes through the normal queue.
 
+use crate::store::Optional;
 use crate::store::{Store, StoreError};
-use rusqlite::OptionalExtension;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +56,7 @@ pub async fn hold(store: &Store, e: Entry) -> Result<(), StoreError> {
             c.execute(
                 "INSERT INTO quarantine(id, time, sender, rcpts, score, reasons, content, account) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                rusqlite::params![
+                crate::params![
                     e.id,
                     e.time,
                     e.sender,
@@ -72,7 +72,7 @@ pub async fn hold(store: &Store, e: Entry) -> Result<(), StoreError> {
         .await
 }
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+fn row(r: &crate::store::Row<'_>) -> crate::store::DbResult<Entry> {
     let rcpts: String = r.get(3)?;
     Ok(Entry {
         id: r.get(0)?,
@@ -91,11 +91,11 @@ const COLUMNS: &str = "id, time, sender, rcpts, score, reasons, content, account
 /// Messages waiting for a decision, oldest first.
 pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
     store.read(|c| {
-        c.prepare(&format!(
-            "SELECT {COLUMNS} FROM quarantine WHERE released = 0 ORDER BY time"
-        ))?
-        .query_map([], row)?
-        .collect()
+        c.query_map(
+            &format!("SELECT {COLUMNS} FROM quarantine WHERE released = 0 ORDER BY time"),
+            (),
+            row,
+        )
     })
 }
 
@@ -134,11 +134,11 @@ pub fn delete(store: &Store, id: &str) -> Result<bool, StoreError> {
 /// Released messages, for the server to deliver (then [`forget`]).
 pub fn released(store: &Store) -> Result<Vec<Entry>, StoreError> {
     store.read(|c| {
-        c.prepare(&format!(
-            "SELECT {COLUMNS} FROM quarantine WHERE released = 1"
-        ))?
-        .query_map([], row)?
-        .collect()
+        c.query_map(
+            &format!("SELECT {COLUMNS} FROM quarantine WHERE released = 1"),
+            (),
+            row,
+        )
     })
 }
 

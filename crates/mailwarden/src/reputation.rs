@@ -205,13 +205,10 @@ pub fn lookup(store: &Store, cfg: &Cfg, who: &Who, now: i64) -> Result<History, 
         .collect();
     store.read(|c| {
         let mut h = History::default();
-        let mut st = c.prepare_cached(
-            "SELECT SUM(accepted), SUM(junked), SUM(quarantined), SUM(rejected), \
-             SUM(marked_spam), SUM(marked_ham) FROM reputation WHERE identity = ?1 AND day >= ?2",
-        )?;
         for k in keys {
-            let counts = st.query_row(rusqlite::params![k, since], |r| {
-                let g = |i| r.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
+            let counts = c.query_row("SELECT CAST(SUM(accepted) AS BIGINT), CAST(SUM(junked) AS BIGINT), CAST(SUM(quarantined) AS BIGINT), CAST(SUM(rejected) AS BIGINT), \
+             CAST(SUM(marked_spam) AS BIGINT), CAST(SUM(marked_ham) AS BIGINT) FROM reputation WHERE identity = ?1 AND day >= ?2", crate::params![k, since], |r| {
+                let g = |i| r.get::<Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
                 Ok(Counts {
                     accepted: g(0)?,
                     junked: g(1)?,
@@ -225,16 +222,13 @@ pub fn lookup(store: &Store, cfg: &Cfg, who: &Who, now: i64) -> Result<History, 
         }
         if let Some(f) = &who.from {
             h.correspondent = c
-                .prepare_cached("SELECT 1 FROM correspondents WHERE address = ?1 AND last >= ?2")?
-                .exists(rusqlite::params![f, since * 86_400])?;
+                .exists("SELECT 1 FROM correspondents WHERE address = ?1 AND last >= ?2", crate::params![f, since * 86_400])?;
         }
         // A Message-ID is public once a list has it: a reply counts only from a domain the
         // message was sent to.
         if let Some(d) = &who.domain {
-            let mut st = c.prepare_cached("SELECT domains FROM sent_ids WHERE message_id = ?1")?;
             for id in &replies {
-                let domains: Option<String> = st
-                    .query_row([id], |r| r.get(0))
+                let domains: Option<String> = c.query_row("SELECT domains FROM sent_ids WHERE message_id = ?1", [id], |r| r.get(0))
                     .map(Some)
                     .or_else(none_if_missing)?;
                 if domains.is_some_and(|ds| ds.split(' ').any(|x| x == d)) {
@@ -247,9 +241,9 @@ pub fn lookup(store: &Store, cfg: &Cfg, who: &Who, now: i64) -> Result<History, 
     })
 }
 
-fn none_if_missing<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {
+fn none_if_missing<T>(e: crate::store::DbError) -> crate::store::DbResult<Option<T>> {
     match e {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        crate::store::DbError::NoRows => Ok(None),
         e => Err(e),
     }
 }
@@ -270,7 +264,7 @@ pub async fn record(
             count(c, &keys, outcome, now)?;
             c.execute(
                 "INSERT OR REPLACE INTO reputation_msgs(id, time, identities) VALUES (?1, ?2, ?3)",
-                rusqlite::params![id, now, keys.join(" ")],
+                crate::params![id, now, keys.join(" ")],
             )?;
             let old = day(now) - window_days;
             c.execute(
@@ -289,29 +283,31 @@ pub async fn record(
 }
 
 fn count(
-    c: &rusqlite::Connection,
+    c: &crate::store::Conn<'_>,
     keys: &[String],
     outcome: Outcome,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> crate::store::DbResult<()> {
     count_by(c, keys, outcome, now, 1)
 }
 
 /// Add `delta` to `outcome` for each of `keys` on the day of `when`.
 fn count_by(
-    c: &rusqlite::Connection,
+    c: &crate::store::Conn<'_>,
     keys: &[String],
     outcome: Outcome,
     when: i64,
     delta: i64,
-) -> rusqlite::Result<()> {
+) -> crate::store::DbResult<()> {
     let col = outcome.column();
-    let mut st = c.prepare_cached(&format!(
-        "INSERT INTO reputation(identity, day, {col}) VALUES (?1, ?2, MAX(0, ?3)) \
-         ON CONFLICT(identity, day) DO UPDATE SET {col} = MAX(0, {col} + ?3)"
-    ))?;
     for k in keys {
-        st.execute(rusqlite::params![k, day(when), delta])?;
+        c.execute(
+            &format!(
+                "INSERT INTO reputation(identity, day, {col}) VALUES (?1, ?2, MAX(0, ?3)) \
+         ON CONFLICT(identity, day) DO UPDATE SET {col} = MAX(0, {col} + ?3)"
+            ),
+            crate::params![k, day(when), delta],
+        )?;
     }
     Ok(())
 }
@@ -326,11 +322,11 @@ pub async fn mark(store: &Store, id: &str, spam: bool, add: bool) -> Result<bool
 
 /// [`mark`] inside a caller's transaction.
 pub fn mark_in(
-    c: &rusqlite::Connection,
+    c: &crate::store::Conn<'_>,
     id: &str,
     spam: bool,
     add: bool,
-) -> rusqlite::Result<bool> {
+) -> crate::store::DbResult<bool> {
     let found: Option<(String, i64)> = c
         .query_row(
             "SELECT identities, time FROM reputation_msgs WHERE id = ?1",
@@ -362,12 +358,12 @@ pub async fn wrote(
 ) -> Result<(), StoreError> {
     store
         .write(move |c| {
-            let mut st = c.prepare_cached(
-                "INSERT INTO correspondents(address, last) VALUES (?1, ?2) \
-                 ON CONFLICT(address) DO UPDATE SET last = ?2",
-            )?;
             for r in &rcpts {
-                st.execute(rusqlite::params![r.to_ascii_lowercase(), now])?;
+                c.execute(
+                    "INSERT INTO correspondents(address, last) VALUES (?1, ?2) \
+                 ON CONFLICT(address) DO UPDATE SET last = ?2",
+                    crate::params![r.to_ascii_lowercase(), now],
+                )?;
             }
             if let Some(id) = &message_id {
                 let mut domains: Vec<String> = rcpts
@@ -379,7 +375,7 @@ pub async fn wrote(
                 domains.dedup();
                 c.execute(
                     "INSERT OR IGNORE INTO sent_ids(message_id, time, domains) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![id, now, domains.join(" ")],
+                    crate::params![id, now, domains.join(" ")],
                 )?;
             }
             // Replies come within months; a year-old id is dropped, a batch at a time.

@@ -86,29 +86,31 @@ impl Model {
 
     /// [`Model::record`] inside a caller's transaction.
     pub fn record_in(
-        c: &rusqlite::Connection,
+        c: &crate::store::Conn<'_>,
         toks: &[String],
         spam: bool,
         add: bool,
-    ) -> rusqlite::Result<()> {
+    ) -> crate::store::DbResult<()> {
         let (col, key) = if spam {
             ("spam", "spam_messages")
         } else {
             ("ham", "ham_messages")
         };
         let delta: i64 = if add { 1 } else { -1 };
-        let mut up = c.prepare_cached(&format!(
+        let up = format!(
             "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
-             ON CONFLICT(token) DO UPDATE SET {col} = MAX(0, {col} + ?4)"
-        ))?;
-        let mut gone =
-            c.prepare_cached("DELETE FROM bayes_tokens WHERE token = ?1 AND spam = 0 AND ham = 0")?;
+             ON CONFLICT(token) DO UPDATE SET \
+             {col} = CASE WHEN bayes_tokens.{col} + ?4 > 0 THEN bayes_tokens.{col} + ?4 ELSE 0 END"
+        );
         let first = delta.max(0);
         let (s, h) = if spam { (first, 0) } else { (0, first) };
         for t in toks {
-            up.execute(rusqlite::params![t, s, h, delta])?;
+            c.execute(&up, crate::params![t, s, h, delta])?;
             if !add {
-                gone.execute([t])?;
+                c.execute(
+                    "DELETE FROM bayes_tokens WHERE token = ?1 AND spam = 0 AND ham = 0",
+                    [t],
+                )?;
             }
         }
         bump(c, key, delta)
@@ -120,12 +122,13 @@ impl Model {
     pub fn add_to_store(&self, store: &Store) -> Result<(), StoreError> {
         let m = self.clone();
         store.write_blocking(move |c| {
-            let mut up = c.prepare(
-                "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(token) DO UPDATE SET spam = spam + ?2, ham = ham + ?3",
-            )?;
             for (t, (s, h)) in &m.counts {
-                up.execute(rusqlite::params![t, s, h])?;
+                c.execute(
+                    "INSERT INTO bayes_tokens(token, spam, ham) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(token) DO UPDATE SET \
+                     spam = bayes_tokens.spam + ?2, ham = bayes_tokens.ham + ?3",
+                    crate::params![t, s, h],
+                )?;
             }
             bump(c, "spam_messages", m.spam_messages as i64)?;
             bump(c, "ham_messages", m.ham_messages as i64)?;
@@ -218,9 +221,10 @@ impl Model {
     pub fn load(store: &Store) -> Result<Model, StoreError> {
         store.read(|c| {
             let mut m = Model::default();
-            let mut st = c.prepare("SELECT key, value FROM bayes_meta")?;
-            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-                let (k, v) = row?;
+            let meta = c.query_map("SELECT key, value FROM bayes_meta", (), |r| {
+                Ok((r.get::<String>(0)?, r.get::<i64>(1)?))
+            })?;
+            for (k, v) in meta {
                 match k.as_str() {
                     "spam_messages" => m.spam_messages = v as u64,
                     "ham_messages" => m.ham_messages = v as u64,
@@ -228,20 +232,16 @@ impl Model {
                     _ => {}
                 }
             }
-            let mut st = c.prepare("SELECT token, spam, ham FROM bayes_tokens")?;
-            for row in st.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, u32>(2)?,
-                ))
-            })? {
-                let (t, s, h) = row?;
+            let tokens = c.query_map("SELECT token, spam, ham FROM bayes_tokens", (), |r| {
+                Ok((r.get::<String>(0)?, r.get::<u32>(1)?, r.get::<u32>(2)?))
+            })?;
+            for (t, s, h) in tokens {
                 m.counts.insert(t, (s, h));
             }
-            let mut st = c.prepare("SELECT code, weight FROM score_weights")?;
-            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))? {
-                let (k, w) = row?;
+            let weights = c.query_map("SELECT code, weight FROM score_weights", (), |r| {
+                Ok((r.get::<String>(0)?, r.get::<f64>(1)?))
+            })?;
+            for (k, w) in weights {
                 m.weights.insert(k, w);
             }
             Ok(m)
@@ -250,31 +250,37 @@ impl Model {
 }
 
 /// Add `delta` to a stored count (never below 0), and change the model's generation.
-fn bump(c: &rusqlite::Connection, key: &str, delta: i64) -> rusqlite::Result<()> {
+fn bump(c: &crate::store::Conn<'_>, key: &str, delta: i64) -> crate::store::DbResult<()> {
     c.execute(
-        "INSERT INTO bayes_meta(key, value) VALUES (?1, MAX(0, ?2)) \
-         ON CONFLICT(key) DO UPDATE SET value = MAX(0, value + ?2)",
-        rusqlite::params![key, delta],
+        "INSERT INTO bayes_meta(key, value) VALUES (?1, CASE WHEN ?2 > 0 THEN ?2 ELSE 0 END) \
+         ON CONFLICT(key) DO UPDATE SET value = \
+         CASE WHEN bayes_meta.value + ?2 > 0 THEN bayes_meta.value + ?2 ELSE 0 END",
+        crate::params![key, delta],
     )?;
     next_generation(c)
 }
 
 /// A running server reloads a model whose generation changed.
-fn next_generation(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+fn next_generation(c: &crate::store::Conn<'_>) -> crate::store::DbResult<()> {
     c.execute(
         "INSERT INTO bayes_meta(key, value) VALUES ('generation', 1) \
-         ON CONFLICT(key) DO UPDATE SET value = value + 1",
-        [],
+         ON CONFLICT(key) DO UPDATE SET value = bayes_meta.value + 1",
+        (),
     )?;
     Ok(())
 }
 
 /// Replace the stored weights.
-fn write_weights(c: &rusqlite::Connection, w: &BTreeMap<String, f64>) -> rusqlite::Result<()> {
-    c.execute("DELETE FROM score_weights", [])?;
-    let mut st = c.prepare("INSERT INTO score_weights(code, weight) VALUES (?1, ?2)")?;
+fn write_weights(
+    c: &crate::store::Conn<'_>,
+    w: &BTreeMap<String, f64>,
+) -> crate::store::DbResult<()> {
+    c.execute("DELETE FROM score_weights", ())?;
     for (k, v) in w {
-        st.execute(rusqlite::params![k, v])?;
+        c.execute(
+            "INSERT INTO score_weights(code, weight) VALUES (?1, ?2)",
+            crate::params![k, v],
+        )?;
     }
     Ok(())
 }
@@ -292,9 +298,9 @@ impl Live {
     /// reloaded.
     pub fn refresh(&self, store: &Store) -> Result<bool, StoreError> {
         let counts: Vec<(String, i64)> = store.read(|c| {
-            c.prepare("SELECT key, value FROM bayes_meta")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
+            c.query_map("SELECT key, value FROM bayes_meta", (), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
         })?;
         let get = |k: &str| {
             counts

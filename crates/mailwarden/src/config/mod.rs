@@ -35,6 +35,7 @@ section! {
         /// The mailbox that receives mail for `postmaster@` every local domain and for the bare
         /// `<Postmaster>` (RFC 5321 §4.5.1). Empty means `postmaster@` the first domain.
         pub postmaster: String = String::new(),
+        pub store: StoreConfig = StoreConfig::default(),
         pub listen: Listen = Listen::default(),
         pub tls: Tls = Tls::default(),
         pub dns: Dns = Dns::default(),
@@ -506,6 +507,26 @@ section! {
         pub mode: Mode = Mode::Enforce,
         /// How often the mailboxes are looked at.
         pub scan_interval: Duration = Duration::secs(30),
+    }
+}
+
+section! {
+    /// Where durable state lives: accounts, the queue, counters, screening's memory,
+    /// reputation, records, quarantine and the classifier (`docs/cluster.md`).
+    pub struct StoreConfig {
+        /// Empty: the embedded SQLite store in `data_dir` (one node, nothing to set up).
+        /// `postgres://user:password@host:port/db`: a PostgreSQL every node of a cluster
+        /// shares. Its migrations run at start; `mailwarden store copy` moves a single node's
+        /// state into it.
+        #[default_doc = "embedded SQLite"]
+        pub url: String = String::new(),
+        /// This node's name in a cluster: it marks the queue's delivery leases. Empty: the
+        /// hostname and the process id.
+        pub node: String = String::new(),
+        /// How long a node's claim on a recipient's delivery lasts. A node that dies holding
+        /// one leaves it to the others after this long; keep it above the longest delivery
+        /// attempt (`delivery.timeout` times the MX hosts tried).
+        pub lease: Duration = Duration::secs(600),
     }
 }
 

@@ -13,8 +13,8 @@ pub mod detector;
 pub use act::Containment;
 pub use detector::{Detector, Limited, Reservation, Trigger};
 
+use crate::store::Optional;
 use crate::store::{Store, StoreError};
-use rusqlite::OptionalExtension;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,17 +55,18 @@ pub struct AccountState {
 /// The account's state at `now` (Unix seconds).
 pub fn state(store: &Store, account: &str, now: i64) -> Result<AccountState, StoreError> {
     let row = store.read(|c| {
-        c.prepare_cached(
+        c.query_row(
             "SELECT state, since, reason, evidence FROM account_state WHERE account = ?1",
-        )?
-        .query_row([account], |r| {
-            Ok(AccountState {
-                state: State::parse(&r.get::<_, String>(0)?),
-                since: r.get(1)?,
-                reason: r.get(2)?,
-                evidence: r.get(3)?,
-            })
-        })
+            [account],
+            |r| {
+                Ok(AccountState {
+                    state: State::parse(&r.get::<String>(0)?),
+                    since: r.get(1)?,
+                    reason: r.get(2)?,
+                    evidence: r.get(3)?,
+                })
+            },
+        )
         .optional()
     })?;
     // Throttling lifts by itself as the limit's window slides: an old record is history.
@@ -95,7 +96,7 @@ pub fn throttle(store: &Store, account: &str, reason: &str, now: i64) -> Result<
              VALUES (?1, 'throttled', ?2, 'limit reached', ?3) \
              ON CONFLICT(account) DO UPDATE SET state = 'throttled', since = ?2, \
              reason = 'limit reached', evidence = ?3 WHERE state != 'suspended'",
-            rusqlite::params![a, now, r],
+            crate::params![a, now, r],
         )?;
         Ok(())
     })
@@ -121,7 +122,7 @@ pub fn suspend(
              VALUES (?1, 'suspended', ?2, ?3, ?4) \
              ON CONFLICT(account) DO UPDATE SET state = 'suspended', since = ?2, reason = ?3, \
              evidence = ?4",
-            rusqlite::params![a, now, r, e],
+            crate::params![a, now, r, e],
         )?;
         crate::queue::account::hold(c, &a, now)
     })
@@ -198,7 +199,7 @@ mod tests {
         assert_eq!(st.evidence, "200 messages in the last hour");
         // An hour-old throttle is over.
         store
-            .write_blocking(|c| c.execute("UPDATE account_state SET since = since - 3601", []))
+            .write_blocking(|c| c.execute("UPDATE account_state SET since = since - 3601", ()))
             .unwrap();
         assert_eq!(
             state(&store, "a@x.test", now()).unwrap().state,

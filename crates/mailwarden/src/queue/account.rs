@@ -9,7 +9,7 @@ use super::Status;
 const OF_ACCOUNT: &str = "id IN (SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1)";
 
 /// Hold the account's remote recipients that wait for delivery. Returns how many.
-pub fn hold(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::Result<usize> {
+pub fn hold(c: &crate::store::Conn<'_>, account: &str, now: i64) -> crate::store::DbResult<usize> {
     c.execute(
         &format!(
             "UPDATE queue_rcpt SET status = '{held}', updated = ?2 \
@@ -18,12 +18,12 @@ pub fn hold(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::Resu
             queued = Status::Queued.as_str(),
             deferred = Status::Deferred.as_str(),
         ),
-        rusqlite::params![account, now],
+        crate::params![account, now],
     )
 }
 
 /// How many of the account's recipients are held.
-pub fn held(c: &rusqlite::Connection, account: &str) -> rusqlite::Result<usize> {
+pub fn held(c: &crate::store::Conn<'_>, account: &str) -> crate::store::DbResult<usize> {
     let n: i64 = c.query_row(
         &format!(
             "SELECT count(*) FROM queue_rcpt WHERE status = '{}' AND {OF_ACCOUNT}",
@@ -36,7 +36,11 @@ pub fn held(c: &rusqlite::Connection, account: &str) -> rusqlite::Result<usize> 
 }
 
 /// Release the account's held recipients for delivery now. Returns how many.
-pub fn release(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::Result<usize> {
+pub fn release(
+    c: &crate::store::Conn<'_>,
+    account: &str,
+    now: i64,
+) -> crate::store::DbResult<usize> {
     let n = c.execute(
         &format!(
             "UPDATE queue_rcpt SET status = '{}', next_attempt = 0, updated = ?2 \
@@ -44,14 +48,18 @@ pub fn release(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::R
             Status::Deferred.as_str(),
             Status::Held.as_str()
         ),
-        rusqlite::params![account, now],
+        crate::params![account, now],
     )?;
     finish_done(c, account)?;
     Ok(n)
 }
 
 /// Delete the account's held recipients (they fail, without a bounce). Returns how many.
-pub fn delete(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::Result<usize> {
+pub fn delete(
+    c: &crate::store::Conn<'_>,
+    account: &str,
+    now: i64,
+) -> crate::store::DbResult<usize> {
     let n = c.execute(
         &format!(
             "UPDATE queue_rcpt SET status = '{}', last_reply = 'deleted when the account resumed', \
@@ -59,7 +67,7 @@ pub fn delete(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::Re
             Status::Failed.as_str(),
             Status::Held.as_str()
         ),
-        rusqlite::params![account, now],
+        crate::params![account, now],
     )?;
     finish_done(c, account)?;
     Ok(n)
@@ -67,11 +75,12 @@ pub fn delete(c: &rusqlite::Connection, account: &str, now: i64) -> rusqlite::Re
 
 /// The account's messages with nothing left to do go (their spool files, if any, are
 /// removed as orphans at the next start).
-fn finish_done(c: &rusqlite::Connection, account: &str) -> rusqlite::Result<()> {
-    let ids: Vec<String> = c
-        .prepare("SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1")?
-        .query_map([account], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+fn finish_done(c: &crate::store::Conn<'_>, account: &str) -> crate::store::DbResult<()> {
+    let ids: Vec<String> = c.query_map(
+        "SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1",
+        [account],
+        |r| r.get(0),
+    )?;
     for id in ids {
         super::finish_if_done(c, &id)?;
     }

@@ -8,7 +8,7 @@
 use crate::clock::Clock;
 use crate::store::{Store, StoreError};
 
-use rusqlite::OptionalExtension;
+use crate::store::Optional;
 use std::path::Path;
 
 /// One line of `queue list`.
@@ -34,9 +34,9 @@ pub struct RcptState {
 
 pub fn list(store: &Store) -> Result<Vec<Summary>, StoreError> {
     let ids: Vec<String> = store.read(|c| {
-        c.prepare("SELECT id FROM queue ORDER BY created, id")?
-            .query_map([], |r| r.get(0))?
-            .collect()
+        c.query_map("SELECT id FROM queue ORDER BY created, id", (), |r| {
+            r.get(0)
+        })
     })?;
     let mut out = Vec::new();
     for id in ids {
@@ -52,13 +52,7 @@ pub fn show(store: &Store, id: &str) -> Result<Option<Summary>, StoreError> {
         c.query_row(
             "SELECT created, sender, size FROM queue WHERE id = ?1",
             [id],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            },
+            |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
         )
         .optional()
     })?;
@@ -66,22 +60,22 @@ pub fn show(store: &Store, id: &str) -> Result<Option<Summary>, StoreError> {
         return Ok(None);
     };
     let recipients = store.read(|c| {
-        c.prepare(
+        c.query_map(
             "SELECT idx, address, route, status, attempts, next_attempt, last_reply \
              FROM queue_rcpt WHERE id = ?1 ORDER BY idx",
-        )?
-        .query_map([id], |r| {
-            Ok(RcptState {
-                idx: r.get(0)?,
-                address: r.get(1)?,
-                route: r.get(2)?,
-                status: r.get(3)?,
-                attempts: r.get(4)?,
-                next_attempt: r.get(5)?,
-                last_reply: r.get(6)?,
-            })
-        })?
-        .collect()
+            [id],
+            |r| {
+                Ok(RcptState {
+                    idx: r.get(0)?,
+                    address: r.get(1)?,
+                    route: r.get(2)?,
+                    status: r.get(3)?,
+                    attempts: r.get(4)?,
+                    next_attempt: r.get(5)?,
+                    last_reply: r.get(6)?,
+                })
+            },
+        )
     })?;
     Ok(Some(Summary {
         id: id.to_string(),
@@ -103,7 +97,7 @@ pub fn retry(store: &Store, id: Option<&str>) -> Result<usize, StoreError> {
             )?,
             None => c.execute(
                 "UPDATE queue_rcpt SET next_attempt = 0 WHERE status = 'deferred'",
-                [],
+                (),
             )?,
         })
     })
@@ -116,7 +110,7 @@ pub fn hold(store: &Store, id: &str) -> Result<usize, StoreError> {
         c.execute(
             "UPDATE queue_rcpt SET status = 'held', updated = ?2 \
              WHERE id = ?1 AND status IN ('queued', 'deferred')",
-            rusqlite::params![id, crate::clock::SystemClock.now_secs()],
+            crate::params![id, crate::clock::SystemClock.now_secs()],
         )
     })
 }
@@ -128,7 +122,7 @@ pub fn release(store: &Store, id: &str) -> Result<usize, StoreError> {
         c.execute(
             "UPDATE queue_rcpt SET status = 'deferred', next_attempt = 0, updated = ?2 \
              WHERE id = ?1 AND status = 'held'",
-            rusqlite::params![id, crate::clock::SystemClock.now_secs()],
+            crate::params![id, crate::clock::SystemClock.now_secs()],
         )
     })
 }

@@ -13,8 +13,8 @@ pub mod account;
 pub mod admin;
 
 use crate::fsync::{DirSync, sync_file};
+use crate::store::Optional;
 use crate::store::{Store, StoreError};
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -175,20 +175,18 @@ impl RemoteOutcome {
 }
 
 /// Delete a message whose recipients are all final. True if it was deleted.
-pub(crate) fn finish_if_done(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<bool> {
-    let left: i64 = c
-        .prepare_cached(
-            "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
+pub(crate) fn finish_if_done(c: &crate::store::Conn<'_>, id: &str) -> crate::store::DbResult<bool> {
+    let left: i64 = c.query_row(
+        "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
              AND status IN ('queued', 'deferred', 'held')",
-        )?
-        .query_row([id], |r| r.get(0))?;
+        [id],
+        |r| r.get(0),
+    )?;
     if left > 0 {
         return Ok(false);
     }
-    c.prepare_cached("DELETE FROM queue_rcpt WHERE id = ?1")?
-        .execute([id])?;
-    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-        .execute([id])?;
+    c.execute("DELETE FROM queue_rcpt WHERE id = ?1", [id])?;
+    c.execute("DELETE FROM queue WHERE id = ?1", [id])?;
     Ok(true)
 }
 
@@ -320,11 +318,8 @@ impl Queue {
         let r = self
             .store
             .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO queue(id, created, sender, size, body, spooled, meta) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(rusqlite::params![
+                c.execute("INSERT INTO queue(id, created, sender, size, body, spooled, meta) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", crate::params![
                     id,
                     created,
                     sender,
@@ -337,19 +332,13 @@ impl Queue {
                 // had waiting then: in the same transaction, so no suspension slips between.
                 let suspended = match &auth {
                     Some(a) => c
-                        .prepare_cached(
-                            "SELECT 1 FROM account_state WHERE account = ?1 AND state = 'suspended'",
-                        )?
-                        .exists([a])?,
+                        .exists("SELECT 1 FROM account_state WHERE account = ?1 AND state = 'suspended'", [a])?,
                     None => false,
                 };
-                let mut st = c.prepare_cached(
-                    "INSERT INTO queue_rcpt(id, idx, address, route, mailbox, folder, status, updated) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
                 for (idx, address, route, mailbox, folder) in rows {
                     let status = if suspended && route == "remote" { "held" } else { "queued" };
-                    st.execute(rusqlite::params![
+                    c.execute("INSERT INTO queue_rcpt(id, idx, address, route, mailbox, folder, status, updated) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", crate::params![
                         id, idx, address, route, mailbox, folder, status, created
                     ])?;
                 }
@@ -401,32 +390,24 @@ impl Queue {
                 for rec in outcomes {
                     // Every recipient delivered just now: nothing to keep, skip the updates.
                     let finished = rec.all_final || {
-                        let mut update = c.prepare_cached(
-                            "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
-                             attempts = attempts + 1 WHERE id = ?1 AND idx = ?2",
-                        )?;
                         for (idx, status, reply) in &rec.outcomes {
-                            update.execute(rusqlite::params![
-                                rec.id,
-                                idx,
-                                status.as_str(),
-                                reply,
-                                now
-                            ])?;
+                            c.execute(
+                                "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
+                             attempts = attempts + 1 WHERE id = ?1 AND idx = ?2",
+                                crate::params![rec.id, idx, status.as_str(), reply, now],
+                            )?;
                         }
-                        let left: i64 = c
-                            .prepare_cached(
-                                "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
+                        let left: i64 = c.query_row(
+                            "SELECT count(*) FROM queue_rcpt WHERE id = ?1 \
                                  AND status IN ('queued', 'deferred', 'held')",
-                            )?
-                            .query_row([&rec.id], |r| r.get(0))?;
+                            [&rec.id],
+                            |r| r.get(0),
+                        )?;
                         left == 0
                     };
                     if finished {
-                        c.prepare_cached("DELETE FROM queue_rcpt WHERE id = ?1")?
-                            .execute([&rec.id])?;
-                        c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-                            .execute([&rec.id])?;
+                        c.execute("DELETE FROM queue_rcpt WHERE id = ?1", [&rec.id])?;
+                        c.execute("DELETE FROM queue WHERE id = ?1", [&rec.id])?;
                         done.push(rec.id);
                     }
                 }
@@ -446,10 +427,7 @@ impl Queue {
     /// delivery, which first checks what already landed.
     pub fn recover(&self) -> Result<Vec<Message>, QueueError> {
         let ids: Vec<String> = self.store.read(|c| {
-            let mut st = c.prepare(
-                "SELECT DISTINCT id FROM queue_rcpt WHERE status = 'queued' AND route = 'local' ORDER BY id",
-            )?;
-            st.query_map([], |r| r.get(0))?.collect()
+            c.query_map("SELECT DISTINCT id FROM queue_rcpt WHERE status = 'queued' AND route = 'local' ORDER BY id", (), |r| r.get(0))
         })?;
         let mut out = Vec::new();
         for id in ids {
@@ -483,12 +461,12 @@ impl Queue {
         let row = self.store.read(|c| {
             c.query_row(sql, [id], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<Vec<u8>>>(3)?,
-                    r.get::<_, bool>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<i64>(2)?,
+                    r.get::<Option<Vec<u8>>>(3)?,
+                    r.get::<bool>(4)?,
+                    r.get::<String>(5)?,
                 ))
             })
             .optional()
@@ -497,31 +475,31 @@ impl Queue {
             return Ok(None);
         };
         let rcpts = self.store.read(|c| {
-            let mut st = c.prepare(
+            c.query_map(
                 "SELECT idx, address, route, mailbox, folder, status FROM queue_rcpt \
                  WHERE id = ?1 ORDER BY idx",
-            )?;
-            st.query_map([id], |r| {
-                let route: String = r.get(2)?;
-                let mailbox: Option<String> = r.get(3)?;
-                let folder: Option<String> = r.get(4)?;
-                let status: String = r.get(5)?;
-                Ok((
-                    status,
-                    Recipient {
-                        idx: r.get(0)?,
-                        address: r.get(1)?,
-                        route: match (route.as_str(), mailbox) {
-                            ("local", Some(mailbox)) => Route::Local {
-                                mailbox,
-                                folder: Folder::parse(folder.as_deref()),
+                [id],
+                |r| {
+                    let route: String = r.get(2)?;
+                    let mailbox: Option<String> = r.get(3)?;
+                    let folder: Option<String> = r.get(4)?;
+                    let status: String = r.get(5)?;
+                    Ok((
+                        status,
+                        Recipient {
+                            idx: r.get(0)?,
+                            address: r.get(1)?,
+                            route: match (route.as_str(), mailbox) {
+                                ("local", Some(mailbox)) => Route::Local {
+                                    mailbox,
+                                    folder: Folder::parse(folder.as_deref()),
+                                },
+                                _ => Route::Remote,
                             },
-                            _ => Route::Remote,
                         },
-                    },
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()
+                    ))
+                },
+            )
         })?;
         let rcpts: Vec<Recipient> = rcpts
             .into_iter()
@@ -563,10 +541,9 @@ impl Queue {
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let known = self.store.read(|c| {
-                c.prepare_cached("SELECT 1 FROM queue WHERE id = ?1")?
-                    .exists([&name])
-            })?;
+            let known = self
+                .store
+                .read(|c| c.exists("SELECT 1 FROM queue WHERE id = ?1", [&name]))?;
             if !known {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
@@ -583,15 +560,13 @@ impl Queue {
         limit: usize,
     ) -> Result<Vec<(String, u32, u32)>, QueueError> {
         Ok(self.store.read(|c| {
-            let mut st = c.prepare_cached(
+            c.query_map(
                 "SELECT id, idx, attempts FROM queue_rcpt WHERE route = 'remote' \
                  AND ((status = 'queued') OR (status = 'deferred' AND next_attempt <= ?1)) \
                  ORDER BY id, idx LIMIT ?2",
-            )?;
-            st.query_map(rusqlite::params![now, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect()
+                crate::params![now, limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         })?)
     }
 
@@ -609,20 +584,13 @@ impl Queue {
         let finished = self
             .store
             .write(move |c| {
-                let mut update = c.prepare_cached(
-                    "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
+                for o in &outcomes {
+                    c.execute(
+                        "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
                      attempts = attempts + 1, next_attempt = ?6 \
                      WHERE id = ?1 AND idx = ?2 AND status IN ('queued', 'deferred')",
-                )?;
-                for o in &outcomes {
-                    update.execute(rusqlite::params![
-                        id2,
-                        o.idx,
-                        o.status.as_str(),
-                        o.reply,
-                        now,
-                        o.next_attempt
-                    ])?;
+                        crate::params![id2, o.idx, o.status.as_str(), o.reply, now, o.next_attempt],
+                    )?;
                 }
                 finish_if_done(c, &id2)
             })

@@ -90,9 +90,12 @@ pub async fn save(store: &Store, rec: Record, retention: i64) -> Result<(), Stor
     store
         .write(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO decisions(id, time, ip, sender, rcpts, action, codes, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                rusqlite::params![
+                "INSERT INTO decisions(id, time, ip, sender, rcpts, action, codes, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO UPDATE SET \
+                 time = excluded.time, ip = excluded.ip, sender = excluded.sender, \
+                 rcpts = excluded.rcpts, action = excluded.action, codes = excluded.codes, \
+                 data = excluded.data",
+                crate::params![
                     rec.id,
                     rec.time,
                     rec.ip,
@@ -104,9 +107,9 @@ pub async fn save(store: &Store, rec: Record, retention: i64) -> Result<(), Stor
                 ],
             )?;
             c.execute(
-                "DELETE FROM decisions WHERE rowid IN (SELECT rowid FROM decisions \
+                "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions \
                  WHERE time < ?1 LIMIT ?2)",
-                rusqlite::params![rec.time - retention, PURGE_BATCH],
+                crate::params![rec.time - retention, PURGE_BATCH],
             )?;
             Ok(())
         })
@@ -160,7 +163,7 @@ pub fn search(store: &Store, f: &Filter) -> Result<Vec<Record>, StoreError> {
         );
     }
     if let Some(t) = f.since {
-        arg(&mut sql, " AND time >= CAST(? AS INTEGER)", t.to_string());
+        arg(&mut sql, " AND time >= CAST(? AS BIGINT)", t.to_string());
     }
     if let Some(a) = &f.action {
         arg(&mut sql, " AND action = ?", a.clone());
@@ -173,13 +176,17 @@ pub fn search(store: &Store, f: &Filter) -> Result<Vec<Record>, StoreError> {
         );
     }
     sql.push_str(&format!(
-        " ORDER BY time DESC, rowid DESC LIMIT {}",
+        " ORDER BY time DESC, id DESC LIMIT {}",
         f.limit.max(1)
     ));
     let rows: Vec<String> = store.read(|c| {
-        c.prepare(&sql)?
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
-            .collect()
+        c.query_map(
+            &sql,
+            args.iter()
+                .map(|a| crate::store::Value::Text(a.clone()))
+                .collect::<Vec<_>>(),
+            |r| r.get(0),
+        )
     })?;
     Ok(rows
         .iter()
@@ -190,7 +197,7 @@ pub fn search(store: &Store, f: &Filter) -> Result<Vec<Record>, StoreError> {
 /// One record by id.
 pub fn get(store: &Store, id: &str) -> Result<Option<Record>, StoreError> {
     let row: Option<String> = store.read(|c| {
-        use rusqlite::OptionalExtension;
+        use crate::store::Optional;
         c.query_row("SELECT data FROM decisions WHERE id = ?1", [id], |r| {
             r.get(0)
         })

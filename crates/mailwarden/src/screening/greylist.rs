@@ -7,8 +7,8 @@
 use super::memory;
 use crate::config::screening::Greylist as Cfg;
 use crate::limits::network;
+use crate::store::Optional;
 use crate::store::{Store, StoreError};
-use rusqlite::OptionalExtension;
 use std::net::IpAddr;
 
 /// Triplets and memories removed per write once they are long expired.
@@ -22,11 +22,12 @@ const MAX_PENDING_PER_CLIENT: i64 = 1000;
 fn pending(store: &Store, client: &str, since: i64) -> Result<i64, StoreError> {
     let (lo, hi) = (format!("{client}|"), format!("{client}}}"));
     store.read(|c| {
-        c.prepare_cached(
+        c.query_row(
             "SELECT count(*) FROM greylist WHERE triplet >= ?1 AND triplet < ?2 \
              AND first_seen >= ?3",
-        )?
-        .query_row(rusqlite::params![lo, hi, since], |r| r.get(0))
+            crate::params![lo, hi, since],
+            |r| r.get(0),
+        )
     })
 }
 
@@ -95,9 +96,12 @@ pub async fn check(
     );
     let t = triplet.clone();
     let first: Option<i64> = store.read(|c| {
-        c.prepare_cached("SELECT first_seen FROM greylist WHERE triplet = ?1")?
-            .query_row([&t], |r| r.get(0))
-            .optional()
+        c.query_row(
+            "SELECT first_seen FROM greylist WHERE triplet = ?1",
+            [&t],
+            |r| r.get(0),
+        )
+        .optional()
     })?;
     let (min, expiry) = (
         cfg.min_delay.get().as_secs() as i64,
@@ -126,17 +130,17 @@ pub async fn check(
                     c.execute(
                         "INSERT INTO greylist(triplet, first_seen) VALUES (?1, ?2) \
                          ON CONFLICT(triplet) DO UPDATE SET first_seen = ?2",
-                        rusqlite::params![triplet, now],
+                        crate::params![triplet, now],
                     )?;
                     c.execute(
-                        "DELETE FROM greylist WHERE rowid IN (SELECT rowid FROM greylist \
+                        "DELETE FROM greylist WHERE triplet IN (SELECT triplet FROM greylist \
                          WHERE first_seen < ?1 LIMIT ?2)",
-                        rusqlite::params![now - expiry, PURGE_BATCH],
+                        crate::params![now - expiry, PURGE_BATCH],
                     )?;
                     c.execute(
-                        "DELETE FROM screen_memory WHERE rowid IN (SELECT rowid FROM \
+                        "DELETE FROM screen_memory WHERE key IN (SELECT key FROM \
                          screen_memory WHERE until < ?1 LIMIT ?2)",
-                        rusqlite::params![now, PURGE_BATCH],
+                        crate::params![now, PURGE_BATCH],
                     )?;
                     Ok(())
                 })
@@ -215,7 +219,7 @@ mod tests {
             ));
         }
         let rows: i64 = store
-            .read(|c| c.query_row("SELECT count(*) FROM greylist", [], |r| r.get(0)))
+            .read(|c| c.query_row("SELECT count(*) FROM greylist", (), |r| r.get(0)))
             .unwrap();
         assert_eq!(rows, MAX_PENDING_PER_CLIENT);
         // Another network has room of its own.

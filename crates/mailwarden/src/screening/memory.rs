@@ -2,15 +2,18 @@
 //! banner), `grey:NETWORK` (passed greylisting), `sender:DOMAIN` (passed greylisting with SPF).
 //! Times come from the caller's clock, in seconds, so tests can move them.
 
+use crate::store::Optional;
 use crate::store::{Store, StoreError};
-use rusqlite::OptionalExtension;
 
 /// Is `key` remembered at `now`?
 pub fn known(store: &Store, key: &str, now: i64) -> Result<bool, StoreError> {
     let until: Option<i64> = store.read(|c| {
-        c.prepare_cached("SELECT until FROM screen_memory WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()
+        c.query_row(
+            "SELECT until FROM screen_memory WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
     })?;
     Ok(until.is_some_and(|u| u > now))
 }
@@ -21,8 +24,9 @@ pub async fn remember(store: &Store, key: String, until: i64) -> Result<(), Stor
         .write(move |c| {
             c.execute(
                 "INSERT INTO screen_memory(key, until) VALUES (?1, ?2) \
-                 ON CONFLICT(key) DO UPDATE SET until = max(until, ?2)",
-                rusqlite::params![key, until],
+                 ON CONFLICT(key) DO UPDATE SET until = \
+                 CASE WHEN screen_memory.until > ?2 THEN screen_memory.until ELSE ?2 END",
+                crate::params![key, until],
             )?;
             Ok(())
         })

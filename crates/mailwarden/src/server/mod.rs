@@ -80,7 +80,7 @@ pub async fn start(
     dns: Arc<crate::dns::Dns>,
 ) -> anyhow::Result<Running> {
     let config = Arc::new(config);
-    let store = Store::open(&config.data_dir)
+    let store = Store::for_config(&config)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let tls = tls::load(&config)?;
     let dirsync = DirSync::start();

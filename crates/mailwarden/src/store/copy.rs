@@ -1,0 +1,1 @@
+//! `mailwarden store copy`.
