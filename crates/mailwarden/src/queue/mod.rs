@@ -5,6 +5,13 @@
 //! file under `data_dir/queue/` that is fsynced, with its directory, before the rows commit.
 //! [`Queue::enqueue`] returns only when all of it is durable: that is what the `250` means.
 //!
+//! Nodes sharing one store (`[store] url`) share the queue: a node leases each recipient
+//! before it tries it ([`Lease`]: a node name and a time), the claim skipping rows another
+//! node holds (`FOR UPDATE SKIP LOCKED`). Only the lease holder records an outcome, so each is
+//! committed once; a node that dies loses its leases when they run out, and the others take
+//! its recipients over. On the shared store, bodies always go inline: no node can read
+//! another's spool directory.
+//!
 //! Recipient statuses: `queued` (waiting for delivery), `delivered`, `deferred` (retry later),
 //! `failed` (permanent), `held` (kept back by an administrator or a policy). A message leaves
 //! the queue when no recipient is `queued`, `deferred` or `held` any more.
@@ -238,8 +245,31 @@ impl Drop for Held {
     }
 }
 
+/// Who claims deliveries, and for how long.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub node: String,
+    pub secs: i64,
+}
+
+impl Lease {
+    /// `store.node` or, when empty, the hostname and the process id; `store.lease` long.
+    pub fn from_config(cfg: &crate::config::Config) -> Lease {
+        let node = if cfg.store.node.is_empty() {
+            format!("{}:{}", cfg.hostname, std::process::id())
+        } else {
+            cfg.store.node.clone()
+        };
+        Lease {
+            node,
+            secs: cfg.store.lease.get().as_secs().max(1) as i64,
+        }
+    }
+}
+
 pub struct Queue {
     store: Store,
+    lease: Lease,
     dir: PathBuf,
     dirsync: DirSync,
     notify: mpsc::UnboundedSender<Dispatch>,
@@ -257,6 +287,7 @@ impl Queue {
         dirsync: DirSync,
         memory_budget: u64,
         clock: Arc<dyn crate::clock::Clock>,
+        lease: Lease,
     ) -> std::io::Result<(Arc<Queue>, mpsc::UnboundedReceiver<Dispatch>)> {
         let dir = data_dir.join("queue");
         crate::store::create_private_dir(&dir)?;
@@ -264,6 +295,7 @@ impl Queue {
         Ok((
             Arc::new(Queue {
                 store,
+                lease,
                 dir,
                 dirsync,
                 notify: tx,
@@ -286,7 +318,13 @@ impl Queue {
     }
 
     /// Make the message durable, then hand it to delivery.
-    pub async fn enqueue(&self, msg: Message) -> Result<(), QueueError> {
+    pub async fn enqueue(&self, mut msg: Message) -> Result<(), QueueError> {
+        if let (true, Body::Spooled(path)) = (self.store.is_shared(), &msg.body) {
+            let path = path.clone();
+            let bytes = tokio::fs::read(&path).await?;
+            let _ = std::fs::remove_file(&path);
+            msg.body = Body::Inline(Arc::new(bytes));
+        }
         let spooled = matches!(msg.body, Body::Spooled(_));
         if let Body::Spooled(path) = &msg.body {
             let f = std::fs::File::open(path)?;
@@ -315,32 +353,51 @@ impl Queue {
         let (id, created, sender, size) =
             (msg.id.clone(), msg.created, msg.sender.clone(), msg.size);
         let auth = msg.meta.auth.clone();
+        let (node, lease) = (self.lease.node.clone(), self.lease.secs);
         let r = self
             .store
             .write(move |c| {
-                c.execute("INSERT INTO queue(id, created, sender, size, body, spooled, meta) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", crate::params![
-                    id,
-                    created,
-                    sender,
-                    size as i64,
-                    inline.as_deref().map(|v| v.as_slice()),
-                    spooled,
-                    meta
-                ])?;
+                c.execute(
+                    "INSERT INTO queue(id, created, sender, size, body, spooled, meta) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    crate::params![
+                        id,
+                        created,
+                        sender,
+                        size as i64,
+                        inline.as_deref().map(|v| v.as_slice()),
+                        spooled,
+                        meta
+                    ],
+                )?;
                 // Mail an account submits after it was suspended is held, like the mail it
                 // had waiting then: in the same transaction, so no suspension slips between.
                 let suspended = match &auth {
-                    Some(a) => c
-                        .exists("SELECT 1 FROM account_state WHERE account = ?1 AND state = 'suspended'", [a])?,
+                    Some(a) => c.exists(
+                        "SELECT 1 FROM account_state WHERE account = ?1 AND state = 'suspended'",
+                        [a],
+                    )?,
                     None => false,
                 };
                 for (idx, address, route, mailbox, folder) in rows {
-                    let status = if suspended && route == "remote" { "held" } else { "queued" };
-                    c.execute("INSERT INTO queue_rcpt(id, idx, address, route, mailbox, folder, status, updated) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", crate::params![
-                        id, idx, address, route, mailbox, folder, status, created
-                    ])?;
+                    let status = if suspended && route == "remote" {
+                        "held"
+                    } else {
+                        "queued"
+                    };
+                    // Local recipients are this node's to deliver now: leased from the start.
+                    let (node, until) = match route {
+                        "local" => (Some(node.as_str()), created + lease),
+                        _ => (None, 0),
+                    };
+                    c.execute(
+                        "INSERT INTO queue_rcpt(id, idx, address, route, mailbox, folder, \
+                         status, updated, lease_node, lease_until) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        crate::params![
+                            id, idx, address, route, mailbox, folder, status, created, node, until
+                        ],
+                    )?;
                 }
                 Ok(())
             })
@@ -423,12 +480,42 @@ impl Queue {
         Ok(finished)
     }
 
-    /// Messages with local recipients still `queued`: after a restart they go back to
+    /// Messages with local recipients still `queued` that are nobody's any more (their node
+    /// died and its lease ran out) or, at `startup`, this node's: claimed, they go back to
     /// delivery, which first checks what already landed.
-    pub fn recover(&self) -> Result<Vec<Message>, QueueError> {
-        let ids: Vec<String> = self.store.read(|c| {
-            c.query_map("SELECT DISTINCT id FROM queue_rcpt WHERE status = 'queued' AND route = 'local' ORDER BY id", (), |r| r.get(0))
-        })?;
+    pub async fn recover(&self, startup: bool) -> Result<Vec<Message>, QueueError> {
+        let (now, lease) = (self.now(), self.lease.secs);
+        // Not at startup: a name no row has, so only expired leases match.
+        let node = if startup {
+            self.lease.node.clone()
+        } else {
+            String::new()
+        };
+        let me = self.lease.node.clone();
+        let mut ids: Vec<String> = self
+            .store
+            .write(move |c| {
+                let skip = if c.is_pg() {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    ""
+                };
+                c.query_map(
+                    &format!(
+                        "WITH stale AS MATERIALIZED (SELECT id, idx FROM queue_rcpt \
+                         WHERE status = 'queued' AND route = 'local' \
+                         AND (lease_node = ?1 OR lease_until <= ?2){skip}) \
+                         UPDATE queue_rcpt SET lease_node = ?4, lease_until = ?3 FROM stale \
+                         WHERE queue_rcpt.id = stale.id AND queue_rcpt.idx = stale.idx \
+                         RETURNING queue_rcpt.id"
+                    ),
+                    crate::params![node, now, now + lease, me],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
+        ids.sort();
+        ids.dedup();
         let mut out = Vec::new();
         for id in ids {
             match self.load(&id, false) {
@@ -552,22 +639,42 @@ impl Queue {
         Ok(removed)
     }
 
-    /// Remote recipients due for an attempt: `queued`, or `deferred` with their time come.
-    /// Returns (message id, recipient index, attempts so far), oldest messages first.
-    pub fn due_remote(
+    /// Claim remote recipients due for an attempt: `queued`, or `deferred` with their time
+    /// come, that no node holds a lease on. Returns (message id, recipient index, attempts so
+    /// far), oldest messages first; they are this node's until [`Queue::record_remote`] or
+    /// until the lease runs out.
+    pub async fn claim_remote(
         &self,
         now: i64,
         limit: usize,
     ) -> Result<Vec<(String, u32, u32)>, QueueError> {
-        Ok(self.store.read(|c| {
-            c.query_map(
-                "SELECT id, idx, attempts FROM queue_rcpt WHERE route = 'remote' \
-                 AND ((status = 'queued') OR (status = 'deferred' AND next_attempt <= ?1)) \
-                 ORDER BY id, idx LIMIT ?2",
-                crate::params![now, limit as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-        })?)
+        let (node, until) = (self.lease.node.clone(), now + self.lease.secs);
+        let mut rows: Vec<(String, u32, u32)> = self
+            .store
+            .write(move |c| {
+                let skip = if c.is_pg() {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    ""
+                };
+                const DUE: &str = "route = 'remote' AND lease_until <= ?1 \
+                     AND ((status = 'queued') OR (status = 'deferred' AND next_attempt <= ?1))";
+                c.query_map(
+                    &format!(
+                        "WITH due AS MATERIALIZED (SELECT id, idx FROM queue_rcpt \
+                         WHERE {DUE} ORDER BY id, idx LIMIT ?2{skip}) \
+                         UPDATE queue_rcpt SET lease_node = ?3, lease_until = ?4 FROM due \
+                         WHERE queue_rcpt.id = due.id AND queue_rcpt.idx = due.idx \
+                         AND queue_rcpt.lease_until <= ?1 \
+                         RETURNING queue_rcpt.id, queue_rcpt.idx, queue_rcpt.attempts"
+                    ),
+                    crate::params![now, limit as i64, node, until],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .await?;
+        rows.sort();
+        Ok(rows)
     }
 
     /// Record the outcome of remote delivery attempts for one message in one commit; a
@@ -581,15 +688,25 @@ impl Queue {
     ) -> Result<bool, QueueError> {
         let id2 = id.to_string();
         let now = self.now();
+        let node = self.lease.node.clone();
         let finished = self
             .store
             .write(move |c| {
                 for o in &outcomes {
                     c.execute(
                         "UPDATE queue_rcpt SET status = ?3, last_reply = ?4, updated = ?5, \
-                     attempts = attempts + 1, next_attempt = ?6 \
-                     WHERE id = ?1 AND idx = ?2 AND status IN ('queued', 'deferred')",
-                        crate::params![id2, o.idx, o.status.as_str(), o.reply, now, o.next_attempt],
+                         attempts = attempts + 1, next_attempt = ?6, lease_node = NULL, \
+                         lease_until = 0 WHERE id = ?1 AND idx = ?2 \
+                         AND status IN ('queued', 'deferred') AND lease_node = ?7",
+                        crate::params![
+                            id2,
+                            o.idx,
+                            o.status.as_str(),
+                            o.reply,
+                            now,
+                            o.next_attempt,
+                            node
+                        ],
                     )?;
                 }
                 finish_if_done(c, &id2)
@@ -631,6 +748,10 @@ mod tests {
             DirSync::start(),
             1 << 20,
             crate::clock::system(),
+            Lease {
+                node: "test".into(),
+                secs: 60,
+            },
         )
         .unwrap();
         let s = store.clone();
@@ -691,5 +812,74 @@ mod tests {
             "queued",
             "a suspended account's mail to us still arrives"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_sharing_a_queue_claim_apart_and_take_over_a_dead_nodes_recipients() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in crate::store::test_stores(dir.path()) {
+            let node = |name: &str| {
+                let lease = Lease {
+                    node: name.into(),
+                    secs: 60,
+                };
+                let dirsync = DirSync::start();
+                Queue::new(
+                    store.clone(),
+                    dir.path(),
+                    dirsync,
+                    1 << 20,
+                    crate::clock::system(),
+                    lease,
+                )
+                .unwrap()
+                .0
+            };
+            let (a, b) = (node("a"), node("b"));
+            let rcpt = |idx: u32| Recipient {
+                idx,
+                address: format!("r{idx}@far.test"),
+                route: Route::Remote,
+            };
+            let mut msg = Message::generated("mx", "h", a.now(), rcpt(0), b"x\r\n".to_vec());
+            msg.rcpts.extend([rcpt(1), rcpt(2)]);
+            let id = msg.id.clone();
+            a.enqueue(msg).await.unwrap();
+            let now = a.now();
+            let on_a = a.claim_remote(now, 2).await.unwrap();
+            let on_b = b.claim_remote(now, 10).await.unwrap();
+            assert_eq!(on_a.len(), 2, "{store:?}");
+            assert_eq!(on_b.len(), 1, "what a holds, b does not get");
+            assert!(on_a.iter().all(|r| !on_b.contains(r)));
+            assert!(a.claim_remote(now, 10).await.unwrap().is_empty());
+            // a dies. Once its lease runs out, b takes its recipients over.
+            let later = b.claim_remote(now + 61, 10).await.unwrap();
+            assert!(on_a.iter().all(|r| later.contains(r)), "{later:?}");
+            // a's late outcome no longer counts; b's does, once.
+            let idx = on_a[0].1;
+            a.record_remote(&id, vec![RemoteOutcome::failed(idx, "550 late".into())])
+                .await
+                .unwrap();
+            let status = |idx: u32| -> String {
+                store
+                    .read(|c| {
+                        c.query_row(
+                            "SELECT status FROM queue_rcpt WHERE id = ?1 AND idx = ?2",
+                            crate::params![id, idx],
+                            |r| r.get(0),
+                        )
+                    })
+                    .unwrap()
+            };
+            assert_eq!(status(idx), "queued");
+            let delivered = RemoteOutcome {
+                idx,
+                status: Status::Delivered,
+                reply: Some("250 ok".into()),
+                next_attempt: 0,
+            };
+            b.record_remote(&id, vec![delivered]).await.unwrap();
+            assert_eq!(status(idx), "delivered");
+        }
     }
 }

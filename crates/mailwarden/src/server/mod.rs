@@ -90,6 +90,7 @@ pub async fn start(
         dirsync.clone(),
         config.queue.memory_budget.0,
         clock.clone(),
+        crate::queue::Lease::from_config(&config),
     )?;
     let maildir = Arc::new(Maildir::new(
         &config.data_dir,
@@ -171,7 +172,7 @@ pub async fn start(
     };
 
     let orphans = queue.remove_orphan_spools()?;
-    let recovered = queue.recover()?;
+    let recovered = queue.recover(true).await?;
     if orphans > 0 || !recovered.is_empty() {
         tracing::info!(
             event = "queue_recovered",
@@ -187,6 +188,9 @@ pub async fn start(
     )];
     for m in recovered {
         queue.dispatch(m, true);
+    }
+    if store.is_shared() {
+        tasks.push(take_over_local(queue.clone(), config.store.lease.get()));
     }
     let ours = listeners
         .iter()
@@ -355,4 +359,27 @@ fn log_loaded(m: &crate::classifier::Model) {
             "learned"
         }
     );
+}
+
+/// On a shared store, local deliveries whose node died: claimed when their lease runs out,
+/// and delivered here.
+fn take_over_local(queue: Arc<Queue>, lease: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    let every = (lease / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match queue.recover(false).await {
+                Ok(msgs) => {
+                    for m in msgs {
+                        tracing::info!(event = "queue_taken_over", qid = %m.id);
+                        queue.dispatch(m, true);
+                    }
+                }
+                Err(e) => tracing::warn!(event = "queue_take_over_failed", error = %e),
+            }
+        }
+    })
 }

@@ -307,6 +307,15 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.path() {
+            Some(p) => write!(f, "Store(sqlite {})", p.display()),
+            None => f.write_str("Store(postgres)"),
+        }
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the embedded store `data_dir/mailwarden.db`, migrate, and
     /// start the writer.

@@ -108,7 +108,7 @@ impl Outbound {
             return;
         }
         let now = self.queue.now();
-        let due = match self.queue.due_remote(now, SCAN_LIMIT) {
+        let due = match self.queue.claim_remote(now, SCAN_LIMIT).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(event = "queue_scan_failed", error = %e);
