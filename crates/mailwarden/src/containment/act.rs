@@ -38,7 +38,8 @@ impl Containment {
         clock: Arc<dyn Clock>,
     ) -> Containment {
         Containment {
-            detector: Detector::new(&config.containment, &config.auth, clock.clone()),
+            detector: Detector::new(&config.containment, &config.auth, clock.clone())
+                .with_store(store.clone()),
             clock,
             suspending: Mutex::new(Default::default()),
             config,

@@ -1,9 +1,15 @@
 //! The [`Detector`]: watches what accounts do on the submission ports and decides limits
 //! (`451 4.7.1`), suspension triggers and AUTH brute-force blocks, over sliding windows of
 //! [`crate::limits::Counters`] with an injectable clock.
+//!
+//! Given the store ([`Detector::with_store`]), accounts' usual volumes are kept in it, so a
+//! restart forgets none; on a shared store every count, block and correspondent is there too,
+//! and check-then-count steps hold a cluster-wide lock: nodes enforce the limits of one.
 
 use crate::config::Containment as Cfg;
+use crate::limits::shared::Shared;
 use crate::limits::{Blocks, Clock, Counters, Key, Known, Metric, network};
+use crate::store::{ClusterLock, Store};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -96,7 +102,7 @@ pub struct AuthFailure {
 }
 
 /// An account's usual hourly volume: the average over its active hours, updated as hours end.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
 struct Baseline {
     hour: i64,
     in_hour: u64,
@@ -135,6 +141,9 @@ pub struct Detector {
     blocks: Blocks,
     known: Known,
     baselines: Mutex<HashMap<String, Baseline>>,
+    /// Where baselines are kept ([`Detector::with_store`]).
+    store: Option<Store>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl Detector {
@@ -164,6 +173,86 @@ impl Detector {
             blocks: Blocks::new(clock),
             known: Known::default(),
             baselines: Mutex::new(HashMap::new()),
+            store: None,
+            shared: None,
+        }
+    }
+
+    /// Keep baselines in `store`; on a shared store, every count, block and correspondent
+    /// too.
+    pub fn with_store(mut self, store: Store) -> Detector {
+        if store.is_shared() {
+            let s = Arc::new(Shared::new(store.clone()));
+            self.counters = self.counters.shared(s.clone());
+            self.blocks = self.blocks.shared(s.clone());
+            self.known = Known::shared(s.clone());
+            self.shared = Some(s);
+        }
+        self.store = Some(store);
+        self
+    }
+
+    /// Check-then-count, one at a time: in this process, and across the cluster.
+    fn exclusive(&self) -> (std::sync::MutexGuard<'_, ()>, Option<ClusterLock>) {
+        let local = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        (local, self.shared.as_ref().and_then(|s| s.lock()))
+    }
+
+    fn load_baseline(&self, account: &str) -> Baseline {
+        let stored = || {
+            let Some(store) = &self.store else {
+                return Baseline::default();
+            };
+            store
+                .read(|c| {
+                    c.query_row(
+                        "SELECT hour, in_hour, active_hours, average FROM baselines \
+                         WHERE account = ?1",
+                        [account],
+                        |r| {
+                            Ok(Baseline {
+                                hour: r.get(0)?,
+                                in_hour: r.get(1)?,
+                                active_hours: r.get(2)?,
+                                average: r.get(3)?,
+                            })
+                        },
+                    )
+                })
+                .unwrap_or_default()
+        };
+        if self.shared.is_some() {
+            return stored();
+        }
+        let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+        *b.entry(account.to_string()).or_insert_with(stored)
+    }
+
+    fn save_baseline(&self, account: &str, b: Baseline) {
+        if self.shared.is_none() {
+            self.baselines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(account.to_string(), b);
+        }
+        let Some(store) = &self.store else {
+            return;
+        };
+        let account = account.to_string();
+        let write = move |c: &crate::store::Conn<'_>| {
+            c.execute(
+                "INSERT INTO baselines(account, hour, in_hour, active_hours, average) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(account) DO UPDATE SET \
+                 hour = excluded.hour, in_hour = excluded.in_hour, \
+                 active_hours = excluded.active_hours, average = excluded.average",
+                crate::params![account, b.hour, b.in_hour, b.active_hours, b.average],
+            )?;
+            Ok(())
+        };
+        if let Some(Err(e)) = store.write_now(write.clone()) {
+            tracing::warn!(event = "store_write_failed", what = "baseline", error = %e);
+        } else if !store.is_shared() {
+            store.write_detached("baseline", write);
         }
     }
 
@@ -190,10 +279,13 @@ impl Detector {
     /// The account's usual hourly volume and how many active hours it rests on.
     fn baseline(&self, account: &str) -> (f64, u64) {
         let now = self.counters.now_ms();
-        let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
-        let e = b.entry(account.to_string()).or_default();
-        e.roll(now);
-        (e.average, e.active_hours)
+        let mut b = self.load_baseline(account);
+        let before = b;
+        b.roll(now);
+        if b != before {
+            self.save_baseline(account, b);
+        }
+        (b.average, b.active_hours)
     }
 
     /// A new message from `account` (at MAIL FROM), with the envelope sender's `domain`:
@@ -203,7 +295,7 @@ impl Detector {
         account: &str,
         domain: Option<&str>,
     ) -> Result<Reservation, Limited> {
-        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.exclusive();
         let key = Key::Account(account.to_string());
         let (per_hour, _, _) = self.limits(account);
         let sent = self.counters.count(&key, Metric::Messages, HOUR);
@@ -248,7 +340,7 @@ impl Detector {
     /// A recipient for the reserved message (at RCPT TO): within the day's distinct
     /// recipients, it is counted at once. A recipient already written to today is free.
     pub fn reserve_rcpt(&self, r: &mut Reservation, rcpt: &str) -> Result<(), Limited> {
-        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.exclusive();
         let key = Key::Account(r.account.clone());
         let rcpt = rcpt.to_ascii_lowercase();
         if self.counters.seen(&key, Metric::Recipients, &rcpt, DAY) {
@@ -330,7 +422,7 @@ impl Detector {
     /// MAIL, new recipients are counted here), so sessions ending in parallel cannot all
     /// pass together.
     pub fn admit(&self, r: &mut Reservation, rcpts: &[String]) -> Result<(), Trigger> {
-        let _one_at_a_time = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.exclusive();
         let account = r.account.clone();
         let key = Key::Account(account.clone());
         let (usual, known_hours) = self.baseline(&account);
@@ -379,15 +471,16 @@ impl Detector {
     pub fn accepted(&self, r: &mut Reservation, rcpts: &[String]) {
         r.committed = true;
         let account = r.account.as_str();
+        let now = self.counters.now_ms();
         {
-            let now = self.counters.now_ms();
-            let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
-            let e = b.entry(account.to_string()).or_default();
+            let _one_at_a_time = self.exclusive();
+            let mut b = self.load_baseline(account);
             // Into the current hour, once a finished one has gone into the average.
-            e.roll(now);
-            e.in_hour += 1;
+            b.roll(now);
+            b.in_hour += 1;
+            self.save_baseline(account, b);
         }
-        self.known.learn(account, rcpts);
+        self.known.learn(account, rcpts, now);
     }
 
     /// A RCPT from `account` to a local address that does not exist.
@@ -577,6 +670,80 @@ mod tests {
         }
         assert!(accepted <= 15, "{accepted} accepted before the trigger");
         assert!(accepted > 10, "not before the configured burst: {accepted}");
+    }
+
+    #[test]
+    fn two_nodes_on_a_shared_store_stop_a_blast_as_one_would() {
+        let Some(url) = crate::store::test_postgres() else {
+            return;
+        };
+        let store = Store::open_postgres(&url).unwrap();
+        let clock = ManualClock::at(1_700_000_000_000);
+        let node = || {
+            Detector::new(&Cfg::default(), &Auth::default(), Arc::new(clock.clone()))
+                .with_store(store.clone())
+        };
+        let nodes = [node(), node()];
+        let mut accepted = 0;
+        for i in 0..10_000 {
+            let d = &nodes[i % 2];
+            let Ok(t) = send(d, "victim@x.test", &one(&format!("r{i}@random{i}.test"))) else {
+                break;
+            };
+            if let Some(t) = t {
+                assert_eq!(t.reason, "message burst");
+                break;
+            }
+            accepted += 1;
+            clock.advance(50);
+        }
+        assert!(
+            accepted <= 15,
+            "{accepted} accepted before the trigger, both nodes together"
+        );
+        assert!(accepted > 10, "not before the configured burst: {accepted}");
+        // Blocks and correspondents are the cluster's too.
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..Cfg::default().auth_failures_per_ip {
+            nodes[0].auth_failed(ip, "x@x.test");
+        }
+        assert!(
+            !nodes[1].auth_allowed(ip),
+            "blocked on one node, blocked on all"
+        );
+        assert_eq!(
+            nodes[1]
+                .known
+                .count_new("victim@x.test", &one("r0@random0.test")),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_keeps_the_usual_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in crate::store::test_stores(dir.path()) {
+            let clock = ManualClock::at(1_700_000_000_000);
+            let node = || {
+                Detector::new(&Cfg::default(), &Auth::default(), Arc::new(clock.clone()))
+                    .with_store(store.clone())
+            };
+            let d = node();
+            for h in 0..5 {
+                for i in 0..10 {
+                    send(&d, "steady@x.test", &one(&format!("r{h}-{i}@x.test"))).unwrap();
+                    clock.advance(60_000);
+                }
+                clock.advance(HOUR - 10 * 60_000);
+            }
+            let before = d.baseline("steady@x.test");
+            assert!(before.1 >= 4 && before.0 > 5.0, "{before:?}");
+            drop(d);
+            // Detached writes land with the next commit.
+            store.write(|_| Ok(())).await.unwrap();
+            let again = node();
+            assert_eq!(again.baseline("steady@x.test"), before, "{store:?}");
+        }
     }
 
     #[test]

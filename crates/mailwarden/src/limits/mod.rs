@@ -2,12 +2,16 @@
 //! component behind rate limits, anomaly triggers and brute-force blocking; and the
 //! concurrent-connection limits ([`conn`]).
 //!
+//! On a shared store every count lives in PostgreSQL instead (`shared.rs`), so nodes see one
+//! another's at once; on the embedded store it lives here, in memory.
+//!
 //! Keys name what is counted for whom: an account, a client IP, its network (IPv4 /24,
 //! IPv6 /64) or a sender domain. Events older than the longest window asked about are dropped
 //! as new ones arrive, so memory follows the recent traffic only.
 
 pub mod conn;
 pub mod lines;
+pub mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -76,6 +80,7 @@ pub struct Counters {
     distinct: Mutex<HashMap<(Key, Metric), HashMap<String, i64>>>,
     /// Updates since the last sweep of keys that went quiet.
     updates: AtomicU64,
+    shared: Option<Arc<shared::Shared>>,
 }
 
 /// Updates between sweeps: keys a client invents (IPs, account names in failed AUTH) must
@@ -94,7 +99,14 @@ impl Counters {
             events: Mutex::new(HashMap::new()),
             distinct: Mutex::new(HashMap::new()),
             updates: AtomicU64::new(0),
+            shared: None,
         }
+    }
+
+    /// Count in the shared store instead of in memory.
+    pub fn shared(mut self, s: Arc<shared::Shared>) -> Counters {
+        self.shared = Some(s);
+        self
     }
 
     /// Keep at most `default` events per key and metric, or the cap given for the metric.
@@ -157,6 +169,10 @@ impl Counters {
     /// Count `n` events now; returns the time they were counted at.
     pub fn add(&self, key: Key, metric: Metric, n: usize) -> i64 {
         let now = self.now_ms();
+        if let Some(s) = &self.shared {
+            s.add(&key, metric, n.min(self.cap(metric)), now, self.horizon_ms);
+            return now;
+        }
         self.maybe_sweep(now);
         let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let q = ev.entry((key, metric)).or_default();
@@ -173,6 +189,9 @@ impl Counters {
 
     /// Take back one event counted at `at` (a reservation that came to nothing).
     pub fn remove(&self, key: &Key, metric: Metric, at: i64) {
+        if let Some(s) = &self.shared {
+            return s.remove(key, metric, at);
+        }
         let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = ev.get_mut(&(key.clone(), metric))
             && let Some(i) = q.iter().rposition(|t| *t == at)
@@ -184,6 +203,9 @@ impl Counters {
     /// Events in the last `window_ms`.
     pub fn count(&self, key: &Key, metric: Metric, window_ms: i64) -> usize {
         let now = self.now_ms();
+        if let Some(s) = &self.shared {
+            return s.count(key, metric, now, window_ms);
+        }
         let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
         ev.get(&(key.clone(), metric))
             .map(|q| {
@@ -198,6 +220,9 @@ impl Counters {
     /// Record a value; returns how many distinct values were seen in the last `window_ms`.
     pub fn add_distinct(&self, key: Key, metric: Metric, value: &str, window_ms: i64) -> usize {
         let now = self.now_ms();
+        if let Some(s) = &self.shared {
+            return s.add_distinct(&key, metric, value, now, window_ms, self.horizon_ms);
+        }
         self.maybe_sweep(now);
         let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
         let cap = self.cap(metric);
@@ -216,6 +241,9 @@ impl Counters {
     /// Was `value` seen in the last `window_ms`?
     pub fn seen(&self, key: &Key, metric: Metric, value: &str, window_ms: i64) -> bool {
         let now = self.now_ms();
+        if let Some(s) = &self.shared {
+            return s.seen(key, metric, value, now - window_ms);
+        }
         let d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
         d.get(&(key.clone(), metric))
             .and_then(|set| set.get(value))
@@ -224,6 +252,9 @@ impl Counters {
 
     /// Forget a value (a reservation that came to nothing).
     pub fn remove_distinct(&self, key: &Key, metric: Metric, value: &str) {
+        if let Some(s) = &self.shared {
+            return s.remove_distinct(key, metric, value);
+        }
         let mut d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = d.get_mut(&(key.clone(), metric)) {
             set.remove(value);
@@ -233,6 +264,9 @@ impl Counters {
     /// Distinct values seen in the last `window_ms`.
     pub fn distinct(&self, key: &Key, metric: Metric, window_ms: i64) -> usize {
         let now = self.now_ms();
+        if let Some(s) = &self.shared {
+            return s.distinct(key, metric, now - window_ms);
+        }
         let d = self.distinct.lock().unwrap_or_else(|e| e.into_inner());
         d.get(&(key.clone(), metric))
             .map(|set| set.values().filter(|t| now - **t <= window_ms).count())
@@ -241,6 +275,9 @@ impl Counters {
 
     /// Forget everything about a key (after a suspension is lifted, say).
     pub fn clear(&self, key: &Key) {
+        if let Some(s) = &self.shared {
+            return s.clear(key);
+        }
         self.events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -256,6 +293,7 @@ impl Counters {
 pub struct Blocks {
     clock: Arc<dyn Clock>,
     until: Mutex<HashMap<IpAddr, i64>>,
+    shared: Option<Arc<shared::Shared>>,
 }
 
 impl Blocks {
@@ -263,11 +301,21 @@ impl Blocks {
         Blocks {
             clock,
             until: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Keep blocks in the shared store instead of in memory.
+    pub fn shared(mut self, s: Arc<shared::Shared>) -> Blocks {
+        self.shared = Some(s);
+        self
     }
 
     pub fn block(&self, what: IpAddr, for_ms: i64) {
         let until = self.clock.now_ms() + for_ms;
+        if let Some(s) = &self.shared {
+            return s.block(&what.to_string(), until);
+        }
         self.until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -276,15 +324,22 @@ impl Blocks {
 
     pub fn is_blocked(&self, what: IpAddr) -> bool {
         let now = self.clock.now_ms();
+        if let Some(s) = &self.shared {
+            return s.is_blocked(&what.to_string(), now);
+        }
         let mut m = self.until.lock().unwrap_or_else(|e| e.into_inner());
         m.retain(|_, t| *t > now);
         m.contains_key(&what)
     }
 }
 
-/// Recipients an account has written to before (its correspondents), remembered in memory.
+/// Recipients an account has written to before (its correspondents), remembered in memory,
+/// or in the shared store.
 #[derive(Default)]
-pub struct Known(Mutex<HashMap<String, Correspondents>>);
+pub struct Known {
+    mem: Mutex<HashMap<String, Correspondents>>,
+    shared: Option<Arc<shared::Shared>>,
+}
 
 /// One account's correspondents, each with when it was last written to (a sequence number).
 #[derive(Default)]
@@ -299,9 +354,20 @@ struct Correspondents {
 const MAX_KNOWN: usize = 20_000;
 
 impl Known {
+    /// Remember correspondents in the shared store instead of in memory.
+    pub fn shared(s: Arc<shared::Shared>) -> Known {
+        Known {
+            mem: Mutex::default(),
+            shared: Some(s),
+        }
+    }
+
     /// How many of `rcpts` the account never wrote to.
     pub fn count_new(&self, account: &str, rcpts: &[String]) -> usize {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &self.shared {
+            return s.count_new(account, rcpts);
+        }
+        let m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
         let c = m.get(account);
         rcpts
             .iter()
@@ -310,8 +376,13 @@ impl Known {
     }
 
     /// Remember the recipients; return how many were new.
-    pub fn learn(&self, account: &str, rcpts: &[String]) -> usize {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn learn(&self, account: &str, rcpts: &[String], now_ms: i64) -> usize {
+        if let Some(s) = &self.shared {
+            let new = s.count_new(account, rcpts);
+            s.learn(account, rcpts, now_ms);
+            return new;
+        }
+        let mut m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
         let c = m.entry(account.to_string()).or_default();
         let mut new = 0;
         for r in rcpts {
@@ -340,15 +411,15 @@ mod tests {
     fn an_account_past_its_correspondent_cap_forgets_only_those_written_to_longest_ago() {
         let k = Known::default();
         let regular = vec!["boss@example.test".to_string()];
-        assert_eq!(k.learn("a@x", &regular), 1);
+        assert_eq!(k.learn("a@x", &regular, 0), 1);
         for i in 0..MAX_KNOWN + 5_000 {
-            k.learn("a@x", &[format!("r{i}@example.test")]);
+            k.learn("a@x", &[format!("r{i}@example.test")], 0);
             if i % 1000 == 0 {
                 // Written to again now and then: stays known however many others come.
-                assert_eq!(k.learn("a@x", &regular), 0);
+                assert_eq!(k.learn("a@x", &regular, 0), 0);
             }
         }
-        let m = k.0.lock().unwrap();
+        let m = k.mem.lock().unwrap();
         let kept = m["a@x"].last.len();
         assert!(kept <= MAX_KNOWN, "{kept} remembered");
         drop(m);

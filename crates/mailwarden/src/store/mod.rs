@@ -103,6 +103,8 @@ enum Backend {
 
 struct Inner {
     backend: Backend,
+    /// Connections that take cluster locks (PostgreSQL only).
+    lockers: Mutex<Vec<PgConn>>,
     migrated: (i64, i64),
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -280,9 +282,49 @@ ALTER TABLE queue_rcpt ADD COLUMN lease_node TEXT;
 ALTER TABLE queue_rcpt ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
 "#;
 
+/// What nodes sharing a store must agree on at once (`limits::shared`): counted events and
+/// distinct values per key and metric, AUTH blocks, accounts' correspondents; and every
+/// account's usual hourly volume (`containment`), kept so a restart forgets nothing.
+const SCHEMA_V11: &str = r#"
+CREATE TABLE counter_events(
+    key TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    n INTEGER NOT NULL
+);
+CREATE INDEX counter_events_key ON counter_events(key, metric, t);
+CREATE INDEX counter_events_t ON counter_events(t);
+CREATE TABLE counter_values(
+    key TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    PRIMARY KEY(key, metric, value)
+);
+CREATE INDEX counter_values_t ON counter_values(t);
+CREATE TABLE blocks(
+    what TEXT PRIMARY KEY,
+    until INTEGER NOT NULL
+);
+CREATE TABLE known_rcpts(
+    account TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    t INTEGER NOT NULL,
+    PRIMARY KEY(account, rcpt)
+);
+CREATE INDEX known_rcpts_t ON known_rcpts(t);
+CREATE TABLE baselines(
+    account TEXT PRIMARY KEY,
+    hour INTEGER NOT NULL,
+    in_hour INTEGER NOT NULL,
+    active_hours INTEGER NOT NULL,
+    average REAL NOT NULL
+);
+"#;
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -375,6 +417,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
+                lockers: Mutex::new(Vec::new()),
                 migrated,
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
@@ -443,6 +486,78 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
     }
 
+    /// Queue `f` for the next group commit without waiting for it: state worth keeping that
+    /// no reply depends on (containment baselines). A failure is logged.
+    pub fn write_detached(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<()> + Send + 'static,
+    ) {
+        match self.submit(f) {
+            Ok(rx) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Ok(Err(e)) = rx.await {
+                            tracing::warn!(event = "store_write_failed", what, error = %e);
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(event = "store_write_failed", what, error = %e),
+        }
+    }
+
+    /// On the shared store: run `f` in a transaction of its own on the calling thread, now,
+    /// without waiting for its flush to disk (`synchronous_commit = off`). For counters that
+    /// every node must see at once but that a crash of PostgreSQL may lose the last of. `None`
+    /// on the embedded store, where counters live in memory.
+    pub fn write_now<R>(
+        &self,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<R>,
+    ) -> Option<Result<R, StoreError>> {
+        let Backend::Pg { url, readers } = &self.inner.backend else {
+            return None;
+        };
+        let conn = pop(readers).unwrap_or_else(|| PgConn::new(url));
+        let c = Conn::pg(&conn);
+        let r = (|| {
+            conn.begin()?;
+            c.execute_batch("SET LOCAL synchronous_commit = off")?;
+            match f(&c) {
+                Ok(r) => c.commit().map(|_| r),
+                Err(e) => {
+                    let _ = c.rollback();
+                    Err(e)
+                }
+            }
+        })();
+        push(readers, conn);
+        Some(r.map_err(StoreError::from))
+    }
+
+    /// On the shared store: hold a cluster-wide lock named `key` until the guard drops (a
+    /// PostgreSQL advisory lock, released too if this node's connection dies). `None` on the
+    /// embedded store, where a process-local mutex is enough.
+    pub fn cluster_lock(&self, key: i64) -> Option<Result<ClusterLock, StoreError>> {
+        let Backend::Pg { url, .. } = &self.inner.backend else {
+            return None;
+        };
+        let conn = {
+            let mut pool = self.inner.lockers.lock().unwrap_or_else(|e| e.into_inner());
+            pool.pop().unwrap_or_else(|| PgConn::new(url))
+        };
+        Some(
+            match Conn::pg(&conn).execute_batch(&format!("SELECT pg_advisory_lock({key})")) {
+                Ok(()) => Ok(ClusterLock {
+                    conn: Some(conn),
+                    key,
+                    store: self.clone(),
+                }),
+                Err(e) => Err(e.into()),
+            },
+        )
+    }
+
     /// Run a read on a pooled connection, on the calling thread. Keep it short.
     pub fn read<R>(&self, f: impl FnOnce(&Conn<'_>) -> sql::Result<R>) -> Result<R, StoreError> {
         match &self.inner.backend {
@@ -489,6 +604,26 @@ impl Store {
             .take()
         {
             let _ = h.join();
+        }
+    }
+}
+
+/// A cluster-wide lock ([`Store::cluster_lock`]).
+pub struct ClusterLock {
+    conn: Option<PgConn>,
+    key: i64,
+    store: Store,
+}
+
+impl Drop for ClusterLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let unlocked =
+                Conn::pg(&conn).execute_batch(&format!("SELECT pg_advisory_unlock({})", self.key));
+            // A connection whose unlock failed may still hold the lock: never reuse it.
+            if unlocked.is_ok() {
+                push(&self.store.inner.lockers, conn);
+            }
         }
     }
 }
