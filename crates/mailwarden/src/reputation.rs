@@ -263,18 +263,20 @@ pub async fn record(
         .write(move |c| {
             count(c, &keys, outcome, now)?;
             c.execute(
-                "INSERT OR REPLACE INTO reputation_msgs(id, time, identities) VALUES (?1, ?2, ?3)",
+                "INSERT INTO reputation_msgs(id, time, identities) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(id) DO UPDATE SET time = excluded.time, \
+                 identities = excluded.identities",
                 crate::params![id, now, keys.join(" ")],
             )?;
             let old = day(now) - window_days;
             c.execute(
-                "DELETE FROM reputation WHERE rowid IN \
-                 (SELECT rowid FROM reputation WHERE day < ?1 LIMIT 100)",
+                "DELETE FROM reputation WHERE (identity, day) IN \
+                 (SELECT identity, day FROM reputation WHERE day < ?1 LIMIT 100)",
                 [old],
             )?;
             c.execute(
-                "DELETE FROM reputation_msgs WHERE rowid IN \
-                 (SELECT rowid FROM reputation_msgs WHERE time < ?1 LIMIT 100)",
+                "DELETE FROM reputation_msgs WHERE id IN \
+                 (SELECT id FROM reputation_msgs WHERE time < ?1 LIMIT 100)",
                 [old * 86_400],
             )?;
             Ok(())
@@ -303,8 +305,10 @@ fn count_by(
     for k in keys {
         c.execute(
             &format!(
-                "INSERT INTO reputation(identity, day, {col}) VALUES (?1, ?2, MAX(0, ?3)) \
-         ON CONFLICT(identity, day) DO UPDATE SET {col} = MAX(0, {col} + ?3)"
+                "INSERT INTO reputation(identity, day, {col}) \
+                 VALUES (?1, ?2, CASE WHEN ?3 > 0 THEN ?3 ELSE 0 END) \
+                 ON CONFLICT(identity, day) DO UPDATE SET {col} = CASE \
+                 WHEN reputation.{col} + ?3 > 0 THEN reputation.{col} + ?3 ELSE 0 END"
             ),
             crate::params![k, day(when), delta],
         )?;
@@ -374,14 +378,15 @@ pub async fn wrote(
                 domains.sort();
                 domains.dedup();
                 c.execute(
-                    "INSERT OR IGNORE INTO sent_ids(message_id, time, domains) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO sent_ids(message_id, time, domains) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT DO NOTHING",
                     crate::params![id, now, domains.join(" ")],
                 )?;
             }
             // Replies come within months; a year-old id is dropped, a batch at a time.
             c.execute(
-                "DELETE FROM sent_ids WHERE rowid IN \
-                 (SELECT rowid FROM sent_ids WHERE time < ?1 LIMIT 100)",
+                "DELETE FROM sent_ids WHERE message_id IN \
+                 (SELECT message_id FROM sent_ids WHERE time < ?1 LIMIT 100)",
                 [now - 365 * 86_400],
             )?;
             Ok(())

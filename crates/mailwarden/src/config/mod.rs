@@ -520,8 +520,9 @@ section! {
         /// state into it.
         #[default_doc = "embedded SQLite"]
         pub url: String = String::new(),
-        /// This node's name in a cluster: it marks the queue's delivery leases. Empty: the
-        /// hostname and the process id.
+        /// This node's name in a cluster: it marks the queue's delivery leases, and a node
+        /// restarted under the same name takes its own back at once. Empty: `hostname`. Nodes
+        /// sharing a store must have different names.
         pub node: String = String::new(),
         /// How long a node's claim on a recipient's delivery lasts. A node that dies holding
         /// one leaves it to the others after this long; keep it above the longest delivery

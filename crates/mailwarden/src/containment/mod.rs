@@ -95,7 +95,7 @@ pub fn throttle(store: &Store, account: &str, reason: &str, now: i64) -> Result<
             "INSERT INTO account_state(account, state, since, reason, evidence) \
              VALUES (?1, 'throttled', ?2, 'limit reached', ?3) \
              ON CONFLICT(account) DO UPDATE SET state = 'throttled', since = ?2, \
-             reason = 'limit reached', evidence = ?3 WHERE state != 'suspended'",
+             reason = 'limit reached', evidence = ?3 WHERE account_state.state != 'suspended'",
             crate::params![a, now, r],
         )?;
         Ok(())

@@ -92,7 +92,11 @@ impl Shared {
 
     /// Purge rows older than `horizon_ms` now and then.
     fn maybe_purge(&self, c: &Conn<'_>, now: i64, horizon_ms: i64) -> DbResult<()> {
-        if self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(PURGE_EVERY) {
+        if self
+            .writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PURGE_EVERY)
+        {
             c.execute(
                 "DELETE FROM counter_events WHERE t < ?1",
                 [now - horizon_ms],

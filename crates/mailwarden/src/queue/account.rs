@@ -5,15 +5,27 @@
 
 use super::Status;
 
+/// The account that submitted a queued message, from its JSON `meta`, in the store's dialect.
+fn auth(c: &crate::store::Conn<'_>) -> &'static str {
+    if c.is_pg() {
+        "(meta::json ->> 'auth')"
+    } else {
+        "json_extract(meta, '$.auth')"
+    }
+}
+
 /// The recipients of messages the account submitted.
-const OF_ACCOUNT: &str = "id IN (SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1)";
+fn of_account(c: &crate::store::Conn<'_>) -> String {
+    format!("id IN (SELECT id FROM queue WHERE {} = ?1)", auth(c))
+}
 
 /// Hold the account's remote recipients that wait for delivery. Returns how many.
 pub fn hold(c: &crate::store::Conn<'_>, account: &str, now: i64) -> crate::store::DbResult<usize> {
     c.execute(
         &format!(
             "UPDATE queue_rcpt SET status = '{held}', updated = ?2 \
-             WHERE status IN ('{queued}', '{deferred}') AND route = 'remote' AND {OF_ACCOUNT}",
+             WHERE status IN ('{queued}', '{deferred}') AND route = 'remote' AND {of}",
+            of = of_account(c),
             held = Status::Held.as_str(),
             queued = Status::Queued.as_str(),
             deferred = Status::Deferred.as_str(),
@@ -26,8 +38,9 @@ pub fn hold(c: &crate::store::Conn<'_>, account: &str, now: i64) -> crate::store
 pub fn held(c: &crate::store::Conn<'_>, account: &str) -> crate::store::DbResult<usize> {
     let n: i64 = c.query_row(
         &format!(
-            "SELECT count(*) FROM queue_rcpt WHERE status = '{}' AND {OF_ACCOUNT}",
-            Status::Held.as_str()
+            "SELECT count(*) FROM queue_rcpt WHERE status = '{}' AND {of}",
+            Status::Held.as_str(),
+            of = of_account(c),
         ),
         [account],
         |r| r.get(0),
@@ -44,9 +57,10 @@ pub fn release(
     let n = c.execute(
         &format!(
             "UPDATE queue_rcpt SET status = '{}', next_attempt = 0, updated = ?2 \
-             WHERE status = '{}' AND {OF_ACCOUNT}",
+             WHERE status = '{}' AND {of}",
             Status::Deferred.as_str(),
-            Status::Held.as_str()
+            Status::Held.as_str(),
+            of = of_account(c),
         ),
         crate::params![account, now],
     )?;
@@ -63,9 +77,10 @@ pub fn delete(
     let n = c.execute(
         &format!(
             "UPDATE queue_rcpt SET status = '{}', last_reply = 'deleted when the account resumed', \
-             updated = ?2 WHERE status = '{}' AND {OF_ACCOUNT}",
+             updated = ?2 WHERE status = '{}' AND {of}",
             Status::Failed.as_str(),
-            Status::Held.as_str()
+            Status::Held.as_str(),
+            of = of_account(c),
         ),
         crate::params![account, now],
     )?;
@@ -77,7 +92,7 @@ pub fn delete(
 /// removed as orphans at the next start).
 fn finish_done(c: &crate::store::Conn<'_>, account: &str) -> crate::store::DbResult<()> {
     let ids: Vec<String> = c.query_map(
-        "SELECT id FROM queue WHERE json_extract(meta, '$.auth') = ?1",
+        &format!("SELECT id FROM queue WHERE {} = ?1", auth(c)),
         [account],
         |r| r.get(0),
     )?;

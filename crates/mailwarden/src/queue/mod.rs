@@ -253,10 +253,11 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// `store.node` or, when empty, the hostname and the process id; `store.lease` long.
+    /// `store.node` or, when empty, the hostname (the same after a restart, so a node takes
+    /// its own deliveries back at once); `store.lease` long.
     pub fn from_config(cfg: &crate::config::Config) -> Lease {
         let node = if cfg.store.node.is_empty() {
-            format!("{}:{}", cfg.hostname, std::process::id())
+            cfg.hostname.clone()
         } else {
             cfg.store.node.clone()
         };
@@ -492,6 +493,9 @@ impl Queue {
             String::new()
         };
         let me = self.lease.node.clone();
+        // A single node's store has no other node: at startup everything waiting is its own,
+        // whatever name it had before.
+        let all = startup && !self.store.is_shared();
         let mut ids: Vec<String> = self
             .store
             .write(move |c| {
@@ -504,12 +508,12 @@ impl Queue {
                     &format!(
                         "WITH stale AS MATERIALIZED (SELECT id, idx FROM queue_rcpt \
                          WHERE status = 'queued' AND route = 'local' \
-                         AND (lease_node = ?1 OR lease_until <= ?2){skip}) \
+                         AND (?5 OR lease_node = ?1 OR lease_until <= ?2){skip}) \
                          UPDATE queue_rcpt SET lease_node = ?4, lease_until = ?3 FROM stale \
                          WHERE queue_rcpt.id = stale.id AND queue_rcpt.idx = stale.idx \
                          RETURNING queue_rcpt.id"
                     ),
-                    crate::params![node, now, now + lease, me],
+                    crate::params![node, now, now + lease, me, all],
                     |r| r.get(0),
                 )
             })

@@ -777,6 +777,54 @@ pub fn test_postgres() -> Option<String> {
 mod tests {
     use super::*;
 
+    /// SQL is written once for both backends: these SQLite-only spellings would fail on
+    /// PostgreSQL at run time, so no source file may hold them.
+    #[test]
+    fn no_sqlite_only_sql_in_the_sources() {
+        let forbidden = [
+            "INSERT OR ",
+            "OR REPLACE",
+            "OR IGNORE",
+            "rowid",
+            "MAX(0,",
+            " max(0,",
+            "json_extract(",
+            "group_concat",
+            "GLOB ",
+            "strftime(",
+        ];
+        // The places that speak a dialect on purpose.
+        let allowed = [
+            "store/mod.rs",
+            "store/pg.rs",
+            "store/sql.rs",
+            "queue/account.rs",
+        ];
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src.clone()];
+        let mut bad = Vec::new();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+                if allowed.contains(&rel.as_str()) || p.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p).unwrap();
+                for f in forbidden {
+                    if text.contains(f) {
+                        bad.push(format!("{rel}: {f}"));
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits_and_all_land() {
         let dir = tempfile::tempdir().unwrap();

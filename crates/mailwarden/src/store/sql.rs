@@ -24,7 +24,7 @@ pub enum Value {
 pub enum DbError {
     #[error("{0}")]
     Lite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_detail(.0))]
     Pg(#[from] tokio_postgres::Error),
     /// A statement that had to return a row returned none.
     #[error("query returned no rows")]
@@ -48,6 +48,14 @@ impl DbError {
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
+
+/// tokio-postgres says only "db error": name the server's message and code too.
+fn pg_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({}): {}", d.message(), d.code().code(), e),
+        None => e.to_string(),
+    }
+}
 
 /// Turns a `NoRows` error into `None`, like rusqlite's `OptionalExtension`.
 pub trait Optional<T> {

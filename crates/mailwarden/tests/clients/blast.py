@@ -3,7 +3,7 @@
 random external recipients until the server stops accepting. Reports JSON:
 {"accepted": N, "code": 550, "message": "..."}.
 
-  blast.py --port 2465 --user u --password p --count 10000
+  blast.py [--host 127.0.0.1] --port 2465 --user u --password p --count 10000
 """
 import argparse
 import json
@@ -13,6 +13,7 @@ import ssl
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
@@ -22,7 +23,7 @@ def main():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     accepted, code, message = 0, None, ""
-    s = smtplib.SMTP_SSL("127.0.0.1", args.port, context=ctx, timeout=30)
+    s = smtplib.SMTP_SSL(args.host, args.port, context=ctx, timeout=30)
     s.login(args.user, args.password)
     try:
         for i in range(args.count):

@@ -3,6 +3,7 @@
 
 mod classifier;
 mod cli;
+mod cluster;
 mod containment;
 mod crash;
 mod hostile;

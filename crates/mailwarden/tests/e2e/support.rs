@@ -69,6 +69,10 @@ pub struct Server {
     child: Option<Child>,
     pub ports: HashMap<String, SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// The `MAILWARDEN_TEST_CLOCK` file: nodes of one cluster share theirs.
+    clock: PathBuf,
+    /// `store.url`, when the server runs on PostgreSQL.
+    pub store_url: Option<String>,
 }
 
 impl Server {
@@ -80,8 +84,15 @@ impl Server {
 
     /// Start with a loopback DNS server serving `zones` (see mailwarden-testdns).
     pub fn start_with_zones(extra: &str, zones: &str) -> Server {
+        Server::start_with_clock(extra, zones, None)
+    }
+
+    /// Start with the test clock kept in `clock` (another server's [`Server::clock_file`]),
+    /// or in this server's directory.
+    pub fn start_with_clock(extra: &str, zones: &str, clock: Option<PathBuf>) -> Server {
         let dns = mailwarden_testdns::TestDns::with_text(zones);
         let dir = tempfile::tempdir().expect("tempdir");
+        let clock = clock.unwrap_or_else(|| dir.path().join("clock"));
         let mut cfg = base_config(&dir.path().join("data"));
         let dns_cfg = format!(
             "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\n",
@@ -89,6 +100,22 @@ impl Server {
         );
         merge(&mut cfg, dns_cfg.parse().expect("dns config"));
         merge(&mut cfg, extra.parse().expect("extra config"));
+        // MAILWARDEN_E2E_STORE=postgres: every test on a fresh PostgreSQL database instead of
+        // the embedded store, to check the shared backend against the whole suite.
+        if std::env::var("MAILWARDEN_E2E_STORE").as_deref() == Ok("postgres")
+            && !cfg.contains_key("store")
+        {
+            let url = mailwarden::store::test_postgres().expect("MAILWARDEN_TEST_POSTGRES");
+            merge(
+                &mut cfg,
+                format!("[store]\nurl = \"{url}\"\n").parse().unwrap(),
+            );
+        }
+        let store_url = cfg
+            .get("store")
+            .and_then(|s| s.get("url"))
+            .and_then(|u| u.as_str())
+            .map(str::to_string);
         let config_path = dir.path().join("mailwarden.toml");
         std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
         let mut s = Server {
@@ -98,9 +125,16 @@ impl Server {
             child: None,
             ports: HashMap::new(),
             log: Arc::new(Mutex::new(String::new())),
+            clock,
+            store_url,
         };
         s.spawn();
         s
+    }
+
+    /// The file its test clock is read from.
+    pub fn clock_file(&self) -> PathBuf {
+        self.clock.clone()
     }
 
     fn spawn(&mut self) {
@@ -108,7 +142,7 @@ impl Server {
             .args(["serve", "-c"])
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
-            .env("MAILWARDEN_TEST_CLOCK", self.dir.path().join("clock"))
+            .env("MAILWARDEN_TEST_CLOCK", &self.clock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -158,12 +192,12 @@ impl Server {
     /// Move the server's clock forward (`MAILWARDEN_TEST_CLOCK`): greylisting delays and
     /// screening memory without waiting.
     pub fn advance_clock(&self, secs: i64) {
-        let path = self.dir.path().join("clock");
-        let now: i64 = std::fs::read_to_string(&path)
+        let path = &self.clock;
+        let now: i64 = std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        std::fs::write(&path, (now + secs * 1000).to_string()).unwrap();
+        std::fs::write(path, (now + secs * 1000).to_string()).unwrap();
     }
 
     /// The Prometheus text at `/metrics`, fetched with curl.
@@ -363,6 +397,9 @@ impl Server {
 
     /// Run a query on the store (the server keeps running; WAL allows it).
     pub fn query_count(&self, sql: &str) -> i64 {
+        if let Some(url) = &self.store_url {
+            return pg_count(url, sql);
+        }
         let c = rusqlite::Connection::open(self.data_dir().join("mailwarden.db")).unwrap();
         c.busy_timeout(Duration::from_secs(10)).unwrap();
         c.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -373,6 +410,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A fresh database on the test PostgreSQL (`MAILWARDEN_TEST_POSTGRES`, which `scripts/test`
+/// sets), or `None` after saying on stderr that `test` is skipped.
+pub fn postgres(test: &str) -> Option<String> {
+    let url = mailwarden::store::test_postgres();
+    if url.is_none() {
+        eprintln!("{test}: skipped, no PostgreSQL (MAILWARDEN_TEST_POSTGRES is not set)");
+    }
+    url
+}
+
+/// A count from the shared store at `url`.
+pub fn pg_count(url: &str, sql: &str) -> i64 {
+    let store = mailwarden::store::Store::open_postgres(url).expect("open the shared store");
+    let n = store
+        .read(|c| c.query_row(&format!("SELECT CAST(({sql}) AS BIGINT)"), (), |r| r.get(0)))
+        .expect("query the shared store");
+    store.close();
+    n
 }
 
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -414,6 +471,7 @@ pub fn submit(s: &Server, user: &str, password: &str, to: &str, extra: &[&str]) 
 pub fn smtplib_stdin(port: SocketAddr, mode: &str, args: &[&str], stdin: Option<&[u8]>) -> Value {
     let mut child = Command::new("python3")
         .arg(clients_dir().join("send.py"))
+        .args(["--host", &port.ip().to_string()])
         .args(["--port", &port.port().to_string(), "--mode", mode])
         .args(args)
         .stdin(Stdio::piped())
