@@ -44,6 +44,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// The store: its migrations, and moving a single node's state into a cluster's.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// DKIM signing keys.
     Dkim {
         #[command(subcommand)]
@@ -163,6 +168,24 @@ enum DkimCmd {
         /// ed25519 or rsa (default: both).
         #[arg(long)]
         algorithm: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Run the configured store's migrations (`serve` runs them at start too) and say which
+    /// schema version it is at.
+    Migrate,
+    /// Copy a single node's embedded store into another, normally a cluster's PostgreSQL:
+    /// every table, queue bodies spooled to files, DKIM key files and the learning key. Stop
+    /// the node first. Rows the destination has already are kept, so a copy can be run again.
+    Copy {
+        /// `sqlite:PATH`: the node's `mailwarden.db`, or its data directory.
+        #[arg(long)]
+        from: String,
+        /// `postgres://user:password@host:port/db` (or `sqlite:PATH`).
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -296,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::User { cmd } => return user(&loaded, cmd),
         Cmd::Dkim { cmd } => dkim(&loaded, cmd)?,
+        Cmd::Store { cmd } => store_cmd(&loaded, cmd)?,
         Cmd::Queue { cmd } => return queue(&loaded, cmd),
         Cmd::Log {
             cmd:
@@ -670,6 +694,52 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn store_cmd(loaded: &Loaded, cmd: StoreCmd) -> anyhow::Result<()> {
+    match cmd {
+        StoreCmd::Migrate => {
+            let store = Store::for_config(&loaded.config)?;
+            let (from, to) = store.migrated();
+            let what = match store.path() {
+                Some(p) => format!("embedded store {}", p.display()),
+                None => "shared store (store.url)".to_string(),
+            };
+            if from == to {
+                println!("{what}: at schema version {to}, nothing to do");
+            } else {
+                println!("{what}: migrated from schema version {from} to {to}");
+            }
+            store.close();
+        }
+        StoreCmd::Copy { from, to } => {
+            anyhow::ensure!(
+                from.starts_with("sqlite:"),
+                "--from must be sqlite:PATH (a node's mailwarden.db or its data directory)"
+            );
+            let source = crate::store::copy::sqlite_path(&from);
+            let dest = if crate::store::is_postgres_url(&to) {
+                Store::open_postgres(&to)?
+            } else if to.starts_with("sqlite:") {
+                let path = crate::store::copy::sqlite_path(&to);
+                anyhow::ensure!(path != source, "--from and --to are the same store");
+                Store::open_sqlite(&path)?
+            } else {
+                anyhow::bail!("--to must be postgres://… or sqlite:PATH");
+            };
+            let report = crate::store::copy::copy(&source, &dest)?;
+            dest.close();
+            for c in &report {
+                println!(
+                    "{:<24} {:>8} added {:>8} already there",
+                    c.table, c.added, c.present
+                );
+            }
+            let added: usize = report.iter().map(|c| c.added).sum();
+            println!("copied {added} rows from {}", source.display());
+        }
+    }
+    Ok(())
+}
+
 fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {
     use crate::dkim::keys::{Algorithm, generate, txt_strings};
     let DkimCmd::Keygen {
@@ -695,14 +765,21 @@ fn dkim(loaded: &Loaded, cmd: DkimCmd) -> anyhow::Result<()> {
     };
     let data_dir = &loaded.config.data_dir;
     crate::store::create_private_dir(data_dir)?;
+    let shared = crate::store::is_postgres_url(&loaded.config.store.url)
+        .then(|| Store::for_config(&loaded.config))
+        .transpose()?;
     let mut made = Vec::new();
     for (alg, sel) in wanted {
-        let g = generate(data_dir, &domain, &sel, alg)?;
+        let g = generate(data_dir, shared.as_ref(), &domain, &sel, alg)?;
         println!(
             "stored {} key for {domain}, selector {}: {}",
             g.algorithm.name(),
             g.selector,
-            g.path.display()
+            g.path
+                .as_ref()
+                .map_or("in the shared store".to_string(), |p| p
+                    .display()
+                    .to_string())
         );
         made.push(g);
     }

@@ -63,7 +63,35 @@ pub fn label(delivered: Place, now: Place) -> Option<bool> {
     }
 }
 
-/// The server's key for [`LEARN_FIELD`]'s MAC: `{data_dir}/learn.key`, made at first use.
+/// The cluster's key for [`LEARN_FIELD`]'s MAC on a shared store, where every node must check
+/// what the others signed: made by the first node to ask, in `meta` (`learn_key`).
+pub async fn shared_key(store: &crate::store::Store) -> Result<ring::hmac::Key, StoreError> {
+    let mut b = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    let fresh: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex: String = store
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES ('learn_key', ?1) ON CONFLICT DO NOTHING",
+                [fresh],
+            )?;
+            c.query_row("SELECT value FROM meta WHERE key = 'learn_key'", (), |r| {
+                r.get(0)
+            })
+        })
+        .await?;
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    if bytes.len() != 32 {
+        return Err(std::io::Error::other("meta.learn_key is not 32 hex octets").into());
+    }
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+}
+
+/// The server's key for [`LEARN_FIELD`]'s MAC: `{data_dir}/learn.key`, made at first use
+/// (on a shared store, [`shared_key`]).
 pub fn key(data_dir: &Path) -> std::io::Result<ring::hmac::Key> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -4,6 +4,9 @@
 //! in directories of mode 0700 and files of mode 0600: only the service user can read them.
 //! The running server picks up new keys without a restart ([`Keyring`] re-reads a domain's
 //! directory when its modification time changes).
+//!
+//! On a shared store (`[store] url`) keys live in its `dkim_keys` table instead, so every node
+//! signs with the same ones; a node re-reads a domain's keys every [`SHARED_REFRESH`].
 
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::dkim::generate::DkimKeyPair;
@@ -64,24 +67,66 @@ pub fn domain_dir(data_dir: &Path, domain: &str) -> PathBuf {
     data_dir.join("dkim").join(domain.to_ascii_lowercase())
 }
 
+/// How often a node re-reads a domain's keys from the shared store.
+pub const SHARED_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What `keygen` made: where the key is and the TXT record to publish.
 pub struct Generated {
     pub selector: String,
     pub algorithm: Algorithm,
-    pub path: PathBuf,
+    /// The file, or `None` when the key went into the shared store.
+    pub path: Option<PathBuf>,
     /// `selector._domainkey.domain.`
     pub record_name: String,
     /// The TXT record's text, before splitting into strings.
     pub record: String,
 }
 
-/// Generate a key, store it, and describe its DNS record. Refuses to overwrite a selector.
+/// Generate a key, store it (in `data_dir`, or in the store when it is shared), and describe
+/// its DNS record. Refuses to overwrite a selector.
 pub fn generate(
     data_dir: &Path,
+    store: Option<&crate::store::Store>,
     domain: &str,
     selector: &str,
     algorithm: Algorithm,
 ) -> anyhow::Result<Generated> {
+    check_names(domain, selector)?;
+    let (pem, record) = make(algorithm)?;
+    let domain = domain.to_ascii_lowercase();
+    let path = match store.filter(|s| s.is_shared()) {
+        Some(store) => {
+            let (d, s, p) = (domain.clone(), selector.to_string(), pem.clone());
+            let added = store.write_blocking(move |c| {
+                c.execute(
+                    "INSERT INTO dkim_keys(domain, selector, pem, created) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT DO NOTHING",
+                    crate::params![
+                        d,
+                        s,
+                        p,
+                        crate::clock::Clock::now_secs(&crate::clock::SystemClock)
+                    ],
+                )
+            })?;
+            anyhow::ensure!(
+                added == 1,
+                "a key for selector {selector} of {domain} exists already in the shared store; choose another selector"
+            );
+            None
+        }
+        None => Some(write_file(data_dir, &domain, selector, &pem)?),
+    };
+    Ok(Generated {
+        selector: selector.to_string(),
+        algorithm,
+        path,
+        record_name: format!("{selector}._domainkey.{domain}."),
+        record,
+    })
+}
+
+fn check_names(domain: &str, selector: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         !selector.is_empty()
             && selector
@@ -91,6 +136,16 @@ pub fn generate(
     );
     mailwarden_proto::address::domain(domain, false)
         .map_err(|_| anyhow::anyhow!("{domain:?} is not a domain name"))?;
+    Ok(())
+}
+
+/// Write a key's PEM as `data_dir/dkim/<domain>/<selector>.pem`, private to the service user.
+pub fn write_file(
+    data_dir: &Path,
+    domain: &str,
+    selector: &str,
+    pem: &str,
+) -> anyhow::Result<PathBuf> {
     let dir = domain_dir(data_dir, domain);
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
@@ -108,6 +163,20 @@ pub fn generate(
         "a key for selector {selector} of {domain} exists already ({}); choose another selector",
         path.display()
     );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    // The key must load back, or the server would sign with nothing.
+    load(&path)?;
+    Ok(path)
+}
+
+/// A new key: its PEM and the TXT record that publishes it.
+fn make(algorithm: Algorithm) -> anyhow::Result<(String, String)> {
     let (pem_label, der, public) = match algorithm {
         Algorithm::Ed25519 => {
             let pair = DkimKeyPair::generate_ed25519()
@@ -124,27 +193,15 @@ pub fn generate(
             ("RSA PRIVATE KEY", private, spki_from_pkcs1(&public))
         }
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(pem(pem_label, &der).as_bytes())?;
-    f.sync_all()?;
+    let pem = pem(pem_label, &der);
     // The key must load back, or the server would sign with nothing.
-    load(&path)?;
+    parse(pem.as_bytes(), "the new key")?;
     let record = format!(
         "v=DKIM1; k={}; p={}",
         algorithm.name(),
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &public)
     );
-    Ok(Generated {
-        selector: selector.to_string(),
-        algorithm,
-        path,
-        record_name: format!("{selector}._domainkey.{}.", domain.to_ascii_lowercase()),
-        record,
-    })
+    Ok((pem, record))
 }
 
 /// A TXT record's text as zone-file strings of at most 255 octets each (RFC 1035 §3.3.14).
@@ -196,9 +253,13 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 
 /// Load a stored key.
 pub fn load(path: &Path) -> anyhow::Result<Key> {
-    let bytes = std::fs::read(path)?;
-    let der = PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a PEM private key: {e}", path.display()))?;
+    parse(&std::fs::read(path)?, &path.display().to_string())
+}
+
+/// A key from its PEM; `what` names it in errors.
+pub fn parse(bytes: &[u8], what: &str) -> anyhow::Result<Key> {
+    let der = PrivateKeyDer::from_pem_slice(bytes)
+        .map_err(|e| anyhow::anyhow!("{what}: not a PEM private key: {e}"))?;
     match der {
         PrivateKeyDer::Pkcs8(p8) => {
             if let Ok(k) = Ed25519Key::from_pkcs8_maybe_unchecked_der(p8.secret_pkcs8_der()) {
@@ -206,11 +267,11 @@ pub fn load(path: &Path) -> anyhow::Result<Key> {
             }
             RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(p8))
                 .map(Key::Rsa)
-                .map_err(|e| anyhow::anyhow!("{}: unusable key: {e}", path.display()))
+                .map_err(|e| anyhow::anyhow!("{what}: unusable key: {e}"))
         }
         other => RsaKey::<Sha256>::from_key_der(other)
             .map(Key::Rsa)
-            .map_err(|e| anyhow::anyhow!("{}: unusable key: {e}", path.display())),
+            .map_err(|e| anyhow::anyhow!("{what}: unusable key: {e}")),
     }
 }
 
@@ -221,6 +282,11 @@ type Cached = (Option<SystemTime>, Arc<Vec<DomainKey>>);
 pub struct Keyring {
     data_dir: PathBuf,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The shared store keys come from, with when each domain's were read.
+    shared: Option<(
+        crate::store::Store,
+        Mutex<HashMap<String, (std::time::Instant, Arc<Vec<DomainKey>>)>>,
+    )>,
 }
 
 impl Keyring {
@@ -228,11 +294,31 @@ impl Keyring {
         Keyring {
             data_dir: data_dir.to_path_buf(),
             cache: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Read keys from `store` when it is shared.
+    pub fn with_store(mut self, store: &crate::store::Store) -> Keyring {
+        if store.is_shared() {
+            self.shared = Some((store.clone(), Mutex::new(HashMap::new())));
+        }
+        self
     }
 
     pub fn keys_for(&self, domain: &str) -> Arc<Vec<DomainKey>> {
         let domain = domain.to_ascii_lowercase();
+        if let Some((store, cache)) = &self.shared {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, keys)) = cache.get(&domain)
+                && at.elapsed() < SHARED_REFRESH
+            {
+                return keys.clone();
+            }
+            let keys = Arc::new(read_shared(store, &domain));
+            cache.insert(domain, (std::time::Instant::now(), keys.clone()));
+            return keys;
+        }
         let dir = domain_dir(&self.data_dir, &domain);
         let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,6 +331,35 @@ impl Keyring {
         cache.insert(domain, (mtime, keys.clone()));
         keys
     }
+}
+
+/// A domain's newest key of each algorithm in the shared store.
+fn read_shared(store: &crate::store::Store, domain: &str) -> Vec<DomainKey> {
+    let rows: Vec<(String, String)> = match store.read(|c| {
+        c.query_map(
+            "SELECT selector, pem FROM dkim_keys WHERE domain = ?1 ORDER BY created, selector",
+            [domain],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(event = "dkim_keys_unreadable", domain, error = %e);
+            return Vec::new();
+        }
+    };
+    let mut newest: [Option<DomainKey>; 2] = [None, None];
+    for (selector, pem) in rows {
+        match parse(pem.as_bytes(), &format!("{domain} {selector}")) {
+            // Oldest first: a later one takes its algorithm's slot.
+            Ok(key) => {
+                let slot = key.algorithm() as usize;
+                newest[slot] = Some(DomainKey { selector, key });
+            }
+            Err(e) => tracing::error!(event = "dkim_key_unusable", domain, selector, error = %e),
+        }
+    }
+    newest.into_iter().flatten().collect()
 }
 
 fn read_dir(dir: &Path) -> Vec<DomainKey> {
@@ -292,12 +407,13 @@ mod tests {
     #[test]
     fn generated_keys_load_are_private_and_published_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let ed = generate(dir.path(), "Example.test", "s1", Algorithm::Ed25519).unwrap();
-        let rsa = generate(dir.path(), "example.test", "s2", Algorithm::Rsa).unwrap();
+        let ed = generate(dir.path(), None, "Example.test", "s1", Algorithm::Ed25519).unwrap();
+        let rsa = generate(dir.path(), None, "example.test", "s2", Algorithm::Rsa).unwrap();
         use std::os::unix::fs::PermissionsExt;
         for g in [&ed, &rsa] {
-            let mode = std::fs::metadata(&g.path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{}", g.path.display());
+            let path = g.path.as_ref().unwrap();
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
         }
         let ddir = domain_dir(dir.path(), "example.test");
         assert_eq!(
@@ -310,7 +426,7 @@ mod tests {
         assert!(rsa.record.len() > 255);
         let strings = txt_strings(&rsa.record);
         assert_eq!(strings.matches('"').count(), 4, "{strings}");
-        assert!(generate(dir.path(), "example.test", "s1", Algorithm::Rsa).is_err());
+        assert!(generate(dir.path(), None, "example.test", "s1", Algorithm::Rsa).is_err());
         let ring = Keyring::new(dir.path());
         let keys = ring.keys_for("EXAMPLE.test");
         let mut algs: Vec<_> = keys
@@ -334,5 +450,61 @@ mod tests {
         assert_eq!(out[0], 0x30);
         assert_eq!(out[1] as usize, out.len() - 2);
         assert_eq!(&out[out.len() - 6..], &[0x00, 0x30, 0x03, 0x02, 0x01, 0x05]);
+    }
+
+    #[test]
+    fn on_a_shared_store_keys_live_in_it_for_every_node() {
+        let Some(url) = crate::store::test_postgres() else {
+            return;
+        };
+        let store = crate::store::Store::open_postgres(&url).unwrap();
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let g = generate(
+            dir_a.path(),
+            Some(&store),
+            "example.test",
+            "s1",
+            Algorithm::Ed25519,
+        )
+        .unwrap();
+        assert!(g.path.is_none());
+        assert!(
+            !domain_dir(dir_a.path(), "example.test").exists(),
+            "no file"
+        );
+        generate(
+            dir_a.path(),
+            Some(&store),
+            "example.test",
+            "s2",
+            Algorithm::Rsa,
+        )
+        .unwrap();
+        assert!(
+            generate(
+                dir_b.path(),
+                Some(&store),
+                "example.test",
+                "s1",
+                Algorithm::Rsa
+            )
+            .is_err(),
+            "a selector is never overwritten, from any node"
+        );
+        // Another node, with nothing in its own data directory, signs with them.
+        let ring = Keyring::new(dir_b.path()).with_store(&store);
+        let mut algs: Vec<_> = ring
+            .keys_for("example.test")
+            .iter()
+            .map(|k| (k.key.algorithm(), k.selector.clone()))
+            .collect();
+        algs.sort_by_key(|a| a.1.clone());
+        assert_eq!(
+            algs,
+            vec![
+                (Algorithm::Ed25519, "s1".into()),
+                (Algorithm::Rsa, "s2".into())
+            ]
+        );
     }
 }

@@ -80,8 +80,13 @@ pub async fn start(
     dns: Arc<crate::dns::Dns>,
 ) -> anyhow::Result<Running> {
     let config = Arc::new(config);
-    let store = Store::for_config(&config)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = Store::for_config(&config).with_context(|| {
+        if crate::store::is_postgres_url(&config.store.url) {
+            "cannot open the shared store (store.url)".to_string()
+        } else {
+            format!("cannot open the store in {}", config.data_dir.display())
+        }
+    })?;
     let tls = tls::load(&config)?;
     let dirsync = DirSync::start();
     let (queue, rx) = Queue::new(
@@ -107,8 +112,14 @@ pub async fn start(
         Routing::new(&config, accounts.clone()),
         clock.clone(),
     ));
-    let learn_key = crate::learning::key(&config.data_dir)
-        .with_context(|| format!("cannot make {}/learn.key", config.data_dir.display()))?;
+    let learn_key = if store.is_shared() {
+        crate::learning::shared_key(&store)
+            .await
+            .context("cannot read the cluster's learn_key")?
+    } else {
+        crate::learning::key(&config.data_dir)
+            .with_context(|| format!("cannot make {}/learn.key", config.data_dir.display()))?
+    };
     let shared = Arc::new(Shared {
         learn_key: learn_key.clone(),
         auth: Authenticator::new(
@@ -118,7 +129,7 @@ pub async fn start(
         ),
         routing: Routing::new(&config, accounts.clone()),
         dns: dns.clone(),
-        keyring: crate::dkim::keys::Keyring::new(&config.data_dir),
+        keyring: crate::dkim::keys::Keyring::new(&config.data_dir).with_store(&store),
         contain: contain.clone(),
         classifier: crate::classifier::Live::default(),
         clock,

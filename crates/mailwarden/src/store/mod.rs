@@ -322,9 +322,21 @@ CREATE TABLE baselines(
 );
 "#;
 
+/// Secrets every node of a cluster must share: DKIM signing keys (`dkim::keys`; on the
+/// embedded store they stay files in `data_dir/dkim`).
+const SCHEMA_V12: &str = r#"
+CREATE TABLE dkim_keys(
+    domain TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY(domain, selector)
+);
+"#;
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11, SCHEMA_V12,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -341,3 +341,91 @@ fn postgres_stopping_mid_session_gets_4xx_and_loses_nothing_acknowledged() {
         "refused mail is not delivered"
     );
 }
+
+#[test]
+fn store_copy_moves_a_single_nodes_state_into_the_cluster() {
+    let Some(url) = postgres("cluster::store_copy") else {
+        return;
+    };
+    let far_port = free_port();
+    let config = format!(
+        "[delivery]\nport = {far_port}\nretry_schedule = [\"1s\"]\n[queue]\ninline_max = \"1KiB\"\n"
+    );
+    // A single node on its embedded store: an account, a DKIM key file, a record, and mail
+    // for a remote domain that is down, one body inline and one spooled to a file.
+    let mut solo = Server::start_with_zones(&config, ZONES);
+    solo.add_user("alice@example.test", "alice-pw");
+    // Past inline_max over several reads, so the session spills it to a spool file.
+    let big = format!("{}\n", "y".repeat(70)).repeat(1400);
+    for (subject, body) in [("small", "hello"), ("big", big.as_str())] {
+        let r = submit(
+            &solo,
+            "alice@example.test",
+            "alice-pw",
+            "carol@far.test",
+            &["--subject", subject, "--body", body],
+        );
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    solo.wait_log(&["event=\"destination_deferred\"", "far.test"]);
+    let spooled = solo.query_count("SELECT count(*) FROM queue WHERE spooled = 1");
+    assert_eq!(spooled, 1, "the big body is in a spool file");
+    solo.cli_ok(
+        &["dkim", "keygen", "example.test", "--algorithm", "ed25519"],
+        None,
+    );
+    solo.stop();
+
+    let data = solo.data_dir();
+    let copy = |to: &str| {
+        solo.cli_ok(
+            &[
+                "store",
+                "copy",
+                "--from",
+                &format!("sqlite:{}", data.display()),
+                "--to",
+                to,
+            ],
+            None,
+        )
+    };
+    let first = copy(&url);
+    assert!(first.contains("accounts"), "{first}");
+    let again = copy(&url);
+    assert!(
+        again.contains("copied 0 rows"),
+        "a second copy adds nothing: {again}"
+    );
+    assert_eq!(
+        pg_count(&url, "SELECT count(*) FROM queue WHERE spooled = 1"),
+        0
+    );
+    assert_eq!(pg_count(&url, "SELECT count(*) FROM dkim_keys"), 1);
+
+    // A cluster node with nothing of its own takes over: alice logs in and signs with the
+    // copied key, and when far.test comes back the queued messages go out too.
+    let node_b = node(&url, "127.0.0.2", "b", &config, None);
+    let r = submit(
+        &node_b,
+        "alice@example.test",
+        "alice-pw",
+        "carol@far.test",
+        &["--subject", "signed"],
+    );
+    assert_eq!(r["ok"], true, "the copied account logs in: {r}");
+    let far = Server::start(&format!(
+        "hostname = \"mx.far.test\"\ndomains = [\"far.test\"]\n[listen]\nmx = \"127.0.0.1:{far_port}\"\n"
+    ));
+    far.add_user("carol@far.test", "carol-pw");
+    let got = far.wait_messages("carol@far.test", 3);
+    assert!(
+        got.iter().any(|m| m.contains(&big)),
+        "the spooled body went along"
+    );
+    let signed = got.iter().find(|m| m.contains("Subject: signed")).unwrap();
+    assert!(
+        signed.contains("DKIM-Signature:") && signed.contains("s=mw"),
+        "{signed}"
+    );
+}
