@@ -278,15 +278,15 @@ pub fn parse(bytes: &[u8], what: &str) -> anyhow::Result<Key> {
 /// A domain's keys, and the directory's modification time they were read at.
 type Cached = (Option<SystemTime>, Arc<Vec<DomainKey>>);
 
+/// A domain's keys from the shared store, and when they were read.
+type Fetched = (std::time::Instant, Arc<Vec<DomainKey>>);
+
 /// The keys to sign with for each domain: the newest of each algorithm.
 pub struct Keyring {
     data_dir: PathBuf,
     cache: Mutex<HashMap<String, Cached>>,
     /// The shared store keys come from, with when each domain's were read.
-    shared: Option<(
-        crate::store::Store,
-        Mutex<HashMap<String, (std::time::Instant, Arc<Vec<DomainKey>>)>>,
-    )>,
+    shared: Option<(crate::store::Store, Mutex<HashMap<String, Fetched>>)>,
 }
 
 impl Keyring {

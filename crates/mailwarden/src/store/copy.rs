@@ -65,13 +65,13 @@ pub fn copy(from: &Path, to: &Store) -> Result<Vec<Copied>, StoreError> {
 }
 
 fn columns(source: &Store, table: &str) -> Result<Vec<String>, StoreError> {
-    Ok(source.read(|c| {
+    source.read(|c| {
         c.query_map(
             &format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
             (),
             |r| r.get(0),
         )
-    })?)
+    })
 }
 
 fn copy_table(
