@@ -376,6 +376,11 @@ section! {
         /// reach (its own admin ports, an internal network); such recipients fail with
         /// `5.4.4`. Mail routed back to one of our own listeners always fails (`5.4.6`).
         pub allow_private_destinations: bool = false,
+        /// Local mailboxes over LMTP (RFC 2033) at `host:port` instead of the Maildir tree in
+        /// `data_dir`: in a cluster, every node hands local mail to one mailbox server
+        /// (Dovecot's `lmtp` service). Mail for Junk carries `X-Spam-Flag: YES` for its
+        /// filter. Empty: Maildir.
+        pub lmtp: String = String::new(),
     }
 }
 

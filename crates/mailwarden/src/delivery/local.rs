@@ -6,9 +6,14 @@
 //! the whole batch, and a few threads write the files. At most [`BATCHES_IN_FLIGHT`] batches
 //! run at once; the next one grows meanwhile.
 //!
-//! A local delivery that fails (disk full, permissions) leaves the recipient `queued` and the
-//! message is tried again after a pause. Remote recipients wait for outbound delivery.
+//! Mailboxes are the Maildir tree, or an LMTP server (`delivery.lmtp`, `lmtp.rs`) that gives
+//! each recipient its own answer.
+//!
+//! A local delivery that fails (disk full, permissions, an LMTP `4xx`) leaves the recipient
+//! `queued` and the message is tried again after a pause; an LMTP `5xx` fails the recipient.
+//! Remote recipients wait for outbound delivery.
 
+use super::lmtp::{Landed, Lmtp, Rcpt};
 use super::maildir::{Job, Maildir, Prepared};
 use crate::queue::{Body, Dispatch, Outcomes, Queue, RcptOutcome, Route, Status};
 use std::sync::Arc;
@@ -20,10 +25,17 @@ const LOCAL_RETRY: Duration = Duration::from_secs(30);
 const MAX_BATCH: usize = 512;
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// Where local mail goes.
+#[derive(Clone)]
+pub enum Mailboxes {
+    Maildir(Arc<Maildir>),
+    Lmtp(Arc<Lmtp>),
+}
+
 pub fn spawn(
     queue: Arc<Queue>,
     mut rx: mpsc::UnboundedReceiver<Dispatch>,
-    maildir: Arc<Maildir>,
+    maildir: Mailboxes,
     threads: usize,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -58,12 +70,7 @@ pub fn spawn(
     })
 }
 
-async fn run_batch(
-    queue: &Arc<Queue>,
-    maildir: &Arc<Maildir>,
-    batch: Vec<Dispatch>,
-    threads: usize,
-) {
+async fn run_batch(queue: &Arc<Queue>, maildir: &Mailboxes, batch: Vec<Dispatch>, threads: usize) {
     let mut jobs = Vec::new();
     // For each job: which message (index into `ids`) it belongs to.
     let mut owner = Vec::new();
@@ -117,22 +124,33 @@ async fn run_batch(
             )
         })
         .collect();
-    let results = maildir.deliver_batch(jobs, threads).await;
+    let results: Vec<Landed> = match maildir {
+        Mailboxes::Maildir(m) => m
+            .deliver_batch(jobs, threads)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => Landed::Delivered("delivered to Maildir".into()),
+                Err(e) => Landed::Later(e.to_string()),
+            })
+            .collect(),
+        Mailboxes::Lmtp(l) => over_lmtp(l, jobs, &owner, threads).await,
+    };
     let mut outcomes: Vec<(String, Vec<RcptOutcome>)> =
         ids.iter().map(|id| (id.clone(), Vec::new())).collect();
     let mut failed = vec![false; ids.len()];
     for ((m, (idx, address, mailbox, folder)), r) in owner.into_iter().zip(described).zip(results) {
         let id = &ids[m];
         match r {
-            Ok(()) => {
+            Landed::Delivered(reply) => {
                 tracing::info!(event = "delivered", qid = %id, rcpt = %address, mailbox = %mailbox, folder);
-                outcomes[m].1.push((
-                    idx,
-                    Status::Delivered,
-                    Some("delivered to Maildir".to_string()),
-                ));
+                outcomes[m].1.push((idx, Status::Delivered, Some(reply)));
             }
-            Err(e) => {
+            Landed::Failed(reply) => {
+                tracing::warn!(event = "local_delivery_refused", qid = %id, rcpt = %address, reply = %reply);
+                outcomes[m].1.push((idx, Status::Failed, Some(reply)));
+            }
+            Landed::Later(e) => {
                 tracing::error!(event = "local_delivery_failed", qid = %id, rcpt = %address, error = %e);
                 failed[m] = true;
             }
@@ -173,4 +191,58 @@ async fn run_batch(
             }
         });
     }
+}
+
+/// The batch's jobs over LMTP: one transaction per message, `threads` messages at once.
+/// Outcomes come back in the jobs' order.
+async fn over_lmtp(
+    lmtp: &Arc<Lmtp>,
+    jobs: Vec<Job>,
+    owner: &[usize],
+    threads: usize,
+) -> Vec<Landed> {
+    let n = jobs.len();
+    let mut by_message: Vec<(Arc<Prepared>, Vec<(usize, Rcpt)>)> = Vec::new();
+    for (i, (job, m)) in jobs.into_iter().zip(owner).enumerate() {
+        let rcpt = Rcpt {
+            idx: job.idx,
+            mailbox: job.mailbox,
+            folder: job.folder,
+        };
+        match by_message.last_mut() {
+            Some((_, v)) if owner[v[0].0] == *m => v.push((i, rcpt)),
+            _ => by_message.push((job.prepared, vec![(i, rcpt)])),
+        }
+    }
+    let slots = Arc::new(Semaphore::new(threads.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (prepared, rcpts) in by_message {
+        let (lmtp, slots) = (lmtp.clone(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let (at, rcpts): (Vec<usize>, Vec<Rcpt>) = rcpts.into_iter().unzip();
+            let landed = lmtp.deliver(&prepared, &rcpts).await;
+            // Back to job positions by recipient index.
+            at.into_iter()
+                .zip(&rcpts)
+                .map(|(i, r)| {
+                    let l = landed
+                        .iter()
+                        .find(|(idx, _)| *idx == r.idx)
+                        .map(|(_, l)| l.clone())
+                        .unwrap_or_else(|| Landed::Later("no LMTP answer".into()));
+                    (i, l)
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut out = vec![Landed::Later("not attempted".into()); n];
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(v) = r {
+            for (i, l) in v {
+                out[i] = l;
+            }
+        }
+    }
+    out
 }

@@ -106,6 +106,17 @@ impl Prepared {
     pub fn message(&self) -> &Message {
         &self.msg
     }
+
+    /// The message as it is delivered, with CRLF line endings as it was received: the
+    /// prepended fields, then the body (read from its spool file if it has one). For LMTP.
+    pub fn crlf_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = self.msg.meta.prepend.as_bytes().to_vec();
+        match &self.content {
+            Content::Inline(b) => out.extend_from_slice(b),
+            Content::Spool(p) => out.extend(std::fs::read(p)?),
+        }
+        Ok(out)
+    }
 }
 
 /// Convert CRLF to LF, streaming: a CR at the end of one call is held in `pending_cr`.

@@ -2,6 +2,7 @@
 //! [`maildir`]) and other servers ([`remote`]: MX routing, the SMTP client, retries, DSNs).
 //! Delivery reads the queue and records outcomes in it; the queue never calls delivery.
 
+pub mod lmtp;
 pub mod local;
 pub mod maildir;
 pub mod remote;

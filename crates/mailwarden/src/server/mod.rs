@@ -97,12 +97,20 @@ pub async fn start(
         clock.clone(),
         crate::queue::Lease::from_config(&config),
     )?;
-    let maildir = Arc::new(Maildir::new(
-        &config.data_dir,
-        &config.hostname,
-        dirsync,
-        config.queue.maildir_sync,
-    ));
+    let mailboxes = if config.delivery.lmtp.is_empty() {
+        crate::delivery::local::Mailboxes::Maildir(Arc::new(Maildir::new(
+            &config.data_dir,
+            &config.hostname,
+            dirsync,
+            config.queue.maildir_sync,
+        )))
+    } else {
+        crate::delivery::local::Mailboxes::Lmtp(Arc::new(crate::delivery::lmtp::Lmtp::new(
+            &config.delivery.lmtp,
+            &config.hostname,
+            config.delivery.connect_timeout.get(),
+        )))
+    };
     let accounts = Accounts::new(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let contain = Arc::new(crate::containment::Containment::new(
@@ -194,7 +202,7 @@ pub async fn start(
     let mut tasks = vec![manager::spawn(
         queue.clone(),
         rx,
-        maildir,
+        mailboxes,
         config.queue.local_concurrency,
     )];
     for m in recovered {

@@ -3,6 +3,10 @@
 
   dovecot.py DATA_DIR USER PASSWORD [USER PASSWORD ...]     (MW_DOVECOT_PORT=N to fix the port)
 
+With MW_DOVECOT_LMTP=1 it also delivers over LMTP (Debian `dovecot-lmtpd`) on another
+loopback port, printed as `lmtp=N` before `port=N`; only the listed users exist then (an
+unknown recipient gets 550 from LMTP).
+
 Serves {DATA_DIR}/mail/{domain}/{localpart}/Maildir (Maildir++: `.Junk` is the
 Junk folder) on 127.0.0.1 only, plaintext LOGIN/AUTHENTICATE PLAIN, no TLS.
 Prints `port=N` once Dovecot greets, then runs until stdin closes (spawn it with
@@ -44,11 +48,12 @@ def _die_with_parent():
 
 
 class Dovecot:
-    def __init__(self, data_dir, users, port=None, indexes_in_maildir=False):
+    def __init__(self, data_dir, users, port=None, indexes_in_maildir=False, lmtp=False):
         # indexes_in_maildir=True: Dovecot's stock layout, with dovecot.index*
         # and dovecot-uidlist files inside Maildir/ and each .Folder/.
         self.data_dir, self.users, self.port = os.path.abspath(data_dir), dict(users), port
         self.indexes_in_maildir, self.proc, self.tmp = indexes_in_maildir, None, None
+        self.lmtp_port = free_port() if lmtp else None
 
     def _config(self):
         # Dovecot always runs unprivileged here: as the current user, or, as
@@ -68,8 +73,31 @@ class Dovecot:
             lines.append("%s:{PLAIN}%s::::::\n" % (name, pw))
         with open(os.path.join(t, "passwd"), "w") as f:
             f.writelines(lines)
+        if self.lmtp_port:
+            # LMTP must know who exists: users come from the passwd file, homes are static.
+            userdb = f"""userdb {{
+  driver = passwd-file
+  args = username_format=%u {t}/passwd
+  default_fields = home={t}/home/%d/%n
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+}}
+protocol lmtp {{
+  postmaster_address = postmaster@example.test
+}}
+"""
+        else:
+            userdb = f"""userdb {{
+  driver = static
+  args = home={t}/home/%d/%n
+}}
+"""
         return f"""
-protocols = imap
+protocols = imap{" lmtp" if self.lmtp_port else ""}
 listen = 127.0.0.1
 base_dir = {t}/run
 state_dir = {t}/state
@@ -97,11 +125,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {t}/passwd
 }}
-userdb {{
-  driver = static
-  args = home={t}/home/%d/%n
-}}
-service imap-login {{
+{userdb}service imap-login {{
   chroot =
   inet_listener imap {{
     address = 127.0.0.1
@@ -189,7 +213,8 @@ def main(argv):
         print(MISSING, file=sys.stderr)
         return 3
     users = dict(zip(argv[2::2], argv[3::2]))
-    dv = Dovecot(argv[1], users, port=int(os.environ.get("MW_DOVECOT_PORT", 0)) or None)
+    dv = Dovecot(argv[1], users, port=int(os.environ.get("MW_DOVECOT_PORT", 0)) or None,
+                 lmtp=bool(os.environ.get("MW_DOVECOT_LMTP")))
 
     def on_signal(signum, frame):
         raise SystemExit(0)
@@ -197,6 +222,8 @@ def main(argv):
         signal.signal(s, on_signal)
     try:
         port = dv.start()
+        if dv.lmtp_port:
+            print("lmtp=%d" % dv.lmtp_port, flush=True)
         print("port=%d" % port, flush=True)
         mode = os.fstat(0).st_mode
         if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(0):

@@ -429,3 +429,100 @@ fn store_copy_moves_a_single_nodes_state_into_the_cluster() {
         "{signed}"
     );
 }
+
+#[test]
+fn both_nodes_deliver_local_mail_to_one_mailbox_server_over_lmtp() {
+    let mail = tempfile::tempdir().unwrap();
+    let dovecot = Dovecot::start(
+        mail.path(),
+        &[
+            ("bob@example.test", "bob-imap"),
+            ("alice@example.test", "alice-imap"),
+        ],
+        true,
+    );
+    let lmtp = dovecot.lmtp.unwrap();
+    // A Date this old weighs the junk score by itself: that message goes to Junk.
+    let extra = format!(
+        "[delivery]\nlmtp = \"127.0.0.1:{lmtp}\"\n[scoring.weights]\n\"headers.date_past\" = 6.0\n"
+    );
+    let Some((url, a, b)) = pair("cluster::lmtp", &extra) else {
+        return;
+    };
+    for u in [
+        "bob@example.test",
+        "alice@example.test",
+        "carol@example.test",
+    ] {
+        a.add_user(u, "pw");
+    }
+    let send = |s: &Server, to: &[&str], subject: &str, date: &str| {
+        let raw = format!(
+            "From: x@elsewhere.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\
+             Date: {date}\r\nMessage-ID: <{subject}@elsewhere.test>\r\n\r\nhello\r\n"
+        );
+        let mut args = vec!["--from", "x@elsewhere.test", "--raw"];
+        for t in to {
+            args.extend(["--to", t]);
+        }
+        smtplib_stdin(s.mx(), "plain", &args, Some(raw.as_bytes()))
+    };
+    let now = mailwarden::util::rfc5322_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    );
+    // carol has a mailwarden account but no mailbox on the mailbox server: LMTP refuses her
+    // alone, and bob still gets his copy.
+    let r = send(
+        &a,
+        &["bob@example.test", "carol@example.test"],
+        "via-a",
+        &now,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = send(&b, &["bob@example.test"], "via-b", &now);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = send(
+        &b,
+        &["alice@example.test"],
+        "old",
+        "Mon, 1 Jan 2001 00:00:00 +0000",
+    );
+    assert_eq!(r["ok"], true, "{r}");
+
+    let inbox = wait_for(Duration::from_secs(20), || {
+        let v = dovecot.client("bob@example.test", "bob-imap", &[]);
+        let subjects = v["folders"]["INBOX"].to_string();
+        (subjects.contains("via-a") && subjects.contains("via-b")).then_some(v)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "bob's mail from both nodes, served by Dovecot: {}\nA: {}\nB: {}",
+            dovecot.client("bob@example.test", "bob-imap", &[]),
+            a.log(),
+            b.log()
+        )
+    });
+    assert_eq!(inbox["folders"]["INBOX"].as_array().unwrap().len(), 2, "{inbox}");
+    a.wait_log(&["event=\"local_delivery_refused\"", "carol@example.test"]);
+    wait_for(Duration::from_secs(20), || {
+        (pg_count(&url, "SELECT count(*) FROM queue") == 0).then_some(())
+    })
+    .expect("every recipient has its outcome");
+
+    // The message for Junk arrives flagged for the mailbox server's filter.
+    let alice = mail.path().join("mail/example.test/alice/Maildir");
+    let flagged = wait_for(Duration::from_secs(20), || {
+        ["new", "cur"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(alice.join(d)).ok())
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .find(|m| m.contains("Subject: old"))
+    })
+    .expect("alice's message delivered");
+    assert!(flagged.contains("X-Spam-Flag: YES"), "{flagged}");
+}

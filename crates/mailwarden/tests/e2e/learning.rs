@@ -5,82 +5,7 @@
 //! one moved back.
 
 use crate::support::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// Dovecot over `data_dir`'s Maildir tree, for one user; stopped when dropped.
-struct Dovecot {
-    child: Child,
-    port: u16,
-}
-
-impl Dovecot {
-    fn start(data_dir: &std::path::Path, user: &str, password: &str) -> Dovecot {
-        let mut child = Command::new("python3")
-            .arg(clients_dir().join("dovecot.py"))
-            .arg(data_dir)
-            .args([user, password])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|_| missing("python3", "apt-get install python3"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(port) = line.trim().strip_prefix("port=") else {
-            let out = child.wait_with_output().unwrap();
-            if out.status.code() == Some(3) {
-                missing("dovecot", "apt-get install dovecot-imapd");
-            }
-            panic!("dovecot.py: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        Dovecot {
-            port: port.parse().unwrap(),
-            child,
-        }
-    }
-
-    /// Move the messages whose subject has each text, as a mail client does, and return
-    /// every folder's subjects.
-    fn client(&self, moves: &[(&str, &str, &str)]) -> serde_json::Value {
-        let port = self.port.to_string();
-        let mut args = vec![
-            clients_dir()
-                .join("imap_move.py")
-                .to_str()
-                .unwrap()
-                .to_string(),
-            "--port".into(),
-            port,
-            "--user".into(),
-            "alice@example.test".into(),
-            "--password".into(),
-            "imap-pw".into(),
-        ];
-        for (s, from, to) in moves {
-            args.extend([
-                "--move".into(),
-                s.to_string(),
-                from.to_string(),
-                to.to_string(),
-            ]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run_ok("python3", &args, None);
-        serde_json::from_slice(&out).unwrap()
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        // Closing its stdin stops it.
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn moves_in_a_real_imap_client_are_learned_once_and_unlearned_when_moved_back() {
@@ -123,8 +48,8 @@ fn moves_in_a_real_imap_client_are_learned_once_and_unlearned_when_moved_back() 
     })
     .expect("the old-dated message in Junk");
 
-    let dovecot = Dovecot::start(&s.data_dir(), "alice@example.test", "imap-pw");
-    let seen = dovecot.client(&[]);
+    let dovecot = Dovecot::start(&s.data_dir(), &[("alice@example.test", "imap-pw")], false);
+    let seen = dovecot.client("alice@example.test", "imap-pw", &[]);
     assert_eq!(
         seen["folders"]["Junk"],
         serde_json::json!(["minutes of the meeting"]),
@@ -136,10 +61,14 @@ fn moves_in_a_real_imap_client_are_learned_once_and_unlearned_when_moved_back() 
     );
 
     // Alice disagrees with both: spam into Junk, the minutes out of it.
-    let moved = dovecot.client(&[
-        ("cheap replica watches", "INBOX", "Junk"),
-        ("minutes of the meeting", "Junk", "INBOX"),
-    ]);
+    let moved = dovecot.client(
+        "alice@example.test",
+        "imap-pw",
+        &[
+            ("cheap replica watches", "INBOX", "Junk"),
+            ("minutes of the meeting", "Junk", "INBOX"),
+        ],
+    );
     assert_eq!(moved["moved"], 2, "{moved}");
     let count = |key: &str| {
         s.query_count(&format!(
@@ -175,7 +104,11 @@ fn moves_in_a_real_imap_client_are_learned_once_and_unlearned_when_moved_back() 
     assert_eq!((count("spam_messages"), count("ham_messages")), (1, 1));
 
     // Back to the inbox: unlearned.
-    dovecot.client(&[("cheap replica watches", "Junk", "INBOX")]);
+    dovecot.client(
+        "alice@example.test",
+        "imap-pw",
+        &[("cheap replica watches", "Junk", "INBOX")],
+    );
     wait_for(Duration::from_secs(60), || {
         (count("spam_messages") == 0).then_some(())
     })

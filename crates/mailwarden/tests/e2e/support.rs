@@ -657,3 +657,79 @@ pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Dovecot over `data_dir`'s Maildir tree (`tests/clients/dovecot.py`), for `users`; with
+/// `lmtp`, also its LMTP service (only those users exist then). Stopped when dropped.
+pub struct Dovecot {
+    child: Child,
+    pub port: u16,
+    pub lmtp: Option<u16>,
+}
+
+impl Dovecot {
+    pub fn start(data_dir: &Path, users: &[(&str, &str)], lmtp: bool) -> Dovecot {
+        let mut cmd = Command::new("python3");
+        cmd.arg(clients_dir().join("dovecot.py")).arg(data_dir);
+        for (u, p) in users {
+            cmd.args([u, p]);
+        }
+        if lmtp {
+            cmd.env("MW_DOVECOT_LMTP", "1");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|_| missing("python3", "apt-get install python3"));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lmtp_port = None;
+        loop {
+            let line = lines.next().and_then(Result::ok).unwrap_or_default();
+            if let Some(p) = line.trim().strip_prefix("lmtp=") {
+                lmtp_port = Some(p.parse().unwrap());
+                continue;
+            }
+            let Some(port) = line.trim().strip_prefix("port=") else {
+                let out = child.wait_with_output().unwrap();
+                if out.status.code() == Some(3) {
+                    missing("dovecot", "apt-get install dovecot-imapd dovecot-lmtpd");
+                }
+                panic!("dovecot.py: {}", String::from_utf8_lossy(&out.stderr));
+            };
+            return Dovecot {
+                port: port.parse().unwrap(),
+                lmtp: lmtp_port,
+                child,
+            };
+        }
+    }
+
+    /// As `user`, move the messages whose subject has each text, as a mail client does, and
+    /// return every folder's subjects (`tests/clients/imap_move.py`).
+    pub fn client(&self, user: &str, password: &str, moves: &[(&str, &str, &str)]) -> Value {
+        let port = self.port.to_string();
+        let script = clients_dir().join("imap_move.py");
+        let mut args = vec![
+            script.to_str().unwrap(),
+            "--port",
+            &port,
+            "--user",
+            user,
+            "--password",
+            password,
+        ];
+        for (s, from, to) in moves {
+            args.extend(["--move", s, from, to]);
+        }
+        serde_json::from_slice(&run_ok("python3", &args, None)).unwrap()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // Closing its stdin stops it.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
