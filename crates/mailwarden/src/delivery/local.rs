@@ -202,7 +202,9 @@ async fn over_lmtp(
     threads: usize,
 ) -> Vec<Landed> {
     let n = jobs.len();
-    let mut by_message: Vec<(Arc<Prepared>, Vec<(usize, Rcpt)>)> = Vec::new();
+    // Each message with its recipients, and where each sits among the jobs.
+    type Group = (Arc<Prepared>, Vec<(usize, Rcpt)>);
+    let mut by_message: Vec<Group> = Vec::new();
     for (i, (job, m)) in jobs.into_iter().zip(owner).enumerate() {
         let rcpt = Rcpt {
             idx: job.idx,
