@@ -164,9 +164,16 @@ def auth_results(maildir):
     return "\n".join(out)
 
 
+def maildirs(server):
+    """A server's Maildirs: one, or one per node of a cluster."""
+    m = server["maildir"]
+    return m if isinstance(m, list) else [m]
+
+
 def run_once(server, scenario, mwload, subst):
     """One measurement of one scenario on one server."""
-    clear_maildir(server["maildir"])
+    for m in maildirs(server):
+        clear_maildir(m)
     args = [mwload, "--json", "--server", server[scenario.get("port", "mx")]] + [
         a.format(**subst) for a in scenario["args"]]
     if scenario.get("auth"):
@@ -187,7 +194,7 @@ def run_once(server, scenario, mwload, subst):
     if report["mode"] == "load":
         want = report["accepted"] * scenario.get("rcpts", 1)
         deadline = time.time() + 120
-        dirs = delivered_dirs(server["maildir"])
+        dirs = [d for m in maildirs(server) for d in delivered_dirs(m)]
         delivered = lambda: sum(count_files(d) for d in dirs)
         # Real mail: a server may hold some accepted messages (quarantine), so the drain also
         # ends when deliveries have stopped for 3 seconds.
@@ -213,7 +220,7 @@ def run_once(server, scenario, mwload, subst):
         result["setup_p50_us"] = report["setup_us"]["p50"]
         result["errors"] = report["conn_errors"] + report["replies"]["4xx"] + report["replies"]["5xx"]
         if scenario.get("profile") == "auth":
-            ar = auth_results(server["maildir"])
+            ar = auth_results(maildirs(server)[0])
             result["dkim_pass"] = "dkim=pass" in ar
             if not result["dkim_pass"]:
                 raise RuntimeError(f"{server['name']} delivered signed mail without dkim=pass: {ar!r}")
@@ -266,12 +273,13 @@ SCENARIOS = {
 
 
 def live_pids(pidfiles):
-    """The pids named by the pidfiles that exist now; the first must."""
-    pids = [int(open(pidfiles[0]).read().strip())]
+    """The pids named by the pidfiles that exist now; the first must. A pidfile's first word
+    is the pid (PostgreSQL's postmaster.pid has more lines after it)."""
+    pids = [int(open(pidfiles[0]).read().split()[0])]
     for pf in pidfiles[1:]:
         try:
-            pids.append(int(open(pf).read().strip()))
-        except (OSError, ValueError):
+            pids.append(int(open(pf).read().split()[0]))
+        except (OSError, ValueError, IndexError):
             pass
     return pids
 
@@ -330,10 +338,30 @@ def main():
             row[s["name"]] = {k: median([r.get(k) for r in runs]) for k in keys}
         a, b = row[servers[0]["name"]], row[servers[1]["name"]]
         row["ratio"] = {k: (round(a[k] / b[k], 2) if a[k] and b[k] else None) for k in keys}
+        # More than two: each against the first (the cluster comparison).
+        row["vs_first"] = {s["name"]: {k: (round(row[s["name"]][k] / a[k], 2) if a[k] and row[s["name"]][k] else None)
+                                       for k in keys} for s in servers[1:]}
         table.append(row)
 
     a, b = servers[0]["name"], servers[1]["name"]
     print()
+    if len(servers) > 2:
+        print(f"{'scenario':<32} {'server':<16} {'msg/s':>8} {'CPU µs/msg':>11} {'× first':>8} {'PSS MB':>8}")
+        for row in table:
+            for s in servers:
+                r = row[s["name"]]
+                vs = row["vs_first"].get(s["name"], {}).get("cpu_us_per_msg")
+                fmt = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"
+                print(f"{row['title']:<32} {s['name']:<16} {fmt(r['msg_per_s']):>8} {fmt(r['cpu_us_per_msg']):>11} "
+                      f"{fmt(vs if s is not servers[0] else 1.0, 2):>8} {fmt(r['peak_pss_mb'], 1):>8}")
+    else:
+        print_pair(table, a, b)
+    for srv in servers:
+        subprocess.run([srv["stop"]], check=False)
+    write(args, servers, table, results)
+
+
+def print_pair(table, a, b):
     print(f"{'scenario':<32} {'msg/s ' + a:>16} {'msg/s ' + b:>14} {'ratio':>6} "
           f"{'CPU µs/msg ' + a:>18} {b:>8} {'ratio':>6} {'PSS MB ' + a:>14} {b:>8}")
     for row in table:
@@ -346,8 +374,8 @@ def main():
             print(f"{'':<32} idle opened {a} {ra['idle_opened']}, {b} {rb['idle_opened']}; "
                   f"new-session banner p99 {a} {ra['banner_p99_ms']} ms, {b} {rb['banner_p99_ms']} ms")
 
-    for srv in servers:
-        subprocess.run([srv["stop"]], check=False)
+
+def write(args, servers, table, results):
     doc = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),

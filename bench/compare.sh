@@ -3,6 +3,13 @@
 #
 #   bench/compare.sh                  # every scenario, 3 repetitions
 #   bench/compare.sh --reps 5 --scenarios mx-1k-c50,mx-100k-c50
+#   bench/compare.sh --cluster        # one node on SQLite, one on PostgreSQL, two on one
+#                                     # PostgreSQL (scripts/postgres); MX 1 KB, 50 connections
+#
+# In --cluster mode the servers are mailwarden three ways, not Postfix: the embedded store, one
+# node on a PostgreSQL on the same machine, and two nodes sharing it with mwload spreading its
+# connections over both. CPU per message counts the whole of each: every node's process tree
+# and PostgreSQL's (its postmaster and every backend).
 #
 # The sender-authentication scenario (mx-1k-c50-auth) sends DKIM-signed mail from a domain
 # with SPF and DMARC records, served by mwdns on loopback. mailwarden checks SPF, DKIM, DMARC,
@@ -20,11 +27,13 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 REPS=3
 SCENARIOS=""
+CLUSTER=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS=$2; shift 2 ;;
     --scenarios) SCENARIOS=$2; shift 2 ;;
-    *) echo "usage: $0 [--reps N] [--scenarios a,b]" >&2; exit 2 ;;
+    --cluster) CLUSTER=1; shift ;;
+    *) echo "usage: $0 [--reps N] [--scenarios a,b] [--cluster]" >&2; exit 2 ;;
   esac
 done
 
@@ -49,6 +58,8 @@ MW_MX=$(free_port); MW_SUB=$(free_port); MW_SUBS=$(free_port); PF_MX=$(free_port
 MILTER=$(free_port)
 
 cleanup() {
+  for n in pg1 pg2; do [ -x "$W/$n/stop" ] && "$W/$n/stop" || true; done
+  [ -d "$W/pg" ] && "$ROOT/scripts/postgres" stop "$W/pg" || true
   [ -x "$W/mw/stop" ] && "$W/mw/stop" || true
   [ -x "$W/pf/stop" ] && "$W/pf/stop" || true
   kill "${DNSPID:-0}" 2>/dev/null || true
@@ -118,6 +129,98 @@ SH
 chmod +x "$W/mw/start" "$W/mw/stop"
 # The first start generates mailwarden's ECDSA P-256 certificate; Postfix gets the same one.
 "$W/mw/start" && "$W/mw/stop"
+
+if [ -n "$CLUSTER" ]; then
+  # One PostgreSQL on this machine, durable as ever (fsync, synchronous_commit on).
+  PGURL=$("$ROOT/scripts/postgres" start "$W/pg")
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  PGPORT=$(cat "$W/pg/port")
+  for db in mw_pg1 mw_pg2; do
+    "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT" -U mailwarden -d postgres -c "CREATE DATABASE $db"
+  done
+  # node NAME DB NODE: a mailwarden node on the shared store, its own ports and data_dir.
+  node() {
+    mkdir -p "$W/$1"
+    cat > "$W/$1/mailwarden.toml" <<CF
+hostname = "mw.bench.test"
+data_dir = "$W/$1/data"
+domains = ["bench.test"]
+[store]
+url = "${PGURL%/*}/$2"
+node = "$3"
+[listen]
+mx = "127.0.0.1:$(free_port)"
+submission = "127.0.0.1:$(free_port)"
+submissions = "127.0.0.1:$(free_port)"
+metrics = "127.0.0.1:0"
+[dns]
+nameservers = ["$DNS"]
+[smtp]
+max_connections = 30000
+max_connections_per_ip = 20000
+CF
+    cat "$ROOT/bench/limits-off.toml" >> "$W/$1/mailwarden.toml"
+  }
+  node pg1 mw_pg1 pg1
+  node pg2a mw_pg2 pg2a
+  node pg2b mw_pg2 pg2b
+  for cfg in pg1 pg2a; do
+    echo "$BENCH_PW" | "$MW" user add bob@bench.test --password-stdin -c "$W/$cfg/mailwarden.toml" >/dev/null
+    [ -d "$CORPUS" ] && "$MW" learn "${LEARN[@]}" -c "$W/$cfg/mailwarden.toml" >/dev/null
+  done
+  # start/stop for a server of one or more nodes: pidfile of the first, the rest extra.
+  group() {
+    local name=$1; shift
+    mkdir -p "$W/$name"
+    {
+      echo "#!/bin/sh"
+      for n in "$@"; do
+        echo ": > \"$W/$n/stdout\""
+        echo "\"$MW\" serve -c \"$W/$n/mailwarden.toml\" >\"$W/$n/stdout\" 2>>\"$W/$n/log\" &"
+        echo "echo \$! > \"$W/$n/pid\""
+      done
+      for n in "$@"; do
+        echo "i=0; until grep -q '^listening submissions' \"$W/$n/stdout\"; do i=\$((i+1)); [ \$i -gt 300 ] && exit 1; sleep 0.1; done"
+      done
+    } > "$W/$name/start"
+    {
+      echo "#!/bin/sh"
+      for n in "$@"; do
+        echo "[ -s \"$W/$n/pid\" ] && { pid=\$(cat \"$W/$n/pid\"); kill \$pid 2>/dev/null; while kill -0 \$pid 2>/dev/null; do sleep 0.1; done; : > \"$W/$n/pid\"; }"
+      done
+      echo "exit 0"
+    } > "$W/$name/stop"
+    chmod +x "$W/$name/start" "$W/$name/stop"
+  }
+  group pg1 pg1
+  group pg2 pg2a pg2b
+  mx_of() { awk -F'"' '/^mx = / {print $2}' "$W/$1/mailwarden.toml"; }
+  subs_of() { awk -F'"' '/^submissions = / {print $2}' "$W/$1/mailwarden.toml"; }
+  PGPID="$W/pg/data/postmaster.pid"
+  cat > "$W/servers.json" <<JS
+[
+ {"name": "sqlite", "version": "$("$MW" --version | awk '{print $2}')", "pidfile": "$W/mw/pid",
+  "start": "$W/mw/start", "stop": "$W/mw/stop",
+  "mx": "127.0.0.1:$MW_MX", "submissions": "127.0.0.1:$MW_SUBS", "auth": "bob@bench.test:$BENCH_PW",
+  "maildir": "$W/mw/data/mail/bench.test/bob/Maildir"},
+ {"name": "postgres-1-node", "version": "$("$PGBIN/postgres" --version | awk '{print $3}')", "pidfile": "$W/pg1/pid",
+  "extra_pidfiles": ["$PGPID"],
+  "start": "$W/pg1/start", "stop": "$W/pg1/stop",
+  "mx": "$(mx_of pg1)", "submissions": "$(subs_of pg1)", "auth": "bob@bench.test:$BENCH_PW",
+  "maildir": "$W/pg1/data/mail/bench.test/bob/Maildir"},
+ {"name": "postgres-2-nodes", "version": "", "pidfile": "$W/pg2a/pid",
+  "extra_pidfiles": ["$W/pg2b/pid", "$PGPID"],
+  "start": "$W/pg2/start", "stop": "$W/pg2/stop",
+  "mx": "$(mx_of pg2a),$(mx_of pg2b)", "submissions": "$(subs_of pg2a),$(subs_of pg2b)",
+  "auth": "bob@bench.test:$BENCH_PW",
+  "maildir": ["$W/pg2a/data/mail/bench.test/bob/Maildir", "$W/pg2b/data/mail/bench.test/bob/Maildir"]}
+]
+JS
+  OUT="$ROOT/bench/results/cluster-$(date -u +%Y%m%dT%H%M%SZ).json"
+  python3 "$ROOT/bench/compare.py" --servers "$W/servers.json" --mwload "$MWLOAD" --reps "$REPS" \
+    --scenarios "${SCENARIOS:-mx-1k-c50}" --out "$OUT"
+  exit 0
+fi
 "$ROOT/bench/postfix/setup.sh" "$W/pf" "$PF_MX" "$PF_TLS" "$W/mw/data/tls/cert.pem" "$W/mw/data/tls/key.pem" </dev/null \
   || { echo "Postfix did not start; its log:" >&2; cat "$W/pf/maillog" >&2; exit 1; }
 # OpenDKIM in verify mode, resolving through mwdns. (ResolverConfiguration is not used: its

@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Clone, serde::Serialize)]
 #[command(name = "mwload", about = "SMTP load generator")]
 pub struct Args {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:2525")]
-    pub server: SocketAddr,
+    /// Server address; several, comma-separated, share the connections in turn (the nodes
+    /// of a cluster behind one MX name).
+    #[arg(long, default_value = "127.0.0.1:2525", value_delimiter = ',')]
+    pub server: Vec<SocketAddr>,
     /// plain, starttls or tls (implicit TLS).
     #[arg(long, default_value = "plain")]
     pub mode: Mode,

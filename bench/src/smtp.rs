@@ -25,7 +25,8 @@ pub enum Mode {
 
 /// What every connection shares.
 pub struct Setup {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    next: std::sync::atomic::AtomicUsize,
     mode: Mode,
     tls: tokio_rustls::TlsConnector,
     helo: String,
@@ -33,6 +34,12 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The next server address, in turn.
+    fn addr(&self) -> SocketAddr {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.addrs[i % self.addrs.len()]
+    }
+
     pub fn new(args: &Args) -> anyhow::Result<Setup> {
         let cfg = rustls::ClientConfig::builder()
             .dangerous()
@@ -43,7 +50,8 @@ impl Setup {
             base64::engine::general_purpose::STANDARD.encode(format!("\0{u}\0{p}"))
         });
         Ok(Setup {
-            addr: args.server,
+            addrs: args.server.clone(),
+            next: Default::default(),
             mode: args.mode,
             tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
             helo: args.helo.clone(),
@@ -191,7 +199,7 @@ impl Conn {
     }
 
     async fn open_inner(setup: &Setup, source: Option<IpAddr>) -> anyhow::Result<Conn> {
-        let tcp = connect(setup.addr, source).await?;
+        let tcp = connect(setup.addr(), source).await?;
         let io: Box<dyn Io> = match setup.mode {
             Mode::Tls => Box::new(setup.tls.connect(server_name(), tcp).await?),
             _ => Box::new(tcp),
@@ -225,7 +233,7 @@ impl Conn {
 
     /// Connect, read the banner, say EHLO, and stay idle.
     pub async fn open_idle(setup: &Setup, source: Option<IpAddr>) -> anyhow::Result<Conn> {
-        let tcp = connect(setup.addr, source).await?;
+        let tcp = connect(setup.addr(), source).await?;
         let mut c = Conn {
             io: BufReader::with_capacity(512, Box::new(tcp) as Box<dyn Io>),
             pipelining: false,
@@ -374,7 +382,7 @@ impl Conn {
 
 /// Connect and wait for the banner only.
 pub async fn banner_only(setup: &Setup) -> anyhow::Result<()> {
-    let tcp = connect(setup.addr, None).await?;
+    let tcp = connect(setup.addr(), None).await?;
     let mut c = Conn {
         io: BufReader::with_capacity(512, Box::new(tcp) as Box<dyn Io>),
         pipelining: false,

@@ -205,30 +205,62 @@ pub fn lookup(store: &Store, cfg: &Cfg, who: &Who, now: i64) -> Result<History, 
         .collect();
     store.read(|c| {
         let mut h = History::default();
+        // Every identity in one statement.
+        let marks: Vec<String> = (0..keys.len()).map(|i| format!("?{}", i + 2)).collect();
+        let mut values = vec![crate::store::Value::Int(since)];
+        values.extend(keys.iter().map(|k| crate::store::Value::Text(k.clone())));
+        let found: Vec<(String, Counts)> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            c.query_map(
+                &format!(
+                    "SELECT identity, CAST(SUM(accepted) AS BIGINT), CAST(SUM(junked) AS BIGINT), \
+                     CAST(SUM(quarantined) AS BIGINT), CAST(SUM(rejected) AS BIGINT), \
+                     CAST(SUM(marked_spam) AS BIGINT), CAST(SUM(marked_ham) AS BIGINT) \
+                     FROM reputation WHERE identity IN ({}) AND day >= ?1 GROUP BY identity",
+                    marks.join(", ")
+                ),
+                values,
+                |r| {
+                    let g = |i| r.get::<Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
+                    Ok((
+                        r.get(0)?,
+                        Counts {
+                            accepted: g(1)?,
+                            junked: g(2)?,
+                            quarantined: g(3)?,
+                            rejected: g(4)?,
+                            marked_spam: g(5)?,
+                            marked_ham: g(6)?,
+                        },
+                    ))
+                },
+            )?
+        };
         for k in keys {
-            let counts = c.query_row("SELECT CAST(SUM(accepted) AS BIGINT), CAST(SUM(junked) AS BIGINT), CAST(SUM(quarantined) AS BIGINT), CAST(SUM(rejected) AS BIGINT), \
-             CAST(SUM(marked_spam) AS BIGINT), CAST(SUM(marked_ham) AS BIGINT) FROM reputation WHERE identity = ?1 AND day >= ?2", crate::params![k, since], |r| {
-                let g = |i| r.get::<Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
-                Ok(Counts {
-                    accepted: g(0)?,
-                    junked: g(1)?,
-                    quarantined: g(2)?,
-                    rejected: g(3)?,
-                    marked_spam: g(4)?,
-                    marked_ham: g(5)?,
-                })
-            })?;
+            let counts = found
+                .iter()
+                .find(|(i, _)| *i == k)
+                .map(|(_, c)| *c)
+                .unwrap_or_default();
             h.identities.push((k, counts));
         }
         if let Some(f) = &who.from {
-            h.correspondent = c
-                .exists("SELECT 1 FROM correspondents WHERE address = ?1 AND last >= ?2", crate::params![f, since * 86_400])?;
+            h.correspondent = c.exists(
+                "SELECT 1 FROM correspondents WHERE address = ?1 AND last >= ?2",
+                crate::params![f, since * 86_400],
+            )?;
         }
         // A Message-ID is public once a list has it: a reply counts only from a domain the
         // message was sent to.
         if let Some(d) = &who.domain {
             for id in &replies {
-                let domains: Option<String> = c.query_row("SELECT domains FROM sent_ids WHERE message_id = ?1", [id], |r| r.get(0))
+                let domains: Option<String> = c
+                    .query_row(
+                        "SELECT domains FROM sent_ids WHERE message_id = ?1",
+                        [id],
+                        |r| r.get(0),
+                    )
                     .map(Some)
                     .or_else(none_if_missing)?;
                 if domains.is_some_and(|ds| ds.split(' ').any(|x| x == d)) {
@@ -240,6 +272,9 @@ pub fn lookup(store: &Store, cfg: &Cfg, who: &Who, now: i64) -> Result<History, 
         Ok(h)
     })
 }
+
+static PURGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SENT_PURGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn none_if_missing<T>(e: crate::store::DbError) -> crate::store::DbResult<Option<T>> {
     match e {
@@ -268,17 +303,19 @@ pub async fn record(
                  identities = excluded.identities",
                 crate::params![id, now, keys.join(" ")],
             )?;
-            let old = day(now) - window_days;
-            c.execute(
-                "DELETE FROM reputation WHERE (identity, day) IN \
-                 (SELECT identity, day FROM reputation WHERE day < ?1 LIMIT 100)",
-                [old],
-            )?;
-            c.execute(
-                "DELETE FROM reputation_msgs WHERE id IN \
-                 (SELECT id FROM reputation_msgs WHERE time < ?1 LIMIT 100)",
-                [old * 86_400],
-            )?;
+            if crate::store::purge_due(&PURGES) {
+                let old = day(now) - window_days;
+                c.execute(
+                    "DELETE FROM reputation WHERE day < ?1 AND (identity, day) IN \
+                     (SELECT identity, day FROM reputation WHERE day < ?1 LIMIT 1000)",
+                    [old],
+                )?;
+                c.execute(
+                    "DELETE FROM reputation_msgs WHERE time < ?1 AND id IN \
+                     (SELECT id FROM reputation_msgs WHERE time < ?1 LIMIT 1000)",
+                    [old * 86_400],
+                )?;
+            }
             Ok(())
         })
         .await
@@ -302,17 +339,33 @@ fn count_by(
     delta: i64,
 ) -> crate::store::DbResult<()> {
     let col = outcome.column();
-    for k in keys {
-        c.execute(
-            &format!(
-                "INSERT INTO reputation(identity, day, {col}) \
-                 VALUES (?1, ?2, CASE WHEN ?3 > 0 THEN ?3 ELSE 0 END) \
-                 ON CONFLICT(identity, day) DO UPDATE SET {col} = CASE \
-                 WHEN reputation.{col} + ?3 > 0 THEN reputation.{col} + ?3 ELSE 0 END"
-            ),
-            crate::params![k, day(when), delta],
-        )?;
+    // One statement for all of them (a row may be changed once per statement: distinct keys).
+    let mut keys: Vec<&String> = keys.iter().collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(());
     }
+    let rows: Vec<String> = (0..keys.len())
+        .map(|i| format!("(?{}, ?1, CASE WHEN ?2 > 0 THEN ?2 ELSE 0 END)", i + 3))
+        .collect();
+    let mut values = vec![
+        crate::store::Value::Int(day(when)),
+        crate::store::Value::Int(delta),
+    ];
+    values.extend(
+        keys.iter()
+            .map(|k| crate::store::Value::Text(k.to_string())),
+    );
+    c.execute(
+        &format!(
+            "INSERT INTO reputation(identity, day, {col}) VALUES {} \
+             ON CONFLICT(identity, day) DO UPDATE SET {col} = CASE \
+             WHEN reputation.{col} + ?2 > 0 THEN reputation.{col} + ?2 ELSE 0 END",
+            rows.join(", ")
+        ),
+        values,
+    )?;
     Ok(())
 }
 
@@ -384,11 +437,13 @@ pub async fn wrote(
                 )?;
             }
             // Replies come within months; a year-old id is dropped, a batch at a time.
-            c.execute(
-                "DELETE FROM sent_ids WHERE message_id IN \
-                 (SELECT message_id FROM sent_ids WHERE time < ?1 LIMIT 100)",
-                [now - 365 * 86_400],
-            )?;
+            if crate::store::purge_due(&SENT_PURGES) {
+                c.execute(
+                    "DELETE FROM sent_ids WHERE time < ?1 AND message_id IN \
+                     (SELECT message_id FROM sent_ids WHERE time < ?1 LIMIT 1000)",
+                    [now - 365 * 86_400],
+                )?;
+            }
             Ok(())
         })
         .await

@@ -62,6 +62,12 @@ fn largest_limit(c: &Cfg) -> usize {
     most.max((c.burst_factor.max(1.0) * per_hour as f64).ceil() as usize)
 }
 
+fn unavailable() -> Limited {
+    Limited {
+        reason: "the shared store cannot be reached to count this".into(),
+    }
+}
+
 /// Why an account must be suspended, with the numbers that show it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger {
@@ -192,10 +198,27 @@ impl Detector {
         self
     }
 
-    /// Check-then-count, one at a time: in this process, and across the cluster.
-    fn exclusive(&self) -> (std::sync::MutexGuard<'_, ()>, Option<ClusterLock>) {
+    /// Check-then-count, one at a time: in this process, and across the cluster. `None` when
+    /// the cluster lock cannot be had (the shared store is away): a reservation is refused
+    /// for now then, never made without it.
+    fn exclusive(&self) -> Option<(std::sync::MutexGuard<'_, ()>, Option<ClusterLock>)> {
         let local = self.reserving.lock().unwrap_or_else(|e| e.into_inner());
-        (local, self.shared.as_ref().and_then(|s| s.lock()))
+        match &self.shared {
+            None => Some((local, None)),
+            Some(s) => s.lock().map(|l| (local, Some(l))),
+        }
+    }
+
+    /// [`Detector::exclusive`] for steps that go on without the cluster lock when it cannot be
+    /// had (the end of DATA: the message cannot be accepted without the store anyway).
+    fn exclusive_or_local(&self) -> (std::sync::MutexGuard<'_, ()>, Option<ClusterLock>) {
+        match self.exclusive() {
+            Some(both) => both,
+            None => (
+                self.reserving.lock().unwrap_or_else(|e| e.into_inner()),
+                None,
+            ),
+        }
     }
 
     fn load_baseline(&self, account: &str) -> Baseline {
@@ -295,7 +318,7 @@ impl Detector {
         account: &str,
         domain: Option<&str>,
     ) -> Result<Reservation, Limited> {
-        let _one_at_a_time = self.exclusive();
+        let _one_at_a_time = self.exclusive().ok_or_else(unavailable)?;
         let key = Key::Account(account.to_string());
         let (per_hour, _, _) = self.limits(account);
         let sent = self.counters.count(&key, Metric::Messages, HOUR);
@@ -340,7 +363,7 @@ impl Detector {
     /// A recipient for the reserved message (at RCPT TO): within the day's distinct
     /// recipients, it is counted at once. A recipient already written to today is free.
     pub fn reserve_rcpt(&self, r: &mut Reservation, rcpt: &str) -> Result<(), Limited> {
-        let _one_at_a_time = self.exclusive();
+        let _one_at_a_time = self.exclusive().ok_or_else(unavailable)?;
         let key = Key::Account(r.account.clone());
         let rcpt = rcpt.to_ascii_lowercase();
         if self.counters.seen(&key, Metric::Recipients, &rcpt, DAY) {
@@ -422,7 +445,7 @@ impl Detector {
     /// MAIL, new recipients are counted here), so sessions ending in parallel cannot all
     /// pass together.
     pub fn admit(&self, r: &mut Reservation, rcpts: &[String]) -> Result<(), Trigger> {
-        let _one_at_a_time = self.exclusive();
+        let _one_at_a_time = self.exclusive_or_local();
         let account = r.account.clone();
         let key = Key::Account(account.clone());
         let (usual, known_hours) = self.baseline(&account);
@@ -473,7 +496,7 @@ impl Detector {
         let account = r.account.as_str();
         let now = self.counters.now_ms();
         {
-            let _one_at_a_time = self.exclusive();
+            let _one_at_a_time = self.exclusive_or_local();
             let mut b = self.load_baseline(account);
             // Into the current hour, once a finished one has gone into the average.
             b.roll(now);
@@ -684,19 +707,31 @@ mod tests {
                 .with_store(store.clone())
         };
         let nodes = [node(), node()];
-        let mut accepted = 0;
-        for i in 0..10_000 {
-            let d = &nodes[i % 2];
-            let Ok(t) = send(d, "victim@x.test", &one(&format!("r{i}@random{i}.test"))) else {
-                break;
+        // Both nodes at once, each on its own thread: only the cluster lock keeps their
+        // check-then-count steps apart.
+        let accepted: usize = std::thread::scope(|s| {
+            let blast = |n: usize| {
+                let (d, clock) = (&nodes[n], clock.clone());
+                s.spawn(move || {
+                    let mut accepted = 0;
+                    for i in 0..10_000 {
+                        let to = one(&format!("r{n}-{i}@random{i}.test"));
+                        let Ok(t) = send(d, "victim@x.test", &to) else {
+                            break;
+                        };
+                        if let Some(t) = t {
+                            assert_eq!(t.reason, "message burst");
+                            break;
+                        }
+                        accepted += 1;
+                        clock.advance(25);
+                    }
+                    accepted
+                })
             };
-            if let Some(t) = t {
-                assert_eq!(t.reason, "message burst");
-                break;
-            }
-            accepted += 1;
-            clock.advance(50);
-        }
+            let (a, b) = (blast(0), blast(1));
+            a.join().unwrap() + b.join().unwrap()
+        });
         assert!(
             accepted <= 15,
             "{accepted} accepted before the trigger, both nodes together"
@@ -714,7 +749,7 @@ mod tests {
         assert_eq!(
             nodes[1]
                 .known
-                .count_new("victim@x.test", &one("r0@random0.test")),
+                .count_new("victim@x.test", &one("r0-0@random0.test")),
             0
         );
     }

@@ -91,15 +91,24 @@ impl Lmtp {
             mailwarden_proto::data::dot_stuff(&data, &mut stuffed);
             drop(data);
             let sender = msg.message().sender.clone();
+            // Replies are kept as they come: recipients answered before a failure keep their
+            // outcome (a delivered one is never sent again), the rest are tried later.
+            let mut got = Vec::with_capacity(group.len());
             let r = tokio::time::timeout(
                 self.timeout * 4,
-                self.transaction(&sender, &group, &stuffed),
+                self.transaction(&sender, &group, &stuffed, &mut got),
             )
             .await;
-            match r {
-                Ok(Ok(v)) => out.extend(v),
-                Ok(Err(e)) => out.extend(later_all(group.into_iter(), &e.to_string())),
-                Err(_) => out.extend(later_all(group.into_iter(), "LMTP server timed out")),
+            let why = match r {
+                Ok(Ok(())) => "no answer from the LMTP server".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "LMTP server timed out".to_string(),
+            };
+            for rc in &group {
+                match got.iter().find(|(i, _)| *i == rc.idx) {
+                    Some(answered) => out.push(answered.clone()),
+                    None => out.push((rc.idx, Landed::Later(why.clone()))),
+                }
             }
         }
         out
@@ -110,7 +119,8 @@ impl Lmtp {
         sender: &str,
         rcpts: &[&Rcpt],
         stuffed: &[u8],
-    ) -> std::io::Result<Vec<(u32, Landed)>> {
+        out: &mut Vec<(u32, Landed)>,
+    ) -> std::io::Result<()> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| std::io::Error::other("connect timed out"))??;
@@ -120,7 +130,6 @@ impl Lmtp {
             .await?;
         self.command(&mut c, &format!("MAIL FROM:<{sender}>"), 250)
             .await?;
-        let mut out = Vec::new();
         let mut accepted = Vec::new();
         for r in rcpts {
             let reply = self
@@ -134,7 +143,7 @@ impl Lmtp {
         }
         if accepted.is_empty() {
             let _ = self.send(&mut c, "QUIT").await;
-            return Ok(out);
+            return Ok(());
         }
         self.command(&mut c, "DATA", 354).await?;
         let w = c.get_mut();
@@ -154,7 +163,7 @@ impl Lmtp {
             ));
         }
         let _ = self.send(&mut c, "QUIT").await;
-        Ok(out)
+        Ok(())
     }
 
     async fn send(&self, c: &mut Conn, line: &str) -> std::io::Result<Reply> {
@@ -326,8 +335,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                (1, Landed::Failed("550 5.1.1 no such user".into())),
                 (0, Landed::Delivered("250 2.0.0 saved".into())),
+                (1, Landed::Failed("550 5.1.1 no such user".into())),
                 (2, Landed::Later("452 4.2.2 over quota".into())),
             ]
         );

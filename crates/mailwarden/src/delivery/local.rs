@@ -113,6 +113,41 @@ async fn run_batch(queue: &Arc<Queue>, maildir: &Mailboxes, batch: Vec<Dispatch>
             }
         }
     }
+    // Still this node's? A message that waited past its lease (a retry after a long LMTP
+    // outage, say) may be another node's now: renew each lease first, and leave the rest.
+    let wanted: Vec<(String, Vec<u32>)> = ids
+        .iter()
+        .enumerate()
+        .map(|(m, id)| {
+            let idxs = jobs
+                .iter()
+                .zip(&owner)
+                .filter(|(_, o)| **o == m)
+                .map(|(j, _)| j.idx)
+                .collect();
+            (id.clone(), idxs)
+        })
+        .collect();
+    let mine = match queue.renew(wanted).await {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing is tried without its lease: the whole batch waits for the retry.
+            tracing::error!(event = "lease_renew_failed", error = %e);
+            Vec::new()
+        }
+    };
+    let keep: Vec<bool> = jobs
+        .iter()
+        .zip(&owner)
+        .map(|(j, m)| mine.get(*m).is_some_and(|(_, idxs)| idxs.contains(&j.idx)))
+        .collect();
+    if mine.is_empty() && !ids.is_empty() {
+        retry.extend(ids.iter().cloned());
+    }
+    let mut k = keep.iter();
+    jobs.retain(|_| *k.next().unwrap_or(&false));
+    let mut k = keep.iter();
+    owner.retain(|_| *k.next().unwrap_or(&false));
     let described: Vec<(u32, String, String, &'static str)> = jobs
         .iter()
         .map(|j| {

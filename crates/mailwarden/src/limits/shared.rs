@@ -125,8 +125,10 @@ impl Shared {
     pub fn remove(&self, k: &Key, m: Metric, at: i64) {
         self.write(|c| {
             c.execute(
-                "UPDATE counter_events SET n = n - 1 WHERE key = ?1 AND metric = ?2 AND t = ?3 \
-                 AND n > 0",
+                // One event back, however many were counted in the same millisecond (this
+                // module runs on PostgreSQL only: ctid names one row).
+                "UPDATE counter_events SET n = n - 1 WHERE ctid = (SELECT ctid FROM \
+                 counter_events WHERE key = ?1 AND metric = ?2 AND t = ?3 AND n > 0 LIMIT 1)",
                 crate::params![key(k), metric(m), at],
             )?;
             Ok(())

@@ -181,6 +181,32 @@ impl RemoteOutcome {
     }
 }
 
+/// Claim the recipients that `filter` selects (in `order`), for this node: `?3` is the lease's
+/// end and `?4` the node (PostgreSQL wants every parameter used). One statement; on PostgreSQL it skips rows another node is claiming
+/// at the same moment. Returns (message id, recipient index, attempts) of each claimed.
+fn claim(
+    c: &crate::store::Conn<'_>,
+    filter: &str,
+    order: &str,
+    params: &[&dyn crate::store::ToValue],
+) -> crate::store::DbResult<Vec<(String, u32, u32)>> {
+    let skip = if c.is_pg() {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    c.query_map(
+        &format!(
+            "WITH due AS MATERIALIZED (SELECT id, idx FROM queue_rcpt WHERE {filter} {order}{skip}) \
+             UPDATE queue_rcpt SET lease_node = ?4, lease_until = ?3 FROM due \
+             WHERE queue_rcpt.id = due.id AND queue_rcpt.idx = due.idx AND {filter} \
+             RETURNING queue_rcpt.id, queue_rcpt.idx, queue_rcpt.attempts"
+        ),
+        params,
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+}
+
 /// Delete a message whose recipients are all final. True if it was deleted.
 pub(crate) fn finish_if_done(c: &crate::store::Conn<'_>, id: &str) -> crate::store::DbResult<bool> {
     let left: i64 = c.query_row(
@@ -481,41 +507,42 @@ impl Queue {
         Ok(finished)
     }
 
-    /// Messages with local recipients still `queued` that are nobody's any more (their node
-    /// died and its lease ran out) or, at `startup`, this node's: claimed, they go back to
-    /// delivery, which first checks what already landed.
+    /// Messages with local recipients still `queued` whose node is gone (its lease ran out)
+    /// or, at `startup`, this node's own: claimed, they go back to delivery, which first
+    /// checks what already landed. At startup the remote recipients this node had claimed
+    /// are let go too, for the next scan.
     pub async fn recover(&self, startup: bool) -> Result<Vec<Message>, QueueError> {
-        let (now, lease) = (self.now(), self.lease.secs);
-        // Not at startup: a name no row has, so only expired leases match.
-        let node = if startup {
-            self.lease.node.clone()
-        } else {
-            String::new()
-        };
-        let me = self.lease.node.clone();
+        let (now, me, until) = (
+            self.now(),
+            self.lease.node.clone(),
+            self.now() + self.lease.secs,
+        );
         // A single node's store has no other node: at startup everything waiting is its own,
         // whatever name it had before.
         let all = startup && !self.store.is_shared();
         let mut ids: Vec<String> = self
             .store
             .write(move |c| {
-                let skip = if c.is_pg() {
-                    " FOR UPDATE SKIP LOCKED"
+                if startup {
+                    c.execute(
+                        "UPDATE queue_rcpt SET lease_node = NULL, lease_until = 0 \
+                         WHERE route = 'remote' AND (?2 OR lease_node = ?1)",
+                        crate::params![me, all],
+                    )?;
+                }
+                // Periodically only others' expired leases: this node retries its own.
+                let stale = if startup {
+                    "(?5 OR lease_node = ?4 OR lease_until <= ?1)"
                 } else {
-                    ""
+                    "(NOT ?5 AND lease_until <= ?1 AND COALESCE(lease_node, '') <> ?4)"
                 };
-                c.query_map(
-                    &format!(
-                        "WITH stale AS MATERIALIZED (SELECT id, idx FROM queue_rcpt \
-                         WHERE status = 'queued' AND route = 'local' \
-                         AND (?5 OR lease_node = ?1 OR lease_until <= ?2){skip}) \
-                         UPDATE queue_rcpt SET lease_node = ?4, lease_until = ?3 FROM stale \
-                         WHERE queue_rcpt.id = stale.id AND queue_rcpt.idx = stale.idx \
-                         RETURNING queue_rcpt.id"
-                    ),
-                    crate::params![node, now, now + lease, me, all],
-                    |r| r.get(0),
+                claim(
+                    c,
+                    &format!("status = 'queued' AND route = 'local' AND {stale}"),
+                    "ORDER BY id, idx LIMIT ?2",
+                    crate::params![now, i64::MAX, until, me, all],
                 )
+                .map(|rows| rows.into_iter().map(|(id, _, _)| id).collect())
             })
             .await?;
         ids.sort();
@@ -656,29 +683,50 @@ impl Queue {
         let mut rows: Vec<(String, u32, u32)> = self
             .store
             .write(move |c| {
-                let skip = if c.is_pg() {
-                    " FOR UPDATE SKIP LOCKED"
-                } else {
-                    ""
-                };
-                const DUE: &str = "route = 'remote' AND lease_until <= ?1 \
-                     AND ((status = 'queued') OR (status = 'deferred' AND next_attempt <= ?1))";
-                c.query_map(
-                    &format!(
-                        "WITH due AS MATERIALIZED (SELECT id, idx FROM queue_rcpt \
-                         WHERE {DUE} ORDER BY id, idx LIMIT ?2{skip}) \
-                         UPDATE queue_rcpt SET lease_node = ?3, lease_until = ?4 FROM due \
-                         WHERE queue_rcpt.id = due.id AND queue_rcpt.idx = due.idx \
-                         AND queue_rcpt.lease_until <= ?1 \
-                         RETURNING queue_rcpt.id, queue_rcpt.idx, queue_rcpt.attempts"
-                    ),
-                    crate::params![now, limit as i64, node, until],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                claim(
+                    c,
+                    "route = 'remote' AND lease_until <= ?1 \
+                     AND ((status = 'queued') OR (status = 'deferred' AND next_attempt <= ?1))",
+                    "ORDER BY id, idx LIMIT ?2",
+                    crate::params![now, limit as i64, until, node],
                 )
             })
             .await?;
         rows.sort();
         Ok(rows)
+    }
+
+    /// Just before an attempt: extend this node's lease on each message's recipients, or take
+    /// those whose lease ran out. Returns, per message, the recipients that are this node's
+    /// now; the others went to another node while they waited here, and are not tried.
+    pub async fn renew(
+        &self,
+        wanted: Vec<(String, Vec<u32>)>,
+    ) -> Result<Vec<(String, Vec<u32>)>, QueueError> {
+        let (now, me) = (self.now(), self.lease.node.clone());
+        let until = now + self.lease.secs;
+        Ok(self
+            .store
+            .write(move |c| {
+                let mut out = Vec::with_capacity(wanted.len());
+                for (id, idxs) in wanted {
+                    let mut mine = Vec::with_capacity(idxs.len());
+                    for idx in idxs {
+                        let n = c.execute(
+                            "UPDATE queue_rcpt SET lease_node = ?3, lease_until = ?4 \
+                             WHERE id = ?1 AND idx = ?2 AND status IN ('queued', 'deferred') \
+                             AND (lease_node = ?3 OR lease_until <= ?5)",
+                            crate::params![id, idx, me, until, now],
+                        )?;
+                        if n == 1 {
+                            mine.push(idx);
+                        }
+                    }
+                    out.push((id, mine));
+                }
+                Ok(out)
+            })
+            .await?)
     }
 
     /// Record the outcome of remote delivery attempts for one message in one commit; a
@@ -821,8 +869,19 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nodes_sharing_a_queue_claim_apart_and_take_over_a_dead_nodes_recipients() {
         let dir = tempfile::tempdir().unwrap();
-        for store in crate::store::test_stores(dir.path()) {
-            let node = |name: &str| {
+        // On PostgreSQL each node has its own store, writer and connections, as in a cluster.
+        let mut pairs = vec![{
+            let s = Store::open(dir.path()).unwrap();
+            (s.clone(), s)
+        }];
+        if let Some(url) = crate::store::test_postgres() {
+            pairs.push((
+                Store::open_postgres(&url).unwrap(),
+                Store::open_postgres(&url).unwrap(),
+            ));
+        }
+        for (store, store_b) in pairs {
+            let node = |name: &str, store: &Store| {
                 let lease = Lease {
                     node: name.into(),
                     secs: 60,
@@ -839,7 +898,7 @@ mod tests {
                 .unwrap()
                 .0
             };
-            let (a, b) = (node("a"), node("b"));
+            let (a, b) = (node("a", &store), node("b", &store_b));
             let rcpt = |idx: u32| Recipient {
                 idx,
                 address: format!("r{idx}@far.test"),
@@ -850,18 +909,25 @@ mod tests {
             let id = msg.id.clone();
             a.enqueue(msg).await.unwrap();
             let now = a.now();
-            let on_a = a.claim_remote(now, 2).await.unwrap();
-            let on_b = b.claim_remote(now, 10).await.unwrap();
-            assert_eq!(on_a.len(), 2, "{store:?}");
-            assert_eq!(on_b.len(), 1, "what a holds, b does not get");
-            assert!(on_a.iter().all(|r| !on_b.contains(r)));
+            // At the same moment: on PostgreSQL each skips what the other is claiming.
+            let (on_a, on_b) = tokio::join!(a.claim_remote(now, 2), b.claim_remote(now, 10));
+            let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+            assert_eq!(on_a.len() + on_b.len(), 3, "{store:?}: {on_a:?} {on_b:?}");
+            assert!(on_a.iter().all(|r| !on_b.contains(r)), "never both");
             assert!(a.claim_remote(now, 10).await.unwrap().is_empty());
-            // a dies. Once its lease runs out, b takes its recipients over.
-            let later = b.claim_remote(now + 61, 10).await.unwrap();
-            assert!(on_a.iter().all(|r| later.contains(r)), "{later:?}");
-            // a's late outcome no longer counts; b's does, once.
-            let idx = on_a[0].1;
-            a.record_remote(&id, vec![RemoteOutcome::failed(idx, "550 late".into())])
+            assert!(b.claim_remote(now, 10).await.unwrap().is_empty());
+            // The node that got something dies. Once its lease runs out, the other takes its
+            // recipients over.
+            let (dead, held, alive) = if on_a.is_empty() {
+                (&b, on_b, &a)
+            } else {
+                (&a, on_a, &b)
+            };
+            let later = alive.claim_remote(now + 61, 10).await.unwrap();
+            assert!(held.iter().all(|r| later.contains(r)), "{later:?}");
+            // The dead node's late outcome no longer counts; the other's does, once.
+            let idx = held[0].1;
+            dead.record_remote(&id, vec![RemoteOutcome::failed(idx, "550 late".into())])
                 .await
                 .unwrap();
             let status = |idx: u32| -> String {
@@ -882,7 +948,7 @@ mod tests {
                 reply: Some("250 ok".into()),
                 next_attempt: 0,
             };
-            b.record_remote(&id, vec![delivered]).await.unwrap();
+            alive.record_remote(&id, vec![delivered]).await.unwrap();
             assert_eq!(status(idx), "delivered");
         }
     }

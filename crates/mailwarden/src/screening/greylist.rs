@@ -133,12 +133,12 @@ pub async fn check(
                         crate::params![triplet, now],
                     )?;
                     c.execute(
-                        "DELETE FROM greylist WHERE triplet IN (SELECT triplet FROM greylist \
+                        "DELETE FROM greylist WHERE first_seen < ?1 AND triplet IN (SELECT triplet FROM greylist \
                          WHERE first_seen < ?1 LIMIT ?2)",
                         crate::params![now - expiry, PURGE_BATCH],
                     )?;
                     c.execute(
-                        "DELETE FROM screen_memory WHERE key IN (SELECT key FROM \
+                        "DELETE FROM screen_memory WHERE until < ?1 AND key IN (SELECT key FROM \
                          screen_memory WHERE until < ?1 LIMIT ?2)",
                         crate::params![now, PURGE_BATCH],
                     )?;

@@ -135,6 +135,16 @@ fn copy_table(
             if table == "queue" {
                 inline_spooled(&cols, &mut row, data_dir)?;
             }
+            if table == "queue_rcpt" {
+                // The old node's claims mean nothing in the cluster.
+                for (c, v) in cols.iter().zip(row.iter_mut()) {
+                    match c.as_str() {
+                        "lease_node" => *v = Value::Null,
+                        "lease_until" => *v = Value::Int(0),
+                        _ => {}
+                    }
+                }
+            }
             bytes += row.iter().map(size).sum::<usize>();
             batch.push(row);
             if bytes >= BATCH_BYTES {

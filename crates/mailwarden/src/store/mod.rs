@@ -80,7 +80,9 @@ impl StoreError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Conn<'_>) -> Completion + Send>;
+/// A job runs with whether it is the first of its batch (its savepoint has no predecessor),
+/// or is told with `None` that its batch could not begin.
+type Job = Box<dyn FnOnce(Option<(&Conn<'_>, bool)>) -> Completion + Send>;
 
 /// Largest number of jobs folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -97,14 +99,27 @@ enum Backend {
     },
     Pg {
         url: String,
-        readers: Mutex<Vec<PgConn>>,
+        readers: Mutex<ReaderPool>,
     },
 }
 
+/// PostgreSQL connections for reads: idle ones, and how many are open in all.
+#[derive(Default)]
+struct ReaderPool {
+    idle: Vec<PgConn>,
+    open: usize,
+}
+
+/// Reads at once on PostgreSQL, per node.
+const PG_READERS: usize = 16;
+
 struct Inner {
     backend: Backend,
-    /// Connections that take cluster locks (PostgreSQL only).
+    /// Signalled when a PostgreSQL reader is given back.
+    freed: std::sync::Condvar,
+    /// Connections that take cluster locks, and that write counters (PostgreSQL only).
     lockers: Mutex<Vec<PgConn>>,
+    counters: Mutex<Vec<PgConn>>,
     migrated: (i64, i64),
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -356,6 +371,18 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
         .create(path)
 }
 
+/// Writes between purges of old rows: a purge deletes up to a batch of rows past their
+/// retention, so running it on one write in this many keeps up with anything that adds fewer
+/// than batch/`PURGE_EVERY` rows a write, and spares every other write a statement.
+pub const PURGE_EVERY: u64 = 32;
+
+/// True on one call in [`PURGE_EVERY`] of each `counter` (one per purged table).
+pub fn purge_due(counter: &std::sync::atomic::AtomicU64) -> bool {
+    counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(PURGE_EVERY)
+}
+
 /// Which store a URL names: `postgres://…` (or `postgresql://…`), else SQLite.
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -401,7 +428,7 @@ impl Store {
         Store::start(
             Backend::Pg {
                 url: url.to_string(),
-                readers: Mutex::new(Vec::new()),
+                readers: Mutex::new(ReaderPool::default()),
             },
             migrated,
             move |rx| writer_loop(&Conn::pg(&conn), rx),
@@ -429,7 +456,9 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
+                freed: std::sync::Condvar::new(),
                 lockers: Mutex::new(Vec::new()),
+                counters: Mutex::new(Vec::new()),
                 migrated,
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
@@ -461,8 +490,13 @@ impl Store {
         f: impl FnOnce(&Conn<'_>) -> sql::Result<R> + Send + 'static,
     ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Conn<'_>| {
-            let r = run_in_savepoint(conn, f);
+        let job: Job = Box::new(move |at: Option<(&Conn<'_>, bool)>| {
+            let r = match at {
+                Some((conn, first)) => run_in_savepoint(conn, first, f),
+                None => Err(DbError::Unavailable(
+                    "the store's transaction did not begin".into(),
+                )),
+            };
             Box::new(move |commit: Result<(), String>| {
                 let out = match (commit, r) {
                     (Ok(()), r) => r.map_err(StoreError::from),
@@ -519,31 +553,22 @@ impl Store {
         }
     }
 
-    /// On the shared store: run `f` in a transaction of its own on the calling thread, now,
-    /// without waiting for its flush to disk (`synchronous_commit = off`). For counters that
-    /// every node must see at once but that a crash of PostgreSQL may lose the last of. `None`
-    /// on the embedded store, where counters live in memory.
+    /// On the shared store: run `f` on the calling thread, now, each statement committed by
+    /// itself without waiting for its flush to disk (a session with
+    /// `synchronous_commit = off`). For counters that every node must see at once but that a
+    /// crash of PostgreSQL may lose the last of. `None` on the embedded store, where counters
+    /// live in memory.
     pub fn write_now<R>(
         &self,
         f: impl FnOnce(&Conn<'_>) -> sql::Result<R>,
     ) -> Option<Result<R, StoreError>> {
-        let Backend::Pg { url, readers } = &self.inner.backend else {
+        let Backend::Pg { url, .. } = &self.inner.backend else {
             return None;
         };
-        let conn = pop(readers).unwrap_or_else(|| PgConn::new(url));
-        let c = Conn::pg(&conn);
-        let r = (|| {
-            conn.begin()?;
-            c.execute_batch("SET LOCAL synchronous_commit = off")?;
-            match f(&c) {
-                Ok(r) => c.commit().map(|_| r),
-                Err(e) => {
-                    let _ = c.rollback();
-                    Err(e)
-                }
-            }
-        })();
-        push(readers, conn);
+        let conn = pop(&self.inner.counters)
+            .unwrap_or_else(|| PgConn::with_init(url, "SET synchronous_commit = off"));
+        let r = f(&Conn::pg(&conn));
+        push(&self.inner.counters, conn);
         Some(r.map_err(StoreError::from))
     }
 
@@ -593,9 +618,32 @@ impl Store {
                 r.map_err(StoreError::from)
             }
             Backend::Pg { url, readers } => {
-                let conn = pop(readers).unwrap_or_else(|| PgConn::new(url));
+                // At most PG_READERS connections: past them a read waits for one, so a burst
+                // cannot exhaust the server's connection slots (the writer needs one).
+                let conn = {
+                    let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        if let Some(c) = pool.idle.pop() {
+                            break c;
+                        }
+                        if pool.open < PG_READERS {
+                            pool.open += 1;
+                            break PgConn::new(url);
+                        }
+                        pool = self
+                            .inner
+                            .freed
+                            .wait(pool)
+                            .unwrap_or_else(|e| e.into_inner());
+                    }
+                };
                 let r = f(&Conn::pg(&conn));
-                push(readers, conn);
+                readers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .idle
+                    .push(conn);
+                self.inner.freed.notify_one();
                 r.map_err(StoreError::from)
             }
         }
@@ -651,19 +699,24 @@ fn push<T>(pool: &Mutex<Vec<T>>, conn: T) {
     }
 }
 
+/// Run `f` in a savepoint of its own, so a failing job is undone alone and the rest of the
+/// batch still commits. One round trip per job: the previous job's savepoint is released in
+/// the same statement, and the last one by the COMMIT.
 fn run_in_savepoint<R>(
     conn: &Conn<'_>,
+    first: bool,
     f: impl FnOnce(&Conn<'_>) -> sql::Result<R>,
 ) -> sql::Result<R> {
-    conn.execute_batch("SAVEPOINT job")?;
+    conn.execute_batch(if first {
+        "SAVEPOINT job"
+    } else {
+        "RELEASE SAVEPOINT job; SAVEPOINT job"
+    })?;
     match f(conn) {
-        Ok(r) => {
-            conn.execute_batch("RELEASE SAVEPOINT job")?;
-            Ok(r)
-        }
+        Ok(r) => Ok(r),
         Err(e) => {
             // Undo only this job; the others in the batch still commit.
-            let _ = conn.execute_batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job");
+            let _ = conn.execute_batch("ROLLBACK TO SAVEPOINT job");
             Err(e)
         }
     }
@@ -679,12 +732,14 @@ fn writer_loop(conn: &Conn<'_>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let begin = conn.begin();
+        // Nothing runs outside a transaction: on SQLite a statement would commit by itself
+        // while its caller hears that the batch failed.
+        let begun = conn.begin();
         let mut completions = Vec::with_capacity(batch.len());
-        for job in batch.drain(..) {
-            completions.push(job(conn));
+        for (i, job) in batch.drain(..).enumerate() {
+            completions.push(job(begun.is_ok().then_some((conn, i == 0))));
         }
-        let commit = begin.and_then(|_| conn.commit()).map_err(|e| e.to_string());
+        let commit = begun.and_then(|_| conn.commit()).map_err(|e| e.to_string());
         if commit.is_err() {
             let _ = conn.rollback();
             tracing::error!(event = "store_commit_failed", error = ?commit);
@@ -700,8 +755,21 @@ pub fn latest_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 
+/// A store migrated by a newer build: this one would misread it.
+fn too_new(version: i64) -> Result<(), StoreError> {
+    if version > latest_version() {
+        return Err(std::io::Error::other(format!(
+            "the store is at schema version {version}, newer than this build's {}: run the newer mailwarden",
+            latest_version()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn migrate_lite(conn: &Connection) -> Result<(i64, i64), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    too_new(version)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
@@ -725,6 +793,7 @@ fn migrate_pg(conn: &PgConn) -> Result<(i64, i64), StoreError> {
         ))?;
         let version: Option<i64> =
             c.query_row("SELECT max(version) FROM schema_version", (), |r| r.get(0))?;
+        too_new(version.unwrap_or(0)).map_err(|e| DbError::Unavailable(e.to_string()))?;
         for (i, sql) in MIGRATIONS
             .iter()
             .enumerate()
@@ -767,6 +836,10 @@ pub fn test_postgres() -> Option<String> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let Ok(url) = std::env::var("MAILWARDEN_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("MAILWARDEN_REQUIRE_POSTGRES").is_none(),
+            "MAILWARDEN_REQUIRE_POSTGRES is set but MAILWARDEN_TEST_POSTGRES is not"
+        );
         static SAID: std::sync::Once = std::sync::Once::new();
         SAID.call_once(|| {
             eprintln!("MAILWARDEN_TEST_POSTGRES is not set: PostgreSQL cases skipped (scripts/test sets it)")
@@ -810,6 +883,7 @@ mod tests {
             "store/mod.rs",
             "store/pg.rs",
             "store/sql.rs",
+            "store/copy.rs",
             "queue/account.rs",
         ];
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");

@@ -66,6 +66,8 @@ pub struct PgConn {
     url: Arc<str>,
     live: Mutex<Option<Live>>,
     in_tx: std::sync::atomic::AtomicBool,
+    /// Run on every new connection (a session setting).
+    init: Option<&'static str>,
 }
 
 impl PgConn {
@@ -74,6 +76,15 @@ impl PgConn {
             url: url.into(),
             live: Mutex::new(None),
             in_tx: false.into(),
+            init: None,
+        }
+    }
+
+    /// A connection that runs `init` whenever it (re)connects.
+    pub fn with_init(url: &str, init: &'static str) -> PgConn {
+        PgConn {
+            init: Some(init),
+            ..PgConn::new(url)
         }
     }
 
@@ -84,17 +95,18 @@ impl PgConn {
 
     fn client(&self) -> Result<Arc<Client>> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = live.as_ref() {
-            if !l.client.is_closed() {
-                return Ok(l.client.clone());
-            }
-            if self.in_tx.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(DbError::Unavailable(
-                    "connection lost in a transaction".into(),
-                ));
-            }
+        if let Some(l) = live.as_ref()
+            && !l.client.is_closed()
+        {
+            return Ok(l.client.clone());
         }
-        let url = self.url.clone();
+        // Never carry a transaction on over a new connection.
+        if self.in_tx.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(DbError::Unavailable(
+                "connection lost in a transaction".into(),
+            ));
+        }
+        let (url, init) = (self.url.clone(), self.init);
         let client = block(async move {
             let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
             tokio::spawn(async move {
@@ -102,6 +114,9 @@ impl PgConn {
                     tracing::warn!(event = "store_connection_lost", error = %e);
                 }
             });
+            if let Some(init) = init {
+                client.batch_execute(init).await?;
+            }
             Ok(client)
         })?;
         let client = Arc::new(client);
@@ -133,28 +148,48 @@ impl PgConn {
         Ok((client, st))
     }
 
+    /// Run `fut` within the time limit. A statement that did not answer in time is cancelled
+    /// on the server and its connection given up, so nothing of it can still commit there;
+    /// inside a transaction, the rest of the transaction then fails (see [`PgConn::client`]).
+    fn call<T: Send + 'static>(
+        &self,
+        client: &Client,
+        fut: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        let token = client.cancel_token();
+        let r = block(fut);
+        if let Err(DbError::Unavailable(_)) = &r {
+            runtime().spawn(async move {
+                let _ = token.cancel_query(NoTls).await;
+            });
+            *self.live.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        r
+    }
+
     pub fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64> {
         let (client, st) = self.statement(sql)?;
-        block(async move {
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            client.execute(&st, &refs).await
+        self.call(&client.clone(), async move {
+            client.execute(&st, &refs(&values)).await
         })
     }
 
     pub fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<tokio_postgres::Row>> {
         let (client, st) = self.statement(sql)?;
-        block(async move {
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            client.query(&st, &refs).await
+        self.call(&client.clone(), async move {
+            client.query(&st, &refs(&values)).await
         })
     }
 
     pub fn batch(&self, sql: &str) -> Result<()> {
         let client = self.client()?;
         let sql = sql.to_string();
-        block(async move { client.batch_execute(&sql).await })
+        self.call(
+            &client.clone(),
+            async move { client.batch_execute(&sql).await },
+        )
     }
 
     pub fn begin(&self) -> Result<()> {
@@ -169,6 +204,10 @@ impl PgConn {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         r
     }
+}
+
+fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 /// Make an empty database on the server `url` names and return its URL: each test, and each
@@ -208,8 +247,9 @@ pub fn translate(sql: &str) -> String {
             out.push_str(&digits);
         } else if !quoted
             && (ch == 'L' || ch == 'l')
-            && sql[i..].len() >= 5
-            && sql[i..i + 4].eq_ignore_ascii_case("LIKE")
+            && sql
+                .get(i..i + 4)
+                .is_some_and(|w| w.eq_ignore_ascii_case("LIKE"))
             && !sql[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
             && !sql[i + 4..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
         {
@@ -252,14 +292,22 @@ impl ToSql for Value {
             (Value::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
             (Value::Int(i), &Type::FLOAT8) => (*i as f64).to_sql(ty, out),
             (Value::Int(i), &Type::BOOL) => (*i != 0).to_sql(ty, out),
-            (Value::Int(i), _) => i.to_string().as_str().to_sql(ty, out),
+            (Value::Int(i), &Type::TEXT | &Type::VARCHAR) => i.to_string().as_str().to_sql(ty, out),
             (Value::Real(f), &Type::FLOAT4) => (*f as f32).to_sql(ty, out),
-            (Value::Real(f), _) => f.to_sql(ty, out),
+            (Value::Real(f), &Type::FLOAT8) => f.to_sql(ty, out),
             (Value::Text(s), &Type::BYTEA) => s.as_bytes().to_sql(ty, out),
             (Value::Text(s), &Type::INT8) => s.parse::<i64>()?.to_sql(ty, out),
-            (Value::Text(s), _) => s.as_str().to_sql(ty, out),
+            (
+                Value::Text(s),
+                &Type::TEXT | &Type::VARCHAR | &Type::BPCHAR | &Type::NAME | &Type::UNKNOWN,
+            ) => s.as_str().to_sql(ty, out),
             (Value::Blob(b), &Type::BYTEA) => b.as_slice().to_sql(ty, out),
-            (Value::Blob(b), _) => std::str::from_utf8(b)?.to_sql(ty, out),
+            (Value::Blob(b), &Type::TEXT | &Type::VARCHAR) => {
+                std::str::from_utf8(b)?.to_sql(ty, out)
+            }
+            // Anything else is a statement bound with the wrong kind of value: say so, never
+            // send bytes the server would read as something else.
+            (v, ty) => Err(format!("cannot bind {v:?} as {ty}").into()),
         }
     }
 

@@ -445,6 +445,12 @@ fn user_add_refuses_weak_passwords_and_generates_strong_ones() {
 #[test]
 fn a_store_that_cannot_answer_refuses_for_now_and_never_lets_mail_by() {
     let s = Server::start("[screening.greylist]\nmode = \"enforce\"\n");
+    if s.store_url.is_some() {
+        // It breaks the embedded store's file; the shared store's outage has its own test
+        // (cluster::postgres_stopping_mid_session_gets_4xx_and_loses_nothing_acknowledged).
+        eprintln!("hostile::a_store_that_cannot_answer: skipped on PostgreSQL");
+        return;
+    }
     s.add_user("alice@example.test", "alice-pw");
     // The tables the suspension and greylisting checks read go away under the server.
     let c = rusqlite::Connection::open(s.data_dir().join("mailwarden.db")).unwrap();

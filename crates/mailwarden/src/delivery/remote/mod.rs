@@ -342,6 +342,39 @@ impl Outbound {
 
     /// Send one job over `conn` and record the outcome. False if the connection failed.
     async fn deliver(&self, conn: &mut client::Conn, job: &Job) -> bool {
+        // Still this node's? Its lease may have run out while it waited for a connection, and
+        // another node may be sending it now: renew it, or leave the recipient alone.
+        let idxs = job.rcpts.iter().map(|r| r.idx).collect();
+        let mine = match self.queue.renew(vec![(job.msg.id.clone(), idxs)]).await {
+            Ok(mut v) => v.pop().map(|(_, m)| m).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(event = "lease_renew_failed", qid = %job.msg.id, error = %e);
+                Vec::new()
+            }
+        };
+        let kept;
+        let job = if mine.len() == job.rcpts.len() {
+            job
+        } else {
+            let keep: Vec<usize> = (0..job.rcpts.len())
+                .filter(|i| mine.contains(&job.rcpts[*i].idx))
+                .collect();
+            let gone = job
+                .rcpts
+                .iter()
+                .map(|r| r.idx)
+                .filter(|i| !mine.contains(i));
+            self.release(&job.msg.id, gone);
+            if keep.is_empty() {
+                return true;
+            }
+            kept = Job {
+                msg: job.msg.clone(),
+                rcpts: keep.iter().map(|i| job.rcpts[*i].clone()).collect(),
+                attempts: keep.iter().map(|i| job.attempts[*i]).collect(),
+            };
+            &kept
+        };
         let msg = &job.msg;
         // Suspended since this message was queued: held with the account's other mail; a
         // state that cannot be read defers it (never sends it).
