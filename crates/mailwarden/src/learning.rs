@@ -63,13 +63,18 @@ pub fn label(delivered: Place, now: Place) -> Option<bool> {
     }
 }
 
+/// A learning key as the shared store keeps it (`meta.learn_key`).
+pub fn key_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// The cluster's key for [`LEARN_FIELD`]'s MAC on a shared store, where every node must check
 /// what the others signed: made by the first node to ask, in `meta` (`learn_key`).
 pub async fn shared_key(store: &crate::store::Store) -> Result<ring::hmac::Key, StoreError> {
     let mut b = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
         .map_err(|_| std::io::Error::other("no randomness"))?;
-    let fresh: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let fresh = key_hex(&b);
     let hex: String = store
         .write(move |c| {
             c.execute(

@@ -529,9 +529,10 @@ section! {
         /// restarted under the same name takes its own back at once. Empty: `hostname`. Nodes
         /// sharing a store must have different names.
         pub node: String = String::new(),
-        /// How long a node's claim on a recipient's delivery lasts. A node that dies holding
-        /// one leaves it to the others after this long; keep it above the longest delivery
-        /// attempt (`delivery.timeout` times the MX hosts tried).
+        /// How long a node's claim on a recipient's delivery lasts. It is renewed just before
+        /// each attempt; a node that dies holding one leaves it to the others after this long.
+        /// Keep it above the longest single attempt (`delivery.connect_timeout` and the SMTP
+        /// timeouts of RFC 5321, for each MX host tried).
         pub lease: Duration = Duration::secs(600),
     }
 }

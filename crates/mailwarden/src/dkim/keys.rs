@@ -67,6 +67,11 @@ pub fn domain_dir(data_dir: &Path, domain: &str) -> PathBuf {
     data_dir.join("dkim").join(domain.to_ascii_lowercase())
 }
 
+/// A key into the shared store (`?1` domain, `?2` selector, `?3` PEM, `?4` created); a
+/// selector that exists is never replaced.
+pub const INSERT_KEY: &str = "INSERT INTO dkim_keys(domain, selector, pem, created) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+
 /// How often a node re-reads a domain's keys from the shared store.
 pub const SHARED_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -99,8 +104,7 @@ pub fn generate(
             let (d, s, p) = (domain.clone(), selector.to_string(), pem.clone());
             let added = store.write_blocking(move |c| {
                 c.execute(
-                    "INSERT INTO dkim_keys(domain, selector, pem, created) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT DO NOTHING",
+                    INSERT_KEY,
                     crate::params![
                         d,
                         s,

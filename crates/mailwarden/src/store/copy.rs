@@ -241,13 +241,7 @@ fn copy_dkim_files(data_dir: &Path, to: &Store) -> Result<Copied, StoreError> {
             ]);
         }
     }
-    write_batch(
-        to,
-        "INSERT INTO dkim_keys(domain, selector, pem, created) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT DO NOTHING",
-        rows,
-        &mut out,
-    )?;
+    write_batch(to, crate::dkim::keys::INSERT_KEY, rows, &mut out)?;
     Ok(out)
 }
 
@@ -261,12 +255,21 @@ fn copy_learn_key(data_dir: &Path, to: &Store) -> Result<Copied, StoreError> {
     let Ok(bytes) = std::fs::read(data_dir.join("learn.key")) else {
         return Ok(out);
     };
-    let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = crate::learning::key_hex(&bytes);
     write_batch(
         to,
         "INSERT INTO meta(key, value) VALUES ('learn_key', ?1) ON CONFLICT DO NOTHING",
-        vec![vec![Value::Text(hex)]],
+        vec![vec![Value::Text(hex.clone())]],
         &mut out,
     )?;
+    let kept: String = to.read(|c| {
+        c.query_row("SELECT value FROM meta WHERE key = 'learn_key'", (), |r| {
+            r.get(0)
+        })
+    })?;
+    if kept != hex {
+        // The cluster's own key stays: mail it marked must still verify.
+        out.table = "learn_key (file): the cluster has another; not replaced".into();
+    }
     Ok(out)
 }
