@@ -290,6 +290,17 @@ mod tests {
         (addr, h)
     }
 
+    /// A message with `content`, ready for delivery.
+    fn prepared(content: &[u8]) -> Prepared {
+        let to = crate::queue::Recipient {
+            idx: 0,
+            address: "a@x.test".into(),
+            route: crate::queue::Route::Remote,
+        };
+        let msg = crate::queue::Message::generated("mx", "mx.test", 0, to, content.to_vec());
+        Prepared::new(std::sync::Arc::new(msg)).unwrap()
+    }
+
     #[tokio::test]
     async fn each_recipient_gets_its_own_outcome() {
         let (addr, h) = server(vec![
@@ -305,18 +316,7 @@ mod tests {
         ])
         .await;
         let lmtp = Lmtp::new(&addr, "mx.test", Duration::from_secs(5));
-        let msg = crate::queue::Message::generated(
-            "mx",
-            "mx.test",
-            0,
-            crate::queue::Recipient {
-                idx: 0,
-                address: "a@x.test".into(),
-                route: crate::queue::Route::Remote,
-            },
-            b"Subject: t\r\n\r\n.leading dot\r\n".to_vec(),
-        );
-        let p = Prepared::new(std::sync::Arc::new(msg)).unwrap();
+        let p = prepared(b"Subject: t\r\n\r\n.leading dot\r\n");
         let rcpt = |idx, m: &str| Rcpt {
             idx,
             mailbox: m.into(),
@@ -351,18 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_is_down_means_later() {
         let lmtp = Lmtp::new("127.0.0.1:1", "mx.test", Duration::from_secs(2));
-        let msg = crate::queue::Message::generated(
-            "mx",
-            "mx.test",
-            0,
-            crate::queue::Recipient {
-                idx: 0,
-                address: "a@x.test".into(),
-                route: crate::queue::Route::Remote,
-            },
-            b"x\r\n".to_vec(),
-        );
-        let p = Prepared::new(std::sync::Arc::new(msg)).unwrap();
+        let p = prepared(b"x\r\n");
         let out = lmtp
             .deliver(
                 &p,

@@ -408,6 +408,17 @@ fn read_dir(dir: &Path) -> Vec<DomainKey> {
 mod tests {
     use super::*;
 
+    /// The (algorithm, selector) pairs `ring` signs `domain`'s mail with, by selector.
+    fn signing(ring: &Keyring, domain: &str) -> Vec<(Algorithm, String)> {
+        let mut algs: Vec<_> = ring
+            .keys_for(domain)
+            .iter()
+            .map(|k| (k.key.algorithm(), k.selector.clone()))
+            .collect();
+        algs.sort_by_key(|a| a.1.clone());
+        algs
+    }
+
     #[test]
     fn generated_keys_load_are_private_and_published_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -432,14 +443,8 @@ mod tests {
         assert_eq!(strings.matches('"').count(), 4, "{strings}");
         assert!(generate(dir.path(), None, "example.test", "s1", Algorithm::Rsa).is_err());
         let ring = Keyring::new(dir.path());
-        let keys = ring.keys_for("EXAMPLE.test");
-        let mut algs: Vec<_> = keys
-            .iter()
-            .map(|k| (k.key.algorithm(), k.selector.clone()))
-            .collect();
-        algs.sort_by_key(|a| a.1.clone());
         assert_eq!(
-            algs,
+            signing(&ring, "EXAMPLE.test"),
             vec![
                 (Algorithm::Ed25519, "s1".into()),
                 (Algorithm::Rsa, "s2".into())
@@ -497,14 +502,8 @@ mod tests {
         );
         // Another node, with nothing in its own data directory, signs with them.
         let ring = Keyring::new(dir_b.path()).with_store(&store);
-        let mut algs: Vec<_> = ring
-            .keys_for("example.test")
-            .iter()
-            .map(|k| (k.key.algorithm(), k.selector.clone()))
-            .collect();
-        algs.sort_by_key(|a| a.1.clone());
         assert_eq!(
-            algs,
+            signing(&ring, "example.test"),
             vec![
                 (Algorithm::Ed25519, "s1".into()),
                 (Algorithm::Rsa, "s2".into())

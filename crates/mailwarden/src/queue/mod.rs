@@ -696,13 +696,17 @@ impl Queue {
         Ok(rows)
     }
 
-    /// Just before an attempt: extend this node's lease on each message's recipients, or take
-    /// those whose lease ran out. Returns, per message, the recipients that are this node's
+    /// Just before an attempt, on a shared store: extend this node's lease on each message's
+    /// recipients, or take those whose lease ran out. Returns, per message, the recipients that are this node's
     /// now; the others went to another node while they waited here, and are not tried.
     pub async fn renew(
         &self,
         wanted: Vec<(String, Vec<u32>)>,
     ) -> Result<Vec<(String, Vec<u32>)>, QueueError> {
+        // One node alone has nobody to lose a recipient to: no write on its delivery path.
+        if !self.store.is_shared() {
+            return Ok(wanted);
+        }
         let (now, me) = (self.now(), self.lease.node.clone());
         let until = now + self.lease.secs;
         Ok(self

@@ -139,9 +139,8 @@ impl PgConn {
         {
             return Ok((client, st));
         }
-        let c = client.clone();
-        let text = pg_sql.clone();
-        let st = block(async move { c.prepare(&text).await })?;
+        let (c, text) = (client.clone(), pg_sql.clone());
+        let st = self.call(&client, async move { c.prepare(&text).await })?;
         if let Some(l) = self.live.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             l.stmts.insert(pg_sql, st.clone());
         }

@@ -121,29 +121,8 @@ fn a_hijacked_account_blasting_through_both_nodes_is_suspended_within_twenty() {
     a.add_user("alice@example.test", "alice-pw");
     a.add_user("postmaster@example.test", "pm-pw");
     let blast = |s: &Server| {
-        let (host, port) = (s.submissions().ip().to_string(), s.submissions().port());
-        std::thread::spawn(move || {
-            let out = run(
-                "python3",
-                &[
-                    clients_dir().join("blast.py").to_str().unwrap(),
-                    "--host",
-                    &host,
-                    "--port",
-                    &port.to_string(),
-                    "--user",
-                    "alice@example.test",
-                    "--password",
-                    "alice-pw",
-                    "--count",
-                    "10000",
-                ],
-                None,
-            );
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|_| panic!("blast.py: {}", String::from_utf8_lossy(&out.stderr)));
-            r
-        })
+        let addr = s.submissions();
+        std::thread::spawn(move || blast(addr, "alice@example.test", "alice-pw"))
     };
     let (on_a, on_b) = (blast(&a), blast(&b));
     let (on_a, on_b) = (on_a.join().unwrap(), on_b.join().unwrap());

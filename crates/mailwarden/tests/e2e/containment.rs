@@ -19,23 +19,7 @@ fn server() -> Server {
 #[test]
 fn a_hijacked_account_blasting_spam_is_suspended_within_twenty_messages() {
     let s = server();
-    let out = run(
-        "python3",
-        &[
-            clients_dir().join("blast.py").to_str().unwrap(),
-            "--port",
-            &s.submissions().port().to_string(),
-            "--user",
-            "alice@example.test",
-            "--password",
-            "alice-pw",
-            "--count",
-            "10000",
-        ],
-        None,
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("blast.py: {}", String::from_utf8_lossy(&out.stderr)));
+    let r = blast(s.submissions(), "alice@example.test", "alice-pw");
     let accepted = r["accepted"].as_u64().unwrap();
     eprintln!("hijacked account: {accepted} messages accepted before the suspension");
     assert!(accepted <= 20, "{r}");

@@ -422,6 +422,30 @@ pub fn postgres(test: &str) -> Option<String> {
     url
 }
 
+/// A hijacked account blasting from one connection until refused (`clients/blast.py`):
+/// its JSON report, `{"accepted": N, "code": ..., "message": ...}`.
+pub fn blast(submissions: SocketAddr, user: &str, password: &str) -> Value {
+    let out = run(
+        "python3",
+        &[
+            clients_dir().join("blast.py").to_str().unwrap(),
+            "--host",
+            &submissions.ip().to_string(),
+            "--port",
+            &submissions.port().to_string(),
+            "--user",
+            user,
+            "--password",
+            password,
+            "--count",
+            "10000",
+        ],
+        None,
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("blast.py: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 /// A count from the shared store at `url`.
 pub fn pg_count(url: &str, sql: &str) -> i64 {
     let store = mailwarden::store::Store::open_postgres(url).expect("open the shared store");
