@@ -64,6 +64,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// DMARC reports: the ones we sent, and who sends as our domains by the ones we got.
+    Report {
+        #[command(subcommand)]
+        cmd: ReportCmd,
+    },
+    /// What our domains need published in DNS.
+    Dns {
+        #[command(subcommand)]
+        cmd: DnsCmd,
+    },
     /// Messages kept for an administrator because their content scored as spam.
     Quarantine {
         #[command(subcommand)]
@@ -103,6 +113,40 @@ enum Cmd {
         #[arg(long, value_name = "UNIX_TIME")]
         time: Option<i64>,
     },
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// The aggregate reports we sent, and the ones we chose not to send with the reason.
+    Sent {
+        /// Since this long ago (`7d`, `12h`) or this Unix time (default 30 days).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who sends as our domains: per domain and source address, from the aggregate reports
+    /// others sent us, with PTR, volume, pass rates, and a flag on likely forgeries.
+    Domains {
+        /// Only this domain.
+        domain: Option<String>,
+        /// Reports received since this long ago or this Unix time (default 30 days).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Do not look up PTR names and our own addresses.
+        #[arg(long)]
+        no_dns: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Print every record DOMAIN needs: MX, SPF, DKIM, DMARC, TLS-RPT, TLSA.
+    Records { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -355,6 +399,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Quarantine { cmd } => return quarantine(&loaded, cmd),
+        Cmd::Report { cmd } => report(&loaded, cmd)?,
+        Cmd::Dns {
+            cmd: DnsCmd::Records { domain },
+        } => {
+            let cfg = &loaded.config;
+            let keyring = crate::dkim::keys::Keyring::new(&cfg.data_dir);
+            let keyring = if crate::store::is_postgres_url(&cfg.store.url) {
+                keyring.with_store(&Store::for_config(cfg)?)
+            } else {
+                keyring
+            };
+            print!(
+                "{}",
+                crate::util::terminal_safe(&crate::dns_records::records(cfg, &keyring, &domain))
+            );
+        }
         Cmd::Learn { spam, ham } => {
             use crate::classifier::fit::Example;
             anyhow::ensure!(
@@ -538,6 +598,80 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// `--since`: a duration back from now (`90m`, `2h`, `7d`) or a Unix time.
+fn report(loaded: &Loaded, cmd: ReportCmd) -> anyhow::Result<()> {
+    let cfg = &loaded.config;
+    let store = Store::for_config(cfg)?;
+    match cmd {
+        ReportCmd::Sent { since, json } => {
+            for s in crate::reports::outbound::sent(&store, parse_since(&since)?)? {
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    let line = format!(
+                        "{} {} {} -> {} {} {} bytes {}",
+                        crate::util::rfc5322_date(s.at),
+                        s.kind,
+                        s.domain,
+                        s.destination,
+                        s.status,
+                        s.bytes,
+                        s.reason
+                    );
+                    println!("{}", crate::util::terminal_safe(line.trim_end()));
+                }
+            }
+        }
+        ReportCmd::Domains {
+            domain,
+            since,
+            json,
+            no_dns,
+        } => {
+            let since = parse_since(&since)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let dns = (!no_dns)
+                .then(|| crate::dns::Dns::new(&cfg.dns))
+                .transpose()?;
+            let rows = rt.block_on(crate::reports::domains::sources(
+                &store,
+                cfg,
+                dns.as_ref(),
+                since,
+                domain.as_deref(),
+            ))?;
+            let pct = |x: f64| format!("{:.0}%", x * 100.0);
+            for r in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                    continue;
+                }
+                let line = format!(
+                    "{} {} ({}, {}) {} messages, SPF {} DKIM {} DMARC {}{}",
+                    r.domain,
+                    r.source_ip,
+                    r.network,
+                    r.ptr.as_deref().unwrap_or("no PTR"),
+                    r.messages,
+                    pct(r.spf_pass),
+                    pct(r.dkim_pass),
+                    pct(r.dmarc_pass),
+                    if r.likely_forgery {
+                        "  LIKELY FORGERY (not ours, failing)"
+                    } else if r.known {
+                        "  ours"
+                    } else {
+                        ""
+                    }
+                );
+                println!("{}", crate::util::terminal_safe(&line));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_since(s: &str) -> anyhow::Result<i64> {
     if let Ok(t) = s.parse::<i64>() {
         return Ok(t);

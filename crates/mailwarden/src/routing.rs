@@ -27,6 +27,8 @@ pub enum RcptDecision {
 pub struct Routing {
     domains: HashSet<String>,
     postmaster: String,
+    /// `reports.address`: its mail is parsed as reports, not delivered to a mailbox.
+    reports: String,
     accounts: Accounts,
 }
 
@@ -35,6 +37,7 @@ impl Routing {
         Routing {
             domains: config.domains.iter().map(|d| d.to_lowercase()).collect(),
             postmaster: config.postmaster_address(),
+            reports: config.reports_address(),
             accounts,
         }
     }
@@ -90,6 +93,9 @@ impl Routing {
                     };
                 }
                 let key = m.key();
+                if key == self.reports {
+                    return RcptDecision::Local { mailbox: key };
+                }
                 match self.accounts.exists(&key) {
                     Err(e) => temp(e),
                     Ok(true) => RcptDecision::Local { mailbox: key },

@@ -215,3 +215,121 @@ async fn arc_validation_suite() {
     assert!(total >= 100, "suite not loaded");
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+/// A sample report file as the attachment of a message, the way reporters send it.
+fn as_report_mail(name: &str, data: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let ctype = if name.ends_with(".gz") {
+        "application/gzip"
+    } else if name.ends_with(".zip") {
+        "application/zip"
+    } else if name.ends_with(".json") {
+        "application/tlsrpt+json"
+    } else {
+        "text/xml"
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut m = format!(
+        "From: <r@example.net>\r\nTo: <dmarc-reports@example.com>\r\nSubject: report\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+         Content-Type: text/plain\r\n\r\nreport\r\n--b\r\nContent-Type: {ctype}\r\n\
+         Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"{}\"\r\n\r\n",
+        name.replace('"', "")
+    );
+    for c in b64.as_bytes().chunks(76) {
+        m.push_str(std::str::from_utf8(c).unwrap());
+        m.push_str("\r\n");
+    }
+    m.push_str("--b--\r\n");
+    m.into_bytes()
+}
+
+/// parsedmarc's sample reports, read in place, through the parser the server runs on mail
+/// to `reports.address`: every well-formed aggregate, TLS and failure report is read with
+/// its rows; the broken ones are refused with a reason, never a panic.
+#[test]
+fn parsedmarc_sample_reports_are_read_and_broken_ones_refused() {
+    use mailwarden::reports::inbound::{Limits, Parsed, Refused, parse};
+    let dir = testdata().join("dmarc-reports-parsedmarc/samples");
+    if !dir.exists() {
+        eprintln!("skipped: {} not found", dir.display());
+        return;
+    }
+    let lim = Limits {
+        max_size: 10 << 20,
+        max_depth: 20,
+    };
+    let mut seen = Vec::new();
+    for sub in ["aggregate", "aggregate_invalid", "smtp_tls", "failure"] {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let data = std::fs::read(&f).unwrap();
+            let raw = if name.ends_with(".eml") {
+                data
+            } else {
+                as_report_mail(&name, &data)
+            };
+            let got = parse(&raw, lim);
+            let what = match &got {
+                Ok(Parsed::Aggregate(r)) => {
+                    assert!(!r.domain().is_empty(), "{name}: no policy domain");
+                    format!("aggregate {} rows", r.records().len())
+                }
+                Ok(Parsed::Tls(t)) => format!("tls {} policies", t.policies.len()),
+                Ok(Parsed::Failure { domain, .. }) => format!("failure for {domain}"),
+                Err(e) => format!("refused: {e}"),
+            };
+            eprintln!("{sub}/{name}: {what}");
+            seen.push((name, got));
+        }
+    }
+    let find = |n: &str| {
+        &seen
+            .iter()
+            .find(|(name, _)| name.starts_with(n))
+            .unwrap_or_else(|| panic!("no sample {n}"))
+            .1
+    };
+    // Plain, gzip, zip and mailed aggregates.
+    for n in [
+        "example.net!example.com!1529366400",
+        "fastmail.com!example.com",
+        "estadocuenta1.infonacot.gob.mx",
+        "Report domain- borschow.com",
+        "rfc9990-sample",
+    ] {
+        match find(n) {
+            Ok(Parsed::Aggregate(r)) => assert!(!r.records().is_empty(), "{n}: no rows"),
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+    assert!(matches!(find("invalid_xml"), Err(Refused::Malformed(_))));
+    assert!(matches!(find("smtp_tls.json"), Ok(Parsed::Tls(_))));
+    assert!(matches!(find("mail.ru.json"), Ok(Parsed::Tls(_))));
+    // RFC 8460's own example gives `mx-host` as a string where its schema has an array.
+    assert!(matches!(find("rfc8460.json"), Err(Refused::Malformed(_))));
+    // Documentation, not a report: it opens with an XML schema.
+    assert!(matches!(find("ikea.com"), Err(Refused::Malformed(_))));
+    assert!(matches!(
+        find("exim_plain_text_only_no_arf_part"),
+        Err(Refused::NotAReport)
+    ));
+    assert!(matches!(
+        find("google.com_smtp_tls_report"),
+        Ok(Parsed::Tls(_))
+    ));
+    assert!(matches!(
+        find("dmarc_ruf_report_linkedin.eml"),
+        Ok(Parsed::Failure { .. })
+    ));
+    let aggregates = seen
+        .iter()
+        .filter(|(_, g)| matches!(g, Ok(Parsed::Aggregate(_))))
+        .count();
+    assert!(aggregates >= 12, "only {aggregates} aggregate samples read");
+}

@@ -62,6 +62,9 @@ pub struct Checked {
     pub dkim_temp: bool,
     /// A valid ARC chain whose newest seal is from a trusted sealer.
     pub arc_trusted: bool,
+    /// What an aggregate report says of this message, when the From domain has a DMARC
+    /// record (`reports`).
+    pub evaluation: Option<crate::reports::Evaluation>,
 }
 
 impl Checked {
@@ -76,6 +79,7 @@ impl Checked {
             dkim_pass: Vec::new(),
             dkim_temp: false,
             arc_trusted: false,
+            evaluation: None,
         }
     }
 }
@@ -553,6 +557,7 @@ pub async fn evaluate(
         ar = ar.with_arc_result(a, env.ip);
     }
 
+    let mut evaluation = None;
     if cfg.dmarc.mode != Mode::Off {
         let spf_for_dmarc = spf_out
             .clone()
@@ -575,6 +580,17 @@ pub async fn evaluate(
             )))
             .await;
         ar = ar.with_dmarc_result(&dmarc);
+        evaluation = dmarc.dmarc_record().map(|record| {
+            report_evaluation(
+                record,
+                &dmarc,
+                from_domain.as_deref().unwrap_or(""),
+                &mail_from_domain,
+                env.mail_from.is_empty(),
+                spf_out.as_ref(),
+                &dkim_out,
+            )
+        });
         let d = Dmarc {
             record: dmarc.dmarc_record().is_some(),
             domain: dmarc.domain().to_string(),
@@ -596,6 +612,84 @@ pub async fn evaluate(
         dkim_pass,
         dkim_temp,
         arc_trusted: decided.arc_trusted,
+        evaluation,
+    }
+}
+
+/// What a DMARC aggregate report needs of this evaluation (RFC 7489 Appendix C): the
+/// published policy, where reports go, the aligned results and the raw ones.
+fn report_evaluation(
+    record: &mail_auth::dmarc::Dmarc,
+    out: &mail_auth::DmarcOutput,
+    header_from: &str,
+    envelope_from: &str,
+    helo_scope: bool,
+    spf: Option<&SpfOutput>,
+    dkim: &[DkimOutput<'_>],
+) -> crate::reports::Evaluation {
+    use crate::reports::{DkimAuth, Evaluation, Published, Row, Rua};
+    use mail_auth::dmarc::Alignment;
+    let align = |a: Alignment| if a == Alignment::Strict { "s" } else { "r" };
+    let aligned = |r: &DmarcResult| {
+        if *r == DmarcResult::Pass {
+            "pass"
+        } else {
+            "fail"
+        }
+    };
+    let dkim_results = dkim
+        .iter()
+        .filter_map(|o| {
+            let s = o.signature()?;
+            Some(DkimAuth {
+                domain: s.d.to_ascii_lowercase(),
+                selector: s.s.clone(),
+                result: match o.result() {
+                    DkimResult::Pass => "pass",
+                    DkimResult::Fail(_) => "fail",
+                    DkimResult::Neutral(_) => "neutral",
+                    DkimResult::TempError(_) => "temperror",
+                    DkimResult::PermError(_) => "permerror",
+                    DkimResult::None => "none",
+                }
+                .to_string(),
+            })
+        })
+        .collect();
+    Evaluation {
+        published: Published {
+            domain: out.domain().to_ascii_lowercase(),
+            adkim: align(record.adkim).into(),
+            aspf: align(record.aspf).into(),
+            p: policy_name(record.p).into(),
+            sp: policy_name(record.sp).into(),
+            pct: 100,
+        },
+        rua: record
+            .rua
+            .iter()
+            .map(|u| Rua {
+                address: u.uri().trim_start_matches("mailto:").to_ascii_lowercase(),
+                max_size: u.max_size(),
+            })
+            .collect(),
+        row: Row {
+            source_ip: String::new(),
+            disposition: String::new(),
+            dkim: aligned(out.dkim_result()).into(),
+            spf: aligned(out.spf_result()).into(),
+            reason: None,
+            header_from: header_from.to_string(),
+            envelope_from: envelope_from.to_ascii_lowercase(),
+            dkim_results,
+            spf_domain: spf
+                .map(|s| s.domain().to_ascii_lowercase())
+                .unwrap_or_default(),
+            spf_scope: if helo_scope { "helo" } else { "mfrom" }.into(),
+            spf_result: spf
+                .map(|s| s.result().to_string().to_ascii_lowercase())
+                .unwrap_or_else(|| "none".into()),
+        },
     }
 }
 

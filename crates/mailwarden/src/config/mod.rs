@@ -42,6 +42,7 @@ section! {
         pub spf: Spf = Spf::default(),
         pub dkim: Dkim = Dkim::default(),
         pub dmarc: Dmarc = Dmarc::default(),
+        pub reports: Reports = Reports::default(),
         pub arc: ArcCheck = ArcCheck::default(),
         pub iprev: Iprev = Iprev::default(),
         pub smtp: Smtp = Smtp::default(),
@@ -160,6 +161,52 @@ section! {
     /// temporary DNS error gets `451 4.7.0`, never a pass.
     pub struct Dmarc {
         pub mode: Mode = Mode::Enforce,
+        /// Send RFC 7489 aggregate reports to the `rua` of the domains whose mail we
+        /// evaluated, once per `report_interval`, gzip XML, DKIM-signed by the domain of
+        /// `report_from`. Only to domains with an authenticated good history with us
+        /// (`report_min_good`), within the daily budgets, never to a domain on our DNS domain
+        /// lists, and to another domain's address only when it publishes the RFC 7489 §7.1
+        /// authorization record. No failure (`ruf`) reports are ever sent.
+        pub send_reports: bool = true,
+        /// The period each aggregate report covers; reports go out when a period ends.
+        pub report_interval: Duration = Duration::secs(86400),
+        /// Messages from a domain, authenticated (aligned DKIM or SPF) and accepted, that the
+        /// reputation window must hold before we send that domain a report. A domain whose
+        /// mail we only ever junked or rejected gets none.
+        pub report_min_good: u64 = 3,
+        /// Reports sent per day, at most, over all domains.
+        pub report_max_per_day: usize = 1000,
+        /// Bytes of reports sent per day, at most, over all domains.
+        pub report_max_bytes_per_day: ByteSize = ByteSize::mib(100),
+        /// The largest report (compressed attachment) sent; a `rua` asking for less
+        /// (`mailto:…!10k`) is honoured. A larger report is not sent.
+        pub report_max_size: ByteSize = ByteSize::mib(1),
+        /// The From address of the reports we send. Empty: `noreply-dmarc@` the first domain.
+        pub report_from: String = String::new(),
+        /// The `org_name` in our reports. Empty: `hostname`.
+        pub report_org: String = String::new(),
+    }
+}
+
+section! {
+    /// Reports other servers send us: DMARC aggregate (RFC 7489) and failure (RFC 6591 ARF)
+    /// reports, and TLS-RPT (RFC 8460). Mail to `address` is parsed, not delivered to a
+    /// mailbox; `mailwarden report domains` shows who sends as our domains.
+    pub struct Reports {
+        /// The address that receives reports; publish it in your DMARC record's `rua` (see
+        /// `mailwarden dns records`). Empty: `dmarc-reports@` the first domain.
+        pub address: String = String::new(),
+        /// Networks (`ip` or `ip/len`) that send our mail besides this server: a source in
+        /// a report that is neither ours nor listed here, and fails, is flagged as a likely
+        /// forgery.
+        pub known_senders: Vec<String> = Vec::new(),
+        /// The most a report may decompress to (gzip, zip); a larger one, a decompression
+        /// bomb, is refused without being held in memory.
+        pub max_size: ByteSize = ByteSize::mib(10),
+        /// The deepest XML element nesting accepted (an aggregate report needs 5).
+        pub max_depth: usize = 20,
+        /// Rows kept per report, at most.
+        pub max_rows: usize = 10000,
     }
 }
 
@@ -741,6 +788,22 @@ impl Config {
                 errs.push(format!("mx.trusted_relays: {e}"));
             }
         }
+        for n in &self.reports.known_senders {
+            if let Err(e) = n.parse::<crate::util::Network>() {
+                errs.push(format!("reports.known_senders: {e}"));
+            }
+        }
+        if self.dmarc.report_interval.get().as_secs() < 60 {
+            errs.push("dmarc.report_interval: at least 1 minute".to_string());
+        }
+        for (key, a) in [
+            ("reports.address", self.reports_address()),
+            ("dmarc.report_from", self.report_from()),
+        ] {
+            if !a.contains('@') {
+                errs.push(format!("{key}: {a:?} is not an address"));
+            }
+        }
         let l = &self.limits;
         if l.max_header_fields < 1
             || l.max_received < 1
@@ -799,6 +862,31 @@ impl Config {
     }
 
     /// The address postmaster mail is delivered to.
+    fn first_domain(&self) -> &str {
+        self.domains
+            .first()
+            .map(String::as_str)
+            .unwrap_or("localhost")
+    }
+
+    /// Where reports from other servers are received (`reports.address`).
+    pub fn reports_address(&self) -> String {
+        if self.reports.address.is_empty() {
+            format!("dmarc-reports@{}", self.first_domain())
+        } else {
+            self.reports.address.to_lowercase()
+        }
+    }
+
+    /// The From address of the DMARC reports we send (`dmarc.report_from`).
+    pub fn report_from(&self) -> String {
+        if self.dmarc.report_from.is_empty() {
+            format!("noreply-dmarc@{}", self.first_domain())
+        } else {
+            self.dmarc.report_from.to_lowercase()
+        }
+    }
+
     pub fn postmaster_address(&self) -> String {
         if self.postmaster.is_empty() {
             format!(

@@ -7,7 +7,8 @@
 //! run at once; the next one grows meanwhile.
 //!
 //! Mailboxes are the Maildir tree, or an LMTP server (`delivery.lmtp`, `lmtp.rs`) that gives
-//! each recipient its own answer.
+//! each recipient its own answer. Mail for `reports.address` goes to the report parser
+//! (`reports::inbound`) instead.
 //!
 //! A local delivery that fails (disk full, permissions, an LMTP `4xx`) leaves the recipient
 //! `queued` and the message is tried again after a pause; an LMTP `5xx` fails the recipient.
@@ -37,6 +38,7 @@ pub fn spawn(
     mut rx: mpsc::UnboundedReceiver<Dispatch>,
     maildir: Mailboxes,
     threads: usize,
+    reports: Option<Arc<crate::reports::inbound::Sink>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
@@ -61,16 +63,22 @@ pub fn spawn(
             if batch.is_empty() {
                 continue;
             }
-            let (queue, maildir) = (queue.clone(), maildir.clone());
+            let (queue, maildir, reports) = (queue.clone(), maildir.clone(), reports.clone());
             tokio::spawn(async move {
-                run_batch(&queue, &maildir, batch, threads).await;
+                run_batch(&queue, &maildir, batch, threads, reports.as_deref()).await;
                 drop(permit);
             });
         }
     })
 }
 
-async fn run_batch(queue: &Arc<Queue>, maildir: &Mailboxes, batch: Vec<Dispatch>, threads: usize) {
+async fn run_batch(
+    queue: &Arc<Queue>,
+    maildir: &Mailboxes,
+    batch: Vec<Dispatch>,
+    threads: usize,
+    reports: Option<&crate::reports::inbound::Sink>,
+) {
     let mut jobs = Vec::new();
     // For each job: which message (index into `ids`) it belongs to.
     let mut owner = Vec::new();
@@ -159,9 +167,23 @@ async fn run_batch(queue: &Arc<Queue>, maildir: &Mailboxes, batch: Vec<Dispatch>
             )
         })
         .collect();
-    let results: Vec<Landed> = match maildir {
+    // Mail for `reports.address` is parsed as a report, not put in a mailbox.
+    let is_report: Vec<bool> = jobs
+        .iter()
+        .map(|j| reports.is_some_and(|s| j.mailbox == s.address))
+        .collect();
+    let (mut report_jobs, mut mail_jobs, mut mail_owner) = (Vec::new(), Vec::new(), Vec::new());
+    for ((j, r), o) in jobs.into_iter().zip(&is_report).zip(&owner) {
+        if *r {
+            report_jobs.push(j);
+        } else {
+            mail_jobs.push(j);
+            mail_owner.push(*o);
+        }
+    }
+    let mail_results: Vec<Landed> = match maildir {
         Mailboxes::Maildir(m) => m
-            .deliver_batch(jobs, threads)
+            .deliver_batch(mail_jobs, threads)
             .await
             .into_iter()
             .map(|r| match r {
@@ -169,8 +191,29 @@ async fn run_batch(queue: &Arc<Queue>, maildir: &Mailboxes, batch: Vec<Dispatch>
                 Err(e) => Landed::Later(e.to_string()),
             })
             .collect(),
-        Mailboxes::Lmtp(l) => over_lmtp(l, jobs, &owner, threads).await,
+        Mailboxes::Lmtp(l) => over_lmtp(l, mail_jobs, &mail_owner, threads).await,
     };
+    let mut report_results = Vec::new();
+    if let Some(sink) = reports {
+        for j in report_jobs {
+            let id = j.prepared.message().id.clone();
+            report_results.push(match j.prepared.crlf_bytes() {
+                Ok(raw) => match sink.take(&id, raw).await {
+                    Ok(reply) => Landed::Delivered(reply),
+                    Err(e) => Landed::Later(e.to_string()),
+                },
+                Err(e) => Landed::Later(e.to_string()),
+            });
+        }
+    }
+    let (mut mi, mut ri) = (mail_results.into_iter(), report_results.into_iter());
+    let results: Vec<Landed> = is_report
+        .iter()
+        .map(|r| {
+            if *r { ri.next() } else { mi.next() }
+                .unwrap_or_else(|| Landed::Later("no outcome".into()))
+        })
+        .collect();
     let mut outcomes: Vec<(String, Vec<RcptOutcome>)> =
         ids.iter().map(|id| (id.clone(), Vec::new())).collect();
     let mut failed = vec![false; ids.len()];

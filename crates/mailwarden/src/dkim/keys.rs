@@ -200,12 +200,26 @@ fn make(algorithm: Algorithm) -> anyhow::Result<(String, String)> {
     let pem = pem(pem_label, &der);
     // The key must load back, or the server would sign with nothing.
     parse(pem.as_bytes(), "the new key")?;
-    let record = format!(
+    Ok((pem, record_text(algorithm, &public)))
+}
+
+/// The DKIM TXT record's text for a public key (SPKI for RSA, the raw key for Ed25519).
+fn record_text(algorithm: Algorithm, public: &[u8]) -> String {
+    format!(
         "v=DKIM1; k={}; p={}",
         algorithm.name(),
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &public)
-    );
-    Ok((pem, record))
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public)
+    )
+}
+
+impl DomainKey {
+    /// The TXT record that publishes this key (`dns records`).
+    pub fn record(&self) -> String {
+        match &self.key {
+            Key::Ed25519(k) => record_text(Algorithm::Ed25519, &k.public_key()),
+            Key::Rsa(k) => record_text(Algorithm::Rsa, &spki_from_pkcs1(&k.public_key())),
+        }
+    }
 }
 
 /// A TXT record's text as zone-file strings of at most 255 octets each (RFC 1035 §3.3.14).

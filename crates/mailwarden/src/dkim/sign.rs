@@ -107,6 +107,24 @@ pub fn signature_bytes(
     .map_err(|e| anyhow::anyhow!("DKIM signing failed: {e}"))
 }
 
+/// Every key's signature for `message`: each key's selector with its field or its error.
+pub fn sign_all(
+    keys: &[DomainKey],
+    domain: &str,
+    message: &[u8],
+    sign_headers: &[String],
+    now: u64,
+) -> Vec<(String, anyhow::Result<String>)> {
+    keys.iter()
+        .map(|k| {
+            (
+                k.selector.clone(),
+                sign(k, domain, message, sign_headers, now),
+            )
+        })
+        .collect()
+}
+
 /// A complete `DKIM-Signature:` field (CRLF-terminated) for `message` by `key` for `domain`.
 pub fn sign(
     key: &DomainKey,

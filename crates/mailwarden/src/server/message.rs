@@ -294,6 +294,20 @@ async fn decide_and_queue(
             && cfg.scoring.mode == crate::config::Mode::Enforce
             && scored.score >= cfg.scoring.junk;
         let keys = d.who.keys();
+        if let Some(eval) = &out.evaluation {
+            let disposition = match &v.action {
+                Action::Reject(_) => Some("reject"),
+                Action::Quarantine | Action::Junk => Some("quarantine"),
+                Action::Accept => Some("none"),
+                // Not taken: the sender tries again, and that attempt is the one counted.
+                Action::TempFail(_) => None,
+            };
+            let reason = (out.arc_trusted && eval.row.dkim == "fail" && eval.row.spf == "fail")
+                .then_some("trusted_forwarder");
+            if let Some(disposition) = disposition {
+                remember_dmarc(shared, eval.clone(), ctx.peer.ip(), disposition, reason);
+            }
+        }
         match &v.action {
             Action::Reject(reply) | Action::TempFail(reply) => {
                 if matches!(v.action, Action::Reject(_)) {
@@ -467,6 +481,33 @@ fn remember(shared: &Shared, id: &str, keys: Vec<String>, o: Outcome) {
     });
 }
 
+/// Count a DMARC evaluation for the aggregate reports (`reports`), in the background like
+/// [`remember`].
+fn remember_dmarc(
+    shared: &Shared,
+    eval: crate::reports::Evaluation,
+    ip: std::net::IpAddr,
+    disposition: &'static str,
+    reason: Option<&'static str>,
+) {
+    let cfg = &shared.config.dmarc;
+    if !cfg.send_reports {
+        return;
+    }
+    let (store, now, interval) = (
+        shared.accounts.store().clone(),
+        shared.clock.now_secs(),
+        cfg.report_interval.get().as_secs(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) =
+            crate::reports::record(&store, interval, now, eval, ip, disposition, reason).await
+        {
+            tracing::warn!(event = "dmarc_record_failed", error = %e);
+        }
+    });
+}
+
 /// Content scoring of submitted mail ([`scoring`]), off the async workers: the scanned part
 /// is parsed, its MIME depth checked, and the findings added to the record's reasons.
 async fn score_submitted(
@@ -590,18 +631,13 @@ async fn dkim_sign(shared: &Shared, id: &str, content: Arc<Vec<u8>>, domain: Str
     let d = domain.clone();
     let now = shared.clock.now_secs().max(0) as u64;
     let signed = tokio::task::spawn_blocking(move || {
-        keys.iter()
-            .map(|k| {
-                crate::dkim::sign::sign(k, &d, &content, &sign_headers, now)
-                    .map(|h| (k.selector.clone(), h))
-            })
-            .collect::<Vec<_>>()
+        crate::dkim::sign::sign_all(&keys, &d, &content, &sign_headers, now)
     })
     .await;
     let mut out = String::new();
-    for r in signed.unwrap_or_default() {
+    for (selector, r) in signed.unwrap_or_default() {
         match r {
-            Ok((selector, h)) => {
+            Ok(h) => {
                 tracing::info!(event = "dkim_signed", qid = %id, domain = %domain, selector = %selector);
                 out.push_str(&h);
             }

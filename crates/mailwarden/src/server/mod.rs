@@ -199,11 +199,19 @@ pub async fn start(
             orphan_spools = orphans
         );
     }
+    let sink = Arc::new(crate::reports::inbound::Sink {
+        address: config.reports_address(),
+        store: store.clone(),
+        limits: crate::reports::inbound::Limits::from_config(&config.reports),
+        max_rows: config.reports.max_rows,
+        clock: shared.clock.clone(),
+    });
     let mut tasks = vec![manager::spawn(
         queue.clone(),
         rx,
         mailboxes,
         config.queue.local_concurrency,
+        Some(sink),
     )];
     for m in recovered {
         queue.dispatch(m, true);
@@ -215,6 +223,17 @@ pub async fn start(
         .iter()
         .filter_map(|(_, l)| l.local_addr().ok())
         .collect();
+    tasks.push(tokio::spawn(crate::reports::outbound::run(
+        crate::reports::outbound::Reporter {
+            config: config.clone(),
+            store: store.clone(),
+            dns: dns.clone(),
+            queue: queue.clone(),
+            routing: Routing::new(&config, accounts.clone()),
+            keyring: Arc::new(crate::dkim::keys::Keyring::new(&config.data_dir).with_store(&store)),
+            clock: shared.clock.clone(),
+        },
+    )));
     tasks.push(crate::delivery::remote::spawn(
         config.clone(),
         queue.clone(),

@@ -349,9 +349,67 @@ CREATE TABLE dkim_keys(
 );
 "#;
 
+/// Reports (`reports`): the DMARC evaluations of the current periods, counted per result
+/// (`eval` is the record's canonical JSON, `row_key` its hash), the policy each domain
+/// published, the reports we sent or chose not to send, and the reports others sent us.
+const SCHEMA_V13: &str = r#"
+CREATE TABLE dmarc_evals(
+    period INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    row_key TEXT NOT NULL,
+    eval TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY(period, domain, row_key)
+);
+CREATE TABLE dmarc_policies(
+    period INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    published TEXT NOT NULL,
+    rua TEXT NOT NULL,
+    PRIMARY KEY(period, domain)
+);
+CREATE TABLE reports_sent(
+    kind TEXT NOT NULL,
+    period INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    report_id TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY(kind, period, domain, destination)
+);
+CREATE INDEX reports_sent_at ON reports_sent(at);
+CREATE TABLE reports_in(
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    org TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    range_begin INTEGER NOT NULL,
+    range_end INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX reports_in_received ON reports_in(received);
+CREATE TABLE report_rows(
+    report TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    source_ip TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    disposition TEXT NOT NULL,
+    dmarc_pass INTEGER NOT NULL,
+    dkim_pass INTEGER NOT NULL,
+    spf_pass INTEGER NOT NULL,
+    PRIMARY KEY(report, n)
+);
+CREATE INDEX report_rows_domain ON report_rows(domain, source_ip);
+"#;
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11, SCHEMA_V12,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11, SCHEMA_V12, SCHEMA_V13,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
