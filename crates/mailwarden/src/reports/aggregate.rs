@@ -38,7 +38,7 @@ pub fn escape(s: &str) -> String {
 pub fn xml(meta: &Meta<'_>, policy: &Published, rows: &[(Row, u64)]) -> String {
     let mut x = String::with_capacity(512 + rows.len() * 512);
     let e = escape;
-    x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feedback>\n");
+    x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feedback>\n <version>1.0</version>\n");
     let _ = write!(
         x,
         " <report_metadata>\n  <org_name>{}</org_name>\n  <email>{}</email>\n  \
@@ -82,8 +82,10 @@ pub fn xml(meta: &Meta<'_>, policy: &Published, rows: &[(Row, u64)]) -> String {
         let _ = write!(
             x,
             "   </policy_evaluated>\n  </row>\n  <identifiers>\n   \
-             <header_from>{}</header_from>\n  </identifiers>\n  <auth_results>\n",
-            e(&r.header_from)
+             <header_from>{}</header_from>\n   <envelope_from>{}</envelope_from>\n  \
+             </identifiers>\n  <auth_results>\n",
+            e(&r.header_from),
+            e(&r.envelope_from)
         );
         for d in &r.dkim_results {
             let _ = write!(x, "   <dkim>\n    <domain>{}</domain>\n", e(&d.domain));

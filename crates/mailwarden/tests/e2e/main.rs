@@ -14,6 +14,7 @@ mod mx;
 mod outbound;
 mod ownership;
 mod records;
+mod reports;
 mod reputation;
 mod screening;
 mod sender_auth;

@@ -613,6 +613,7 @@ fn how_to_get(cmd: &str) -> &'static str {
         "curl" => "apt-get install curl",
         "opendkim" => "apt-get install opendkim",
         "python3" => "apt-get install python3",
+        "xmllint" => "apt-get install libxml2-utils",
         _ => "see scripts/test",
     }
 }
