@@ -108,32 +108,7 @@ impl Dns {
             .iter()
             .find_map(|s| parse_nameserver(s))
             .map(|a| (a, cfg.timeout.get()));
-        let (config, mut opts) = if cfg.nameservers.is_empty() {
-            mail_auth::hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| anyhow::anyhow!("cannot read the system resolver config: {e}"))?
-        } else {
-            let servers = cfg
-                .nameservers
-                .iter()
-                .filter_map(|s| parse_nameserver(s))
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    ns.connections = vec![udp, tcp];
-                    ns
-                })
-                .collect();
-            (
-                ResolverConfig::from_parts(None, vec![], servers),
-                ResolverOpts::default(),
-            )
-        };
-        opts.timeout = cfg.timeout.get();
-        opts.attempts = cfg.attempts.max(1);
-        opts.edns0 = true;
+        let (config, opts) = resolver_parts(cfg)?;
         let auth = MessageAuthenticator::new(config, opts)
             .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?;
         Ok(Dns {
@@ -220,4 +195,35 @@ impl Dns {
             .with_ipv6_cache(&c.ipv6)
             .with_ptr_cache(&c.ptr)
     }
+}
+
+/// The resolver's servers and options from `[dns]` (also the DANE resolver's).
+pub fn resolver_parts(cfg: &DnsConfig) -> anyhow::Result<(ResolverConfig, ResolverOpts)> {
+    let (config, mut opts) = if cfg.nameservers.is_empty() {
+        mail_auth::hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| anyhow::anyhow!("cannot read the system resolver config: {e}"))?
+    } else {
+        let servers = cfg
+            .nameservers
+            .iter()
+            .filter_map(|s| parse_nameserver(s))
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                ns.connections = vec![udp, tcp];
+                ns
+            })
+            .collect();
+        (
+            ResolverConfig::from_parts(None, vec![], servers),
+            ResolverOpts::default(),
+        )
+    };
+    opts.timeout = cfg.timeout.get();
+    opts.attempts = cfg.attempts.max(1);
+    opts.edns0 = true;
+    Ok((config, opts))
 }

@@ -1,8 +1,9 @@
 //! `mailwarden dns records DOMAIN`: every DNS record a domain of ours needs, as zone-file
 //! lines: MX, SPF, the DKIM keys we sign with, DMARC asking for aggregate reports at
 //! `reports.address` (and the RFC 7489 §7.1 authorization when that address is in another
-//! domain), TLS-RPT (RFC 8460) to the same address, and the TLSA record (RFC 7672, DANE-EE
-//! SPKI SHA-256) of our certificate. Read-only: it prints what to publish.
+//! domain), MTA-STS (RFC 8461) when `listen.mta_sts` serves a policy, TLS-RPT (RFC 8460) to
+//! the same address, and the TLSA record (RFC 7672, DANE-EE SPKI SHA-256) of our
+//! certificate. Read-only: it prints what to publish.
 
 use crate::config::Config;
 use crate::dkim::keys::{Keyring, txt_strings};
@@ -74,6 +75,18 @@ pub fn records(cfg: &Config, keyring: &Keyring, domain: &str) -> String {
         let _ = writeln!(
             out,
             "{d}._report._dmarc.{reports_domain}. IN TXT \"v=DMARC1\""
+        );
+    }
+    if !cfg.listen.mta_sts.is_empty() {
+        let _ = writeln!(
+            out,
+            "; MTA-STS (RFC 8461): the policy is served on listen.mta_sts (publish it on port 443)"
+        );
+        let _ = writeln!(out, "mta-sts.{d}. IN CNAME {host}.");
+        let _ = writeln!(
+            out,
+            "_mta-sts.{d}. IN TXT \"v=STSv1; id={}\"",
+            crate::server::mta_sts::policy_id(cfg)
         );
     }
     let _ = writeln!(out, "; TLS reports (RFC 8460) to the same address");

@@ -18,18 +18,35 @@
 //! broken.example.test       SERVFAIL
 //! closed.example.test       REFUSED
 //! bare.example.test         NOSOA            # its NXDOMAIN or NODATA comes without an SOA
+//! _25._tcp.mx.example.test  TLSA  3 1 1 0123abcd...
+//! secure.test               SIGNED           # a DNSSEC-signed zone (see below)
 //! ```
+//!
+//! DNSSEC: a name marked `SIGNED` is the apex of a zone served signed (NSEC, ECDSA P-256),
+//! with every record at or below it. The root is then signed too, proving the other
+//! top-level domains insecure delegations, so a validating resolver sees the signed zones as
+//! secure and the rest as insecure. [`TestDns::trust_anchors`] gives the keys to trust (the
+//! root's and each signed zone's: islands of security, no DS records needed). Keys are made
+//! once per server; zones are signed again whenever they change.
 //!
 //! A TXT value in double quotes may be split into several quoted strings, which are joined;
 //! unquoted, the rest of the line is the value. Long values are split into 255-byte strings on
 //! the wire.
 #![forbid(unsafe_code)]
 
+use hickory_server::dnssec::NxProofKind;
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_server::proto::dnssec::rdata::DNSKEY;
+use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, PublicKeyBuf, SigningKey};
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
+use hickory_server::proto::rr::LowerName;
+use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SOA, TLSA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -43,6 +60,8 @@ pub enum Rec {
     Txt(Vec<u8>),
     Ptr(String),
     Cname(String),
+    /// usage, selector, matching type, data.
+    Tlsa(u8, u8, u8, Vec<u8>),
 }
 
 impl Rec {
@@ -54,6 +73,7 @@ impl Rec {
             Rec::Txt(_) => RecordType::TXT,
             Rec::Ptr(_) => RecordType::PTR,
             Rec::Cname(_) => RecordType::CNAME,
+            Rec::Tlsa(..) => RecordType::TLSA,
         }
     }
 }
@@ -73,6 +93,8 @@ pub struct Zones {
     refused: HashSet<String>,
     /// Names whose negative answers carry no SOA (some servers answer so; RFC 2308 §2.2).
     nosoa: HashSet<String>,
+    /// Apexes of the zones served signed.
+    signed: std::collections::BTreeSet<String>,
 }
 
 impl Zones {
@@ -122,6 +144,25 @@ impl Zones {
                 "SERVFAIL" => self.servfail(name),
                 "REFUSED" => self.refused(name),
                 "NOSOA" => self.no_soa(name),
+                "SIGNED" => self.sign(name),
+                "TLSA" => {
+                    let f: Vec<&str> = data.split_whitespace().collect();
+                    let hex = f.get(3..).map(|h| h.concat()).unwrap_or_default();
+                    let bytes: Option<Vec<u8>> = (0..hex.len())
+                        .step_by(2)
+                        .map(|i| {
+                            hex.get(i..i + 2)
+                                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                        })
+                        .collect();
+                    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u8>().ok());
+                    match (num(0), num(1), num(2), bytes) {
+                        (Some(u), Some(s), Some(m), Some(d)) if !d.is_empty() => {
+                            self.add(name, Rec::Tlsa(u, s, m, d))
+                        }
+                        _ => return Err(bad("TLSA needs usage selector matching hex")),
+                    }
+                }
                 _ => return Err(bad("unknown record type")),
             };
         }
@@ -169,6 +210,12 @@ impl Zones {
         self
     }
 
+    /// Serve the zone at `apex` signed.
+    pub fn sign(&mut self, apex: &str) -> &mut Self {
+        self.signed.insert(fqdn(apex));
+        self
+    }
+
     /// Queries for this name get SERVFAIL.
     pub fn servfail(&mut self, name: &str) -> &mut Self {
         self.servfail.insert(fqdn(name));
@@ -183,6 +230,7 @@ impl Zones {
         self.servfail.remove(&n);
         self.refused.remove(&n);
         self.nosoa.remove(&n);
+        self.signed.remove(&n);
         self
     }
 
@@ -357,12 +405,20 @@ fn rdata(rec: &Rec) -> Option<RData> {
         Rec::Txt(t) => RData::TXT(TXT::from_bytes(t.chunks(255).collect::<Vec<_>>())),
         Rec::Ptr(h) => RData::PTR(PTR(name(h)?)),
         Rec::Cname(h) => RData::CNAME(CNAME(name(h)?)),
+        Rec::Tlsa(u, s, m, d) => RData::TLSA(TLSA::new(
+            CertUsage::from(*u),
+            Selector::from(*s),
+            Matching::from(*m),
+            d.clone(),
+        )),
     })
 }
 
 struct Handler {
     zones: Arc<RwLock<Zones>>,
     queries: Arc<std::sync::atomic::AtomicU64>,
+    /// The signed zones, as hickory serves them; rebuilt when the zones change.
+    signed: Arc<RwLock<Option<Arc<Catalog>>>>,
 }
 
 #[async_trait::async_trait]
@@ -393,6 +449,31 @@ impl RequestHandler for Handler {
             .collect();
         let qname = fqdn(&labels.join("."));
         let qtype = info.query.query_type();
+        let catalog = self
+            .signed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(catalog) = catalog {
+            let lower = info.query.name();
+            let signed = match catalog.find(lower) {
+                // Inside a signed zone.
+                Some(h) if !h[0].origin().is_root() => true,
+                // The root itself, and the NS and DS of top-level domains (their insecure
+                // delegations).
+                Some(_) => {
+                    lower.is_root()
+                        || (lower.num_labels() == 1
+                            && matches!(qtype, RecordType::NS | RecordType::DS))
+                }
+                None => false,
+            };
+            if signed {
+                return catalog
+                    .handle_request::<R, T>(request, response_handle)
+                    .await;
+            }
+        }
         let (answer, no_soa) = {
             let z = self.zones.read().unwrap_or_else(|e| e.into_inner());
             (z.answer(&qname, qtype), z.nosoa.contains(&qname))
@@ -506,10 +587,120 @@ fn serve_failed(request: &Request) -> ResponseInfo {
     })
 }
 
+/// Signing keys (PKCS#8, ECDSA P-256) by zone apex, made once per server.
+type Keys = Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
+
+fn signer(apex: &Name, keys: &Keys) -> Option<(DnssecSigner, PublicKeyBuf)> {
+    let alg = Algorithm::ECDSAP256SHA256;
+    let pkcs8 = {
+        let mut k = keys.lock().unwrap_or_else(|e| e.into_inner());
+        k.entry(apex.to_ascii().to_ascii_lowercase())
+            .or_insert_with(|| {
+                EcdsaSigningKey::generate_pkcs8(alg)
+                    .map(|d| d.secret_pkcs8_der().to_vec())
+                    .unwrap_or_default()
+            })
+            .clone()
+    };
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8);
+    let key: Box<dyn SigningKey> = Box::new(EcdsaSigningKey::from_pkcs8(&der, alg).ok()?);
+    let public = key.to_public_key().ok()?;
+    let signer = DnssecSigner::new(
+        DNSKEY::from_key(&public),
+        key,
+        apex.clone(),
+        Duration::from_secs(30 * 86400),
+    );
+    Some((signer, public))
+}
+
+fn zone_soa(origin: &Name) -> Record {
+    let soa = SOA::new(
+        Name::from_ascii("ns.testdns.").expect("static name"),
+        Name::from_ascii("hostmaster.testdns.").expect("static name"),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
+    Record::from_rdata(origin.clone(), 60, RData::SOA(soa))
+}
+
+/// One zone, signed: SOA and NS at the apex, `records`, NSEC, RRSIGs.
+fn signed_zone(
+    apex: &Name,
+    records: Vec<Record>,
+    keys: &Keys,
+) -> Option<InMemoryZoneHandler<TokioRuntimeProvider>> {
+    let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
+        apex.clone(),
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+        Some(NxProofKind::Nsec),
+    );
+    // The SOA first: the DNSKEY takes its TTL from it.
+    zone.upsert_mut(zone_soa(apex), 0);
+    let ns = Name::from_ascii("ns.testdns.").expect("static name");
+    zone.upsert_mut(Record::from_rdata(apex.clone(), 60, RData::NS(NS(ns))), 0);
+    for r in records {
+        zone.upsert_mut(r, 0);
+    }
+    let (signer, _) = signer(apex, keys)?;
+    zone.add_zone_signing_key_mut(signer).ok()?;
+    zone.secure_zone_mut().ok()?;
+    Some(zone)
+}
+
+/// The signed root and zones of `z`, or `None` when no zone is signed.
+fn build_signed(z: &Zones, keys: &Keys) -> Option<Arc<Catalog>> {
+    if z.signed.is_empty() {
+        return None;
+    }
+    let mut catalog = Catalog::new();
+    // The root delegates every top-level domain the zones use, unsigned (no DS): NSEC proves
+    // them insecure, and signed zones below are islands with their own anchors.
+    let mut tlds: std::collections::BTreeSet<String> = z
+        .records
+        .keys()
+        .chain(z.signed.iter())
+        .filter_map(|n| {
+            n.trim_end_matches('.')
+                .rsplit('.')
+                .next()
+                .map(str::to_string)
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    tlds.insert("arpa".into());
+    let ns = Name::from_ascii("ns.testdns.").expect("static name");
+    let root_records = tlds
+        .iter()
+        .filter_map(|t| Some(Record::from_rdata(name(t)?, 60, RData::NS(NS(ns.clone())))))
+        .collect();
+    let root = signed_zone(&Name::root(), root_records, keys)?;
+    catalog.upsert(LowerName::from(&Name::root()), vec![Arc::new(root)]);
+    for apex in &z.signed {
+        let origin = name(apex)?;
+        let suffix = format!(".{apex}");
+        let records = z
+            .records
+            .iter()
+            .filter(|(n, _)| *n == apex || n.ends_with(&suffix))
+            .flat_map(|(n, recs)| to_records(n, recs))
+            .collect();
+        let zone = signed_zone(&origin, records, keys)?;
+        catalog.upsert(LowerName::from(&origin), vec![Arc::new(zone)]);
+    }
+    Some(Arc::new(catalog))
+}
+
 /// A running server. Dropping it stops the server.
 pub struct TestDns {
     pub addr: SocketAddr,
     zones: Arc<RwLock<Zones>>,
+    signed: Arc<RwLock<Option<Arc<Catalog>>>>,
+    keys: Keys,
     queries: Arc<std::sync::atomic::AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -528,8 +719,11 @@ impl TestDns {
         if !at.ip().is_loopback() {
             return Err(format!("{at} is not a loopback address"));
         }
+        let keys: Keys = Arc::default();
+        let signed = Arc::new(RwLock::new(build_signed(&zones, &keys)));
         let zones = Arc::new(RwLock::new(zones));
         let queries = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sg = signed.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (z, q) = (zones.clone(), queries.clone());
@@ -571,6 +765,7 @@ impl TestDns {
                     let mut server = hickory_server::Server::new(Handler {
                         zones: z,
                         queries: q,
+                        signed: sg,
                     });
                     server.register_socket(udp);
                     server.register_listener(tcp, Duration::from_secs(5), 65535);
@@ -590,6 +785,8 @@ impl TestDns {
         Ok(TestDns {
             addr,
             zones,
+            signed,
+            keys,
             queries,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -601,9 +798,37 @@ impl TestDns {
         TestDns::start(Zones::parse(text).expect("zone text"))
     }
 
-    /// Change the zones while running.
+    /// Change the zones while running (signed zones are signed again).
     pub fn update(&self, f: impl FnOnce(&mut Zones)) {
-        f(&mut self.zones.write().unwrap_or_else(|e| e.into_inner()));
+        let mut z = self.zones.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut z);
+        *self.signed.write().unwrap_or_else(|e| e.into_inner()) = build_signed(&z, &self.keys);
+    }
+
+    /// The DNSSEC trust anchors of the signed zones (the root's key and each signed zone's),
+    /// as zone-file DNSKEY lines; empty when no zone is signed.
+    pub fn trust_anchors(&self) -> String {
+        let z = self.zones.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        let apexes = std::iter::once(".".to_string()).chain(z.signed.iter().cloned());
+        if z.signed.is_empty() {
+            return out;
+        }
+        for apex in apexes {
+            let Some(n) = name(&apex) else { continue };
+            if let Some((_, public)) = signer(&n, &self.keys) {
+                out.push_str(&format!(
+                    "{} 3600 IN DNSKEY {}\n",
+                    if apex == "." {
+                        ".".to_string()
+                    } else {
+                        apex.clone()
+                    },
+                    DNSKEY::from_key(&public)
+                ));
+            }
+        }
+        out
     }
 
     /// Queries answered (or swallowed) so far.

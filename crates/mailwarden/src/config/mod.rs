@@ -43,6 +43,7 @@ section! {
         pub dkim: Dkim = Dkim::default(),
         pub dmarc: Dmarc = Dmarc::default(),
         pub reports: Reports = Reports::default(),
+        pub mta_sts: MtaSts = MtaSts::default(),
         pub arc: ArcCheck = ArcCheck::default(),
         pub iprev: Iprev = Iprev::default(),
         pub smtp: Smtp = Smtp::default(),
@@ -75,6 +76,10 @@ section! {
         pub submissions: String = "127.0.0.1:2465".to_string(),
         /// Prometheus metrics (`GET /metrics`). Loopback addresses only; empty turns it off.
         pub metrics: String = "127.0.0.1:2580".to_string(),
+        /// HTTPS for `mta-sts.<domain>`: serves `/.well-known/mta-sts.txt` (RFC 8461) built
+        /// from `[mta_sts]`, for every local domain. Empty turns it off. Publish it on port
+        /// 443.
+        pub mta_sts: String = String::new(),
     }
 }
 
@@ -98,6 +103,10 @@ section! {
         pub timeout: Duration = Duration::secs(5),
         /// Attempts per query before it counts as a temporary error.
         pub attempts: usize = 2,
+        /// A file of DNSKEY records (zone-file lines, `name TTL IN DNSKEY ...`) that replace
+        /// the root zone's key as DNSSEC trust anchors for DANE. Empty: the IANA root keys.
+        /// For test beds with their own signed zones.
+        pub trust_anchors: Option<PathBuf> = None,
     }
 }
 
@@ -185,6 +194,34 @@ section! {
         pub report_from: String = String::new(),
         /// The `org_name` in our reports. Empty: `hostname`.
         pub report_org: String = String::new(),
+    }
+}
+
+choice! {
+    /// An MTA-STS policy's mode (RFC 8461 §3.2).
+    pub enum StsMode {
+        /// Senders deliver only to the listed MX hosts, over verified TLS.
+        Enforce = "enforce",
+        /// Senders deliver as before and report failures.
+        Testing = "testing",
+        /// The policy is withdrawn.
+        None = "none",
+    }
+}
+
+section! {
+    /// The MTA-STS policy we publish for our domains (RFC 8461), served on `listen.mta_sts`.
+    /// `mailwarden dns records` prints the `_mta-sts` record whose id changes with it.
+    pub struct MtaSts {
+        pub mode: StsMode = StsMode::Testing,
+        /// MX host names (or `*.example.org`) senders may deliver to. Empty: `hostname`.
+        pub mx: Vec<String> = Vec::new(),
+        /// How long senders keep the policy (RFC 8461 suggests weeks).
+        pub max_age: Duration = Duration::secs(7 * 86400),
+        /// The certificate for `mta-sts.<domain>` (PEM chain). Empty: `tls.cert`.
+        pub cert: Option<PathBuf> = None,
+        /// Its private key. Empty: `tls.key`.
+        pub key: Option<PathBuf> = None,
     }
 }
 
@@ -428,6 +465,21 @@ section! {
         /// (Dovecot's `lmtp` service). Mail for Junk carries `X-Spam-Flag: YES` for its
         /// filter. Empty: Maildir.
         pub lmtp: String = String::new(),
+        /// Apply the MTA-STS policy (RFC 8461) a destination domain publishes: in `enforce`
+        /// mode mail goes only to MX hosts the policy names, over TLS with a certificate valid
+        /// for the host (webpki roots and `extra_roots`), or waits; `testing` mode only
+        /// reports failures (TLS-RPT).
+        pub mta_sts: bool = true,
+        /// Apply DANE (RFC 7672): for an MX host whose MX and TLSA answers validate under
+        /// DNSSEC, the certificate must match a TLSA record (DANE-EE or DANE-TA), or the mail
+        /// waits; there is never a plaintext fallback. DANE takes precedence over MTA-STS.
+        pub dane: bool = true,
+        /// PEM files of certificate authorities trusted for MTA-STS besides the webpki roots
+        /// (a private CA; tests).
+        pub extra_roots: Vec<PathBuf> = Vec::new(),
+        /// The HTTPS port MTA-STS policies are fetched from (RFC 8461 says 443; tests change
+        /// it).
+        pub mta_sts_port: u16 = 443,
     }
 }
 
@@ -861,7 +913,6 @@ impl Config {
         ]
     }
 
-    /// The address postmaster mail is delivered to.
     fn first_domain(&self) -> &str {
         self.domains
             .first()
@@ -887,6 +938,7 @@ impl Config {
         }
     }
 
+    /// The address postmaster mail is delivered to.
     pub fn postmaster_address(&self) -> String {
         if self.postmaster.is_empty() {
             format!(

@@ -17,6 +17,7 @@ pub mod aggregate;
 pub mod domains;
 pub mod inbound;
 pub mod outbound;
+pub mod tlsrpt;
 
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};

@@ -72,8 +72,13 @@ impl Reporter {
         self.config.dmarc.report_interval.get().as_secs()
     }
 
-    /// Send the reports of every period that has ended.
+    /// Send the reports of every period that has ended: DMARC aggregate, then TLS-RPT.
     pub async fn send_due(&self) -> Result<(), StoreError> {
+        self.send_dmarc_due().await?;
+        self.send_tls_due().await
+    }
+
+    async fn send_dmarc_due(&self) -> Result<(), StoreError> {
         let now = self.clock.now_secs();
         let current = period(now, self.interval());
         let due: Vec<(i64, String, String, String)> = self.store.read(|c| {
@@ -126,11 +131,18 @@ impl Reporter {
                 continue;
             }
             let decided = self.report(p, &published, &rua, &rows, now).await;
-            for s in &decided {
-                tracing::info!(event = "dmarc_report", domain = %s.domain, destination = %s.destination,
-                    status = %s.status, reason = %s.reason, bytes = s.bytes, report_id = %s.report_id);
-            }
-            self.store
+            self.keep_decisions(decided).await?;
+        }
+        Ok(())
+    }
+
+    /// Log and keep what was decided for each destination.
+    pub(super) async fn keep_decisions(&self, decided: Vec<Sent>) -> Result<(), StoreError> {
+        for s in &decided {
+            tracing::info!(event = "report_sent", kind = %s.kind, domain = %s.domain, destination = %s.destination,
+                status = %s.status, reason = %s.reason, bytes = s.bytes, report_id = %s.report_id);
+        }
+        self.store
                 .write(move |c| {
                     for s in &decided {
                         c.execute(
@@ -152,9 +164,7 @@ impl Reporter {
                     }
                     Ok(())
                 })
-                .await?;
-        }
-        Ok(())
+                .await
     }
 
     /// Decide for each destination, and queue the report to those it may go to.
@@ -192,13 +202,7 @@ impl Reporter {
         }
         let from = cfg.report_from();
         let from_domain = domain_of(&from).unwrap_or_default();
-        let keys = {
-            // A shared store's keys are a read away: off the async workers.
-            let (keyring, d) = (self.keyring.clone(), from_domain.clone());
-            tokio::task::spawn_blocking(move || keyring.keys_for(&d))
-                .await
-                .unwrap_or_default()
-        };
+        let keys = self.keys(&from_domain).await;
         if keys.is_empty() {
             return skip_all(format!("no DKIM key for {from_domain} to sign with"));
         }
@@ -272,10 +276,42 @@ impl Reporter {
             &crate::util::rfc5322_date(now),
             &message_id,
         );
+        out.extend(
+            self.dispatch(
+                id,
+                to,
+                unsigned,
+                &from_domain,
+                keys,
+                now,
+                gz.len(),
+                &decision,
+            )
+            .await,
+        );
+        out
+    }
+
+    /// DKIM-sign a report and queue it to `to`; what happened for each address.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn dispatch(
+        &self,
+        id: String,
+        to: Vec<String>,
+        unsigned: Vec<u8>,
+        from_domain: &str,
+        keys: Arc<Vec<crate::dkim::keys::DomainKey>>,
+        now: i64,
+        size: usize,
+        decision: &(dyn Fn(&str, &str, String, usize) -> Sent + Sync),
+    ) -> Vec<Sent> {
+        let cfg = &self.config;
+        let receiver = &cfg.hostname;
+        let mut out = Vec::new();
         let content = Arc::new(unsigned);
         let sign_headers = cfg.dkim.sign_headers.clone();
         let signed = {
-            let (content, d) = (content.clone(), from_domain.clone());
+            let (content, d) = (content.clone(), from_domain.to_string());
             tokio::task::spawn_blocking(move || {
                 crate::dkim::sign::sign_all(&keys, &d, &content, &sign_headers, now.max(0) as u64)
             })
@@ -330,7 +366,6 @@ impl Reporter {
         if rcpts.is_empty() {
             return out;
         }
-        let size = gz.len();
         let first = rcpts[0].clone();
         let mut msg = Message::generated("report", receiver, now, first, body);
         msg.id = id;
@@ -352,6 +387,14 @@ impl Reporter {
             }
         }
         out
+    }
+
+    /// The DKIM keys of `domain` (a shared store's are a read away: off the async workers).
+    pub(super) async fn keys(&self, domain: &str) -> Arc<Vec<crate::dkim::keys::DomainKey>> {
+        let (keyring, d) = (self.keyring.clone(), domain.to_string());
+        tokio::task::spawn_blocking(move || keyring.keys_for(&d))
+            .await
+            .unwrap_or_default()
     }
 
     /// Why `domain` has not earned a report, if it has not.
@@ -383,7 +426,7 @@ impl Reporter {
     }
 
     /// Which of our DNS domain lists lists `domain`, if one does.
-    async fn listed(&self, domain: &str) -> Option<String> {
+    pub(super) async fn listed(&self, domain: &str) -> Option<String> {
         let lists = &self.config.screening.dnsbl;
         if lists.domain_zones.is_empty() {
             return None;
@@ -417,7 +460,7 @@ impl Reporter {
     }
 
     /// Reports sent and their bytes since a day ago.
-    fn spent(&self, now: i64) -> Result<(i64, i64), StoreError> {
+    pub(super) fn spent(&self, now: i64) -> Result<(i64, i64), StoreError> {
         self.store.read(|c| {
             c.query_row(
                 "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM reports_sent \

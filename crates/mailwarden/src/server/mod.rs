@@ -11,6 +11,7 @@ mod ctx;
 mod early;
 pub mod freespace;
 mod message;
+pub mod mta_sts;
 mod record;
 mod screen;
 pub mod session;
@@ -46,6 +47,8 @@ pub struct Running {
     pub bound: Vec<(ListenerKind, std::net::SocketAddr)>,
     /// Where `/metrics` is served, if it is.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the MTA-STS policy is served, if it is.
+    pub mta_sts: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     store: Store,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -234,6 +237,12 @@ pub async fn start(
             clock: shared.clock.clone(),
         },
     )));
+    let policies = crate::delivery::remote::tls_policy::TlsPolicies::new(
+        config.clone(),
+        dns.clone(),
+        store.clone(),
+        shared.clock.clone(),
+    )?;
     tasks.push(crate::delivery::remote::spawn(
         config.clone(),
         queue.clone(),
@@ -241,6 +250,7 @@ pub async fn start(
         Routing::new(&config, accounts),
         contain,
         ours,
+        policies,
     ));
 
     {
@@ -280,6 +290,17 @@ pub async fn start(
         }
         None => None,
     };
+    let mta_sts = if config.listen.mta_sts.is_empty() {
+        None
+    } else {
+        let addr = &config.listen.mta_sts;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.mta_sts)"))?;
+        let a = l.local_addr()?;
+        tasks.push(mta_sts::serve(l, config.clone())?);
+        Some(a)
+    };
     let mut bound = Vec::new();
     for (kind, l) in listeners {
         bound.push((kind, l.local_addr()?));
@@ -290,6 +311,7 @@ pub async fn start(
         shared,
         bound,
         metrics,
+        mta_sts,
         shutdown: shutdown_tx,
         store,
         tasks,
@@ -345,6 +367,12 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         writeln!(
             out,
             "listening metrics {a}    (Prometheus text at GET /metrics; loopback only)"
+        )?;
+    }
+    if let Some(a) = running.mta_sts {
+        writeln!(
+            out,
+            "listening mta_sts {a}    (HTTPS: the MTA-STS policy of every local domain)"
         )?;
     }
     let domain = config

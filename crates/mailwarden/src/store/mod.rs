@@ -352,6 +352,8 @@ CREATE TABLE dkim_keys(
 /// Reports (`reports`): the DMARC evaluations of the current periods, counted per result
 /// (`eval` is the record's canonical JSON, `row_key` its hash), the policy each domain
 /// published, the reports we sent or chose not to send, and the reports others sent us.
+/// Verified outbound TLS (`delivery::remote`): the MTA-STS policies we hold, and the outcome
+/// of every TLS session per policy for TLS-RPT (`result` is `success` or a failure type).
 const SCHEMA_V13: &str = r#"
 CREATE TABLE dmarc_evals(
     period INTEGER NOT NULL,
@@ -405,6 +407,24 @@ CREATE TABLE report_rows(
     PRIMARY KEY(report, n)
 );
 CREATE INDEX report_rows_domain ON report_rows(domain, source_ip);
+CREATE TABLE sts_policies(
+    domain TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    fetched INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);
+CREATE TABLE tls_results(
+    period INTEGER NOT NULL,
+    domain TEXT NOT NULL,
+    policy_type TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    mx_host TEXT NOT NULL,
+    result TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY(period, domain, policy_type, policy, mx_host, result, ip)
+);
 "#;
 
 const MIGRATIONS: &[&str] = &[

@@ -165,7 +165,20 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         self.ports.clear();
-        let want = 4;
+        let cfg: toml::Table = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let optional = ["mta_sts"]
+            .iter()
+            .filter(|k| {
+                cfg.get("listen")
+                    .and_then(|l| l.get(**k))
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| !v.is_empty())
+            })
+            .count();
+        let want = 4 + optional;
         while self.ports.len() < want {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {

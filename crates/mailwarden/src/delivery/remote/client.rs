@@ -89,7 +89,7 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum TlsMode {
     /// Never STARTTLS (a retry after a failed handshake).
     Off,
@@ -97,6 +97,15 @@ pub enum TlsMode {
     Opportunistic,
     /// STARTTLS or nothing.
     Required,
+    /// STARTTLS or nothing, and the certificate checked by this config's verifier (MTA-STS:
+    /// webpki and the host's name; DANE: the TLSA records).
+    Verified(Arc<rustls::ClientConfig>),
+}
+
+impl TlsMode {
+    fn required(&self) -> bool {
+        matches!(self, TlsMode::Required | TlsMode::Verified(_))
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -196,11 +205,11 @@ impl Connector {
             return Err(unreachable(format!("greeting: {}", greeting.text())));
         }
         conn.hello(&self.helo).await.map_err(unreachable)?;
-        if mode == TlsMode::Off {
+        if matches!(mode, TlsMode::Off) {
             return Ok(conn);
         }
         if !conn.ext.starttls {
-            if mode == TlsMode::Required {
+            if mode.required() {
                 conn.quit().await;
                 return Err(ConnectError::TlsUnavailable(format!(
                     "{remote}: TLS is required but STARTTLS is not offered"
@@ -228,7 +237,11 @@ impl Connector {
         let name = rustls_pki_types::ServerName::try_from(host.to_string())
             .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(ip.into()));
         let inner = conn.io.into_inner();
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let (config, verified) = match &mode {
+            TlsMode::Verified(c) => (c.clone(), true),
+            _ => (self.tls.clone(), false),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let tls = match timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, inner)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -244,7 +257,7 @@ impl Connector {
         };
         let (_, session) = tls.get_ref();
         let desc = format!(
-            "{} {}",
+            "{} {}{}",
             session
                 .protocol_version()
                 .map(|v| format!("{v:?}"))
@@ -252,7 +265,8 @@ impl Connector {
             session
                 .negotiated_cipher_suite()
                 .map(|c| format!("{:?}", c.suite()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if verified { " verified" } else { "" }
         );
         let mut conn = Conn {
             io: BufReader::new(Box::new(tls) as Box<dyn Io>),

@@ -13,8 +13,11 @@
 //! trusted to be real (RFC 3464; no backscatter).
 
 pub mod client;
+pub mod dane;
 pub mod dsn;
 pub mod route;
+pub mod sts;
+pub mod tls_policy;
 
 use crate::config::Config;
 use crate::containment::Containment;
@@ -26,6 +29,7 @@ use client::{ConnectError, Connector, Outgoing, RcptResult, TlsMode};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tls_policy::{Plan, PolicyType, TlsPolicies};
 use tokio::sync::Semaphore;
 
 /// Recipients read per scan; the rest wait for the next scan.
@@ -55,6 +59,8 @@ pub struct Outbound {
     /// Told of 5xx replies to submitted mail: a stream of them is a containment trigger.
     contain: Arc<Containment>,
     connector: Connector,
+    /// DANE, MTA-STS and what TLS-RPT is told.
+    policies: TlsPolicies,
     connections: Arc<Semaphore>,
     /// Our own listeners: mail is never delivered back to one of them.
     ours: Vec<std::net::SocketAddr>,
@@ -69,8 +75,10 @@ pub fn spawn(
     routing: Routing,
     contain: Arc<Containment>,
     ours: Vec<std::net::SocketAddr>,
+    policies: TlsPolicies,
 ) -> tokio::task::JoinHandle<()> {
     let out = Arc::new(Outbound {
+        policies,
         connector: Connector {
             helo: config.hostname.clone(),
             port: config.delivery.port,
@@ -314,16 +322,71 @@ impl Outbound {
             .require_tls
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain));
+        let sts = self.policies.sts(domain).await;
+        let mx_secure = self.policies.mx_secure(domain).await;
         let mut errors = Vec::new();
         for host in &hosts {
+            let plan = self
+                .policies
+                .plan(&host.name, mx_secure, sts.as_ref())
+                .await;
+            let (kind, text) = match (&plan, &sts) {
+                (Plan::Dane(_, records), _) => (PolicyType::Tlsa, tlsa_text(records)),
+                (Plan::Sts(_) | Plan::StsTesting(_), Some(p)) => (PolicyType::Sts, p.body.clone()),
+                (Plan::Skip(..), Some(p)) => (PolicyType::Sts, p.body.clone()),
+                _ => (PolicyType::NoPolicyFound, String::new()),
+            };
+            if let Plan::Skip(why, result) = &plan {
+                tracing::warn!(event = "tls_policy_refused", domain, host = %host.name, reason = %why);
+                if let Some(ip) = host.addrs.first() {
+                    self.policies
+                        .record(domain, kind, &text, &host.name, *ip, result);
+                }
+                errors.push(why.clone());
+                continue;
+            }
+            // TLSA records that validate but none usable: TLS all the same (RFC 7672 §2.2).
+            let required = required || matches!(plan, Plan::Required);
             for ip in &host.addrs {
-                let mode = if required {
-                    TlsMode::Required
-                } else {
-                    TlsMode::Opportunistic
+                let record = |result: &str| {
+                    self.policies
+                        .record(domain, kind, &text, &host.name, *ip, result)
+                };
+                let (mode, verified) = match &plan {
+                    Plan::Dane(c, _) | Plan::Sts(c) | Plan::StsTesting(c) => {
+                        (TlsMode::Verified(c.clone()), true)
+                    }
+                    _ if required => (TlsMode::Required, false),
+                    _ => (TlsMode::Opportunistic, false),
                 };
                 match self.connector.connect(&host.name, *ip, mode).await {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        if c.tls.is_some() {
+                            record("success");
+                        }
+                        return Ok(c);
+                    }
+                    Err(e @ (ConnectError::TlsFailed(_) | ConnectError::TlsUnavailable(_)))
+                        if verified =>
+                    {
+                        let why = e.to_string();
+                        record(tls_policy::failure_type(&why));
+                        tracing::warn!(event = "tls_verify_failed", domain, host = %host.name, ip = %ip,
+                            policy = kind.name(), error = %why);
+                        if !matches!(plan, Plan::StsTesting(_)) {
+                            // DANE and MTA-STS enforce: never without the verified TLS.
+                            errors.push(format!("{why} ({} policy)", kind.name()));
+                            continue;
+                        }
+                        match self
+                            .connector
+                            .connect(&host.name, *ip, TlsMode::Opportunistic)
+                            .await
+                        {
+                            Ok(c) => return Ok(c),
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
                     Err(ConnectError::TlsFailed(e)) if !required => {
                         // Opportunistic TLS that fails must not stop the mail: plaintext,
                         // on a fresh connection.
@@ -633,6 +696,18 @@ impl Outbound {
 enum Unusable {
     Temporary(String),
     Permanent(String, String),
+}
+
+/// TLSA records as TLS-RPT's `policy-string` has them: `usage selector matching hex`.
+fn tlsa_text(records: &[dane::Tlsa]) -> String {
+    records
+        .iter()
+        .map(|r| {
+            let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn expired_reply() -> (String, String) {
