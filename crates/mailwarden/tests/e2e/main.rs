@@ -20,3 +20,4 @@ mod screening;
 mod sender_auth;
 mod submission;
 mod support;
+mod verified_tls;

@@ -146,7 +146,8 @@ fn b_reports_to_a_who_sends_as_a_and_a_names_the_forger() {
     // The next day on b.test.
     b.advance_clock(86_400 + 60);
     b.wait_log(&[
-        "dmarc_report",
+        "report_sent",
+        "kind=dmarc",
         "domain=a.test",
         "destination=dmarc-reports@a.test",
         "status=sent",

@@ -105,8 +105,45 @@ pub struct Sts {
     port: u16,
 }
 
+/// Names for the policy fetch, through our resolver (`[dns]`), never the system's; private
+/// addresses only with `delivery.allow_private_destinations`, as for SMTP.
+struct Resolve {
+    dns: Arc<crate::dns::Dns>,
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for Resolve {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (dns, allow_private) = (self.dns.clone(), self.allow_private);
+        let host = format!("{}.", name.as_str().trim_end_matches('.'));
+        Box::pin(async move {
+            let found = dns
+                .auth
+                .resolver()
+                .lookup_ip(host.as_str())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            let addrs: Vec<std::net::SocketAddr> = found
+                .iter()
+                .filter(|ip| allow_private || super::route::is_global(*ip))
+                .map(|ip| std::net::SocketAddr::new(ip, 0))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host}: no usable address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 impl Sts {
-    pub fn new(store: Store, roots: Arc<rustls::RootCertStore>, port: u16) -> anyhow::Result<Sts> {
+    pub fn new(
+        store: Store,
+        roots: Arc<rustls::RootCertStore>,
+        port: u16,
+        dns: Arc<crate::dns::Dns>,
+        allow_private: bool,
+    ) -> anyhow::Result<Sts> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -115,6 +152,7 @@ impl Sts {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(Resolve { dns, allow_private }))
             .timeout(FETCH_TIMEOUT)
             .no_proxy()
             .build()?;

@@ -106,7 +106,15 @@ impl TlsPolicies {
         let sts = config
             .delivery
             .mta_sts
-            .then(|| Sts::new(store.clone(), roots, config.delivery.mta_sts_port))
+            .then(|| {
+                Sts::new(
+                    store.clone(),
+                    roots,
+                    config.delivery.mta_sts_port,
+                    dns.clone(),
+                    config.delivery.allow_private_destinations,
+                )
+            })
             .transpose()?;
         let dane = config
             .delivery

@@ -1,0 +1,278 @@
+//! Verified outbound TLS end to end: a.test delivers to b.test's real MX under b.test's
+//! MTA-STS policy (served by b.test's own `listen.mta_sts`) and under DANE (TLSA records in
+//! zones the test DNS server signs, validated with its keys as trust anchors). TLS-RPT then
+//! tells b.test what happened.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A test CA and a certificate it issued for `names`: (ca.pem, chain.pem, key.pem).
+fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "mailwarden test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    let (ca_pem, chain, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("chain.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    (ca_pem, chain, key_pem)
+}
+
+/// Change a stopped server's config.
+fn edit(s: &Server, f: impl FnOnce(&mut toml::Table)) {
+    let mut cfg: toml::Table = std::fs::read_to_string(&s.config_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    f(&mut cfg);
+    std::fs::write(&s.config_path, toml::to_string(&cfg).unwrap()).unwrap();
+}
+
+fn table<'a>(cfg: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
+    cfg.entry(key.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap()
+}
+
+fn path(p: &Path) -> toml::Value {
+    toml::Value::String(p.display().to_string())
+}
+
+fn keygen(s: &Server, domain: &str) -> String {
+    s.cli_ok(&["dkim", "keygen", domain], None)
+        .lines()
+        .filter(|l| l.contains("._domainkey.") && l.contains(" IN TXT "))
+        .map(|l| l.replacen(" IN TXT ", " TXT ", 1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The recipient's queue row on `s`: (status, last reply).
+fn rcpt_state(s: &Server, rcpt: &str) -> (String, String) {
+    let c = rusqlite::Connection::open(s.data_dir().join("mailwarden.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.query_row(
+        "SELECT status, COALESCE(last_reply, '') FROM queue_rcpt WHERE address = ?1",
+        [rcpt],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap_or_default()
+}
+
+#[test]
+fn mta_sts_enforce_refuses_an_untrusted_certificate_then_delivers_over_a_trusted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = test_ca(tmp.path(), &["mx.b.test", "mta-sts.b.test"]);
+    let zones = "b.test MX 10 mx.b.test
+mx.b.test A 127.0.0.1
+mta-sts.b.test A 127.0.0.1
+_mta-sts.b.test TXT v=STSv1; id=20261202
+_smtp._tls.b.test TXT v=TLSRPTv1; rua=mailto:dmarc-reports@b.test
+a.test TXT v=spf1 ip4:127.0.0.1 -all
+a.test MX 10 mx.a.test
+mx.a.test A 127.0.0.1
+";
+    // b.test: a self-signed certificate on its MX; its policy served with the CA's.
+    let mut b = Server::start_with_zones(
+        &format!(
+            "hostname = \"mx.b.test\"\ndomains = [\"b.test\"]\n[listen]\nmta_sts = \"127.0.0.1:0\"\n\
+             [mta_sts]\nmode = \"enforce\"\nmx = [\"mx.b.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            chain.display(),
+            key.display()
+        ),
+        zones,
+    );
+    b.add_user("bob@b.test", "bobpw");
+    let a = Server::start_with_zones(
+        &format!(
+            "hostname = \"mx.a.test\"\ndomains = [\"a.test\"]\n[delivery]\nport = {}\n\
+             mta_sts_port = {}\nextra_roots = [\"{}\"]\nretry_schedule = [\"1s\"]\n",
+            b.mx().port(),
+            b.ports["mta_sts"].port(),
+            ca.display()
+        ),
+        zones,
+    );
+    a.add_user("alice@a.test", "alicepw");
+    let dkim = keygen(&a, "a.test");
+    for s in [&a, &b] {
+        s.dns.update(|z| z.load(&dkim).unwrap());
+    }
+
+    let r = submit(
+        &a,
+        "alice@a.test",
+        "alicepw",
+        "bob@b.test",
+        &["--subject", "over MTA-STS"],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    a.wait_log(&["mta_sts_policy", "domain=\"b.test\"", "mode=Enforce"]);
+    let failed = a.wait_log(&["tls_verify_failed", "policy=\"sts\""]);
+    eprintln!("a.test: {failed}");
+    // Deferred with the reason, never sent in plaintext.
+    let state = wait_for(Duration::from_secs(10), || {
+        let s = rcpt_state(&a, "bob@b.test");
+        (s.0 == "deferred" && s.1.contains("sts policy")).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not deferred: {:?}\n{}",
+            rcpt_state(&a, "bob@b.test"),
+            a.log()
+        )
+    });
+    eprintln!("a.test queue: {state:?}");
+    assert!(
+        b.messages("bob@b.test").is_empty(),
+        "delivered without verified TLS"
+    );
+    assert!(
+        a.query_count(
+            "SELECT COUNT(*) FROM tls_results WHERE domain = 'b.test' AND policy_type = 'sts' \
+             AND result = 'certificate-not-trusted'"
+        ) >= 1
+    );
+
+    // b.test's MX gets the CA's certificate: the next attempt is verified and delivered.
+    b.pin_ports();
+    b.stop();
+    edit(&b, |c| {
+        let tls = table(c, "tls");
+        tls.insert("cert".into(), path(&chain));
+        tls.insert("key".into(), path(&key));
+    });
+    b.start_again();
+    let got = b.wait_messages("bob@b.test", 1);
+    assert!(got[0].contains("Subject: over MTA-STS"));
+    let line = a.wait_log(&["delivered", "rcpt=bob@b.test"]);
+    assert!(line.contains("verified"), "{line}");
+
+    // A day later a.test tells b.test (its `_smtp._tls` rua) how its sessions went.
+    a.advance_clock(86_400 + 60);
+    a.wait_log(&["report_sent", "kind=tls", "domain=b.test", "status=sent"]);
+    b.wait_log(&["report_received", "kind=\"tls\""]);
+    let detail = wait_for(Duration::from_secs(10), || {
+        let c = rusqlite::Connection::open(b.data_dir().join("mailwarden.db")).unwrap();
+        c.query_row(
+            "SELECT detail FROM reports_in WHERE kind = 'tls'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+    })
+    .expect("b.test kept the TLS report");
+    eprintln!("b.test received TLS-RPT: {detail}");
+    let policies: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    let sts = policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "Sts")
+        .unwrap_or_else(|| panic!("{policies}"));
+    assert!(sts["failed"].as_u64().unwrap() >= 1, "{sts}");
+    assert!(sts["successful"].as_u64().unwrap() >= 1, "{sts}");
+}
+
+#[test]
+fn dane_delivers_on_a_matching_tlsa_waits_on_a_mismatch_and_ignores_unsigned_zones() {
+    // b.test serves three domains: b.test (signed, matching TLSA), c.test (signed, a TLSA
+    // that matches nothing) and d.test (unsigned, the same wrong TLSA).
+    let b = Server::start_with_zones(
+        "hostname = \"mx.b.test\"\ndomains = [\"b.test\", \"c.test\", \"d.test\"]\n",
+        "",
+    );
+    for u in ["bob@b.test", "carol@c.test", "dave@d.test"] {
+        b.add_user(u, "pw");
+    }
+    let records = b.cli_ok(&["dns", "records", "b.test"], None);
+    let tlsa = records
+        .lines()
+        .find(|l| l.contains(" IN TLSA 3 1 1 "))
+        .unwrap_or_else(|| panic!("no TLSA in dns records:\n{records}"));
+    let hash = tlsa.rsplit(' ').next().unwrap();
+    let port = b.mx().port();
+    let wrong = "ab".repeat(32);
+    let zones = format!(
+        "b.test SIGNED
+b.test MX 10 mx.b.test
+mx.b.test A 127.0.0.1
+_{port}._tcp.mx.b.test TLSA 3 1 1 {hash}
+c.test SIGNED
+c.test MX 10 mx.c.test
+mx.c.test A 127.0.0.1
+_{port}._tcp.mx.c.test TLSA 3 1 1 {wrong}
+d.test MX 10 mx.d.test
+mx.d.test A 127.0.0.1
+_{port}._tcp.mx.d.test TLSA 3 1 1 {wrong}
+"
+    );
+    let mut a = Server::start_with_zones(
+        &format!(
+            "hostname = \"mx.a.test\"\ndomains = [\"a.test\"]\n[delivery]\nport = {port}\n\
+             retry_schedule = [\"1s\"]\n"
+        ),
+        &zones,
+    );
+    a.add_user("alice@a.test", "alicepw");
+    // Trust the test DNS server's keys, as a real resolver trusts the root's.
+    let anchors = a.dir.path().join("anchors");
+    std::fs::write(&anchors, a.dns.trust_anchors()).unwrap();
+    a.pin_ports();
+    a.stop();
+    edit(&a, |c| {
+        table(c, "dns").insert("trust_anchors".into(), path(&anchors));
+    });
+    a.start_again();
+
+    for to in ["bob@b.test", "carol@c.test", "dave@d.test"] {
+        let r = submit(
+            &a,
+            "alice@a.test",
+            "alicepw",
+            to,
+            &["--subject", &format!("to {to}")],
+        );
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // Signed and matching: delivered over TLS the TLSA record vouches for.
+    b.wait_messages("bob@b.test", 1);
+    let line = a.wait_log(&["delivered", "rcpt=bob@b.test"]);
+    assert!(line.contains("verified"), "{line}");
+    // Unsigned: DANE is not used, the wrong TLSA changes nothing.
+    b.wait_messages("dave@d.test", 1);
+    let line = a.wait_log(&["delivered", "rcpt=dave@d.test"]);
+    assert!(!line.contains("verified"), "{line}");
+    // Signed and not matching: waits, no plaintext fallback.
+    let failed = a.wait_log(&["tls_verify_failed", "domain=\"c.test\"", "policy=\"tlsa\""]);
+    eprintln!("a.test: {failed}");
+    let state = wait_for(Duration::from_secs(10), || {
+        let s = rcpt_state(&a, "carol@c.test");
+        (s.0 == "deferred" && s.1.contains("tlsa policy")).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("not deferred: {:?}", rcpt_state(&a, "carol@c.test")));
+    eprintln!("a.test queue: {state:?}");
+    assert!(a.log_lines(&["tls_fallback", "mx.c.test"]).is_empty());
+    // Still waiting after more attempts.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        b.messages("carol@c.test").is_empty(),
+        "delivered despite the TLSA mismatch"
+    );
+}
