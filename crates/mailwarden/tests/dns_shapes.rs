@@ -45,6 +45,7 @@ fn dns(server: &mailwarden_testdns::TestDns) -> Dns {
         nameservers: vec![server.addr.to_string()],
         timeout: config::Duration::millis(400),
         attempts: 1,
+        trust_anchors: None,
     };
     Dns::new(&cfg).unwrap()
 }

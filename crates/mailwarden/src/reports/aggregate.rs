@@ -90,7 +90,7 @@ pub fn xml(meta: &Meta<'_>, policy: &Published, rows: &[(Row, u64)]) -> String {
         for d in &r.dkim_results {
             let _ = write!(x, "   <dkim>\n    <domain>{}</domain>\n", e(&d.domain));
             if !d.selector.is_empty() {
-                let _ = write!(x, "    <selector>{}</selector>\n", e(&d.selector));
+                let _ = writeln!(x, "    <selector>{}</selector>", e(&d.selector));
             }
             let _ = write!(x, "    <result>{}</result>\n   </dkim>\n", e(&d.result));
         }
