@@ -305,6 +305,67 @@ mod tests {
         assert!(untrusting.lookup("mx.secure.test", true).await.is_err());
     }
 
+    /// DANE-TA: a CA the server presents, named by a TLSA record, anchors the chain, and the
+    /// end certificate must be valid for the MX host; DANE-EE ignores names.
+    #[test]
+    fn a_trust_anchor_record_checks_the_chain_and_the_name() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["mx.example.test".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let (leaf, ca_der) = (leaf.der().clone(), ca_cert.der().clone());
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let verify = |records: Vec<Tlsa>, chain: &[CertificateDer<'static>], name: &str| {
+            let v = DaneVerifier {
+                records,
+                provider: Arc::new(rustls::crypto::ring::default_provider()),
+            };
+            v.verify_server_cert(
+                &leaf,
+                chain,
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .is_ok()
+        };
+        let ta = || Tlsa {
+            usage: 2,
+            selector: 0,
+            matching: 1,
+            data: sha256(ca_der.as_ref()),
+        };
+        assert!(verify(vec![ta()], &[ca_der.clone()], "mx.example.test"));
+        assert!(
+            !verify(vec![ta()], &[ca_der.clone()], "mx.other.test"),
+            "name checked"
+        );
+        assert!(
+            !verify(vec![ta()], &[], "mx.example.test"),
+            "the anchor must be presented"
+        );
+        let ee = Tlsa {
+            usage: 3,
+            selector: 0,
+            matching: 1,
+            data: sha256(leaf.as_ref()),
+        };
+        assert!(
+            verify(vec![ee], &[], "any.name.test"),
+            "DANE-EE checks no name"
+        );
+    }
+
     #[test]
     fn records_match_by_certificate_or_key_and_digest() {
         let c = cert();

@@ -208,7 +208,8 @@ impl TlsPolicies {
         let values = (
             domain.to_ascii_lowercase(),
             policy.name().to_string(),
-            policy_text.chars().take(4096).collect::<String>(),
+            // Part of the key: PostgreSQL indexes at most about 2.7 kB per entry.
+            policy_text.chars().take(1024).collect::<String>(),
             mx_host.to_ascii_lowercase(),
             result.to_string(),
             ip.to_string(),
