@@ -115,6 +115,16 @@ mx.a.test A 127.0.0.1
         s.dns.update(|z| z.load(&dkim).unwrap());
     }
 
+    // What b.test says to publish names the policy it serves.
+    let records = b.cli_ok(&["dns", "records", "b.test"], None);
+    assert!(
+        records.contains("_mta-sts.b.test. IN TXT \"v=STSv1; id="),
+        "{records}"
+    );
+    assert!(
+        records.contains("mta-sts.b.test. IN CNAME mx.b.test."),
+        "{records}"
+    );
     let r = submit(
         &a,
         "alice@a.test",
@@ -207,6 +217,15 @@ fn dane_delivers_on_a_matching_tlsa_waits_on_a_mismatch_and_ignores_unsigned_zon
         .find(|l| l.contains(" IN TLSA 3 1 1 "))
         .unwrap_or_else(|| panic!("no TLSA in dns records:\n{records}"));
     let hash = tlsa.rsplit(' ').next().unwrap();
+    for want in [
+        "b.test. IN MX 10 mx.b.test.",
+        "b.test. IN TXT \"v=spf1 mx -all\"",
+        "_dmarc.b.test. IN TXT \"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:dmarc-reports@b.test\"",
+        "_smtp._tls.b.test. IN TXT \"v=TLSRPTv1; rua=mailto:dmarc-reports@b.test\"",
+        "no DKIM key for b.test",
+    ] {
+        assert!(records.contains(want), "{want} missing:\n{records}");
+    }
     let port = b.mx().port();
     let wrong = "ab".repeat(32);
     let zones = format!(
