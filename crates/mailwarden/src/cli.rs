@@ -126,6 +126,15 @@ enum ReportCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The reports others sent us (DMARC aggregate and failure, TLS), newest first.
+    Received {
+        /// Since this long ago or this Unix time (default 30 days).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Who sends as our domains: per domain and source address, from the aggregate reports
     /// others sent us, with PTR, volume, pass rates, and a flag on likely forgeries.
     Domains {
@@ -616,6 +625,28 @@ fn report(loaded: &Loaded, cmd: ReportCmd) -> anyhow::Result<()> {
                         s.status,
                         s.bytes,
                         s.reason
+                    );
+                    println!("{}", crate::util::terminal_safe(line.trim_end()));
+                }
+            }
+        }
+        ReportCmd::Received { since, json } => {
+            for r in crate::reports::inbound::received(&store, parse_since(&since)?)? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    let line = format!(
+                        "{} {} {} from {:?}: {} rows {}",
+                        crate::util::rfc5322_date(r.received),
+                        r.kind,
+                        r.domain,
+                        r.org,
+                        r.rows,
+                        if r.detail.is_null() {
+                            String::new()
+                        } else {
+                            r.detail.to_string()
+                        }
                     );
                     println!("{}", crate::util::terminal_safe(line.trim_end()));
                 }

@@ -373,6 +373,48 @@ pub async fn keep(store: &Store, p: Parsed, now: i64, max_rows: usize) -> Result
         .await
 }
 
+/// A report kept, as `mailwarden report received` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Received {
+    pub id: String,
+    pub kind: String,
+    pub org: String,
+    pub domain: String,
+    pub begin: i64,
+    pub end: i64,
+    pub received: i64,
+    /// Aggregate rows kept.
+    pub rows: i64,
+    /// TLS reports: each policy's results; failure reports: the source and failure.
+    pub detail: serde_json::Value,
+}
+
+/// The reports received since `since`, newest first.
+pub fn received(store: &Store, since: i64) -> Result<Vec<Received>, StoreError> {
+    store.read(|c| {
+        c.query_map(
+            "SELECT i.id, i.kind, i.org, i.domain, i.range_begin, i.range_end, i.received, \
+             i.detail, (SELECT COUNT(*) FROM report_rows r WHERE r.report = i.id) \
+             FROM reports_in i WHERE i.received >= ?1 ORDER BY i.received DESC, i.id LIMIT 10000",
+            crate::params![since],
+            |r| {
+                let detail: String = r.get(7)?;
+                Ok(Received {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    org: r.get(2)?,
+                    domain: r.get(3)?,
+                    begin: r.get(4)?,
+                    end: r.get(5)?,
+                    received: r.get(6)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                    rows: r.get(8)?,
+                })
+            },
+        )
+    })
+}
+
 /// Where local delivery hands mail for `reports.address`.
 pub struct Sink {
     pub address: String,

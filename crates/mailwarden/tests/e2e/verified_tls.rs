@@ -63,16 +63,22 @@ fn keygen(s: &Server, domain: &str) -> String {
         .join("\n")
 }
 
-/// The recipient's queue row on `s`: (status, last reply).
+/// The recipient's state in `s`'s queue (`queue list --json`): (status, last reply).
 fn rcpt_state(s: &Server, rcpt: &str) -> (String, String) {
-    let c = rusqlite::Connection::open(s.data_dir().join("mailwarden.db")).unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.query_row(
-        "SELECT status, COALESCE(last_reply, '') FROM queue_rcpt WHERE address = ?1",
-        [rcpt],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .unwrap_or_default()
+    let all: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["queue", "list", "--json"], None)).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["recipients"].as_array().unwrap().iter())
+        .find(|r| r["address"] == rcpt)
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap_or("").to_string(),
+                r["last_reply"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 #[test]
@@ -178,18 +184,15 @@ mx.a.test A 127.0.0.1
     a.advance_clock(86_400 + 60);
     a.wait_log(&["report_sent", "kind=tls", "domain=b.test", "status=sent"]);
     b.wait_log(&["report_received", "kind=\"tls\""]);
-    let detail = wait_for(Duration::from_secs(10), || {
-        let c = rusqlite::Connection::open(b.data_dir().join("mailwarden.db")).unwrap();
-        c.query_row(
-            "SELECT detail FROM reports_in WHERE kind = 'tls'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .ok()
-    })
-    .expect("b.test kept the TLS report");
-    eprintln!("b.test received TLS-RPT: {detail}");
-    let policies: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    let received = b.cli_ok(&["report", "received", "--json"], None);
+    eprintln!("b.test report received: {received}");
+    let tls: Vec<serde_json::Value> = received
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "tls" && r["domain"] == "b.test")
+        .collect();
+    assert_eq!(tls.len(), 1, "{received}");
+    let policies = &tls[0]["detail"];
     let sts = policies
         .as_array()
         .unwrap()
