@@ -345,9 +345,13 @@ mod tests {
             matching: 1,
             data: sha256(ca_der.as_ref()),
         };
-        assert!(verify(vec![ta()], &[ca_der.clone()], "mx.example.test"));
+        assert!(verify(
+            vec![ta()],
+            std::slice::from_ref(&ca_der),
+            "mx.example.test"
+        ));
         assert!(
-            !verify(vec![ta()], &[ca_der.clone()], "mx.other.test"),
+            !verify(vec![ta()], std::slice::from_ref(&ca_der), "mx.other.test"),
             "name checked"
         );
         assert!(
