@@ -97,6 +97,8 @@ max_connections = 30000
 max_connections_per_ip = 20000
 CF
 cat "$ROOT/bench/limits-off.toml" >> "$W/mw/mailwarden.toml"
+# MW_EXTRA=FILE appends more config, to measure one feature's cost (e.g. bench/reports-off.toml).
+if [ -n "${MW_EXTRA:-}" ]; then cat "$MW_EXTRA" >> "$W/mw/mailwarden.toml"; fi
 echo "$BENCH_PW" | "$MW" user add bob@bench.test --password-stdin -c "$W/mw/mailwarden.toml" >/dev/null
 # A trained classifier, so every message is tokenised and scored as in a deployment (without
 # a model, scoring skips the classifier). Trained on the corpus mx-corpus-c50 replays: the

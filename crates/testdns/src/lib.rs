@@ -539,16 +539,7 @@ impl RequestHandler for Handler {
 /// NODATA at all, which real authoritative servers never make them do. TTL and minimum 60 s,
 /// like the positive answers.
 fn negative_soa() -> Record {
-    let soa = SOA::new(
-        Name::from_ascii("ns.testdns.").expect("static name"),
-        Name::from_ascii("hostmaster.testdns.").expect("static name"),
-        1,
-        3600,
-        600,
-        86400,
-        60,
-    );
-    Record::from_rdata(Name::root(), 60, RData::SOA(soa))
+    zone_soa(&Name::root())
 }
 
 fn to_records(name: &str, recs: &[Rec]) -> Vec<Record> {
@@ -614,6 +605,7 @@ fn signer(apex: &Name, keys: &Keys) -> Option<(DnssecSigner, PublicKeyBuf)> {
     Some((signer, public))
 }
 
+/// The SOA of every zone here, signed or not.
 fn zone_soa(origin: &Name) -> Record {
     let soa = SOA::new(
         Name::from_ascii("ns.testdns.").expect("static name"),

@@ -220,7 +220,7 @@ impl Reporter {
         };
         let xml = aggregate::xml(&meta, policy, rows);
         let gz = aggregate::gzip(xml.as_bytes());
-        let (mut sent_today, mut bytes_today) = self.spent(now).unwrap_or((i64::MAX, i64::MAX));
+        let mut budget = self.budget(now);
         let mut out = Vec::new();
         let mut to = Vec::new();
         for r in rua {
@@ -238,26 +238,12 @@ impl Reporter {
                 Some(why)
             } else if let Some(why) = self.unauthorized(&policy.domain, &address).await {
                 Some(why)
-            } else if gz.len() as u64 > limit {
-                Some(format!(
-                    "report too large: {} bytes, the limit is {limit}",
-                    gz.len()
-                ))
-            } else if sent_today >= cfg.dmarc.report_max_per_day as i64
-                || bytes_today.saturating_add(gz.len() as i64)
-                    > cfg.dmarc.report_max_bytes_per_day.0 as i64
-            {
-                Some("the daily budget of reports is spent".to_string())
             } else {
-                None
+                budget.take(cfg, gz.len(), limit)
             };
             match why {
                 Some(why) => out.push(decision(&address, "skipped", why, 0)),
-                None => {
-                    sent_today += 1;
-                    bytes_today += gz.len() as i64;
-                    to.push(address);
-                }
+                None => to.push(address),
             }
         }
         if to.is_empty() {
@@ -459,16 +445,45 @@ impl Reporter {
         }
     }
 
-    /// Reports sent and their bytes since a day ago.
-    pub(super) fn spent(&self, now: i64) -> Result<(i64, i64), StoreError> {
-        self.store.read(|c| {
+    /// What is left of the day's budget: reports sent and their bytes since a day ago (none
+    /// left when that cannot be read).
+    pub(super) fn budget(&self, now: i64) -> Budget {
+        let spent = self.store.read(|c| {
             c.query_row(
                 "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM reports_sent \
                  WHERE status = 'sent' AND at >= ?1",
                 crate::params![now - 86_400],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-        })
+        });
+        let (sent, bytes) = spent.unwrap_or((i64::MAX, i64::MAX));
+        Budget { sent, bytes }
+    }
+}
+
+/// The day's reports and bytes so far, as one run spends them.
+pub(super) struct Budget {
+    sent: i64,
+    bytes: i64,
+}
+
+impl Budget {
+    /// Why a report of `size` bytes may not go to a destination taking `limit` bytes, or
+    /// `None`, counting it as sent.
+    pub(super) fn take(&mut self, cfg: &Config, size: usize, limit: u64) -> Option<String> {
+        if size as u64 > limit {
+            return Some(format!(
+                "report too large: {size} bytes, the limit is {limit}"
+            ));
+        }
+        if self.sent >= cfg.dmarc.report_max_per_day as i64
+            || self.bytes.saturating_add(size as i64) > cfg.dmarc.report_max_bytes_per_day.0 as i64
+        {
+            return Some("the daily budget of reports is spent".to_string());
+        }
+        self.sent += 1;
+        self.bytes += size as i64;
+        None
     }
 }
 

@@ -161,7 +161,7 @@ impl Reporter {
         if let Some(why) = self.listed(domain).await {
             return vec![decision(domain, "skipped", why, 0)];
         }
-        let (mut sent_today, mut bytes_today) = self.spent(now).unwrap_or((i64::MAX, i64::MAX));
+        let mut budget = self.budget(now);
         let interval = cfg.dmarc.report_interval.get().as_secs() as i64;
         let report = TlsReport {
             organization_name: Some(if cfg.dmarc.report_org.is_empty() {
@@ -195,23 +195,12 @@ impl Reporter {
                 continue;
             } else if let Some(why) = self.listed(&dest).await {
                 Some(why)
-            } else if gz.len() as u64 > cfg.dmarc.report_max_size.0 {
-                Some(format!("report too large: {} bytes", gz.len()))
-            } else if sent_today >= cfg.dmarc.report_max_per_day as i64
-                || bytes_today.saturating_add(gz.len() as i64)
-                    > cfg.dmarc.report_max_bytes_per_day.0 as i64
-            {
-                Some("the daily budget of reports is spent".to_string())
             } else {
-                None
+                budget.take(cfg, gz.len(), cfg.dmarc.report_max_size.0)
             };
             match why {
                 Some(why) => out.push(decision(&address, "skipped", why, 0)),
-                None => {
-                    sent_today += 1;
-                    bytes_today += gz.len() as i64;
-                    to.push(address);
-                }
+                None => to.push(address),
             }
         }
         if to.is_empty() {

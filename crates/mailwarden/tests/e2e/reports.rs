@@ -21,28 +21,6 @@ spam.test TXT v=spf1 ip4:127.0.0.9 -all
 _dmarc.spam.test TXT v=DMARC1; p=quarantine; rua=mailto:dmarc@spam.test
 ";
 
-fn set_delivery_port(s: &mut Server, port: u16) {
-    let mut cfg: toml::Table = std::fs::read_to_string(&s.config_path)
-        .unwrap()
-        .parse()
-        .unwrap();
-    cfg["delivery"]
-        .as_table_mut()
-        .unwrap()
-        .insert("port".into(), toml::Value::Integer(port as i64));
-    std::fs::write(&s.config_path, toml::to_string(&cfg).unwrap()).unwrap();
-}
-
-/// The `NAME TXT ...` lines `dkim keygen DOMAIN` printed.
-fn keygen(s: &Server, domain: &str) -> String {
-    s.cli_ok(&["dkim", "keygen", domain], None)
-        .lines()
-        .filter(|l| l.contains("._domainkey.") && l.contains(" IN TXT "))
-        .map(|l| l.replacen(" IN TXT ", " TXT ", 1))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// The gzip attachment of a report message, decompressed.
 fn report_xml(msg: &str) -> String {
     use mail_parser::MimeHeaders;
@@ -78,13 +56,19 @@ fn b_reports_to_a_who_sends_as_a_and_a_names_the_forger() {
         ZONES,
     );
     b.add_user("carol@b.test", "carolpw");
-    let keys = format!("{}\n{}", keygen(&a, "a.test"), keygen(&b, "b.test"));
+    let keys = format!("{}\n{}", a.dkim_keygen("a.test"), b.dkim_keygen("b.test"));
     for s in [&a, &b] {
         s.dns.update(|z| z.load(&keys).unwrap());
     }
     a.pin_ports();
     a.stop();
-    set_delivery_port(&mut a, b.mx().port());
+    a.edit_config(|c| {
+        let port = toml::Value::Integer(b.mx().port() as i64);
+        c["delivery"]
+            .as_table_mut()
+            .unwrap()
+            .insert("port".into(), port);
+    });
     a.start_again();
 
     // Two signed messages from a.test through its own server (source 127.0.0.1).

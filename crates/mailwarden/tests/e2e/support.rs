@@ -391,6 +391,26 @@ impl Server {
         std::fs::write(&self.config_path, toml::to_string(&cfg).unwrap()).unwrap();
     }
 
+    /// Change the config file (of a stopped server, for its next start).
+    pub fn edit_config(&self, f: impl FnOnce(&mut toml::Table)) {
+        let mut cfg: toml::Table = std::fs::read_to_string(&self.config_path)
+            .unwrap()
+            .parse()
+            .unwrap();
+        f(&mut cfg);
+        std::fs::write(&self.config_path, toml::to_string(&cfg).unwrap()).unwrap();
+    }
+
+    /// `dkim keygen DOMAIN` here; the `NAME TXT ...` lines it printed, as zone text.
+    pub fn dkim_keygen(&self, domain: &str) -> String {
+        self.cli_ok(&["dkim", "keygen", domain], None)
+            .lines()
+            .filter(|l| l.contains("._domainkey.") && l.contains(" IN TXT "))
+            .map(|l| l.replacen(" IN TXT ", " TXT ", 1))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Start again after [`Server::stop`] or [`Server::kill9`].
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "still running");

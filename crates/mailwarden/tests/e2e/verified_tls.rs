@@ -33,16 +33,6 @@ fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     (ca_pem, chain, key_pem)
 }
 
-/// Change a stopped server's config.
-fn edit(s: &Server, f: impl FnOnce(&mut toml::Table)) {
-    let mut cfg: toml::Table = std::fs::read_to_string(&s.config_path)
-        .unwrap()
-        .parse()
-        .unwrap();
-    f(&mut cfg);
-    std::fs::write(&s.config_path, toml::to_string(&cfg).unwrap()).unwrap();
-}
-
 fn table<'a>(cfg: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
     cfg.entry(key.to_string())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -52,15 +42,6 @@ fn table<'a>(cfg: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
 
 fn path(p: &Path) -> toml::Value {
     toml::Value::String(p.display().to_string())
-}
-
-fn keygen(s: &Server, domain: &str) -> String {
-    s.cli_ok(&["dkim", "keygen", domain], None)
-        .lines()
-        .filter(|l| l.contains("._domainkey.") && l.contains(" IN TXT "))
-        .map(|l| l.replacen(" IN TXT ", " TXT ", 1))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The recipient's state in `s`'s queue (`queue list --json`): (status, last reply).
@@ -116,7 +97,7 @@ mx.a.test A 127.0.0.1
         zones,
     );
     a.add_user("alice@a.test", "alicepw");
-    let dkim = keygen(&a, "a.test");
+    let dkim = a.dkim_keygen("a.test");
     for s in [&a, &b] {
         s.dns.update(|z| z.load(&dkim).unwrap());
     }
@@ -169,7 +150,7 @@ mx.a.test A 127.0.0.1
     // b.test's MX gets the CA's certificate: the next attempt is verified and delivered.
     b.pin_ports();
     b.stop();
-    edit(&b, |c| {
+    b.edit_config(|c| {
         let tls = table(c, "tls");
         tls.insert("cert".into(), path(&chain));
         tls.insert("key".into(), path(&key));
@@ -258,7 +239,7 @@ _{port}._tcp.mx.d.test TLSA 3 1 1 {wrong}
     std::fs::write(&anchors, a.dns.trust_anchors()).unwrap();
     a.pin_ports();
     a.stop();
-    edit(&a, |c| {
+    a.edit_config(|c| {
         table(c, "dns").insert("trust_anchors".into(), path(&anchors));
     });
     a.start_again();
