@@ -81,25 +81,32 @@ impl Reporter {
     async fn send_dmarc_due(&self) -> Result<(), StoreError> {
         let now = self.clock.now_secs();
         let current = period(now, self.interval());
-        let due: Vec<(i64, String, String, String)> = self.store.read(|c| {
-            c.query_map(
-                "SELECT period, domain, published, rua FROM dmarc_policies WHERE period < ?1 \
-                 ORDER BY period, domain LIMIT ?2",
-                crate::params![current, DOMAINS_PER_TICK],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-        })?;
+        let due: Vec<(i64, String, String, String)> = self
+            .store
+            .read_off(move |c| {
+                c.query_map(
+                    "SELECT period, domain, published, rua FROM dmarc_policies WHERE period < ?1 \
+                     ORDER BY period, domain LIMIT ?2",
+                    crate::params![current, DOMAINS_PER_TICK],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+            })
+            .await?;
         for (p, domain, published, rua) in due {
             let max_rows = self.config.reports.max_rows as i64;
             let (pk, dk) = (p, domain.clone());
-            let rows: Vec<(String, i64)> = self.store.read(|c| {
-                c.query_map(
-                    "SELECT eval, count FROM dmarc_evals WHERE period = ?1 AND domain = ?2 \
-                     ORDER BY count DESC, row_key LIMIT ?3",
-                    crate::params![pk, dk, max_rows],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-            })?;
+            let rows: Vec<(String, i64)> = self
+                .store
+                .read_off(move |c| {
+                    c.query_map(
+                        "SELECT eval, count FROM dmarc_evals WHERE period = ?1 AND domain = ?2 \
+                         ORDER BY count DESC, row_key LIMIT ?3",
+                        crate::params![pk, dk, max_rows],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                })
+                .await?;
+            let dk = domain.clone();
             let taken = self
                 .store
                 .write(move |c| {
@@ -220,7 +227,7 @@ impl Reporter {
         };
         let xml = aggregate::xml(&meta, policy, rows);
         let gz = aggregate::gzip(xml.as_bytes());
-        let mut budget = self.budget(now);
+        let mut budget = self.budget(now).await;
         let mut out = Vec::new();
         let mut to = Vec::new();
         for r in rua {
@@ -447,15 +454,18 @@ impl Reporter {
 
     /// What is left of the day's budget: reports sent and their bytes since a day ago (none
     /// left when that cannot be read).
-    pub(super) fn budget(&self, now: i64) -> Budget {
-        let spent = self.store.read(|c| {
-            c.query_row(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM reports_sent \
-                 WHERE status = 'sent' AND at >= ?1",
-                crate::params![now - 86_400],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        });
+    pub(super) async fn budget(&self, now: i64) -> Budget {
+        let spent = self
+            .store
+            .read_off(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM reports_sent \
+                     WHERE status = 'sent' AND at >= ?1",
+                    crate::params![now - 86_400],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await;
         let (sent, bytes) = spent.unwrap_or((i64::MAX, i64::MAX));
         Budget { sent, bytes }
     }

@@ -94,24 +94,31 @@ impl Reporter {
         let now = self.clock.now_secs();
         let interval = self.config.dmarc.report_interval.get().as_secs();
         let current = period(now, interval);
-        let due: Vec<(i64, String)> = self.store.read(|c| {
-            c.query_map(
-                "SELECT DISTINCT period, domain FROM tls_results WHERE period < ?1 \
-                 ORDER BY period, domain LIMIT 100",
-                crate::params![current],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })?;
+        let due: Vec<(i64, String)> = self
+            .store
+            .read_off(move |c| {
+                c.query_map(
+                    "SELECT DISTINCT period, domain FROM tls_results WHERE period < ?1 \
+                     ORDER BY period, domain LIMIT 100",
+                    crate::params![current],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await?;
         for (p, domain) in due {
             let d = domain.clone();
-            let outcomes: Vec<Outcome> = self.store.read(|c| {
-                c.query_map(
-                    "SELECT policy_type, policy, mx_host, result, ip, count FROM tls_results \
-                     WHERE period = ?1 AND domain = ?2 ORDER BY policy_type, mx_host, result LIMIT 10000",
-                    crate::params![p, d],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-                )
-            })?;
+            let outcomes: Vec<Outcome> =
+                self.store
+                    .read_off(move |c| {
+                        c.query_map(
+                        "SELECT policy_type, policy, mx_host, result, ip, count FROM tls_results \
+                         WHERE period = ?1 AND domain = ?2 ORDER BY policy_type, mx_host, result \
+                         LIMIT 10000",
+                        crate::params![p, d],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                    )
+                    })
+                    .await?;
             let d = domain.clone();
             let taken = self
                 .store
@@ -161,7 +168,7 @@ impl Reporter {
         if let Some(why) = self.listed(domain).await {
             return vec![decision(domain, "skipped", why, 0)];
         }
-        let mut budget = self.budget(now);
+        let mut budget = self.budget(now).await;
         let interval = cfg.dmarc.report_interval.get().as_secs() as i64;
         let report = TlsReport {
             organization_name: Some(if cfg.dmarc.report_org.is_empty() {

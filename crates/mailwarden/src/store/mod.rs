@@ -673,6 +673,18 @@ impl Store {
         )
     }
 
+    /// [`Store::read`] on the blocking pool, for async code: a read never holds an async
+    /// worker.
+    pub async fn read_off<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Conn<'_>) -> sql::Result<R> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read(f))
+            .await
+            .map_err(|e| StoreError::from(std::io::Error::other(e.to_string())))?
+    }
+
     /// Run a read on a pooled connection, on the calling thread. Keep it short.
     pub fn read<R>(&self, f: impl FnOnce(&Conn<'_>) -> sql::Result<R>) -> Result<R, StoreError> {
         match &self.inner.backend {

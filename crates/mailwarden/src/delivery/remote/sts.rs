@@ -168,7 +168,7 @@ impl Sts {
         txt: Option<String>,
         now: i64,
     ) -> Result<Option<Policy>, StoreError> {
-        let held = self.held(domain, now)?;
+        let held = self.held(domain, now).await?;
         let Some(id) = txt else {
             return Ok(held);
         };
@@ -206,16 +206,19 @@ impl Sts {
         }
     }
 
-    fn held(&self, domain: &str, now: i64) -> Result<Option<Policy>, StoreError> {
+    async fn held(&self, domain: &str, now: i64) -> Result<Option<Policy>, StoreError> {
         let d = domain.to_string();
-        let row: Option<(String, String)> = self.store.read(|c| {
-            c.query_map(
-                "SELECT id, body FROM sts_policies WHERE domain = ?1 AND expires > ?2",
-                crate::params![d, now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map(|v| v.into_iter().next())
-        })?;
+        let row: Option<(String, String)> = self
+            .store
+            .read_off(move |c| {
+                c.query_map(
+                    "SELECT id, body FROM sts_policies WHERE domain = ?1 AND expires > ?2",
+                    crate::params![d, now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map(|v| v.into_iter().next())
+            })
+            .await?;
         Ok(row.and_then(|(id, body)| Policy::parse(&id, &body).ok()))
     }
 
