@@ -258,6 +258,7 @@ fn parsedmarc_sample_reports_are_read_and_broken_ones_refused() {
     let lim = Limits {
         max_size: 10 << 20,
         max_depth: 20,
+        max_rows: 10_000,
     };
     let mut seen = Vec::new();
     for sub in ["aggregate", "aggregate_invalid", "smtp_tls", "failure"] {

@@ -23,8 +23,8 @@
 //! ```
 //!
 //! DNSSEC: a name marked `SIGNED` is the apex of a zone served signed (NSEC, ECDSA P-256),
-//! with every record at or below it. The root is then signed too, proving the other
-//! top-level domains insecure delegations, so a validating resolver sees the signed zones as
+//! with every record at or below it (`. SIGNED` signs the root alone). The root is then
+//! signed too, proving the other top-level domains insecure delegations, so a validating resolver sees the signed zones as
 //! secure and the rest as insecure. [`TestDns::trust_anchors`] gives the keys to trust (the
 //! root's and each signed zone's: islands of security, no DS records needed). Keys are made
 //! once per server; zones are signed again whenever they change.
@@ -672,7 +672,7 @@ fn build_signed(z: &Zones, keys: &Keys) -> Option<Arc<Catalog>> {
         .collect();
     let root = signed_zone(&Name::root(), root_records, keys)?;
     catalog.upsert(LowerName::from(&Name::root()), vec![Arc::new(root)]);
-    for apex in &z.signed {
+    for apex in z.signed.iter().filter(|a| *a != ".") {
         let origin = name(apex)?;
         let suffix = format!(".{apex}");
         let records = z
@@ -802,7 +802,8 @@ impl TestDns {
     pub fn trust_anchors(&self) -> String {
         let z = self.zones.read().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        let apexes = std::iter::once(".".to_string()).chain(z.signed.iter().cloned());
+        let apexes =
+            std::iter::once(".".to_string()).chain(z.signed.iter().filter(|a| *a != ".").cloned());
         if z.signed.is_empty() {
             return out;
         }

@@ -580,10 +580,15 @@ pub async fn evaluate(
             )))
             .await;
         ar = ar.with_dmarc_result(&dmarc);
+        let policy_domain = match dmarc.dmarc_record() {
+            Some(_) => record_domain(dns, dmarc.domain()).await,
+            None => String::new(),
+        };
         evaluation = dmarc.dmarc_record().map(|record| {
             report_evaluation(
                 record,
                 &dmarc,
+                &policy_domain,
                 from_domain.as_deref().unwrap_or(""),
                 &mail_from_domain,
                 env.mail_from.is_empty(),
@@ -616,11 +621,35 @@ pub async fn evaluate(
     }
 }
 
+/// The domain whose `_dmarc` record applied to mail from `from` (the From domain, or the
+/// nearest parent with a record: RFC 7489 §6.6.3). The lookups hit the cache the DMARC
+/// check just filled.
+async fn record_domain(dns: &Dns, from: &str) -> String {
+    let from = from.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = from.split('.').collect();
+    for i in 0..labels.len().saturating_sub(1).min(8) {
+        let d = labels[i..].join(".");
+        let name = format!("_dmarc.{d}.");
+        if dns
+            .auth
+            .txt_lookup::<mail_auth::dmarc::Dmarc>(name, Some(&dns.caches.txt))
+            .await
+            .is_ok()
+        {
+            return d;
+        }
+    }
+    from
+}
+
 /// What a DMARC aggregate report needs of this evaluation (RFC 7489 Appendix C): the
-/// published policy, where reports go, the aligned results and the raw ones.
+/// published policy (of `policy_domain`, where the record was found), where reports go, the
+/// aligned results and the raw ones.
+#[allow(clippy::too_many_arguments)]
 fn report_evaluation(
     record: &mail_auth::dmarc::Dmarc,
     out: &mail_auth::DmarcOutput,
+    policy_domain: &str,
     header_from: &str,
     envelope_from: &str,
     helo_scope: bool,
@@ -658,7 +687,7 @@ fn report_evaluation(
         .collect();
     Evaluation {
         published: Published {
-            domain: out.domain().to_ascii_lowercase(),
+            domain: policy_domain.to_string(),
             adkim: align(record.adkim).into(),
             aspf: align(record.aspf).into(),
             p: policy_name(record.p).into(),

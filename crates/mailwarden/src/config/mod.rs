@@ -242,8 +242,10 @@ section! {
         pub max_size: ByteSize = ByteSize::mib(10),
         /// The deepest XML element nesting accepted (an aggregate report needs 5).
         pub max_depth: usize = 20,
-        /// Rows kept per report, at most.
+        /// Rows kept per report, at most; a report with more `<record>`s is refused.
         pub max_rows: usize = 10000,
+        /// How long reports received, and our decisions about reports we sent, are kept.
+        pub retention: Duration = Duration::secs(90 * 86400),
     }
 }
 

@@ -198,10 +198,7 @@ async fn run_batch(
         for j in report_jobs {
             let id = j.prepared.message().id.clone();
             report_results.push(match j.prepared.crlf_bytes() {
-                Ok(raw) => match sink.take(&id, raw).await {
-                    Ok(reply) => Landed::Delivered(reply),
-                    Err(e) => Landed::Later(e.to_string()),
-                },
+                Ok(raw) => Landed::Delivered(sink.take(&id, raw).await),
                 Err(e) => Landed::Later(e.to_string()),
             });
         }

@@ -13,8 +13,12 @@
 //!   (serde_json's limit).
 //! - Rows per report are capped (`reports.max_rows`); a report already kept (same kind,
 //!   organisation and id) is not kept twice.
+//! - Decompression is capped per message too: all its parts together produce at most
+//!   `reports.max_size`. More `<record>`s than `reports.max_rows` are refused before parsing.
+//! - What is stored is cut to size and stripped of control characters; ids are hashes.
 //! - A refused report is logged once, recorded as delivered with the reason, and never
-//!   tried again. Parsing runs on the blocking pool, holding a CPU slot.
+//!   tried again (nor is one the store could not take). Parsing runs on the blocking pool,
+//!   holding a CPU slot.
 
 use crate::store::{Store, StoreError};
 use mail_auth::report::tlsrpt::TlsReport;
@@ -47,14 +51,18 @@ pub enum Refused {
     TooDeep(usize),
     #[error("XML declares a DOCTYPE or entities")]
     Entities,
+    #[error("more than {0} records")]
+    TooManyRows(usize),
     #[error("malformed: {0}")]
     Malformed(String),
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Bytes decompressed per message, over all its parts.
     pub max_size: usize,
     pub max_depth: usize,
+    pub max_rows: usize,
 }
 
 impl Limits {
@@ -62,6 +70,7 @@ impl Limits {
         Limits {
             max_size: c.max_size.0 as usize,
             max_depth: c.max_depth,
+            max_rows: c.max_rows,
         }
     }
 }
@@ -88,11 +97,12 @@ fn unzip(data: &[u8], max: usize) -> Result<Vec<u8>, Refused> {
     read_capped(file, max)
 }
 
-/// Refuse what the XML parser should never see: DOCTYPE and entity declarations, and
-/// nesting deeper than `max_depth`. One pass; attribute values with `>` inside quotes are
-/// skipped correctly.
-pub fn check_xml(x: &[u8], max_depth: usize) -> Result<(), Refused> {
+/// Refuse what the XML parser should never see: DOCTYPE and entity declarations, nesting
+/// deeper than `max_depth`, and more than `max_rows` `<record>`s (the parser would hold them
+/// all). One pass; attribute values with `>` inside quotes are skipped correctly.
+pub fn check_xml(x: &[u8], max_depth: usize, max_rows: usize) -> Result<(), Refused> {
     let mut depth = 0usize;
+    let mut records = 0usize;
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'<', &x[i..]) {
         let start = i + off + 1;
@@ -129,6 +139,17 @@ pub fn check_xml(x: &[u8], max_depth: usize) -> Result<(), Refused> {
             Some(b'?') => {}
             Some(b'/') => depth = depth.saturating_sub(1),
             _ => {
+                let tag = &x[start..j.min(x.len())];
+                if tag.starts_with(b"record")
+                    && tag
+                        .get(6)
+                        .is_none_or(|c| c.is_ascii_whitespace() || *c == b'/')
+                {
+                    records += 1;
+                    if records > max_rows {
+                        return Err(Refused::TooManyRows(max_rows));
+                    }
+                }
                 if j == 0 || x.get(j - 1) != Some(&b'/') {
                     depth += 1;
                     if depth > max_depth {
@@ -153,6 +174,8 @@ pub fn parse(raw: &[u8], lim: Limits) -> Result<Parsed, Refused> {
         .parse(raw)
         .ok_or_else(|| Refused::Malformed("not a message".into()))?;
     let mut refused = Refused::NotAReport;
+    // What decompression may still produce for this message, over all its parts.
+    let mut left = lim.max_size;
     for part in &msg.parts {
         let ct = part.content_type();
         let ctype = ct
@@ -181,15 +204,15 @@ pub fn parse(raw: &[u8], lim: Limits) -> Result<Parsed, Refused> {
                 Payload::Xml
             };
         let data = if sub.ends_with("gzip") || name.ends_with(".gz") {
-            read_capped(flate2::read::GzDecoder::new(bytes), lim.max_size)
+            read_capped(flate2::read::GzDecoder::new(bytes), left)
         } else if sub.ends_with("zip") || name.ends_with(".zip") {
-            unzip(bytes, lim.max_size)
+            unzip(bytes, left)
         } else if sub == "xml"
             || name.ends_with(".xml")
             || sub == "tlsrpt+json"
             || name.ends_with(".json")
         {
-            if bytes.len() > lim.max_size {
+            if bytes.len() > left {
                 Err(Refused::TooLarge(lim.max_size))
             } else {
                 Ok(bytes.to_vec())
@@ -197,12 +220,16 @@ pub fn parse(raw: &[u8], lim: Limits) -> Result<Parsed, Refused> {
         } else {
             continue;
         };
+        let data = data.inspect(|d| left -= d.len()).map_err(|e| match e {
+            Refused::TooLarge(_) => Refused::TooLarge(lim.max_size),
+            e => e,
+        });
         let result = data.and_then(|d| match kind {
             Payload::Json => TlsReport::parse_json(&d)
                 .map(Parsed::Tls)
                 .map_err(|e| Refused::Malformed(format!("TLS report: {e:?}"))),
             Payload::Xml => {
-                check_xml(&d, lim.max_depth)?;
+                check_xml(&d, lim.max_depth, lim.max_rows)?;
                 Report::parse_xml(&d)
                     .map(Parsed::Aggregate)
                     .map_err(|e| Refused::Malformed(format!("aggregate report: {e}")))
@@ -211,7 +238,12 @@ pub fn parse(raw: &[u8], lim: Limits) -> Result<Parsed, Refused> {
         match result {
             Ok(p) => return Ok(p),
             // A bomb or a hostile document is the answer: no other part is read.
-            Err(e @ (Refused::TooLarge(_) | Refused::TooDeep(_) | Refused::Entities)) => {
+            Err(
+                e @ (Refused::TooLarge(_)
+                | Refused::TooDeep(_)
+                | Refused::Entities
+                | Refused::TooManyRows(_)),
+            ) => {
                 return Err(e);
             }
             Err(e) => refused = e,
@@ -234,6 +266,22 @@ fn failure(raw: &[u8]) -> Result<Parsed, Refused> {
         source_ip: f.source_ip().map(|ip| ip.to_string()),
         failure: format!("{:?}", f.auth_failure()),
     })
+}
+
+/// The most of a report's summary kept (TLS policies' results, a failure report's facts).
+const MAX_DETAIL: usize = 64 << 10;
+
+/// `s` without NUL and control characters, cut to at most `max` bytes on a character
+/// boundary.
+fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn pass(r: &mail_auth::report::DmarcResult) -> bool {
@@ -340,6 +388,27 @@ pub async fn keep(store: &Store, p: Parsed, now: i64, max_rows: usize) -> Result
             )
         }
     };
+    // Everything below came from the sender: bounded and NUL-free before it is stored
+    // (PostgreSQL refuses NUL in text and indexes at most about 2.7 kB per entry).
+    let id = {
+        let d = ring::digest::digest(&ring::digest::SHA256, format!("{kind}\0{id}").as_bytes());
+        let hex: String = d.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{kind}:{hex}")
+    };
+    let (org, domain) = (clean(&org, 255), clean(&domain, 255));
+    let detail = match clean(&detail, MAX_DETAIL) {
+        d if d.len() < detail.len() => "{\"truncated\": true}".to_string(),
+        d => d,
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(d, ip, n, disp, a, b, c)| {
+            (clean(&d, 255), clean(&ip, 64), n, clean(&disp, 32), a, b, c)
+        })
+        .collect();
     let kind = kind.to_string();
     store
         .write(move |c| {
@@ -425,16 +494,17 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Parse and keep one message (its CRLF bytes); the reply local delivery records. A
-    /// refused report is answered too: it is never tried again.
-    pub async fn take(&self, qid: &str, raw: Vec<u8>) -> Result<String, StoreError> {
+    /// Parse and keep one message (its CRLF bytes); the reply local delivery records. Every
+    /// outcome is final, a refused report's and a store failure's too: a report is never
+    /// worth parsing twice.
+    pub async fn take(&self, qid: &str, raw: Vec<u8>) -> String {
         let lim = self.limits;
-        let parsed = {
+        let parsed = crate::heavy::offload(move || async move {
             let _cpu = crate::heavy::cpu().await;
-            tokio::task::spawn_blocking(move || parse(&raw, lim))
-                .await
-                .unwrap_or_else(|e| Err(Refused::Malformed(format!("parser failed: {e}"))))
-        };
+            parse(&raw, lim)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Refused::Malformed(format!("parser failed: {e}"))));
         match parsed {
             Ok(p) => {
                 let what = match &p {
@@ -442,13 +512,20 @@ impl Sink {
                     Parsed::Tls(_) => "tls",
                     Parsed::Failure { .. } => "failure",
                 };
-                let kept = keep(&self.store, p, self.clock.now_secs(), self.max_rows).await?;
-                tracing::info!(event = "report_received", qid = %qid, kind = what, duplicate = !kept);
-                Ok(format!("report kept ({what})"))
+                match keep(&self.store, p, self.clock.now_secs(), self.max_rows).await {
+                    Ok(kept) => {
+                        tracing::info!(event = "report_received", qid = %qid, kind = what, duplicate = !kept);
+                        format!("report kept ({what})")
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "report_store_failed", qid = %qid, kind = what, error = %e);
+                        format!("report not kept: {e}")
+                    }
+                }
             }
             Err(e) => {
-                tracing::warn!(event = "report_refused", qid = %qid, reason = %e);
-                Ok(format!("report refused: {e}"))
+                tracing::warn!(event = "report_refused", qid = %qid, reason = ?e.to_string());
+                format!("report refused: {e}")
             }
         }
     }
@@ -461,12 +538,21 @@ mod tests {
     #[test]
     fn the_xml_check_refuses_entities_and_depth_and_passes_reports() {
         let ok = b"<?xml version=\"1.0\"?><!-- <a><a> --><feedback a=\"x>y\"><x/><b><c>1</c></b></feedback>";
-        assert_eq!(check_xml(ok, 3), Ok(()));
-        assert_eq!(check_xml(ok, 2), Err(Refused::TooDeep(2)));
+        assert_eq!(check_xml(ok, 3, 10), Ok(()));
+        assert_eq!(check_xml(ok, 2, 10), Err(Refused::TooDeep(2)));
+        let rows = "<feedback><record><a/></record><record/><records/></feedback>";
+        assert_eq!(check_xml(rows.as_bytes(), 5, 2), Ok(()));
+        assert_eq!(
+            check_xml(rows.as_bytes(), 5, 1),
+            Err(Refused::TooManyRows(1))
+        );
         let doctype = b"<?xml version=\"1.0\"?><!DOCTYPE x [<!ENTITY a \"b\">]><x>&a;</x>";
-        assert_eq!(check_xml(doctype, 20), Err(Refused::Entities));
+        assert_eq!(check_xml(doctype, 20, 10), Err(Refused::Entities));
         let deep = "<a>".repeat(100_000);
-        assert_eq!(check_xml(deep.as_bytes(), 20), Err(Refused::TooDeep(20)));
+        assert_eq!(
+            check_xml(deep.as_bytes(), 20, 10),
+            Err(Refused::TooDeep(20))
+        );
     }
 
     #[test]

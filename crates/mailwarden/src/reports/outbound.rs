@@ -31,6 +31,8 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_secs(2);
 /// Domains taken per tick, at most.
 const DOMAINS_PER_TICK: i64 = 100;
+/// How long after a period ends it is taken (seconds).
+pub(super) const GRACE: i64 = 300;
 
 /// What the reporter needs of the server.
 pub struct Reporter {
@@ -72,58 +74,97 @@ impl Reporter {
         self.config.dmarc.report_interval.get().as_secs()
     }
 
-    /// Send the reports of every period that has ended: DMARC aggregate, then TLS-RPT.
+    /// Send the reports of every period that has ended: DMARC aggregate, then TLS-RPT; and
+    /// now and then forget what is past `reports.retention`.
     pub async fn send_due(&self) -> Result<(), StoreError> {
         self.send_dmarc_due().await?;
-        self.send_tls_due().await
+        self.send_tls_due().await?;
+        self.purge().await
+    }
+
+    /// Delete a batch of what is past its time: reports received and our decisions past
+    /// `reports.retention`, MTA-STS policies past their `max_age`. At most once a minute.
+    async fn purge(&self) -> Result<(), StoreError> {
+        static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let now = self.clock.now_secs();
+        if now - LAST.load(std::sync::atomic::Ordering::Relaxed) < 60 {
+            return Ok(());
+        }
+        LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+        let before = now - self.config.reports.retention.get().as_secs() as i64;
+        self.store
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM report_rows WHERE report IN \
+                     (SELECT id FROM reports_in WHERE received < ?1 ORDER BY received, id LIMIT 10)",
+                    crate::params![before],
+                )?;
+                c.execute(
+                    "DELETE FROM reports_in WHERE id IN \
+                     (SELECT id FROM reports_in WHERE received < ?1 ORDER BY received, id LIMIT 10)",
+                    crate::params![before],
+                )?;
+                c.execute(
+                    "DELETE FROM reports_sent WHERE at < ?1",
+                    crate::params![before],
+                )?;
+                c.execute(
+                    "DELETE FROM sts_policies WHERE expires < ?1",
+                    crate::params![now],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     async fn send_dmarc_due(&self) -> Result<(), StoreError> {
         let now = self.clock.now_secs();
-        let current = period(now, self.interval());
-        let due: Vec<(i64, String, String, String)> = self
+        // A period is taken once it ended GRACE ago: a count still on its way lands first.
+        let ended = period(now - GRACE, self.interval());
+        let due: Vec<(i64, String)> = self
             .store
             .read_off(move |c| {
                 c.query_map(
-                    "SELECT period, domain, published, rua FROM dmarc_policies WHERE period < ?1 \
+                    "SELECT period, domain FROM dmarc_policies WHERE period < ?1 \
                      ORDER BY period, domain LIMIT ?2",
-                    crate::params![current, DOMAINS_PER_TICK],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    crate::params![ended, DOMAINS_PER_TICK],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
             })
             .await?;
-        for (p, domain, published, rua) in due {
+        for (p, domain) in due {
             let max_rows = self.config.reports.max_rows as i64;
-            let (pk, dk) = (p, domain.clone());
-            let rows: Vec<(String, i64)> = self
-                .store
-                .read_off(move |c| {
-                    c.query_map(
-                        "SELECT eval, count FROM dmarc_evals WHERE period = ?1 AND domain = ?2 \
-                         ORDER BY count DESC, row_key LIMIT ?3",
-                        crate::params![pk, dk, max_rows],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                })
-                .await?;
             let dk = domain.clone();
+            // Read and delete in one transaction: what is read is what is taken, and of two
+            // nodes only the one whose DELETE finds the row sends.
             let taken = self
                 .store
                 .write(move |c| {
+                    let policy: Vec<(String, String)> = c.query_map(
+                        "SELECT published, rua FROM dmarc_policies WHERE period = ?1 AND domain = ?2",
+                        crate::params![p, dk.clone()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    let rows: Vec<(String, i64)> = c.query_map(
+                        "SELECT eval, count FROM dmarc_evals WHERE period = ?1 AND domain = ?2 \
+                         ORDER BY count DESC, row_key LIMIT ?3",
+                        crate::params![p, dk.clone(), max_rows],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
                     let n = c.execute(
                         "DELETE FROM dmarc_policies WHERE period = ?1 AND domain = ?2",
-                        crate::params![pk, dk.clone()],
+                        crate::params![p, dk.clone()],
                     )?;
                     c.execute(
                         "DELETE FROM dmarc_evals WHERE period = ?1 AND domain = ?2",
-                        crate::params![pk, dk],
+                        crate::params![p, dk],
                     )?;
-                    Ok(n)
+                    Ok((n, policy.into_iter().next(), rows))
                 })
                 .await?;
-            if taken == 0 {
+            let (1.., Some((published, rua)), rows) = taken else {
                 continue; // another node took it
-            }
+            };
             let (Ok(published), Ok(rua)) = (
                 serde_json::from_str::<Published>(&published),
                 serde_json::from_str::<Vec<Rua>>(&rua),

@@ -93,42 +93,38 @@ impl Reporter {
     pub(super) async fn send_tls_due(&self) -> Result<(), StoreError> {
         let now = self.clock.now_secs();
         let interval = self.config.dmarc.report_interval.get().as_secs();
-        let current = period(now, interval);
+        let ended = period(now - super::outbound::GRACE, interval);
         let due: Vec<(i64, String)> = self
             .store
             .read_off(move |c| {
                 c.query_map(
                     "SELECT DISTINCT period, domain FROM tls_results WHERE period < ?1 \
                      ORDER BY period, domain LIMIT 100",
-                    crate::params![current],
+                    crate::params![ended],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
             })
             .await?;
         for (p, domain) in due {
             let d = domain.clone();
-            let outcomes: Vec<Outcome> =
+            // Read and delete in one transaction, as for DMARC reports.
+            let (taken, outcomes) =
                 self.store
-                    .read_off(move |c| {
-                        c.query_map(
+                    .write(move |c| {
+                        let outcomes: Vec<Outcome> = c.query_map(
                         "SELECT policy_type, policy, mx_host, result, ip, count FROM tls_results \
                          WHERE period = ?1 AND domain = ?2 ORDER BY policy_type, mx_host, result \
                          LIMIT 10000",
-                        crate::params![p, d],
+                        crate::params![p, d.clone()],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-                    )
+                    )?;
+                        let n = c.execute(
+                            "DELETE FROM tls_results WHERE period = ?1 AND domain = ?2",
+                            crate::params![p, d],
+                        )?;
+                        Ok((n, outcomes))
                     })
                     .await?;
-            let d = domain.clone();
-            let taken = self
-                .store
-                .write(move |c| {
-                    c.execute(
-                        "DELETE FROM tls_results WHERE period = ?1 AND domain = ?2",
-                        crate::params![p, d],
-                    )
-                })
-                .await?;
             if taken == 0 || outcomes.is_empty() || !self.config.dmarc.send_reports {
                 continue;
             }

@@ -128,7 +128,7 @@ fn b_reports_to_a_who_sends_as_a_and_a_names_the_forger() {
     );
 
     // The next day on b.test.
-    b.advance_clock(86_400 + 60);
+    b.advance_clock(86_400 + 600);
     b.wait_log(&[
         "report_sent",
         "kind=dmarc",

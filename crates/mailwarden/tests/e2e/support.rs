@@ -90,13 +90,18 @@ impl Server {
     /// Start with the test clock kept in `clock` (another server's [`Server::clock_file`]),
     /// or in this server's directory.
     pub fn start_with_clock(extra: &str, zones: &str, clock: Option<PathBuf>) -> Server {
-        let dns = mailwarden_testdns::TestDns::with_text(zones);
+        // A signed root, as the real one is: the validating resolver of DANE then proves
+        // unsigned zones insecure, and trusts the test server's keys as the root's.
+        let dns = mailwarden_testdns::TestDns::with_text(&format!(". SIGNED\n{zones}"));
         let dir = tempfile::tempdir().expect("tempdir");
+        let anchors = dir.path().join("trust-anchors");
+        std::fs::write(&anchors, dns.trust_anchors()).expect("trust anchors");
         let clock = clock.unwrap_or_else(|| dir.path().join("clock"));
         let mut cfg = base_config(&dir.path().join("data"));
         let dns_cfg = format!(
-            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\n",
-            dns.addr
+            "[dns]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\nattempts = 1\ntrust_anchors = \"{}\"\n",
+            dns.addr,
+            anchors.display()
         );
         merge(&mut cfg, dns_cfg.parse().expect("dns config"));
         merge(&mut cfg, extra.parse().expect("extra config"));

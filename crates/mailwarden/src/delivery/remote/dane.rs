@@ -51,12 +51,37 @@ impl Dane {
         Ok(Dane { resolver, port })
     }
 
-    /// Whether `domain`'s MX answer validated (DANE applies only then).
-    pub async fn mx_secure(&self, domain: &str) -> bool {
+    /// `domain`'s MX answer as DNSSEC sees it (RFC 7672 §2.2.1): secure (with its host
+    /// names), insecure, or failed (bogus, or no answer), when the mail must wait.
+    pub async fn mx(&self, domain: &str) -> Mx {
+        use mail_auth::hickory_resolver::proto::dnssec::Proof;
         let name = format!("{}.", domain.trim_end_matches('.'));
         match self.resolver.mx_lookup(name).await {
-            Ok(l) => DnssecSummary::from_records(l.answers().iter()) == DnssecSummary::Secure,
-            Err(_) => false,
+            Ok(l) => match DnssecSummary::from_records(l.answers().iter()) {
+                DnssecSummary::Secure => Mx::Secure(
+                    l.answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::MX(m) => Some(
+                                m.exchange
+                                    .to_ascii()
+                                    .trim_end_matches('.')
+                                    .to_ascii_lowercase(),
+                            ),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                DnssecSummary::Insecure => Mx::Insecure,
+                DnssecSummary::Bogus => {
+                    Mx::Failed(format!("the MX answer for {domain} does not validate"))
+                }
+            },
+            Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Mx::Insecure,
+            Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof != Proof::Bogus => {
+                Mx::Insecure
+            }
+            Err(e) => Mx::Failed(format!("validating the MX answer for {domain}: {e}")),
         }
     }
 
@@ -102,6 +127,15 @@ impl Dane {
     pub fn config(&self, records: Vec<Tlsa>) -> Arc<rustls::ClientConfig> {
         DaneVerifier::config(records)
     }
+}
+
+/// A domain's MX answer under DNSSEC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mx {
+    /// Validated: these host names (lowercase, no trailing dot).
+    Secure(Vec<String>),
+    Insecure,
+    Failed(String),
 }
 
 /// TLSA records kept per host, at most: each is compared with every certificate offered.
@@ -284,7 +318,10 @@ mod tests {
         cfg.nameservers = vec![dns.addr.to_string()];
         cfg.trust_anchors = Some(anchors);
         let dane = Dane::new(&cfg, 25).unwrap();
-        assert!(dane.mx_secure("secure.test").await);
+        assert_eq!(
+            dane.mx("secure.test").await,
+            Mx::Secure(vec!["mx.secure.test".into()])
+        );
         let found = dane.lookup("mx.secure.test", true).await.unwrap().unwrap();
         assert_eq!(
             found.len(),
@@ -295,13 +332,13 @@ mod tests {
             (found[0].usage, found[0].selector, found[0].matching),
             (3, 1, 1)
         );
-        assert!(!dane.mx_secure("plain.test").await);
+        assert_eq!(dane.mx("plain.test").await, Mx::Insecure);
         assert_eq!(dane.lookup("mx.plain.test", true).await, Ok(None));
         // Another server's keys: the same names no longer validate.
         let other = mailwarden_testdns::TestDns::with_text("secure.test SIGNED\n");
         std::fs::write(cfg.trust_anchors.as_ref().unwrap(), other.trust_anchors()).unwrap();
         let untrusting = Dane::new(&cfg, 25).unwrap();
-        assert!(!untrusting.mx_secure("secure.test").await);
+        assert!(matches!(untrusting.mx("secure.test").await, Mx::Failed(_)));
         assert!(untrusting.lookup("mx.secure.test", true).await.is_err());
     }
 

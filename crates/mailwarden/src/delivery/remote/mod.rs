@@ -322,8 +322,22 @@ impl Outbound {
             .require_tls
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain));
+        // DANE (RFC 7672 §2.2.1): a validated MX answer names the hosts, so a forged
+        // unvalidated one cannot send us elsewhere; an answer that fails validation waits.
+        let mx_secure = match self.policies.mx(domain).await {
+            dane::Mx::Secure(names) => {
+                hosts.retain(|h| names.contains(&h.name));
+                if hosts.is_empty() {
+                    return Err(Unusable::Temporary(format!(
+                        "no host of {domain}'s validated MX answer is usable"
+                    )));
+                }
+                true
+            }
+            dane::Mx::Insecure => false,
+            dane::Mx::Failed(why) => return Err(Unusable::Temporary(why)),
+        };
         let sts = self.policies.sts(domain).await;
-        let mx_secure = self.policies.mx_secure(domain).await;
         let mut errors = Vec::new();
         for host in &hosts {
             let plan = self
@@ -332,8 +346,12 @@ impl Outbound {
                 .await;
             let (kind, text) = match (&plan, &sts) {
                 (Plan::Dane(_, records), _) => (PolicyType::Tlsa, tlsa_text(records)),
-                (Plan::Sts(_) | Plan::StsTesting(_), Some(p)) => (PolicyType::Sts, p.body.clone()),
-                (Plan::Skip(..), Some(p)) => (PolicyType::Sts, p.body.clone()),
+                (Plan::Required | Plan::Skip(_, "tlsa-invalid"), _) => {
+                    (PolicyType::Tlsa, String::new())
+                }
+                (Plan::Sts(_) | Plan::StsTesting(_) | Plan::Skip(..), Some(p)) => {
+                    (PolicyType::Sts, p.body.clone())
+                }
                 _ => (PolicyType::NoPolicyFound, String::new()),
             };
             if let Plan::Skip(why, result) = &plan {
@@ -352,23 +370,31 @@ impl Outbound {
                     self.policies
                         .record(domain, kind, &text, &host.name, *ip, result)
                 };
-                let (mode, verified) = match &plan {
-                    Plan::Dane(c, _) | Plan::Sts(c) | Plan::StsTesting(c) => {
-                        (TlsMode::Verified(c.clone()), true)
-                    }
-                    _ if required => (TlsMode::Required, false),
-                    _ => (TlsMode::Opportunistic, false),
-                };
-                match self.connector.connect(&host.name, *ip, mode).await {
-                    Ok(c) => {
-                        if c.tls.is_some() {
-                            record("success");
+                let verify = match &plan {
+                    Plan::Dane(c, _) | Plan::Sts(c) | Plan::StsTesting(c) => c.clone(),
+                    _ => match self.without_policy(&host.name, *ip, required).await {
+                        Ok(c) => {
+                            if c.tls.is_some() {
+                                record("success");
+                            }
+                            return Ok(c);
                         }
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    },
+                };
+                match self
+                    .connector
+                    .connect(&host.name, *ip, TlsMode::Verified(verify))
+                    .await
+                {
+                    Ok(c) => {
+                        record("success");
                         return Ok(c);
                     }
-                    Err(e @ (ConnectError::TlsFailed(_) | ConnectError::TlsUnavailable(_)))
-                        if verified =>
-                    {
+                    Err(e @ (ConnectError::TlsFailed(_) | ConnectError::TlsUnavailable(_))) => {
                         let why = e.to_string();
                         record(tls_policy::failure_type(&why));
                         tracing::warn!(event = "tls_verify_failed", domain, host = %host.name, ip = %ip,
@@ -378,22 +404,10 @@ impl Outbound {
                             errors.push(format!("{why} ({} policy)", kind.name()));
                             continue;
                         }
-                        match self
-                            .connector
-                            .connect(&host.name, *ip, TlsMode::Opportunistic)
-                            .await
-                        {
+                        // MTA-STS testing: reported; now as without a policy.
+                        match self.without_policy(&host.name, *ip, required).await {
                             Ok(c) => return Ok(c),
-                            Err(e) => errors.push(e.to_string()),
-                        }
-                    }
-                    Err(ConnectError::TlsFailed(e)) if !required => {
-                        // Opportunistic TLS that fails must not stop the mail: plaintext,
-                        // on a fresh connection.
-                        tracing::info!(event = "tls_fallback", host = %host.name, ip = %ip, error = %e);
-                        match self.connector.connect(&host.name, *ip, TlsMode::Off).await {
-                            Ok(c) => return Ok(c),
-                            Err(e) => errors.push(e.to_string()),
+                            Err(e) => errors.push(e),
                         }
                     }
                     Err(e) => errors.push(e.to_string()),
@@ -401,6 +415,33 @@ impl Outbound {
             }
         }
         Err(Unusable::Temporary(errors.join("; ")))
+    }
+
+    /// A connection as when no policy applies: TLS when offered (required when `required`),
+    /// and plaintext on a fresh connection after a failed handshake only when not required.
+    async fn without_policy(
+        &self,
+        host: &str,
+        ip: std::net::IpAddr,
+        required: bool,
+    ) -> Result<client::Conn, String> {
+        let mode = if required {
+            TlsMode::Required
+        } else {
+            TlsMode::Opportunistic
+        };
+        match self.connector.connect(host, ip, mode).await {
+            Ok(c) => Ok(c),
+            Err(ConnectError::TlsFailed(e)) if !required => {
+                // Opportunistic TLS that fails must not stop the mail.
+                tracing::info!(event = "tls_fallback", host = %host, ip = %ip, error = %e);
+                self.connector
+                    .connect(host, ip, TlsMode::Off)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Send one job over `conn` and record the outcome. False if the connection failed.

@@ -98,11 +98,17 @@ impl Policy {
     }
 }
 
+/// After a failed fetch, the domain's policy is not fetched again for this long (RFC 8461
+/// §10.2): a dead policy host must not cost every delivery attempt a 20 s wait.
+const RETRY_FETCH: Duration = Duration::from_secs(300);
+
 /// The policies of destination domains.
 pub struct Sts {
     http: reqwest::Client,
     store: Store,
     port: u16,
+    /// When each domain's last fetch failed.
+    failed: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// Names for the policy fetch, through our resolver (`[dns]`), never the system's; private
@@ -156,7 +162,12 @@ impl Sts {
             .timeout(FETCH_TIMEOUT)
             .no_proxy()
             .build()?;
-        Ok(Sts { http, store, port })
+        Ok(Sts {
+            http,
+            store,
+            port,
+            failed: Default::default(),
+        })
     }
 
     /// The policy of `domain`, if it has one we may use. `txt` is the `_mta-sts` record's
@@ -175,6 +186,14 @@ impl Sts {
         if let Some(p) = &held
             && p.id == id
         {
+            return Ok(held);
+        }
+        let recently_failed = {
+            let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            f.retain(|_, at| at.elapsed() < RETRY_FETCH);
+            f.contains_key(domain)
+        };
+        if recently_failed {
             return Ok(held);
         }
         match self.fetch(domain, &id).await {
@@ -196,11 +215,15 @@ impl Sts {
                         )
                     })
                     .await?;
-                tracing::info!(event = "mta_sts_policy", domain, id = %p.id, mode = ?p.mode, mx = %p.mx.join(","));
+                tracing::info!(event = "mta_sts_policy", domain, id = ?p.id, mode = ?p.mode, mx = ?p.mx.join(","));
                 Ok(Some(p))
             }
             Err(e) => {
-                tracing::warn!(event = "mta_sts_fetch_failed", domain, error = %e);
+                tracing::warn!(event = "mta_sts_fetch_failed", domain, error = ?e);
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(domain.to_string(), std::time::Instant::now());
                 Ok(held)
             }
         }

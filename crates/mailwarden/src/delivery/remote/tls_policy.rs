@@ -182,11 +182,11 @@ impl TlsPolicies {
         }
     }
 
-    /// Whether the MX answer for `domain` validated (DANE needs it to).
-    pub async fn mx_secure(&self, domain: &str) -> bool {
+    /// The MX answer for `domain` under DNSSEC (insecure when DANE is off).
+    pub async fn mx(&self, domain: &str) -> super::dane::Mx {
         match &self.dane {
-            Some(d) => d.mx_secure(domain).await,
-            None => false,
+            Some(d) => d.mx(domain).await,
+            None => super::dane::Mx::Insecure,
         }
     }
 
@@ -209,7 +209,7 @@ impl TlsPolicies {
             domain.to_ascii_lowercase(),
             policy.name().to_string(),
             // Part of the key: PostgreSQL indexes at most about 2.7 kB per entry.
-            policy_text.chars().take(1024).collect::<String>(),
+            cut(policy_text, 1024),
             mx_host.to_ascii_lowercase(),
             result.to_string(),
             ip.to_string(),
@@ -232,6 +232,15 @@ impl TlsPolicies {
             }
         });
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// The TLS-RPT result type (RFC 8460 §4.3) of a failed verified handshake.
