@@ -335,7 +335,8 @@ fn store_copy_moves_a_single_nodes_state_into_the_cluster() {
     );
     // A single node on its embedded store: an account, a DKIM key file, a record, and mail
     // for a remote domain that is down, one body inline and one spooled to a file.
-    let mut solo = Server::start_with_zones(&config, ZONES);
+    // `[store]` named, so MAILWARDEN_E2E_STORE=postgres leaves this node on SQLite.
+    let mut solo = Server::start_with_zones(&format!("{config}[store]\nurl = \"\"\n"), ZONES);
     solo.add_user("alice@example.test", "alice-pw");
     // Past inline_max over several reads, so the session spills it to a spool file.
     let big = format!("{}\n", "y".repeat(70)).repeat(1400);

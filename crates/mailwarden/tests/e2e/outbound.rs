@@ -415,7 +415,12 @@ fn queue_commands_control_the_running_server() {
 #[test]
 fn keys_are_private_and_hidden_clients_leave_no_trace() {
     let b = start_b();
-    let a = start_a(b.mx().port(), "[submission]\nhide_client = true\n");
+    // Key files are the embedded store's: `[store]` named keeps this node on it even under
+    // MAILWARDEN_E2E_STORE=postgres (on a shared store keys live in it; e2e::cluster).
+    let a = start_a(
+        b.mx().port(),
+        "[submission]\nhide_client = true\n[store]\nurl = \"\"\n",
+    );
     let records = keygen(&a);
     publish(&[&b], &records);
     use std::os::unix::fs::PermissionsExt;

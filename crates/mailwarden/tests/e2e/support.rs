@@ -120,6 +120,7 @@ impl Server {
             .get("store")
             .and_then(|s| s.get("url"))
             .and_then(|u| u.as_str())
+            .filter(|u| !u.is_empty())
             .map(str::to_string);
         let config_path = dir.path().join("mailwarden.toml");
         std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
