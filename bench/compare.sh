@@ -90,6 +90,7 @@ mx = "127.0.0.1:$MW_MX"
 submission = "127.0.0.1:$MW_SUB"
 submissions = "127.0.0.1:$MW_SUBS"
 metrics = "127.0.0.1:0"
+admin = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]
@@ -155,6 +156,7 @@ mx = "127.0.0.1:$(free_port)"
 submission = "127.0.0.1:$(free_port)"
 submissions = "127.0.0.1:$(free_port)"
 metrics = "127.0.0.1:0"
+admin = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]

@@ -26,6 +26,7 @@ mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 metrics = "127.0.0.1:0"
+admin = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]

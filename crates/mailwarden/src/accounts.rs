@@ -285,6 +285,36 @@ impl Accounts {
         })
     }
 
+    /// Let an account log in to the web console (`user add --admin`).
+    pub fn set_admin(&self, addr: &str) -> Result<(), AccountError> {
+        let addr = canonical(addr)?;
+        if !self.exists(&addr)? {
+            return Err(AccountError::NotFound(addr));
+        }
+        self.store.write_blocking(move |c| {
+            c.execute(
+                "INSERT INTO admins(address, added) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                crate::params![addr, crate::clock::SystemClock.now_secs()],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// May this (canonical) account log in to the console: stored as an admin, or listed in
+    /// `admin.accounts`.
+    pub fn is_admin(&self, cfg: &crate::config::Config, addr: &str) -> Result<bool, StoreError> {
+        if cfg
+            .admin
+            .accounts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(addr))
+        {
+            return Ok(true);
+        }
+        self.store
+            .read(|c| c.exists("SELECT 1 FROM admins WHERE address = ?1", [addr]))
+    }
+
     /// Does this (canonical) address have an account?
     pub fn exists(&self, addr: &str) -> Result<bool, StoreError> {
         self.store

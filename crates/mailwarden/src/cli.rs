@@ -1,5 +1,5 @@
 //! The `mailwarden` command line: `serve`, `user`, `config`, `dkim`, `queue`, `log`,
-//! `explain`, `learn`, `quarantine`.
+//! `explain`, `learn`, `quarantine`, `report`, `dns`, `audit`, `quickstart`.
 //!
 //! Every command takes `-c FILE` (else `$MAILWARDEN_CONFIG`, else `./mailwarden.toml`, else the
 //! built-in defaults), so the CLI and the server always agree on the data directory. Account
@@ -68,6 +68,29 @@ enum Cmd {
     Report {
         #[command(subcommand)]
         cmd: ReportCmd,
+    },
+    /// Check the setup as an outside sender sees it (live DNS and the network): MX, PTR,
+    /// SPF, DKIM, DMARC, MTA-STS, TLS-RPT, block lists, the certificate, relaying. Exits 1
+    /// when a check fails.
+    Audit {
+        /// Only this domain's checks (and the host's).
+        #[arg(long)]
+        domain: Option<String>,
+        /// One JSON finding per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The first day in one step: a production config, the admin account, DKIM keys, the DNS
+    /// records to publish and a systemd unit. Never overwrites an existing config.
+    Quickstart {
+        /// The admin account; its domain becomes the first local domain.
+        admin: String,
+        /// The server's name (default mail.DOMAIN).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Write every file under this directory instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
     /// What our domains need published in DNS.
     Dns {
@@ -178,6 +201,8 @@ enum QuarantineCmd {
     },
     /// Throw it away.
     Delete { id: String },
+    /// Teach the classifier that it is spam, then throw it away.
+    Spam { id: String },
 }
 
 #[derive(Subcommand)]
@@ -274,6 +299,9 @@ enum UserCmd {
         /// Make a strong random password and print it, once.
         #[arg(long)]
         generate: bool,
+        /// May log in to the web console.
+        #[arg(long)]
+        admin: bool,
     },
     /// Remove an account (its mailbox stays on disk).
     Remove { address: String },
@@ -350,8 +378,20 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // The reference describes the schema, not a file: it needs no config.
+    // The reference describes the schema, not a file: it needs no config. Quickstart writes
+    // the config.
     let cmd = match cli.cmd {
+        Cmd::Quickstart {
+            admin,
+            hostname,
+            root,
+        } => {
+            print!(
+                "{}",
+                crate::quickstart::run(&admin, hostname.as_deref(), &root)?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Config {
             cmd: ConfigCmd::Reference,
         } => {
@@ -408,6 +448,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Quarantine { cmd } => return quarantine(&loaded, cmd),
+        Cmd::Audit { domain, json } => return audit(&loaded, domain, json),
+        Cmd::Quickstart { .. } => unreachable!("handled before the config is loaded"),
         Cmd::Report { cmd } => report(&loaded, cmd)?,
         Cmd::Dns {
             cmd: DnsCmd::Records { domain },
@@ -575,16 +617,7 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
             }
         }
         QuarantineCmd::Release { id, learn_ham } => {
-            let Some(e) = q::get(&store, &id)? else {
-                return missing(&id);
-            };
-            if learn_ham {
-                let toks: Vec<String> = crate::classifier::tokens(&e.content).into_iter().collect();
-                store.write_blocking(move |c| {
-                    crate::classifier::Model::record_in(c, &toks, false, true)
-                })?;
-            }
-            if !q::release(&store, &id)? {
+            if !q::release_learning(&store, &id, learn_ham)? {
                 return missing(&id);
             }
             println!(
@@ -595,6 +628,12 @@ fn quarantine(loaded: &Loaded, cmd: QuarantineCmd) -> anyhow::Result<ExitCode> {
                     ""
                 }
             );
+        }
+        QuarantineCmd::Spam { id } => {
+            if !q::learn_spam(&store, &id)? {
+                return missing(&id);
+            }
+            println!("learnt {id} as spam and deleted it");
         }
         QuarantineCmd::Delete { id } => {
             if !q::delete(&store, &id)? {
@@ -703,6 +742,65 @@ fn report(loaded: &Loaded, cmd: ReportCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn audit(loaded: &Loaded, domain: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = &loaded.config;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dns = crate::dns::Dns::new(&cfg.dns)?;
+    let keyring = crate::dkim::keys::Keyring::new(&cfg.data_dir);
+    let keyring = if crate::store::is_postgres_url(&cfg.store.url) {
+        keyring.with_store(&Store::for_config(cfg)?)
+    } else {
+        keyring
+    };
+    // The relay attempt needs the MX's port; port 0 means only a running server knows it.
+    let mx = cfg
+        .listen
+        .mx
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .filter(|a| a.port() != 0)
+        .map(|a| {
+            if a.ip().is_unspecified() {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
+            } else {
+                a
+            }
+        });
+    let cx = crate::audit::Ctx {
+        cfg,
+        dns: &dns,
+        keyring: &keyring,
+        mx,
+        now: crate::clock::from_env().now_secs(),
+    };
+    let found = rt.block_on(crate::audit::run(&cx, domain.as_deref()));
+    for f in &found {
+        if json {
+            println!("{}", serde_json::to_string(f)?);
+        } else {
+            let mut line = format!(
+                "{:<4} {:<11} {}: {}",
+                f.status.as_str().to_uppercase(),
+                f.check,
+                f.subject,
+                f.detail
+            );
+            if !f.fix.is_empty() {
+                line.push_str(&format!("\n            fix: {}", f.fix));
+            }
+            println!("{}", crate::util::terminal_safe(&line));
+        }
+    }
+    let failed = found.iter().any(|f| f.status == crate::audit::Status::Fail);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn parse_since(s: &str) -> anyhow::Result<i64> {
     if let Ok(t) = s.parse::<i64>() {
         return Ok(t);
@@ -719,11 +817,16 @@ fn user(loaded: &Loaded, cmd: UserCmd) -> anyhow::Result<ExitCode> {
             address,
             password_stdin,
             generate,
+            admin,
         } => {
             let addr = crate::accounts::canonical(&address)?;
             let pw = new_password(&loaded.config.auth, &addr, password_stdin, generate)?;
             let added = accounts.add(&addr, pw.as_bytes())?;
             println!("added {added}");
+            if admin {
+                accounts.set_admin(&added)?;
+                println!("{added} may log in to the web console");
+            }
             if generate {
                 println!(
                     "password: {} (shown once; it is stored only as a hash)",

@@ -3,7 +3,9 @@
 //! `reports.address` (and the RFC 7489 §7.1 authorization when that address is in another
 //! domain), MTA-STS (RFC 8461) when `listen.mta_sts` serves a policy, TLS-RPT (RFC 8460) to
 //! the same address, and the TLSA record (RFC 7672, DANE-EE SPKI SHA-256) of our
-//! certificate. Read-only: it prints what to publish.
+//! certificate, and the RFC 6186 SRV records that point mail clients at submission (with the
+//! autoconfiguration names when `listen.autoconfig` is on). Read-only: it prints what to
+//! publish.
 
 use crate::config::Config;
 use crate::dkim::keys::{Keyring, txt_strings};
@@ -88,6 +90,29 @@ pub fn records(cfg: &Config, keyring: &Keyring, domain: &str) -> String {
             "_mta-sts.{d}. IN TXT \"v=STSv1; id={}\"",
             crate::server::mta_sts::policy_id(cfg)
         );
+    }
+    let ac = &cfg.autoconfig;
+    let client_host = if ac.host.is_empty() {
+        host
+    } else {
+        ac.host.trim_end_matches('.')
+    };
+    let _ = writeln!(out, "; mail clients find submission here (RFC 6186)");
+    for (name, port) in [
+        ("_submissions", ac.submissions_port),
+        ("_submission", ac.submission_port),
+    ] {
+        if port != 0 {
+            let _ = writeln!(out, "{name}._tcp.{d}. IN SRV 0 1 {port} {client_host}.");
+        }
+    }
+    if !cfg.listen.autoconfig.is_empty() {
+        let _ = writeln!(
+            out,
+            "; mail-client autoconfiguration is served on listen.autoconfig (publish it on 443)"
+        );
+        let _ = writeln!(out, "autoconfig.{d}. IN CNAME {host}.");
+        let _ = writeln!(out, "autodiscover.{d}. IN CNAME {host}.");
     }
     let _ = writeln!(out, "; TLS reports (RFC 8460) to the same address");
     let _ = writeln!(

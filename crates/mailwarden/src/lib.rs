@@ -7,11 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod audit;
+pub mod autoconfig;
 pub mod checks;
 pub mod classifier;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod containment;
 pub mod decision;
 pub mod delivery;
@@ -22,12 +25,14 @@ pub mod explain;
 pub mod fsync;
 pub mod header;
 pub mod heavy;
+pub mod http;
 pub mod learning;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod quarantine;
 pub mod queue;
+pub mod quickstart;
 pub mod received;
 pub mod records;
 pub mod reports;

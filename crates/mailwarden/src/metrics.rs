@@ -1,9 +1,13 @@
-//! Counters of what the server decided, served as Prometheus text on `listen.metrics`
-//! (loopback only; `GET /metrics`, HTTP/1.1 with `Connection: close`).
+//! What the server does, served as Prometheus text on `listen.metrics` (loopback only;
+//! `GET /metrics`, HTTP/1.1 with `Connection: close`). `docs/monitoring/` has alert rules and
+//! a dashboard built on these names.
 //!
 //! Code counts with the `metrics` crate's macros (`metrics::counter!`); this module installs
-//! the recorder once per process and answers scrapes. The HTTP side is deliberately tiny: one
-//! path, a bounded request, a timeout. The admin web page will bring a real HTTP stack.
+//! the recorder once per process (with the histograms' buckets), answers scrapes, keeps the
+//! gauges that are read from the store ([`gauges`]: the queue by state, the classifier
+//! model's age) and names the few metrics several modules share. Labels are always from small
+//! fixed sets (actions, states, check names), never from client input. The HTTP side is
+//! deliberately tiny: one path, a bounded request, a timeout.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -21,7 +25,13 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let seconds = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&seconds)
+                .expect("buckets")
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed: then counts go there instead.
             let _ = metrics::set_global_recorder(recorder);
@@ -72,5 +82,93 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
             let _ = sock.write_all(body.as_bytes()).await;
             let _ = sock.shutdown().await;
         });
+    }
+}
+
+/// One DNS lookup: `kind` is the record type asked, `result` `ok`, `nxdomain` (no such name or
+/// no record) or `error`.
+pub fn dns_lookup(kind: &'static str, result: &'static str, started: std::time::Instant) {
+    metrics::counter!("mailwarden_dns_lookups_total", "type" => kind, "result" => result)
+        .increment(1);
+    metrics::histogram!("mailwarden_dns_lookup_seconds", "type" => kind)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// A TLS handshake, `side` `inbound` or `outbound`.
+pub fn tls_handshake(side: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    metrics::counter!("mailwarden_tls_handshakes_total", "side" => side, "result" => result)
+        .increment(1);
+}
+
+/// The certificate's end, as `mailwarden_tls_certificate_expiry_timestamp_seconds`.
+pub fn set_cert_expiry(not_after: i64) {
+    metrics::gauge!("mailwarden_tls_certificate_expiry_timestamp_seconds").set(not_after as f64);
+}
+
+/// The self-audit's findings: per check and status, how many; plus one gauge per listed
+/// address (`mailwarden_address_listed`, 1 while listed).
+pub fn audit_findings(found: &[crate::audit::Finding]) {
+    use crate::audit::Status;
+    let mut by: std::collections::BTreeMap<(&'static str, &'static str), u32> = Default::default();
+    for f in found {
+        for s in [Status::Pass, Status::Warn, Status::Fail] {
+            by.entry((f.check, s.as_str())).or_insert(0);
+        }
+        *by.entry((f.check, f.status.as_str())).or_insert(0) += 1;
+        if f.check == "dnsbl" {
+            metrics::gauge!("mailwarden_address_listed", "address" => f.subject.clone())
+                .set(if f.status == Status::Fail { 1.0 } else { 0.0 });
+        }
+    }
+    for ((check, status), n) in by {
+        metrics::gauge!("mailwarden_audit_findings", "check" => check, "status" => status)
+            .set(n as f64);
+    }
+}
+
+/// The gauges read from the store, refreshed every `every`: the queue's recipients and the
+/// oldest one's age by state, and the classifier model's age.
+pub async fn gauges(
+    store: crate::store::Store,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    every: Duration,
+) {
+    // The states an alert watches read 0 from the start, not "no data".
+    let mut seen: std::collections::HashSet<String> = ["queued", "deferred", "held"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    loop {
+        let s = store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let q = crate::queue::admin::stats(&s)?;
+            let trained = crate::classifier::Model::trained_at(&s)?;
+            Ok::<_, crate::store::StoreError>((q, trained))
+        })
+        .await;
+        if let Ok(Ok((queue, trained))) = read {
+            let now = clock.now_secs();
+            let mut states: std::collections::HashSet<String> = Default::default();
+            for st in queue {
+                metrics::gauge!("mailwarden_queue_recipients", "state" => st.status.clone())
+                    .set(st.recipients as f64);
+                metrics::gauge!("mailwarden_queue_oldest_age_seconds", "state" => st.status.clone())
+                    .set((now - st.oldest).max(0) as f64);
+                states.insert(st.status);
+            }
+            // A state that emptied reads 0, not its last value.
+            for gone in seen.difference(&states) {
+                metrics::gauge!("mailwarden_queue_recipients", "state" => gone.clone()).set(0.0);
+                metrics::gauge!("mailwarden_queue_oldest_age_seconds", "state" => gone.clone())
+                    .set(0.0);
+            }
+            seen.extend(states);
+            if let Some(t) = trained {
+                metrics::gauge!("mailwarden_classifier_model_age_seconds")
+                    .set((now - t).max(0) as f64);
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }

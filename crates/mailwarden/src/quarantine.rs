@@ -121,6 +121,33 @@ pub fn release(store: &Store, id: &str) -> Result<bool, StoreError> {
     })? > 0)
 }
 
+/// Release it, first teaching the classifier that it is ham when `learn_ham` (`quarantine
+/// release [--learn-ham]`, and the console's Release). False if there is no such message.
+pub fn release_learning(store: &Store, id: &str, learn_ham: bool) -> Result<bool, StoreError> {
+    let Some(e) = get(store, id)? else {
+        return Ok(false);
+    };
+    if learn_ham {
+        learn(store, &e, false)?;
+    }
+    release(store, id)
+}
+
+/// Teach the classifier that it is spam, then throw it away (the console's "Learn as spam").
+/// False if there is no such message.
+pub fn learn_spam(store: &Store, id: &str) -> Result<bool, StoreError> {
+    let Some(e) = get(store, id)? else {
+        return Ok(false);
+    };
+    learn(store, &e, true)?;
+    delete(store, id)
+}
+
+fn learn(store: &Store, e: &Entry, spam: bool) -> Result<(), StoreError> {
+    let toks: Vec<String> = crate::classifier::tokens(&e.content).into_iter().collect();
+    store.write_blocking(move |c| crate::classifier::Model::record_in(c, &toks, spam, true))
+}
+
 pub fn delete(store: &Store, id: &str) -> Result<bool, StoreError> {
     let id = id.to_string();
     Ok(store.write_blocking(move |c| {

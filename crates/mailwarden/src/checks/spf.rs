@@ -416,7 +416,17 @@ fn name_text(n: &Name) -> String {
 }
 
 /// A lookup's answers, or nothing for NXDOMAIN/NODATA; other failures are temporary.
-fn answers(res: Result<mail_auth::hickory_resolver::lookup::Lookup, NetError>) -> Step<Vec<RData>> {
+fn answers(
+    kind: &'static str,
+    started: std::time::Instant,
+    res: Result<mail_auth::hickory_resolver::lookup::Lookup, NetError>,
+) -> Step<Vec<RData>> {
+    let class = match &res {
+        Ok(_) => "ok",
+        Err(NetError::Dns(DnsError::NoRecordsFound(_))) => "nxdomain",
+        Err(_) => "error",
+    };
+    crate::metrics::dns_lookup(kind, class, started);
     match res {
         Ok(l) => Ok(l.answers().iter().map(|r| r.data.clone()).collect()),
         Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Ok(Vec::new()),
@@ -442,7 +452,8 @@ impl<'a> Ctx<'a> {
         let Some(n) = fqdn_name(name) else {
             return Ok(Vec::new());
         };
-        let data = answers(self.resolver.txt_lookup(n).await)?;
+        let t = std::time::Instant::now();
+        let data = answers("TXT", t, self.resolver.txt_lookup(n).await)?;
         Ok(data
             .into_iter()
             .filter_map(|d| match d {
@@ -463,12 +474,13 @@ impl<'a> Ctx<'a> {
         let Some(n) = fqdn_name(name) else {
             return Ok(Vec::new());
         };
+        let t = std::time::Instant::now();
         let res = if v6 {
             self.resolver.ipv6_lookup(n).await
         } else {
             self.resolver.ipv4_lookup(n).await
         };
-        Ok(answers(res)?
+        Ok(answers(if v6 { "AAAA" } else { "A" }, t, res)?
             .into_iter()
             .filter_map(|d| match d {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
@@ -482,7 +494,8 @@ impl<'a> Ctx<'a> {
         let Some(n) = fqdn_name(name) else {
             return Ok(Vec::new());
         };
-        let mut mx: Vec<(u16, String)> = answers(self.resolver.mx_lookup(n).await)?
+        let t = std::time::Instant::now();
+        let mut mx: Vec<(u16, String)> = answers("MX", t, self.resolver.mx_lookup(n).await)?
             .into_iter()
             .filter_map(|d| match d {
                 RData::MX(m) => Some((m.preference, name_text(&m.exchange))),
@@ -495,7 +508,8 @@ impl<'a> Ctx<'a> {
 
     async fn ptr_names(&self) -> Step<Vec<String>> {
         let n = Name::from(self.ip);
-        Ok(answers(self.resolver.reverse_lookup(n).await)?
+        let t = std::time::Instant::now();
+        Ok(answers("PTR", t, self.resolver.reverse_lookup(n).await)?
             .into_iter()
             .filter_map(|d| match d {
                 RData::PTR(p) => Some(name_text(&p.0)),

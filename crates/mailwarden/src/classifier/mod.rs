@@ -132,10 +132,28 @@ impl Model {
             }
             bump(c, "spam_messages", m.spam_messages as i64)?;
             bump(c, "ham_messages", m.ham_messages as i64)?;
+            c.execute(
+                "INSERT INTO bayes_meta(key, value) VALUES ('trained', ?1) \
+                 ON CONFLICT(key) DO UPDATE SET value = ?1",
+                crate::params![crate::clock::Clock::now_secs(&crate::clock::SystemClock)],
+            )?;
             if !m.weights.is_empty() {
                 write_weights(c, &m.weights)?;
             }
             Ok(())
+        })
+    }
+
+    /// When `mailwarden learn` last trained the stored model (Unix time), if ever.
+    pub fn trained_at(store: &Store) -> Result<Option<i64>, StoreError> {
+        use crate::store::Optional;
+        store.read(|c| {
+            c.query_row(
+                "SELECT value FROM bayes_meta WHERE key = 'trained'",
+                (),
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 

@@ -60,6 +60,12 @@ section! {
         pub reputation: Reputation = Reputation::default(),
         pub learning: Learning = Learning::default(),
         pub log: Log = Log::default(),
+        pub admin: Admin = Admin::default(),
+        pub autoconfig: Autoconfig = Autoconfig::default(),
+        pub audit: Audit = Audit::default(),
+        /// The user `serve` switches to after binding its ports, when started as root. Empty:
+        /// no switch (a root start then refuses to run).
+        pub run_as_user: String = String::new(),
     }
 }
 
@@ -80,6 +86,66 @@ section! {
         /// from `[mta_sts]`, for every local domain. Empty turns it off. Publish it on port
         /// 443.
         pub mta_sts: String = String::new(),
+        /// The administrator's web console (`[admin]`). Loopback addresses only, unless
+        /// `admin.allow_remote` and `admin.tls` are both on. Empty turns it off.
+        pub admin: String = "127.0.0.1:2581".to_string(),
+        /// Mail-client autoconfiguration over HTTP: Thunderbird's `config-v1.1.xml` and
+        /// Microsoft's Autodiscover POX (`[autoconfig]`). Empty (the default) turns it off.
+        /// Publish it as `autoconfig.<domain>` and `autodiscover.<domain>`, behind HTTPS.
+        pub autoconfig: String = String::new(),
+    }
+}
+
+section! {
+    /// The web console on `listen.admin`: who may log in, and how it is served. An admin
+    /// logs in with an account's password (`mailwarden user add --admin`, or listed in
+    /// `accounts`); failed logins count with the AUTH failures of the mail ports.
+    pub struct Admin {
+        /// Accounts that may log in to the console, besides those added with `--admin`.
+        pub accounts: Vec<String> = Vec::new(),
+        /// Let `listen.admin` be a non-loopback address. Requires `tls`.
+        pub allow_remote: bool = false,
+        /// Serve the console over HTTPS with the listeners' certificate; its cookies are then
+        /// `Secure`.
+        pub tls: bool = false,
+        /// How long a console login lasts without use.
+        pub session_idle: Duration = Duration::secs(30 * 60),
+    }
+}
+
+section! {
+    /// What mail-client autoconfiguration (`listen.autoconfig`) announces. Submission is
+    /// announced on `hostname`, ports 465 (SSL/TLS) and 587 (STARTTLS), with the user's full
+    /// address as the user name.
+    pub struct Autoconfig {
+        /// The host clients connect to. Empty: `hostname`.
+        pub host: String = String::new(),
+        /// The submission ports announced: implicit TLS, then STARTTLS. 0 leaves one out.
+        pub submissions_port: u16 = 465,
+        pub submission_port: u16 = 587,
+        /// An IMAP server to announce, as `host:port` (993: SSL/TLS; else STARTTLS). Empty:
+        /// none.
+        pub imap: String = String::new(),
+        /// A POP3 server to announce, as `host:port` (995: SSL/TLS; else STARTTLS). Empty:
+        /// none.
+        pub pop3: String = String::new(),
+    }
+}
+
+section! {
+    /// The self-audit (`mailwarden audit`) and its periodic part in the server: the DNS
+    /// block lists and the certificate of our own addresses, rechecked every `interval`.
+    pub struct Audit {
+        /// How often the server rechecks. 0 turns the periodic check off.
+        pub interval: Duration = Duration::secs(6 * 3600),
+        /// Warn when the certificate expires within this.
+        pub cert_warn: Duration = Duration::secs(14 * 86400),
+        /// Our public sending addresses, for the PTR, SPF and block-list checks. Empty: the
+        /// addresses `hostname` resolves to.
+        pub addresses: Vec<String> = Vec::new(),
+        /// The address the relay test connects from (a local address of this host that is not
+        /// loopback). Empty: 127.0.0.2, which the MX sees as an outside client.
+        pub relay_test_from: String = String::new(),
     }
 }
 
@@ -827,6 +893,42 @@ impl Config {
                     "listen.metrics = {:?} is not ip:port",
                     self.listen.metrics
                 )),
+            }
+        }
+        if !self.listen.admin.is_empty() {
+            match self.listen.admin.parse::<SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                Ok(_) if self.admin.allow_remote && self.admin.tls => {}
+                Ok(_) => errs.push(format!(
+                    "listen.admin = {:?}: the console listens on loopback only, unless \
+                     admin.allow_remote and admin.tls are both on",
+                    self.listen.admin
+                )),
+                Err(_) => errs.push(format!(
+                    "listen.admin = {:?} is not ip:port",
+                    self.listen.admin
+                )),
+            }
+        }
+        if !self.listen.autoconfig.is_empty()
+            && self.listen.autoconfig.parse::<SocketAddr>().is_err()
+        {
+            errs.push(format!(
+                "listen.autoconfig = {:?} is not ip:port",
+                self.listen.autoconfig
+            ));
+        }
+        for (key, v) in [
+            ("autoconfig.imap", &self.autoconfig.imap),
+            ("autoconfig.pop3", &self.autoconfig.pop3),
+        ] {
+            if !v.is_empty() && crate::autoconfig::host_port(v).is_none() {
+                errs.push(format!("{key} = {v:?} is not host:port"));
+            }
+        }
+        for a in &self.admin.accounts {
+            if mailwarden_proto::address::parse_mailbox(a, false).is_err() {
+                errs.push(format!("admin.accounts: {a:?} is not an address"));
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

@@ -131,44 +131,70 @@ impl Containment {
     }
 
     async fn notify_postmaster(&self, account: &str, t: &Trigger, held: usize) {
-        let cfg = &self.config;
-        let RcptDecision::Local { mailbox } = self
-            .routing
-            .decide(&mailwarden_proto::address::ForwardPath::Postmaster, true)
-        else {
-            return;
-        };
-        let now = self.clock.now_secs();
-        let id = new_id();
-        let body = format!(
-            "From: mailwarden <MAILER-DAEMON@{host}>\r\nTo: <{mailbox}>\r\n\
-         Subject: Account suspended: {account}\r\nDate: {date}\r\n\
-         Message-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\r\n\
-         mailwarden suspended the account {account}.\r\n\r\n\
-         Reason:   {reason}\r\nEvidence: {evidence}\r\nHeld:     {held} recipient(s) of mail \
-         waiting for delivery\r\n\r\n\
-         It cannot log in or send until you resume it:\r\n\
-         \x20 mailwarden user status {account}\r\n\
-         \x20 mailwarden user resume {account} --release   (or --delete)\r\n",
-            host = cfg.hostname,
-            date = rfc5322_date(now),
+        let text = format!(
+            "mailwarden suspended the account {account}.\r\n\r\n\
+             Reason:   {reason}\r\nEvidence: {evidence}\r\nHeld:     {held} recipient(s) of mail \
+             waiting for delivery\r\n\r\n\
+             It cannot log in or send until you resume it:\r\n\
+             \x20 mailwarden user status {account}\r\n\
+             \x20 mailwarden user resume {account} --release   (or --delete)\r\n",
             reason = t.reason,
             evidence = t.evidence,
         );
-        let to = Recipient {
-            idx: 0,
-            address: mailbox.clone(),
-            route: Route::Local {
-                mailbox,
-                folder: Folder::Inbox,
-            },
-        };
-        let msg = Message::generated("containment", &cfg.hostname, now, to, body.into_bytes());
-        if let Err(e) = self.queue.enqueue(msg).await {
+        let subject = format!("Account suspended: {account}");
+        if let Err(e) = notify_postmaster(
+            &self.config,
+            &self.routing,
+            &self.queue,
+            self.clock.now_secs(),
+            "containment",
+            &subject,
+            &text,
+        )
+        .await
+        {
             tracing::error!(event = "postmaster_notice_failed", account, error = %e);
         }
     }
+}
+
+/// Send the postmaster a plain-text notice (a suspension, an address of ours listed),
+/// through the queue into their local mailbox. `source` names the generating part, as the
+/// queue's listener.
+pub async fn notify_postmaster(
+    cfg: &Config,
+    routing: &Routing,
+    queue: &Queue,
+    now: i64,
+    source: &str,
+    subject: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    let RcptDecision::Local { mailbox } =
+        routing.decide(&mailwarden_proto::address::ForwardPath::Postmaster, true)
+    else {
+        anyhow::bail!("the postmaster has no local mailbox");
+    };
+    let id = new_id();
+    let body = format!(
+        "From: mailwarden <MAILER-DAEMON@{host}>\r\nTo: <{mailbox}>\r\n\
+         Subject: {subject}\r\nDate: {date}\r\n\
+         Message-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{text}",
+        host = cfg.hostname,
+        date = rfc5322_date(now),
+    );
+    let to = Recipient {
+        idx: 0,
+        address: mailbox.clone(),
+        route: Route::Local {
+            mailbox,
+            folder: Folder::Inbox,
+        },
+    };
+    let msg = Message::generated(source, &cfg.hostname, now, to, body.into_bytes());
+    queue.enqueue(msg).await?;
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -86,6 +86,32 @@ pub fn show(store: &Store, id: &str) -> Result<Option<Summary>, StoreError> {
     }))
 }
 
+/// The queue by recipient state: how many recipients, and the oldest one's arrival (Unix
+/// time), for the console's overview and `/metrics`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StateCount {
+    pub status: String,
+    pub recipients: i64,
+    pub oldest: i64,
+}
+
+pub fn stats(store: &Store) -> Result<Vec<StateCount>, StoreError> {
+    store.read(|c| {
+        c.query_map(
+            "SELECT r.status, CAST(COUNT(*) AS BIGINT), CAST(MIN(q.created) AS BIGINT) \
+             FROM queue_rcpt r JOIN queue q ON q.id = r.id GROUP BY r.status ORDER BY r.status",
+            (),
+            |r| {
+                Ok(StateCount {
+                    status: r.get(0)?,
+                    recipients: r.get(1)?,
+                    oldest: r.get(2)?,
+                })
+            },
+        )
+    })
+}
+
 /// Make deferred recipients (of one message, or all) due now. Returns how many.
 pub fn retry(store: &Store, id: Option<&str>) -> Result<usize, StoreError> {
     let id = id.map(str::to_string);

@@ -72,6 +72,7 @@ pub struct Record {
 
 /// Store a record, and drop a batch of expired ones. `retention` in seconds.
 pub async fn save(store: &Store, rec: Record, retention: i64) -> Result<(), StoreError> {
+    metrics::counter!("mailwarden_verdicts_total", "action" => rec.action.clone()).increment(1);
     let data = serde_json::to_string(&rec).unwrap_or_default();
     let rcpts: String = rec
         .rcpts

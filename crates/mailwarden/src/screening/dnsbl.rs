@@ -42,11 +42,18 @@ async fn ask(
     what: &str,
     domain_list: bool,
 ) -> Option<Finding> {
+    let t = std::time::Instant::now();
     let answer = dns
         .auth
         .ipv4_lookup(name.as_str(), Some(&dns.caches.ipv4))
-        .await
-        .ok()?;
+        .await;
+    let class = match &answer {
+        Ok(_) => "ok",
+        Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))) => "nxdomain",
+        Err(_) => "error",
+    };
+    crate::metrics::dns_lookup("A", class, t);
+    let answer = answer.ok()?;
     let hits: Vec<Ipv4Addr> = answer
         .rrset
         .iter()

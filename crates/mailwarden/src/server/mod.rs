@@ -38,6 +38,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// How often the gauges read from the store (queue, classifier) are refreshed.
+const GAUGE_REFRESH: Duration = Duration::from_secs(15);
+
 /// How often the server looks for a newly trained classifier model.
 const CLASSIFIER_REFRESH: Duration = Duration::from_secs(10);
 
@@ -49,6 +52,10 @@ pub struct Running {
     pub metrics: Option<std::net::SocketAddr>,
     /// Where the MTA-STS policy is served, if it is.
     pub mta_sts: Option<std::net::SocketAddr>,
+    /// Where the web console is served, if it is.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Where mail-client autoconfiguration is served, if it is.
+    pub autoconfig: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     store: Store,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -306,12 +313,54 @@ pub async fn start(
         bound.push((kind, l.local_addr()?));
         tasks.push(tokio::spawn(accept_loop(l, kind, shared.clone())));
     }
+    let admin = if config.listen.admin.is_empty() {
+        None
+    } else {
+        let addr = &config.listen.admin;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.admin)"))?;
+        let a = l.local_addr()?;
+        let mx = bound
+            .iter()
+            .find(|(k, _)| *k == ListenerKind::Mx)
+            .map(|(_, a)| *a);
+        tasks.push(crate::console::serve(l, shared.clone(), store.clone(), mx));
+        Some(a)
+    };
+    let autoconfig = if config.listen.autoconfig.is_empty() {
+        None
+    } else {
+        let addr = &config.listen.autoconfig;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.autoconfig)"))?;
+        let a = l.local_addr()?;
+        tasks.push(crate::autoconfig::serve(l, config.clone()));
+        Some(a)
+    };
+    tasks.push(tokio::spawn(crate::audit::watch(crate::audit::Watch {
+        config: config.clone(),
+        dns: shared.dns.clone(),
+        queue: queue.clone(),
+        routing: Routing::new(&config, shared.accounts.clone()),
+        clock: shared.clock.clone(),
+    })));
+    if metrics.is_some() {
+        tasks.push(tokio::spawn(crate::metrics::gauges(
+            store.clone(),
+            shared.clock.clone(),
+            GAUGE_REFRESH,
+        )));
+    }
     tracing::info!(event = "started", hostname = %config.hostname, data_dir = %config.data_dir.display(), tls = %tls.description);
     Ok(Running {
         shared,
         bound,
         metrics,
         mta_sts,
+        admin,
+        autoconfig,
         shutdown: shutdown_tx,
         store,
         tasks,
@@ -373,6 +422,19 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         writeln!(
             out,
             "listening mta_sts {a}    (HTTPS: the MTA-STS policy of every local domain)"
+        )?;
+    }
+    if let Some(a) = running.admin {
+        let scheme = if config.admin.tls { "https" } else { "http" };
+        writeln!(
+            out,
+            "listening admin {a}    (the web console: {scheme}://{a}/; log in as an admin account)"
+        )?;
+    }
+    if let Some(a) = running.autoconfig {
+        writeln!(
+            out,
+            "listening autoconfig {a}    (mail-client autoconfiguration: Thunderbird, Autodiscover)"
         )?;
     }
     let domain = config

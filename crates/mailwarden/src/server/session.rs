@@ -162,6 +162,8 @@ struct Driver<'a, IO> {
     tls_info: Option<String>,
     deadline: tokio::time::Instant,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// When this transaction's MAIL came (its latency histogram).
+    mail_at: Option<Instant>,
     messages: u32,
     end_reason: &'static str,
 }
@@ -212,6 +214,7 @@ async fn serve<IO>(
         screen,
         routed: Vec::new(),
         tls_info,
+        mail_at: None,
         messages: 0,
         end_reason: "quit",
     };
@@ -327,6 +330,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         self.body.discard();
         self.routed.clear();
         self.ctx.qid = Some(new_id());
+        self.mail_at = Some(Instant::now());
         self.ctx.from = Some(from.clone());
         let base = crate::records::Record {
             id: self.ctx.qid.clone().unwrap_or_default(),
@@ -440,6 +444,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
             return;
         }
         let rcpt_list: Vec<String> = self.routed.iter().map(|r| r.address.clone()).collect();
+        let data_started = Instant::now();
         let arrived = message::Arrived {
             rcpts: std::mem::take(&mut self.routed),
             tls: self.tls_info.as_deref(),
@@ -455,6 +460,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         )
         .await;
         let reply = done.reply;
+        let listener = self.ctx.listener.name();
+        metrics::histogram!("mailwarden_smtp_end_of_data_seconds", "listener" => listener)
+            .record(data_started.elapsed().as_secs_f64());
+        if let Some(t) = self.mail_at.take() {
+            metrics::histogram!("mailwarden_smtp_transaction_seconds", "listener" => listener)
+                .record(t.elapsed().as_secs_f64());
+        }
         self.ctx.rec.message(&reply, done.notes);
         // Whatever the queue did not take goes now, accepted (held in quarantine) or not.
         self.body.discard();
@@ -539,7 +551,10 @@ where
         acceptor.accept(io),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("handshake timeout"))??;
+    .map_err(|_| anyhow::anyhow!("handshake timeout"))
+    .and_then(|r| r.map_err(anyhow::Error::from));
+    crate::metrics::tls_handshake("inbound", tls.is_ok());
+    let tls = tls?;
     let info = super::tls::describe(tls.get_ref().1);
     *stream = Stream::Tls(Box::new(tls));
     Ok(info)

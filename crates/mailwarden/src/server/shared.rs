@@ -63,7 +63,7 @@ pub struct Shared {
     /// `limits.min_free_space` on the filesystem of `data_dir`.
     pub free_space: super::freespace::FreeSpace,
     /// One AUTH password check at a time per client address.
-    pub(super) auth_lines: crate::limits::lines::Lines,
+    pub(crate) auth_lines: crate::limits::lines::Lines,
     /// `limits.message_memory`: messages being checked in memory, over all sessions.
     pub memory: crate::heavy::Memory,
     pub shutdown: watch::Receiver<bool>,

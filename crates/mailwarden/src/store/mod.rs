@@ -427,9 +427,18 @@ CREATE TABLE tls_results(
 );
 "#;
 
+/// Accounts that may log in to the web console (`user add --admin`; `admin.accounts` adds
+/// more from the config).
+const SCHEMA_V14: &str = r#"
+CREATE TABLE admins(
+    address TEXT PRIMARY KEY,
+    added INTEGER NOT NULL
+);
+"#;
+
 const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11, SCHEMA_V12, SCHEMA_V13,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11, SCHEMA_V12, SCHEMA_V13, SCHEMA_V14,
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

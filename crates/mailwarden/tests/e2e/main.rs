@@ -4,6 +4,7 @@
 mod classifier;
 mod cli;
 mod cluster;
+mod console;
 mod containment;
 mod crash;
 mod hostile;

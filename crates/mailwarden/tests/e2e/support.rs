@@ -30,6 +30,7 @@ mx = "127.0.0.1:0"
 submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 metrics = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 [delivery]
 # Every peer in these tests is on loopback.
 allow_private_destinations = true
@@ -175,7 +176,7 @@ impl Server {
             .unwrap()
             .parse()
             .unwrap();
-        let optional = ["mta_sts"]
+        let optional = ["mta_sts", "admin", "autoconfig"]
             .iter()
             .filter(|k| {
                 cfg.get("listen")
@@ -796,4 +797,30 @@ impl Drop for Dovecot {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
+}
+
+/// A test CA and a certificate it issued for `names`: (ca.pem, chain.pem, key.pem).
+pub fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "mailwarden test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    let (ca_pem, chain, key_pem) = (
+        dir.join("ca.pem"),
+        dir.join("chain.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    (ca_pem, chain, key_pem)
 }

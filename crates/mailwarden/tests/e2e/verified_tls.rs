@@ -4,34 +4,8 @@
 //! tells b.test what happened.
 
 use crate::support::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// A test CA and a certificate it issued for `names`: (ca.pem, chain.pem, key.pem).
-fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "mailwarden test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-    let (ca_pem, chain, key_pem) = (
-        dir.join("ca.pem"),
-        dir.join("chain.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
-    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-    (ca_pem, chain, key_pem)
-}
 
 fn table<'a>(cfg: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
     cfg.entry(key.to_string())

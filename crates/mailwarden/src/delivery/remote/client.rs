@@ -242,7 +242,9 @@ impl Connector {
             _ => (self.tls.clone(), false),
         };
         let connector = tokio_rustls::TlsConnector::from(config);
-        let tls = match timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, inner)).await {
+        let handshake = timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, inner)).await;
+        crate::metrics::tls_handshake("outbound", matches!(handshake, Ok(Ok(_))));
+        let tls = match handshake {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 return Err(ConnectError::TlsFailed(format!(

@@ -541,9 +541,19 @@ impl Outbound {
         let now = self.queue.now();
         let mut outcomes = Vec::new();
         let mut failed = Vec::new();
+        let tls_class = match conn.tls.as_deref() {
+            None => "none",
+            Some(t) if t.ends_with(" verified") => "verified",
+            Some(_) => "opportunistic",
+        };
+        let count = |result: &'static str| {
+            metrics::counter!("mailwarden_outbound_deliveries_total", "result" => result, "tls" => tls_class)
+                .increment(1);
+        };
         for ((r, attempts), res) in job.rcpts.iter().zip(&job.attempts).zip(results) {
             match res {
                 RcptResult::Accepted(reply) => {
+                    count("delivered");
                     let text = format!("{} said: {}", conn.remote, reply.text());
                     tracing::info!(event = "delivered", qid = %msg.id, rcpt = %r.address,
                         remote = %conn.remote, tls = conn.tls.as_deref().unwrap_or("none"), reply = %reply.text());
@@ -555,10 +565,12 @@ impl Outbound {
                     });
                 }
                 RcptResult::Deferred(_, text) => {
+                    count("deferred");
                     tracing::info!(event = "deferred", qid = %msg.id, rcpt = %r.address, reply = %text);
                     outcomes.push(self.deferral(msg, r, *attempts, &text, now, &mut failed));
                 }
                 RcptResult::Failed(status, text) => {
+                    count("bounced");
                     tracing::info!(event = "bounced", qid = %msg.id, rcpt = %r.address, reply = %text);
                     outcomes.push(RemoteOutcome::failed(r.idx, text.clone()));
                     failed.push(dsn::Failed {

@@ -144,8 +144,16 @@ pub async fn resolve(
             text: format!("{domain} is not a valid domain name"),
         });
     };
-    let mx = looked(resolver.mx_lookup(name.clone()).await)
-        .map_err(|e| RouteError::Temporary(format!("MX lookup for {domain} failed: {e}")))?;
+    let t = std::time::Instant::now();
+    let mx = looked(resolver.mx_lookup(name.clone()).await);
+    let class = match &mx {
+        Ok(Looked::NxDomain) => "nxdomain",
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    crate::metrics::dns_lookup("MX", class, t);
+    let mx =
+        mx.map_err(|e| RouteError::Temporary(format!("MX lookup for {domain} failed: {e}")))?;
     let mut exchanges: Vec<(u16, String)> = match mx {
         Looked::NxDomain => {
             return Err(RouteError::Permanent {
