@@ -403,7 +403,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let loaded = config::load(cli.config.as_deref())?;
     match cmd {
         Cmd::Serve => {
+            // Ports bound and root given up before the runtime starts a thread.
+            let switched = crate::server::privileges::drop_root(&loaded.config)?;
             crate::logging::init(&loaded.config.log);
+            match switched {
+                Some(user) => tracing::info!(event = "privileges_dropped", user = %user),
+                None if rustix::process::geteuid().is_root() => tracing::warn!(
+                    event = "running_as_root",
+                    "started as root without run_as_user: the server keeps root"
+                ),
+                None => {}
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("mailwarden")

@@ -63,8 +63,9 @@ section! {
         pub admin: Admin = Admin::default(),
         pub autoconfig: Autoconfig = Autoconfig::default(),
         pub audit: Audit = Audit::default(),
-        /// The user `serve` switches to after binding its ports, when started as root. Empty:
-        /// no switch (a root start then refuses to run).
+        /// The user `serve` switches to after binding its ports, when started as root (for
+        /// good: real, effective and saved ids, no supplementary groups); `data_dir` is
+        /// handed to it. Empty: a root start keeps root, with a warning in the log.
         pub run_as_user: String = String::new(),
     }
 }

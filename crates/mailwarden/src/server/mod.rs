@@ -12,6 +12,7 @@ mod early;
 pub mod freespace;
 mod message;
 pub mod mta_sts;
+pub mod privileges;
 mod record;
 mod screen;
 pub mod session;
@@ -183,7 +184,7 @@ pub async fn start(
         if addr.is_empty() {
             continue;
         }
-        let l = TcpListener::bind(addr)
+        let l = privileges::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (listen.{name})"))?;
         listeners.push((ListenerKind::from_name(name), l));
@@ -193,7 +194,7 @@ pub async fn start(
         None
     } else {
         let addr = &config.listen.metrics;
-        let l = TcpListener::bind(addr)
+        let l = privileges::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (listen.metrics)"))?;
         // Before anything is counted.
@@ -301,7 +302,7 @@ pub async fn start(
         None
     } else {
         let addr = &config.listen.mta_sts;
-        let l = TcpListener::bind(addr)
+        let l = privileges::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (listen.mta_sts)"))?;
         let a = l.local_addr()?;
@@ -317,7 +318,7 @@ pub async fn start(
         None
     } else {
         let addr = &config.listen.admin;
-        let l = TcpListener::bind(addr)
+        let l = privileges::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (listen.admin)"))?;
         let a = l.local_addr()?;
@@ -332,7 +333,7 @@ pub async fn start(
         None
     } else {
         let addr = &config.listen.autoconfig;
-        let l = TcpListener::bind(addr)
+        let l = privileges::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (listen.autoconfig)"))?;
         let a = l.local_addr()?;

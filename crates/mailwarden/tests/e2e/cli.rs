@@ -159,3 +159,52 @@ fn serve_with_no_config_file_uses_embedded_defaults() {
         & 0o777;
     assert_eq!(mode, 0o600, "private key readable by others");
 }
+
+/// The ids on a `Uid:` or `Gid:` line of /proc/PID/status (real, effective, saved, fs).
+fn ids(pid: u32, which: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(which))
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn serve_started_as_root_binds_then_runs_as_run_as_user() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("serve_started_as_root_binds_then_runs_as_run_as_user: skipped, not root");
+        return;
+    }
+    // Root made the store (`user add` as root); a restart as root must still hand it over.
+    let mut s = Server::start("");
+    s.add_user("alice@example.test", "pw");
+    s.stop();
+    // nobody must reach its data_dir through the test's private temporary directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.edit_config(|c| {
+        c.insert("run_as_user".into(), toml::Value::String("nobody".into()));
+    });
+    s.start_again();
+    s.wait_log(&["event=\"privileges_dropped\"", "user=nobody"]);
+    assert_eq!(
+        ids(s.pid(), "Uid:"),
+        vec![65534; 4],
+        "every uid is nobody's"
+    );
+    assert_eq!(
+        ids(s.pid(), "Gid:"),
+        vec![65534; 4],
+        "every gid is nogroup's"
+    );
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let groups = groups.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(groups.trim(), "Groups:", "no supplementary groups");
+    // It still serves, as nobody: a message through 465 into alice's Maildir.
+    let r = submit(&s, "alice@example.test", "pw", "alice@example.test", &[]);
+    assert_eq!(r["ok"], true, "{r}\n{}", s.log());
+    s.wait_messages("alice@example.test", 1);
+}
