@@ -195,9 +195,11 @@ impl Accounts {
     pub fn remove(&self, addr: &str) -> Result<String, AccountError> {
         let addr = canonical(addr)?;
         let a = addr.clone();
-        let n = self
-            .store
-            .write_blocking(move |c| c.execute("DELETE FROM accounts WHERE address = ?1", [a]))?;
+        // The console grant goes with the account: a later account of the same name is new.
+        let n = self.store.write_blocking(move |c| {
+            c.execute("DELETE FROM admins WHERE address = ?1", [&a])?;
+            c.execute("DELETE FROM accounts WHERE address = ?1", [&a])
+        })?;
         if n == 0 {
             return Err(AccountError::NotFound(addr));
         }
@@ -283,6 +285,19 @@ impl Accounts {
                 crate::params![account, address, domain_grant],
             )
         })
+    }
+
+    /// A fingerprint of the account's stored password hash (salted, so it changes with every
+    /// new password): a console session begun before a change ends. `None` for no such
+    /// account.
+    pub fn password_stamp(&self, addr: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.password_hash(addr)?.map(|h| {
+            let d = ring::digest::digest(&ring::digest::SHA256, h.as_bytes());
+            d.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }))
     }
 
     /// Let an account log in to the web console (`user add --admin`).

@@ -659,6 +659,18 @@ pub async fn relay_check(cfg: &Config, mx: SocketAddr) -> Finding {
         .relay_test_from
         .parse()
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
+    // A listener on every address (0.0.0.0, [::]) is reached on loopback, in the family of
+    // the address we test from.
+    let mx = if mx.ip().is_unspecified() {
+        let ip = if from.is_ipv4() {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        };
+        SocketAddr::new(ip, mx.port())
+    } else {
+        mx
+    };
     let subject = mx.to_string();
     let attempt = async {
         let sock = if from.is_ipv4() {
@@ -777,6 +789,9 @@ pub async fn watch(w: Watch) {
             .filter(|f| f.check == "dnsbl" && f.status == Status::Fail)
             .map(|f| format!("{} ({})", f.subject, f.detail))
             .collect();
+        // Told once per listing; a notice that could not be queued is tried again next time.
+        let mut told: std::collections::HashSet<String> =
+            listed.intersection(&listed_before).cloned().collect();
         for l in listed.difference(&listed_before) {
             tracing::warn!(event = "address_listed", listing = %l);
             let text = format!(
@@ -797,9 +812,11 @@ pub async fn watch(w: Watch) {
             .await
             {
                 tracing::error!(event = "postmaster_notice_failed", error = %e);
+            } else {
+                told.insert(l.clone());
             }
         }
-        listed_before = listed;
+        listed_before = told;
         tokio::time::sleep(every).await;
     }
 }

@@ -770,14 +770,7 @@ fn audit(loaded: &Loaded, domain: Option<String>, json: bool) -> anyhow::Result<
         .mx
         .parse::<std::net::SocketAddr>()
         .ok()
-        .filter(|a| a.port() != 0)
-        .map(|a| {
-            if a.ip().is_unspecified() {
-                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
-            } else {
-                a
-            }
-        });
+        .filter(|a| a.port() != 0);
     let cx = crate::audit::Ctx {
         cfg,
         dns: &dns,

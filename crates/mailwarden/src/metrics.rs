@@ -110,21 +110,43 @@ pub fn set_cert_expiry(not_after: i64) {
 /// address (`mailwarden_address_listed`, 1 while listed).
 pub fn audit_findings(found: &[crate::audit::Finding]) {
     use crate::audit::Status;
-    let mut by: std::collections::BTreeMap<(&'static str, &'static str), u32> = Default::default();
+    use std::collections::{BTreeMap, BTreeSet};
+    // (metric, label, value) of every series written; those of the last run that this one
+    // does not write again go to 0, so alerts on them resolve (an address no longer ours).
+    static LAST: std::sync::Mutex<BTreeSet<(String, String)>> =
+        std::sync::Mutex::new(BTreeSet::new());
+    let mut by: BTreeMap<(&'static str, &'static str), u32> = BTreeMap::new();
+    let mut listed: BTreeMap<String, bool> = BTreeMap::new();
     for f in found {
         for s in [Status::Pass, Status::Warn, Status::Fail] {
             by.entry((f.check, s.as_str())).or_insert(0);
         }
         *by.entry((f.check, f.status.as_str())).or_insert(0) += 1;
         if f.check == "dnsbl" {
-            metrics::gauge!("mailwarden_address_listed", "address" => f.subject.clone())
-                .set(if f.status == Status::Fail { 1.0 } else { 0.0 });
+            *listed.entry(f.subject.clone()).or_insert(false) |= f.status == Status::Fail;
         }
     }
+    let mut now = BTreeSet::new();
     for ((check, status), n) in by {
         metrics::gauge!("mailwarden_audit_findings", "check" => check, "status" => status)
             .set(n as f64);
+        now.insert((format!("{check}/{status}"), String::new()));
     }
+    for (address, is_listed) in listed {
+        metrics::gauge!("mailwarden_address_listed", "address" => address.clone())
+            .set(if is_listed { 1.0 } else { 0.0 });
+        now.insert((String::new(), address));
+    }
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    for (series, address) in last.difference(&now) {
+        if let Some((check, status)) = series.split_once('/') {
+            metrics::gauge!("mailwarden_audit_findings", "check" => check.to_string(), "status" => status.to_string())
+                .set(0.0);
+        } else {
+            metrics::gauge!("mailwarden_address_listed", "address" => address.clone()).set(0.0);
+        }
+    }
+    *last = now;
 }
 
 /// The gauges read from the store, refreshed every `every`: the queue's recipients and the

@@ -88,6 +88,33 @@ fn row(r: &crate::store::Row<'_>) -> crate::store::DbResult<Entry> {
 
 const COLUMNS: &str = "id, time, sender, rcpts, score, reasons, content, account";
 
+/// The `limit` newest messages waiting, with at most the first 16 KiB of each (enough for
+/// its header section): the console's list, whose cost must not grow with the quarantine.
+pub fn list_recent(store: &Store, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    store.read(|c| {
+        c.query_map(
+            &format!(
+                "SELECT id, time, sender, rcpts, score, reasons, substr(content, 1, 16384), \
+                 account FROM quarantine WHERE released = 0 ORDER BY time DESC LIMIT {}",
+                limit.max(1)
+            ),
+            (),
+            row,
+        )
+    })
+}
+
+/// How many messages wait.
+pub fn waiting(store: &Store) -> Result<i64, StoreError> {
+    store.read(|c| {
+        c.query_row(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM quarantine WHERE released = 0",
+            (),
+            |r| r.get(0),
+        )
+    })
+}
+
 /// Messages waiting for a decision, oldest first.
 pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
     store.read(|c| {

@@ -47,18 +47,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"5m\", \"4h\""))?;
-    let ms = match unit.trim() {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let scale: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         u => {
             return Err(format!(
                 "invalid duration unit {u:?} in {s:?}: use ms, s, m, h or d"
             ));
         }
     };
+    let ms = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("duration {s:?} is too long"))?;
     Ok(Duration::millis(ms))
 }
 
@@ -182,6 +185,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("5m").unwrap(), Duration::secs(300));
         assert_eq!(parse_duration("300").unwrap(), Duration::secs(300));
+        assert!(
+            parse_duration("99999999999999999d").is_err(),
+            "overflow is an error"
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::millis(250));
         assert!(parse_duration("5 weeks").is_err());
         assert_eq!(Duration::secs(300).to_string(), "5m");

@@ -80,7 +80,9 @@ pub fn router(c: Arc<Console>) -> axum::Router {
         .route("/quarantine/{id}/{action}", post(pages::quarantine_action))
         .route("/domains", get(pages::domains))
         .route("/domains/{domain}", get(pages::domain))
+        .route("/domains/{domain}/audit", post(pages::domain_audit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(c.clone(), guard))
         .layer(axum::middleware::map_response(headers))
         .with_state(c)
 }
@@ -102,6 +104,60 @@ async fn headers(mut r: Response) -> Response {
         h.insert(k, HeaderValue::from_static(v));
     }
     r
+}
+
+/// The name a request was addressed to, without its port.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Before any page: the request must be addressed to us by a name we answer to (a page of
+/// another site cannot reach the console through DNS rebinding), and a POST must come from
+/// the console's own pages (a form on another site cannot even try a login: browsers say
+/// where a request comes from in `Sec-Fetch-Site` and `Origin`).
+async fn guard(State(c): C, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h = req.headers();
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let name = host_name(host);
+    let listen_ip = c
+        .shared
+        .config
+        .listen
+        .admin
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip());
+    let named_ok = name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case(&c.shared.config.hostname)
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || Some(ip) == listen_ip);
+    let refuse = |why: &'static str| {
+        tracing::warn!(event = "console_request_refused", ip = %peer(req.extensions()), reason = why);
+        (StatusCode::FORBIDDEN, "refused\n").into_response()
+    };
+    if !named_ok {
+        return refuse("host");
+    }
+    if req.method() == axum::http::Method::POST {
+        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let cross = match (site, origin) {
+            (Some(s), _) => s != "same-origin" && s != "none",
+            (None, Some(o)) => o.split_once("://").map(|(_, a)| a) != Some(host),
+            (None, None) => false,
+        };
+        if cross {
+            return refuse("cross_site");
+        }
+    }
+    next.run(req).await
 }
 
 async fn style() -> Response {
@@ -126,10 +182,26 @@ pub struct Admin {
 impl Console {
     pub fn admin(&self, headers: &HeaderMap) -> Result<Admin, Response> {
         let idle = self.shared.config.admin.session_idle.get();
-        session::cookie_token(headers)
+        let to_login = || Redirect::to("/login").into_response();
+        let (token, session) = session::cookie_token(headers)
             .and_then(|t| self.sessions.get(&t, idle).map(|s| (t, s)))
-            .map(|(token, session)| Admin { session, token })
-            .ok_or_else(|| Redirect::to("/login").into_response())
+            .ok_or_else(to_login)?;
+        // Asked at every request, not only at login: whatever ended the right to be here
+        // (the CLI, containment, another node) ends the session. Short indexed reads.
+        if !self.still_admin(&session) {
+            tracing::info!(event = "console_session_ended", user = %session.account);
+            self.sessions.remove(&token);
+            return Err(to_login());
+        }
+        Ok(Admin { session, token })
+    }
+
+    /// Still an admin, not suspended, and the password unchanged since the login?
+    fn still_admin(&self, s: &Session) -> bool {
+        let sh = &self.shared;
+        matches!(sh.accounts.is_admin(&sh.config, &s.account), Ok(true))
+            && matches!(sh.contain.is_suspended(&s.account), Ok(false))
+            && matches!(sh.accounts.password_stamp(&s.account), Ok(Some(t)) if t == s.password_stamp)
     }
 
     /// The admin of a POST whose form carries the session's CSRF token; else a redirect
@@ -163,14 +235,22 @@ pub async fn blocking<R: Send + 'static>(
 ) -> Result<R, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => {
-            tracing::error!(event = "console_error", error = %e);
-            Err((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store failed; see the log",
+        Ok(Err(e)) => match e.downcast_ref::<crate::accounts::AccountError>() {
+            // The administrator's input was wrong: say what the CLI would have said.
+            Some(ae) if !matches!(ae, crate::accounts::AccountError::Store(_)) => Err((
+                StatusCode::BAD_REQUEST,
+                maud::html! { h1 { "Not done" } p id="error" { (ae.to_string()) } },
             )
-                .into_response())
-        }
+                .into_response()),
+            _ => {
+                tracing::error!(event = "console_error", error = %e);
+                Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the store failed; see the log",
+                )
+                    .into_response())
+            }
+        },
         Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()),
     }
 }
@@ -196,7 +276,14 @@ async fn login(State(c): C, req: axum::extract::Request) -> Response {
     let pw = zeroize::Zeroizing::new(f.get("password").cloned().unwrap_or_default());
     match session::login(&c.shared, ip, user, pw.as_bytes()).await {
         Ok(account) => {
-            let token = c.sessions.create(&account);
+            let stamp = c
+                .shared
+                .accounts
+                .password_stamp(&account)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let token = c.sessions.create(&account, stamp);
             (
                 [(header::SET_COOKIE, session::set_cookie(&token, c.secure))],
                 Redirect::to("/"),

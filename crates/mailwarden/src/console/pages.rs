@@ -533,11 +533,12 @@ pub async fn account_action(
 pub async fn queue(State(c): C, h: HeaderMap) -> Response {
     let a = admin!(c, h);
     let store = c.store.clone();
-    let all = tryr!(blocking(move || Ok(crate::queue::admin::list(&store)?)).await);
+    let (all, total) =
+        tryr!(blocking(move || Ok(crate::queue::admin::list_recent(&store, MAX_ROWS)?)).await);
     let body = html! {
-        p { (all.len()) " message(s)" }
+        p { (total) " message(s)" @if total as usize > all.len() { ", the newest " (all.len()) " shown" } }
         table id="queue" { tr { th { "id" } th { "arrived" } th { "sender" } th { "size" } th { "recipients" } }
-            @for m in all.iter().take(MAX_ROWS) {
+            @for m in &all {
                 tr {
                     td { a href=(format!("/queue/{}", seg(&m.id))) { (m.id) } }
                     td { (when(m.created)) }
@@ -646,11 +647,17 @@ pub async fn queue_action(
 pub async fn quarantine(State(c): C, h: HeaderMap) -> Response {
     let a = admin!(c, h);
     let store = c.store.clone();
-    let all = tryr!(blocking(move || Ok(crate::quarantine::list(&store)?)).await);
+    let (all, total) = tryr!(
+        blocking(move || Ok((
+            crate::quarantine::list_recent(&store, MAX_ROWS)?,
+            crate::quarantine::waiting(&store)?
+        )))
+        .await
+    );
     let body = html! {
-        p { (all.len()) " message(s) waiting" }
+        p { (total) " message(s) waiting" @if total as usize > all.len() { ", the newest " (all.len()) " shown" } }
         table id="quarantine" { tr { th { "id" } th { "arrived" } th { "score" } th { "from" } th { "to" } th { "subject" } th { "reasons" } }
-            @for e in all.iter().take(MAX_ROWS) {
+            @for e in &all {
                 tr {
                     td { a href=(format!("/quarantine/{}", seg(&e.id))) { (e.id) } }
                     td { (when(e.time)) }
@@ -768,14 +775,29 @@ pub async fn domains(State(c): C, h: HeaderMap) -> Response {
 
 pub async fn domain(State(c): C, h: HeaderMap, axum::extract::Path(domain): Seg) -> Response {
     let a = admin!(c, h);
+    domain_page(&c, &a, &domain, false).await
+}
+
+/// The self-audit runs on request only: it makes DNS lookups and a relay attempt on our MX.
+pub async fn domain_audit(
+    State(c): C,
+    h: HeaderMap,
+    axum::extract::Path(domain): Seg,
+    axum::extract::Form(f): Fields,
+) -> Response {
+    let a = admin_post!(c, h, f, "domain audit");
+    domain_page(&c, &a, &domain, true).await
+}
+
+async fn domain_page(c: &super::Console, a: &Admin, domain: &str, audit: bool) -> Response {
     let cfg = c.shared.config.clone();
     let Some(domain) = cfg
         .domains
         .iter()
-        .find(|d| d.eq_ignore_ascii_case(&domain))
+        .find(|d| d.eq_ignore_ascii_case(domain))
         .cloned()
     else {
-        return not_found(&a, "/domains", "not one of our domains");
+        return not_found(a, "/domains", "not one of our domains");
     };
     let keyring =
         std::sync::Arc::new(crate::dkim::keys::Keyring::new(&cfg.data_dir).with_store(&c.store));
@@ -783,21 +805,27 @@ pub async fn domain(State(c): C, h: HeaderMap, axum::extract::Path(domain): Seg)
         let (cfg, domain, keyring) = (cfg.clone(), domain.clone(), keyring.clone());
         tryr!(blocking(move || Ok(crate::dns_records::records(&cfg, &keyring, &domain))).await)
     };
-    let cx = crate::audit::Ctx {
-        cfg: &cfg,
-        dns: &c.shared.dns,
-        keyring: &keyring,
-        mx: c.mx,
-        now: c.now(),
+    let findings = if audit {
+        let cx = crate::audit::Ctx {
+            cfg: &cfg,
+            dns: &c.shared.dns,
+            keyring: &keyring,
+            mx: c.mx,
+            now: c.now(),
+        };
+        Some(crate::audit::run(&cx, Some(&domain)).await)
+    } else {
+        None
     };
-    let findings = crate::audit::run(&cx, Some(&domain)).await;
     let body = html! {
         h2 { "Records to publish" }
         pre id="records" { (records) }
         h2 { "Self-audit" }
-        (findings_table(&findings))
+        p { "What an outside sender sees: live DNS, block lists, the certificate, and a relay attempt on our MX (as " code { "mailwarden audit --domain " (domain) } ")." }
+        (action(&format!("/domains/{}/audit", seg(&domain)), &a.session.csrf, "Run the self-audit", &[]))
+        @if let Some(f) = &findings { (findings_table(f)) }
     };
-    render(&a, &domain, "/domains", body)
+    render(a, &domain, "/domains", body)
 }
 
 pub fn findings_table(findings: &[crate::audit::Finding]) -> Markup {

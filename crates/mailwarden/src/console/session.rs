@@ -23,6 +23,8 @@ const MAX_SESSIONS: usize = 256;
 pub struct Session {
     pub account: String,
     pub csrf: String,
+    /// The account's password stamp at login (`Accounts::password_stamp`): a change ends it.
+    pub password_stamp: String,
     /// A one-time notice for the next page (what the last action did).
     pub flash: Option<String>,
     last_used: Instant,
@@ -51,7 +53,7 @@ fn hash(token: &str) -> [u8; 32] {
 
 impl Sessions {
     /// A new session for `account`; the cookie's token.
-    pub fn create(&self, account: &str) -> String {
+    pub fn create(&self, account: &str, password_stamp: String) -> String {
         let token = random_hex();
         let mut m = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= MAX_SESSIONS
@@ -64,6 +66,7 @@ impl Sessions {
             Session {
                 account: account.to_string(),
                 csrf: random_hex(),
+                password_stamp,
                 flash: None,
                 last_used: Instant::now(),
             },
@@ -177,7 +180,15 @@ pub async fn login(
             let admin = shared.accounts.is_admin(&shared.config, &account);
             let suspended = shared.contain.is_suspended(&account);
             match (admin, suspended) {
-                (Ok(true), Ok(false)) => Ok(account),
+                (Ok(true), Ok(false)) => {
+                    // Logins from many networks are containment's business here too.
+                    if let Some(t) = detector.login(&account, ip) {
+                        shared.contain.suspend(&account, t, "console").await;
+                        Err(("suspended_at_login", Refused::Invalid))
+                    } else {
+                        Ok(account)
+                    }
+                }
                 (Ok(_), Ok(_)) => Err(("not_admin_or_suspended", Refused::Invalid)),
                 _ => Err(("store_error", Refused::Busy)),
             }
@@ -214,7 +225,7 @@ mod tests {
     #[test]
     fn sessions_expire_and_end() {
         let s = Sessions::default();
-        let t = s.create("admin@example.test");
+        let t = s.create("admin@example.test", String::new());
         assert_eq!(t.len(), 64);
         let got = s.get(&t, Duration::from_secs(60)).unwrap();
         assert_eq!(got.account, "admin@example.test");
@@ -222,7 +233,7 @@ mod tests {
         assert!(!csrf_ok(&got, Some("x")));
         assert!(!csrf_ok(&got, None));
         assert!(s.get(&t, Duration::ZERO).is_none(), "idle past the limit");
-        let t = s.create("admin@example.test");
+        let t = s.create("admin@example.test", String::new());
         s.end_all("admin@example.test");
         assert!(s.get(&t, Duration::from_secs(60)).is_none());
     }
@@ -251,9 +262,9 @@ mod tests {
     #[test]
     fn the_oldest_session_goes_past_the_cap() {
         let s = Sessions::default();
-        let first = s.create("a@example.test");
+        let first = s.create("a@example.test", String::new());
         for _ in 0..MAX_SESSIONS {
-            s.create("b@example.test");
+            s.create("b@example.test", String::new());
         }
         assert!(s.get(&first, Duration::from_secs(60)).is_none());
     }

@@ -32,6 +32,32 @@ pub struct RcptState {
     pub last_reply: Option<String>,
 }
 
+/// The `limit` newest messages (the console's list, whose cost must not grow with the
+/// queue), and how many there are in all.
+pub fn list_recent(store: &Store, limit: usize) -> Result<(Vec<Summary>, i64), StoreError> {
+    let (ids, total): (Vec<String>, i64) = store.read(|c| {
+        let ids = c.query_map(
+            &format!(
+                "SELECT id FROM queue ORDER BY created DESC, id DESC LIMIT {}",
+                limit.max(1)
+            ),
+            (),
+            |r| r.get(0),
+        )?;
+        let total = c.query_row("SELECT CAST(COUNT(*) AS BIGINT) FROM queue", (), |r| {
+            r.get(0)
+        })?;
+        Ok((ids, total))
+    })?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(s) = show(store, &id)? {
+            out.push(s);
+        }
+    }
+    Ok((out, total))
+}
+
 pub fn list(store: &Store) -> Result<Vec<Summary>, StoreError> {
     let ids: Vec<String> = store.read(|c| {
         c.query_map("SELECT id FROM queue ORDER BY created, id", (), |r| {

@@ -98,7 +98,7 @@ pub async fn start(
             format!("cannot open the store in {}", config.data_dir.display())
         }
     })?;
-    let tls = tls::load(&config)?;
+    let tls = privileges::tls(&config)?;
     let dirsync = DirSync::start();
     let (queue, rx) = Queue::new(
         store.clone(),

@@ -5,7 +5,8 @@
 //! Security: the switch sets the real, effective and saved user and group ids and drops the
 //! supplementary groups, so root cannot be regained. It happens while the process has one
 //! thread (checked: the kernel changes ids per thread), and is verified afterwards. `data_dir`
-//! is handed to the user (it may have been made by a root `user add`). Without
+//! is handed to the user (it may have been made by a root `user add`), never following a
+//! symbolic link. The TLS key is read while root. Without
 //! `run_as_user`, a root start stays root and says so in the log.
 
 use crate::config::Config;
@@ -46,19 +47,47 @@ fn lookup(name: &str) -> anyhow::Result<(u32, u32)> {
     anyhow::bail!("run_as_user: no user {name:?} in /etc/passwd")
 }
 
+/// Hand `path` and what is under it to the user, never following a symbolic link: a link
+/// the unprivileged server planted in `data_dir` must not make root give away its target.
+/// Only what is not the user's already is changed.
 fn chown_tree(
     path: &std::path::Path,
     uid: rustix::fs::Uid,
     gid: rustix::fs::Gid,
 ) -> anyhow::Result<()> {
-    rustix::fs::chown(path, Some(uid), Some(gid))
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.uid() != uid.as_raw() || meta.gid() != gid.as_raw() {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(uid),
+            Some(gid),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
         .with_context(|| format!("cannot hand {} to run_as_user", path.display()))?;
-    if path.is_dir() && !path.is_symlink() {
+    }
+    if meta.is_dir() {
         for e in std::fs::read_dir(path)? {
             chown_tree(&e?.path(), uid, gid)?;
         }
     }
     Ok(())
+}
+
+static TLS: Mutex<Option<super::tls::TlsSetup>> = Mutex::new(None);
+
+/// The listeners' TLS: loaded while root when `serve` gave up root (a key readable by root
+/// only, as certbot leaves it), else now.
+pub fn tls(cfg: &Config) -> anyhow::Result<super::tls::TlsSetup> {
+    let early = TLS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match early {
+        Some(t) => Ok(t),
+        None => super::tls::load(cfg),
+    }
 }
 
 /// When root: bind the listeners and become `run_as_user`. Call before any thread starts.
@@ -102,6 +131,7 @@ pub fn drop_root(cfg: &Config) -> anyhow::Result<Option<String>> {
     );
     crate::store::create_private_dir(&cfg.data_dir)
         .with_context(|| format!("cannot make {}", cfg.data_dir.display()))?;
+    *TLS.lock().unwrap_or_else(|e| e.into_inner()) = Some(super::tls::load(cfg)?);
     chown_tree(&cfg.data_dir, u, g)?;
     rustix::thread::set_thread_groups(&[]).context("setgroups")?;
     rustix::thread::set_thread_res_gid(g, g, g).context("setresgid")?;

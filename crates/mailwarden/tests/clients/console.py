@@ -107,9 +107,15 @@ def main():
         go(d.find_element(By.XPATH, "//button[contains(., 'Resume, releasing')]"))
         out["state_resumed"] = text("#account-state")
 
+        # Domains: the records to publish, then the self-audit on request.
+        d.get(base + "/domains/" + args.account.split("@")[1])
+        out["domain_records"] = text("#records")
+        go(d.find_element(By.XPATH, "//button[contains(., 'Run the self-audit')]"))
+        out["audit_rows"] = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")[:3]]
+                             for tr in d.find_elements(By.CSS_SELECTOR, "#audit tr")][1:]
+
         # Quarantine: the message whose Subject and From carry markup.
         d.get(base + "/quarantine")
-        title_before = d.title
         out["quarantine_rows"] = len(d.find_elements(By.CSS_SELECTOR, "#quarantine tr")) - 1
         out["list_imgs"] = len(d.find_elements(By.TAG_NAME, "img"))
         out["list_scripts_in_body"] = len(d.find_elements(By.CSS_SELECTOR, "main script"))
@@ -119,7 +125,10 @@ def main():
         plain = [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#quarantine tr")
                  if args.release_subject in a.text and args.xss_marker not in a.text
                  for a in a.find_elements(By.CSS_SELECTOR, "td:first-child a")]
-        out["list_title_unchanged"] = d.title == title_before
+        out["list_title"] = d.title
+        # Escaped, the markup is text: the subject cells hold no element at all.
+        out["list_subject_children"] = d.execute_script(
+            "return Array.from(document.querySelectorAll('td.subject')).reduce((n, td) => n + td.children.length, 0)")
         if xss:
             d.get(xss[0])
             out["xss_subject_text"] = text("#q-subject")
@@ -128,6 +137,10 @@ def main():
             out["xss_page_scripts"] = len(d.find_elements(By.CSS_SELECTOR, "main script"))
             out["xss_title"] = d.title
             out["xss_alert"] = alert_present(d)
+            out["xss_subject_children"] = d.execute_script(
+                "return document.getElementById('q-subject').children.length")
+            out["xss_subject_html"] = d.execute_script(
+                "return document.getElementById('q-subject').innerHTML")
         if plain:
             # An action without its CSRF token: the form's hidden field removed.
             d.get(plain[0])

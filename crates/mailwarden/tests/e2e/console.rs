@@ -61,8 +61,8 @@ fn an_admin_works_the_console_in_a_real_browser() {
     for (subject, from) in [
         ("Exquisite Replica Bags", "Yessenia Lakeshia"),
         (
-            "XSS-<script>document.title='pwned'</script> Exquisite <img src=x onerror=\"document.title='pwned2'\">",
-            "<img src=x onerror=document.title='pwned-from'>",
+            "XSS-<script>alert('pwned')</script> Exquisite <img src=x onerror=\"alert('pwned2')\">",
+            "<img src=x onerror=alert('pwned-from')>",
         ),
     ] {
         let r = smtplib_stdin(
@@ -165,12 +165,37 @@ fn an_admin_works_the_console_in_a_real_browser() {
     assert!(status.contains("state:    active"), "{status}");
     s.wait_log(&["event=\"console_action\"", "suspended alice@example.test"]);
 
+    // Domains: the same records as `dns records`, and the audit's findings when asked.
+    let records = s.cli_ok(&["dns", "records", "example.test"], None);
+    assert_eq!(
+        saw["domain_records"].as_str().unwrap().trim(),
+        records.trim()
+    );
+    let rows = saw["audit_rows"].as_array().unwrap();
+    let checks: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    for c in ["mx", "spf", "dmarc", "certificate", "relay"] {
+        assert!(
+            checks.contains(&c),
+            "{c} missing from the console's audit: {rows:?}"
+        );
+    }
+    // The test DNS knows nothing of example.test: no MX is a failure, and our MX relays
+    // for nobody.
+    assert!(
+        rows.iter().any(|r| r[0] == "mx" && r[2] == "fail"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r[0] == "relay" && r[2] == "pass"),
+        "{rows:?}"
+    );
+
     // The markup in Subject and From shows as text, and nothing of it runs or loads.
     assert!(
         saw["xss_subject_text"]
             .as_str()
             .unwrap()
-            .contains("<script>document.title='pwned'</script>"),
+            .contains("<script>alert('pwned')</script>"),
         "{saw}"
     );
     assert!(
@@ -184,7 +209,21 @@ fn an_admin_works_the_console_in_a_real_browser() {
     assert_eq!(saw["xss_page_scripts"], 0);
     assert_eq!(saw["list_imgs"], 0);
     assert_eq!(saw["list_scripts_in_body"], 0);
-    assert_eq!(saw["list_title_unchanged"], true);
+    assert_eq!(saw["list_title"], "Quarantine · mailwarden");
+    assert_eq!(
+        saw["list_subject_children"], 0,
+        "no element made of a subject"
+    );
+    assert_eq!(
+        saw["xss_subject_children"], 0,
+        "no element made of the subject"
+    );
+    let html = saw["xss_subject_html"].as_str().unwrap();
+    assert!(
+        html.contains("&lt;script&gt;alert('pwned')&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("&lt;img src=x onerror="), "{html}");
     assert_eq!(saw["xss_alert"], false);
     assert!(
         saw["xss_title"]
@@ -292,6 +331,69 @@ fn console_logins_count_with_auth_failures_and_post_needs_a_session_and_token() 
         "401",
         "blocked, even with the right password"
     );
+}
+
+#[test]
+fn console_sessions_end_with_the_admin_right_and_foreign_requests_are_refused() {
+    let s = Server::start("");
+    s.cli_ok(
+        &["user", "add", ADMIN, "--password-stdin", "--admin"],
+        Some(&format!("{ADMIN_PW}\n")),
+    );
+    let admin = s.ports["admin"];
+    let jar = s.dir.path().join("cookies");
+    let curl = |extra: &[&str], path: &str| {
+        let url = format!("http://{admin}{path}");
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        String::from_utf8(run_ok("curl", &args, None)).unwrap()
+    };
+    let j = jar.to_str().unwrap();
+    let creds = format!("username=admin%40example.test&password={ADMIN_PW}");
+    // A login posted by another site's page: refused before the password is even looked at.
+    assert_eq!(
+        curl(&["-H", "Origin: http://evil.test", "-d", &creds], "/login"),
+        "403"
+    );
+    assert_eq!(
+        curl(
+            &["-H", "Sec-Fetch-Site: cross-site", "-d", &creds],
+            "/login"
+        ),
+        "403"
+    );
+    s.wait_log(&["event=\"console_request_refused\"", "reason=\"cross_site\""]);
+    // A page asked for under another name (DNS rebinding): refused.
+    assert_eq!(curl(&["-H", "Host: evil.test"], "/login"), "403");
+    // Logged in, the overview answers.
+    assert_eq!(curl(&["-c", j, "-d", &creds], "/login"), "303");
+    assert_eq!(curl(&["-b", j], "/"), "200");
+    // Suspended from the CLI: the session ends at its next request.
+    s.cli_ok(&["user", "suspend", ADMIN], None);
+    assert_eq!(curl(&["-b", j], "/"), "303", "back to the login page");
+    s.wait_log(&["event=\"console_session_ended\""]);
+    s.cli_ok(&["user", "resume", ADMIN], None);
+    assert_eq!(curl(&["-c", j, "-d", &creds], "/login"), "303");
+    assert_eq!(curl(&["-b", j], "/"), "200");
+    // The password changed elsewhere: the session ends too.
+    s.cli_ok(
+        &["user", "passwd", ADMIN, "--password-stdin"],
+        Some("another-admin-pw\n"),
+    );
+    assert_eq!(curl(&["-b", j], "/"), "303");
+    // Removed and made again: the new account is no admin.
+    s.cli_ok(&["user", "remove", ADMIN], None);
+    s.add_user(ADMIN, ADMIN_PW);
+    assert_eq!(curl(&["-c", j, "-d", &creds], "/login"), "401");
 }
 
 #[test]
@@ -546,9 +648,56 @@ fn quickstart_writes_a_config_a_unit_keys_and_records_and_never_overwrites() {
     let hash: String = c
         .query_row("SELECT password_hash FROM accounts", [], |r| r.get(0))
         .unwrap();
-    let verified = run("python3", &["-c", "import sys; print('ok')"], None);
-    assert!(verified.status.success());
     assert!(hash.starts_with("$argon2id$"), "{hash}");
+    // The printed password opens the console of a server on that data directory.
+    let mut serve_cfg = local.clone();
+    serve_cfg.insert("run_as_user".into(), toml::Value::String(String::new()));
+    let listen = serve_cfg.get_mut("listen").unwrap().as_table_mut().unwrap();
+    for k in ["mx", "submission", "submissions", "metrics", "admin"] {
+        listen.insert(k.into(), toml::Value::String("127.0.0.1:0".into()));
+    }
+    let serve_path = root.path().join("serve.toml");
+    std::fs::write(&serve_path, toml::to_string(&serve_cfg).unwrap()).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "-c", serve_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin = {
+        use std::io::BufRead;
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        lines
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("listening admin ")
+                    .map(|r| r.split_whitespace().next().unwrap().to_string())
+            })
+            .expect("the console's address")
+    };
+    let login = |pw: &str| {
+        let body = format!("username=admin%40example.org&password={pw}");
+        let url = format!("http://{admin}/login");
+        String::from_utf8(run_ok(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-d",
+                &body,
+                &url,
+            ],
+            None,
+        ))
+        .unwrap()
+    };
+    assert_eq!(login("not-it"), "401");
+    assert_eq!(login(pw), "303", "the printed password logs in");
+    let _ = child.kill();
+    let _ = child.wait();
 
     // Never over an existing config.
     let before = std::fs::read(&cfg).unwrap();
@@ -556,7 +705,6 @@ fn quickstart_writes_a_config_a_unit_keys_and_records_and_never_overwrites() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
     assert_eq!(std::fs::read(&cfg).unwrap(), before);
-    let _ = pw;
 }
 
 /// Findings of `audit --json` as (check, status) pairs, plus the whole text.
@@ -702,4 +850,39 @@ fn metrics_an_operator_alerts_on() {
     ] {
         assert!(m.contains(want), "{want} missing:\n{m}");
     }
+}
+
+#[test]
+fn the_server_tells_the_postmaster_once_when_an_address_of_ours_gets_listed() {
+    // Listed from the start: the resolver keeps a "not listed" answer for its negative TTL,
+    // as it must, so a listing appearing later would only be seen after it.
+    let s = Server::start_with_zones(
+        "[audit]\naddresses = [\"192.0.2.10\"]\ninterval = \"1s\"\n\
+         [[screening.dnsbl.zones]]\nzone = \"bl.test\"\n",
+        "10.2.0.192.bl.test A 127.0.0.2\n",
+    );
+    s.add_user("postmaster@example.test", "pm-pw");
+    let gauge = |v: u8| {
+        let want = format!("mailwarden_address_listed{{address=\"192.0.2.10\"}} {v}");
+        wait_for(Duration::from_secs(20), || {
+            s.metrics().contains(&want).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{want} missing:\n{}", s.metrics()));
+    };
+    let notes = s.wait_messages("postmaster@example.test", 1);
+    assert!(
+        notes[0].contains("Subject: An address of ours is listed"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        notes[0].contains("192.0.2.10 (listed on bl.test)"),
+        "{}",
+        notes[0]
+    );
+    gauge(1);
+    s.wait_log(&["event=\"address_listed\"", "192.0.2.10"]);
+    // Rechecked every second since: still listed, still one notice.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(s.messages("postmaster@example.test").len(), 1);
 }

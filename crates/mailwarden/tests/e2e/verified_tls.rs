@@ -244,4 +244,20 @@ _{port}._tcp.mx.d.test TLSA 3 1 1 {wrong}
         b.messages("carol@c.test").is_empty(),
         "delivered despite the TLSA mismatch"
     );
+    // What an operator's dashboard sees of it (docs/monitoring); the queue's gauges are
+    // refreshed every 15 s.
+    let m = wait_for(Duration::from_secs(30), || {
+        let m = a.metrics();
+        m.contains("mailwarden_queue_recipients{state=\"deferred\"} 1")
+            .then_some(m)
+    })
+    .unwrap_or_else(|| a.metrics());
+    for want in [
+        "mailwarden_outbound_deliveries_total{result=\"delivered\",tls=\"verified\"} 1",
+        "mailwarden_outbound_deliveries_total{result=\"delivered\",tls=\"opportunistic\"} 1",
+        "mailwarden_tls_handshakes_total{side=\"outbound\",result=\"failed\"}",
+        "mailwarden_queue_recipients{state=\"deferred\"} 1",
+    ] {
+        assert!(m.contains(want), "{want} missing:\n{m}");
+    }
 }
