@@ -34,19 +34,37 @@ fn need_browser() {
     }
 }
 
-#[test]
-fn an_admin_works_the_console_in_a_real_browser() {
-    need_browser();
-    let s = Server::start("[scoring]\nquarantine = 4.0\n");
-    let out = s.cli(
+/// A server with the console's admin account, and `extra` config.
+fn with_admin(extra: &str) -> Server {
+    let s = Server::start(extra);
+    s.cli_ok(
         &["user", "add", ADMIN, "--password-stdin", "--admin"],
         Some(&format!("{ADMIN_PW}\n")),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s
+}
+
+/// The status code curl gets for `path` on the console, with `extra` arguments.
+fn http_code(s: &Server, path: &str, extra: &[&str]) -> String {
+    let url = format!("http://{}{path}", s.ports["admin"]);
+    let mut args = vec![
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    String::from_utf8(run_ok("curl", &args, None)).unwrap()
+}
+
+#[test]
+fn an_admin_works_the_console_in_a_real_browser() {
+    need_browser();
+    let s = with_admin("[scoring]\nquarantine = 4.0\n");
     s.add_user("alice@example.test", "pw");
 
     // A message refused at RCPT, and two held in quarantine: one plain, one whose Subject
@@ -272,52 +290,19 @@ fn an_admin_works_the_console_in_a_real_browser() {
 
 #[test]
 fn console_logins_count_with_auth_failures_and_post_needs_a_session_and_token() {
-    let s = Server::start("[containment]\nauth_failures_per_ip = 3\n");
-    s.cli_ok(
-        &["user", "add", ADMIN, "--password-stdin", "--admin"],
-        Some(&format!("{ADMIN_PW}\n")),
-    );
+    let s = with_admin("[containment]\nauth_failures_per_ip = 3\n");
     s.add_user("bob@example.test", "bob-pw");
-    let url = format!("http://{}", s.ports["admin"]);
-    let post = |path: &str, body: &str, cookies: Option<&str>| {
-        let mut args = vec![
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-            "-d",
-            body,
-        ];
-        let jar;
-        if let Some(c) = cookies {
-            jar = c.to_string();
-            args.extend(["-b", &jar]);
-        }
-        let full = format!("{url}{path}");
-        args.push(&full);
-        String::from_utf8(run_ok("curl", &args, None)).unwrap()
-    };
+    let post = |path: &str, body: &str| http_code(&s, path, &["-d", body]);
     // A mail account that is not an admin: the right password does not open the console.
     assert_eq!(
-        post(
-            "/login",
-            "username=bob%40example.test&password=bob-pw",
-            None
-        ),
+        post("/login", "username=bob%40example.test&password=bob-pw"),
         "401"
     );
     // No session: a POST is sent to the login page, nothing is done.
-    assert_eq!(post("/queue/x/delete", "csrf=x", None), "303");
+    assert_eq!(post("/queue/x/delete", "csrf=x"), "303");
     // Failed logins block the address for AUTH as well.
     for _ in 0..4 {
-        post(
-            "/login",
-            "username=admin%40example.test&password=wrong",
-            None,
-        );
+        post("/login", "username=admin%40example.test&password=wrong");
     }
     s.wait_log(&["event=\"auth_blocked\"", "listener=\"admin\""]);
     let r = submit(&s, "bob@example.test", "bob-pw", "bob@example.test", &[]);
@@ -325,8 +310,7 @@ fn console_logins_count_with_auth_failures_and_post_needs_a_session_and_token() 
     assert_eq!(
         post(
             "/login",
-            &format!("username=admin%40example.test&password={ADMIN_PW}"),
-            None
+            &format!("username=admin%40example.test&password={ADMIN_PW}")
         ),
         "401",
         "blocked, even with the right password"
@@ -335,28 +319,9 @@ fn console_logins_count_with_auth_failures_and_post_needs_a_session_and_token() 
 
 #[test]
 fn console_sessions_end_with_the_admin_right_and_foreign_requests_are_refused() {
-    let s = Server::start("");
-    s.cli_ok(
-        &["user", "add", ADMIN, "--password-stdin", "--admin"],
-        Some(&format!("{ADMIN_PW}\n")),
-    );
-    let admin = s.ports["admin"];
+    let s = with_admin("");
     let jar = s.dir.path().join("cookies");
-    let curl = |extra: &[&str], path: &str| {
-        let url = format!("http://{admin}{path}");
-        let mut args = vec![
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-        ];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        String::from_utf8(run_ok("curl", &args, None)).unwrap()
-    };
+    let curl = |extra: &[&str], path: &str| http_code(&s, path, extra);
     let j = jar.to_str().unwrap();
     let creds = format!("username=admin%40example.test&password={ADMIN_PW}");
     // A login posted by another site's page: refused before the password is even looked at.
@@ -666,14 +631,18 @@ fn quickstart_writes_a_config_a_unit_keys_and_records_and_never_overwrites() {
         .unwrap();
     let admin = {
         use std::io::BufRead;
-        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        lines
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let found = lines
+            .by_ref()
             .map_while(Result::ok)
             .find_map(|l| {
                 l.strip_prefix("listening admin ")
                     .map(|r| r.split_whitespace().next().unwrap().to_string())
             })
-            .expect("the console's address")
+            .expect("the console's address");
+        // Read the rest, or the server's next line to stdout would meet a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        found
     };
     let login = |pw: &str| {
         let body = format!("username=admin%40example.org&password={pw}");

@@ -79,6 +79,9 @@ fn moves_in_a_real_imap_client_are_learned_once_and_unlearned_when_moved_back() 
         (count("spam_messages") == 1 && count("ham_messages") == 1).then_some(())
     })
     .unwrap_or_else(|| panic!("not learned; log:\n{}", s.log()));
+    // The log line comes after the store's write: wait for it before counting.
+    s.wait_log(&["event=\"learned_from_user\"", "label=\"spam\""]);
+    s.wait_log(&["event=\"learned_from_user\"", "label=\"ham\""]);
     assert_eq!(
         s.log_lines(&["event=\"learned_from_user\"", "label=\"spam\""])
             .len(),
