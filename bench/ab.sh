@@ -33,7 +33,6 @@ mx = "127.0.0.1:$MX"
 submission = ""
 submissions = ""
 metrics = ""
-admin = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]
