@@ -114,10 +114,10 @@ fn host_name(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-/// Before any page: the request must be addressed to us by a name we answer to (a page of
-/// another site cannot reach the console through DNS rebinding), and a POST must come from
-/// the console's own pages (a form on another site cannot even try a login: browsers say
-/// where a request comes from in `Sec-Fetch-Site` and `Origin`).
+/// Before any page: the request must be addressed to an address, `localhost` or `hostname`
+/// (a page of another site cannot reach the console through DNS rebinding), and a POST must
+/// come from the console's own pages (a form on another site cannot even try a login:
+/// browsers say where a request comes from in `Sec-Fetch-Site` and `Origin`).
 async fn guard(State(c): C, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let h = req.headers();
     let host = h
@@ -125,19 +125,11 @@ async fn guard(State(c): C, req: axum::extract::Request, next: axum::middleware:
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let name = host_name(host);
-    let listen_ip = c
-        .shared
-        .config
-        .listen
-        .admin
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|a| a.ip());
+    // Rebinding needs a name an attacker controls; an address literal is never one (and a
+    // listener on 0.0.0.0 is reached by any of the host's addresses).
     let named_ok = name.eq_ignore_ascii_case("localhost")
         || name.eq_ignore_ascii_case(&c.shared.config.hostname)
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || Some(ip) == listen_ip);
+        || name.parse::<std::net::IpAddr>().is_ok();
     let refuse = |why: &'static str| {
         tracing::warn!(event = "console_request_refused", ip = %peer(req.extensions()), reason = why);
         (StatusCode::FORBIDDEN, "refused\n").into_response()
