@@ -14,7 +14,7 @@
 use crate::config::Config;
 use crate::dkim::keys::Keyring;
 use crate::dns::Dns;
-use mail_auth::hickory_resolver::proto::rr::{Name, RData};
+use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -70,61 +70,54 @@ fn finding(
     }
 }
 
-fn name(s: &str) -> Option<Name> {
-    let n = s.trim_end_matches('.');
-    Name::from_labels(n.split('.').map(str::as_bytes)).ok()
-}
+use crate::checks::spf::{fqdn_name as name, name_text};
 
 fn text_of(n: &Name) -> String {
-    n.iter()
-        .map(|l| String::from_utf8_lossy(l).into_owned())
-        .collect::<Vec<_>>()
-        .join(".")
-        .to_ascii_lowercase()
+    name_text(n).to_ascii_lowercase()
 }
 
-/// TXT records at `n`, each joined; `Err` on a DNS failure other than no record.
-async fn txt(dns: &Dns, n: &str) -> Result<Vec<String>, String> {
+/// The records of `rtype` at `q`; none for NXDOMAIN or NODATA, `Err` on other failures.
+async fn lookup(dns: &Dns, q: Name, rtype: RecordType) -> Result<Vec<RData>, String> {
     use mail_auth::hickory_resolver::net::{DnsError, NetError};
+    match dns.auth.resolver().lookup(q, rtype).await {
+        Ok(l) => Ok(l.answers().iter().map(|r| r.data.clone()).collect()),
+        Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// TXT records at `n`, each joined.
+async fn txt(dns: &Dns, n: &str) -> Result<Vec<String>, String> {
     let Some(q) = name(n) else {
         return Ok(Vec::new());
     };
-    match dns.auth.resolver().txt_lookup(q).await {
-        Ok(l) => Ok(l
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(t) => Some(
-                    t.txt_data
-                        .iter()
-                        .map(|p| String::from_utf8_lossy(p).into_owned())
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .collect()),
-        Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Ok(Vec::new()),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(lookup(dns, q, RecordType::TXT)
+        .await?
+        .iter()
+        .filter_map(|d| match d {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect())
 }
 
 async fn mx_hosts(dns: &Dns, domain: &str) -> Result<Vec<String>, String> {
-    use mail_auth::hickory_resolver::net::{DnsError, NetError};
     let Some(q) = name(domain) else {
         return Ok(Vec::new());
     };
-    match dns.auth.resolver().mx_lookup(q).await {
-        Ok(l) => Ok(l
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(m) => Some(text_of(&m.exchange)),
-                _ => None,
-            })
-            .collect()),
-        Err(NetError::Dns(DnsError::NoRecordsFound(_))) => Ok(Vec::new()),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(lookup(dns, q, RecordType::MX)
+        .await?
+        .iter()
+        .filter_map(|d| match d {
+            RData::MX(m) => Some(text_of(&m.exchange)),
+            _ => None,
+        })
+        .collect())
 }
 
 async fn addresses_of(dns: &Dns, host: &str) -> Vec<IpAddr> {
@@ -477,24 +470,15 @@ async fn ptr_checks(cx: &Ctx<'_>, addrs: &[IpAddr]) -> Vec<Finding> {
     }
     for ip in addrs {
         let s = ip.to_string();
-        let q = Name::from(*ip);
-        let lookup = cx
-            .dns
-            .auth
-            .resolver()
-            .lookup(q, mail_auth::hickory_resolver::proto::rr::RecordType::PTR)
-            .await;
-        let names: Vec<String> = match lookup {
-            Ok(l) => l
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::PTR(p) => Some(text_of(&p.0)),
-                    _ => None,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let names: Vec<String> = lookup(cx.dns, Name::from(*ip), RecordType::PTR)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| match d {
+                RData::PTR(p) => Some(text_of(&p.0)),
+                _ => None,
+            })
+            .collect();
         let fix = format!("ask whoever runs the address to set its PTR to {host}");
         if names.is_empty() {
             out.push(finding(

@@ -402,13 +402,13 @@ fn is_queryable(name: &str) -> bool {
 
 /// The name as raw labels: domain-specs may hold any visible character (`a:foo:bar/baz.test`
 /// is legal, §7.1), which hickory's text parsers refuse.
-fn fqdn_name(name: &str) -> Option<Name> {
+pub(crate) fn fqdn_name(name: &str) -> Option<Name> {
     let n = name.strip_suffix('.').unwrap_or(name);
     Name::from_labels(n.split('.').map(str::as_bytes)).ok()
 }
 
 /// The inverse of `fqdn_name`: raw labels, without Display's escapes.
-fn name_text(n: &Name) -> String {
+pub(crate) fn name_text(n: &Name) -> String {
     n.iter()
         .map(|l| String::from_utf8_lossy(l).into_owned())
         .collect::<Vec<_>>()

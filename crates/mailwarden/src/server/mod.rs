@@ -190,16 +190,10 @@ pub async fn start(
         listeners.push((ListenerKind::from_name(name), l));
     }
 
-    let metrics = if config.listen.metrics.is_empty() {
-        None
-    } else {
-        let addr = &config.listen.metrics;
-        let l = privileges::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (listen.metrics)"))?;
-        // Before anything is counted.
-        Some((l, crate::metrics::install()))
-    };
+    // The recorder is installed before anything is counted.
+    let metrics = bind_optional(&config.listen.metrics, "metrics")
+        .await?
+        .map(|l| (l, crate::metrics::install()));
 
     let orphans = queue.remove_orphan_spools()?;
     let recovered = queue.recover(true).await?;
@@ -298,47 +292,38 @@ pub async fn start(
         }
         None => None,
     };
-    let mta_sts = if config.listen.mta_sts.is_empty() {
-        None
-    } else {
-        let addr = &config.listen.mta_sts;
-        let l = privileges::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (listen.mta_sts)"))?;
-        let a = l.local_addr()?;
-        tasks.push(mta_sts::serve(l, config.clone())?);
-        Some(a)
+    let mta_sts = match bind_optional(&config.listen.mta_sts, "mta_sts").await? {
+        None => None,
+        Some(l) => {
+            let a = l.local_addr()?;
+            tasks.push(mta_sts::serve(l, config.clone())?);
+            Some(a)
+        }
     };
     let mut bound = Vec::new();
     for (kind, l) in listeners {
         bound.push((kind, l.local_addr()?));
         tasks.push(tokio::spawn(accept_loop(l, kind, shared.clone())));
     }
-    let admin = if config.listen.admin.is_empty() {
-        None
-    } else {
-        let addr = &config.listen.admin;
-        let l = privileges::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (listen.admin)"))?;
-        let a = l.local_addr()?;
-        let mx = bound
-            .iter()
-            .find(|(k, _)| *k == ListenerKind::Mx)
-            .map(|(_, a)| *a);
-        tasks.push(crate::console::serve(l, shared.clone(), store.clone(), mx));
-        Some(a)
+    let admin = match bind_optional(&config.listen.admin, "admin").await? {
+        None => None,
+        Some(l) => {
+            let a = l.local_addr()?;
+            let mx = bound
+                .iter()
+                .find(|(k, _)| *k == ListenerKind::Mx)
+                .map(|(_, a)| *a);
+            tasks.push(crate::console::serve(l, shared.clone(), store.clone(), mx));
+            Some(a)
+        }
     };
-    let autoconfig = if config.listen.autoconfig.is_empty() {
-        None
-    } else {
-        let addr = &config.listen.autoconfig;
-        let l = privileges::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (listen.autoconfig)"))?;
-        let a = l.local_addr()?;
-        tasks.push(crate::autoconfig::serve(l, config.clone()));
-        Some(a)
+    let autoconfig = match bind_optional(&config.listen.autoconfig, "autoconfig").await? {
+        None => None,
+        Some(l) => {
+            let a = l.local_addr()?;
+            tasks.push(crate::autoconfig::serve(l, config.clone()));
+            Some(a)
+        }
     };
     tasks.push(tokio::spawn(crate::audit::watch(crate::audit::Watch {
         config: config.clone(),
@@ -366,6 +351,17 @@ pub async fn start(
         store,
         tasks,
     })
+}
+
+/// The listener of an optional `listen.NAME` address; `None` when it is empty (off).
+async fn bind_optional(addr: &str, name: &str) -> anyhow::Result<Option<TcpListener>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let l = privileges::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (listen.{name})"))?;
+    Ok(Some(l))
 }
 
 async fn accept_loop(l: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
