@@ -43,6 +43,14 @@ pub fn all() -> Vec<Target> {
             run: session,
         },
         Target {
+            name: "pop3",
+            about: "the POP3 core: commands, STLS, SASL PLAIN, the listing, TOP and RETR's stuffing",
+            seeds: pop3_seeds,
+            dict: POP3_DICT,
+            max_len: 8192,
+            run: pop3,
+        },
+        Target {
             name: "sasl",
             about: "SASL PLAIN and LOGIN decoding",
             seeds: sasl_seeds,
@@ -354,6 +362,7 @@ fn session(data: &[u8]) {
             BareLf::Normalize
         },
         close_on_non_smtp: ctl & 32 != 0,
+        grants: ctl & 40 == 40,
     };
     let chunk = 1 + (ctl as usize >> 6) * 37;
     let mut s = Session::new(cfg);
@@ -364,10 +373,19 @@ fn session(data: &[u8]) {
     // Every event either consumes input or answers a pending decision; a loop that does
     // neither for long is a hang.
     let mut idle = 0;
+    let mut next = None;
     loop {
         idle += 1;
         assert!(idle < 10_000, "the session makes no progress");
-        match s.poll(&mut inbuf, &mut body) {
+        let ev = match next.take() {
+            Some(ev) => ev,
+            None => s.poll(&mut inbuf, &mut body),
+        };
+        match ev {
+            Event::Grant => {
+                let who = (offered % 2 == 0).then(|| "alice@example.test".to_string());
+                next = Some(s.grant_decision(who));
+            }
             Event::NeedInput => {
                 if offered == input.len() {
                     break;
@@ -410,6 +428,154 @@ fn session(data: &[u8]) {
         check_replies(&s.take_output());
     }
     check_replies(&s.take_output());
+}
+
+const POP3_DICT: &[&str] = &[
+    "USER alice@example.test\r\n",
+    "PASS secret\r\n",
+    "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+    "STLS\r\n",
+    "CAPA\r\n",
+    "LIST\r\n",
+    "UIDL 1\r\n",
+    "RETR 2\r\n",
+    "TOP 1 3\r\n",
+    "DELE 1\r\n",
+    "RSET\r\n",
+    "QUIT\r\n",
+    "*\r\n",
+];
+
+fn pop3_seeds() -> Vec<Vec<u8>> {
+    lines(&[
+        "\x00USER alice@example.test\r\nPASS secret\r\nLIST\r\nTOP 1 1\r\nRETR 2\r\nDELE 1\r\nQUIT\r\n",
+        "\x01STLS\r\nAUTH PLAIN\r\nAGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\nUIDL\r\nRSET\r\nSTAT\r\n",
+        "\x02CAPA\r\nAUTH\r\nUSER x\r\nPASS y\r\nNOOP\r\n",
+    ])
+}
+
+/// Drive the POP3 core with `data` (its first byte picks TLS, whether logins succeed and how
+/// input is split), with a three-message maildrop whose contents the input also supplies;
+/// every multi-line reply must end in `.` CRLF and every line must be CRLF-terminated.
+fn pop3(data: &[u8]) {
+    use mailwarden_proto::pop3::content::{SizeCounter, Stuffer};
+    use mailwarden_proto::pop3::{self as p, Entry};
+    let Some((&ctl, input)) = data.split_first() else {
+        return;
+    };
+    let cfg = p::Config {
+        hostname: "pop.example.test".into(),
+        limits: p::Limits {
+            command_line: 64,
+            auth_line: 256,
+            errors: 8,
+            commands: 50,
+            auth_failures: 2,
+        },
+        tls_available: ctl & 1 == 0,
+        tls_at_start: ctl & 2 != 0,
+    };
+    let chunk = 1 + (ctl as usize >> 4) * 13;
+    let messages: Vec<&[u8]> = vec![input, b"Subject: x\n\n.\n..\n", b""];
+    let mut s = p::Session::new(cfg);
+    let mut inbuf = p::InBuf::with_capacity(64);
+    let mut offered = 0;
+    s.greet();
+    let mut idle = 0;
+    loop {
+        idle += 1;
+        assert!(idle < 10_000, "the POP3 session makes no progress");
+        let mut out = s.take_output();
+        match s.poll(&mut inbuf) {
+            p::Event::NeedInput => {
+                if offered == input.len() {
+                    break;
+                }
+                let next = (offered + chunk).min(input.len());
+                inbuf.extend(&input[offered..next]);
+                offered = next;
+                idle = 0;
+            }
+            p::Event::Refused { .. } => {}
+            p::Event::StartTls { .. } => s.tls_started(),
+            p::Event::Quit { deleted } => {
+                assert!(deleted.iter().all(|&i| i < messages.len()));
+                s.update_done(deleted.len(), 0);
+            }
+            p::Event::Login { credentials, .. } => {
+                if ctl & 4 == 0 && credentials.username.len() % 2 == 0 {
+                    let entries = messages
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| {
+                            let mut n = SizeCounter::default();
+                            n.push(m);
+                            Entry {
+                                size: n.finish(),
+                                uid: format!("u{i}"),
+                            }
+                        })
+                        .collect();
+                    s.login_ok(entries);
+                } else {
+                    s.login_failed(p::replies::AUTH_FAILED);
+                }
+            }
+            p::Event::Retrieve { index, top } => {
+                s.retrieve_begin();
+                out.extend(s.take_output());
+                let mut st = Stuffer::new(top);
+                let mut body = Vec::new();
+                for c in messages[index].chunks(chunk) {
+                    st.push(c, &mut body);
+                }
+                st.finish(&mut body);
+                assert!(body.ends_with(b".\r\n"), "a message not terminated");
+                // Unstuffed, it is what LIST announced.
+                let mut n = SizeCounter::default();
+                n.push(messages[index]);
+                if top.is_none() {
+                    let plain = unstuff(&body[..body.len() - 3]);
+                    assert_eq!(plain.len() as u64, n.finish(), "LIST's size is not RETR's");
+                }
+                out.extend(body);
+            }
+            p::Event::Close => {
+                out.extend(s.take_output());
+                check_pop3(&out);
+                break;
+            }
+        }
+        out.extend(s.take_output());
+        check_pop3(&out);
+    }
+}
+
+fn unstuff(body: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(body.len());
+    let mut line_start = true;
+    for &b in body {
+        if line_start && b == b'.' {
+            line_start = false;
+            continue;
+        }
+        plain.push(b);
+        line_start = plain.ends_with(b"\r\n");
+    }
+    plain
+}
+
+/// POP3 output is CRLF-terminated lines, never a bare LF.
+fn check_pop3(out: &[u8]) {
+    if out.is_empty() {
+        return;
+    }
+    assert!(out.ends_with(b"\r\n"), "POP3 output not CRLF-terminated");
+    for (i, &b) in out.iter().enumerate() {
+        if b == b'\n' {
+            assert!(i > 0 && out[i - 1] == b'\r', "a bare LF in POP3 output");
+        }
+    }
 }
 
 /// Every reply line is `DDD` then space or hyphen, and ends with CRLF.

@@ -70,6 +70,9 @@ pub struct SessionConfig {
     /// A non-SMTP command (an HTTP request line, say) closes the session at once with
     /// `554 5.5.1` instead of counting as one more error.
     pub close_on_non_smtp: bool,
+    /// MAIL without AUTH, under TLS, asks the driver for an identity granted some other way
+    /// (POP-before-SMTP) with [`Event::Grant`] instead of being refused at once.
+    pub grants: bool,
 }
 
 /// Input buffer shared by the driver (which appends) and the session (which consumes).
@@ -165,6 +168,9 @@ pub enum Event {
     },
     /// Decide with [`Session::rcpt_decision`].
     Rcpt { to: ForwardPath },
+    /// MAIL without AUTH where grants are on: answer with [`Session::grant_decision`], whose
+    /// event is handled next.
+    Grant,
     /// Verify, then call [`Session::auth_succeeded`] or [`Session::auth_failed`].
     Auth {
         mechanism: Mechanism,
@@ -199,6 +205,7 @@ enum State {
 #[derive(Debug)]
 enum Pending {
     Mail(ReversePath, MailParams),
+    Grant(ReversePath, MailParams),
     Rcpt(ForwardPath),
     Auth,
     Message,
@@ -223,6 +230,9 @@ pub struct Session {
     helo: Option<(String, bool)>,
     tls: bool,
     auth: Option<String>,
+    /// `auth` was granted by the driver ([`Event::Grant`]), not by AUTH: asked again at each
+    /// MAIL, and AUTH may still replace it.
+    granted: bool,
     txn: Option<Transaction>,
     counters: Counters,
     out: Vec<u8>,
@@ -247,6 +257,7 @@ impl Session {
             helo: None,
             tls,
             auth: None,
+            granted: false,
             txn: None,
             counters: Counters::default(),
             out: Vec::with_capacity(256),
@@ -290,6 +301,11 @@ impl Session {
 
     pub fn authenticated(&self) -> Option<&str> {
         self.auth.as_deref()
+    }
+
+    /// The identity came from a grant (POP-before-SMTP), not from AUTH.
+    pub fn granted(&self) -> bool {
+        self.granted
     }
 
     pub fn transaction(&self) -> Option<&Transaction> {
@@ -543,33 +559,18 @@ impl Session {
                 if self.txn.is_some() {
                     return Some(self.refuse(Verb::Mail, replies::NESTED_MAIL, Why::NestedMail));
                 }
-                if self.cfg.auth_required && self.auth.is_none() {
+                if self.cfg.auth_required && (self.auth.is_none() || self.granted) {
+                    if self.cfg.grants && self.tls {
+                        self.state = State::Awaiting(Pending::Grant(from, params));
+                        return Some(Event::Grant);
+                    }
                     return Some(self.refuse(
                         Verb::Mail,
                         replies::AUTH_REQUIRED,
                         Why::MailWithoutAuth,
                     ));
                 }
-                if self.counters.transactions >= self.cfg.limits.transactions {
-                    self.close_with(&replies::TOO_MANY_MESSAGES);
-                    return Some(Event::Refused {
-                        verb: Verb::Mail,
-                        reply: replies::TOO_MANY_MESSAGES,
-                        reason: Why::TransactionLimit,
-                    });
-                }
-                if params
-                    .size
-                    .is_some_and(|s| s > self.cfg.limits.message_size)
-                {
-                    return Some(self.refuse(
-                        Verb::Mail,
-                        replies::SIZE_EXCEEDED,
-                        Why::DeclaredSizeOverLimit,
-                    ));
-                }
-                self.state = State::Awaiting(Pending::Mail(from.clone(), params.clone()));
-                Some(Event::Mail { from, params })
+                Some(self.mail_checked(from, params))
             }
             Command::Rcpt { to } => {
                 let Some(txn) = &self.txn else {
@@ -716,6 +717,7 @@ impl Session {
                 self.helo = None;
                 self.txn = None;
                 self.auth = None;
+                self.granted = false;
                 Some(Event::StartTls { discarded })
             }
             Command::Auth { mechanism, initial } => self.auth_command(&mechanism, initial),
@@ -746,7 +748,7 @@ impl Session {
         if self.cfg.tls_available && !self.tls {
             t.push_str("\nSTARTTLS");
         }
-        if self.cfg.auth_offered && self.tls && self.auth.is_none() {
+        if self.cfg.auth_offered && self.tls && (self.auth.is_none() || self.granted) {
             t.push_str("\nAUTH PLAIN LOGIN");
         }
         Reply::owned(250, None, t)
@@ -762,7 +764,7 @@ impl Session {
         if self.helo.is_none() {
             return Some(self.refuse(Verb::Auth, replies::NEED_HELO, Why::AuthBeforeEhlo));
         }
-        if self.auth.is_some() {
+        if self.auth.is_some() && !self.granted {
             return Some(self.refuse(Verb::Auth, replies::AUTH_ALREADY, Why::SecondAuth));
         }
         if self.txn.is_some() {
@@ -877,6 +879,52 @@ impl Session {
         }
     }
 
+    /// MAIL's checks once the client is known: the transaction budget and SIZE.
+    fn mail_checked(&mut self, from: ReversePath, params: MailParams) -> Event {
+        if self.counters.transactions >= self.cfg.limits.transactions {
+            self.close_with(&replies::TOO_MANY_MESSAGES);
+            return Event::Refused {
+                verb: Verb::Mail,
+                reply: replies::TOO_MANY_MESSAGES,
+                reason: Why::TransactionLimit,
+            };
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.cfg.limits.message_size)
+        {
+            return self.refuse(
+                Verb::Mail,
+                replies::SIZE_EXCEEDED,
+                Why::DeclaredSizeOverLimit,
+            );
+        }
+        self.state = State::Awaiting(Pending::Mail(from.clone(), params.clone()));
+        Event::Mail { from, params }
+    }
+
+    /// Answer an [`Event::Grant`]: the identity granted to this client now, if any. The
+    /// event returned (MAIL's, or its refusal) is handled like one from [`Session::poll`].
+    pub fn grant_decision(&mut self, identity: Option<String>) -> Event {
+        let Some(Pending::Grant(from, params)) = self.take_pending() else {
+            return Event::NeedInput;
+        };
+        match identity {
+            Some(id) => {
+                self.auth = Some(id);
+                self.granted = true;
+                self.mail_checked(from, params)
+            }
+            None => {
+                if self.granted {
+                    self.auth = None;
+                    self.granted = false;
+                }
+                self.refuse(Verb::Mail, replies::AUTH_REQUIRED, Why::MailWithoutAuth)
+            }
+        }
+    }
+
     /// Answer an [`Event::Mail`]. A positive reply opens the transaction.
     pub fn mail_decision(&mut self, reply: Reply) -> Option<Event> {
         let Some(Pending::Mail(from, params)) = self.take_pending() else {
@@ -916,6 +964,7 @@ impl Session {
     pub fn auth_succeeded(&mut self, identity: String) {
         if let Some(Pending::Auth) = self.take_pending() {
             self.auth = Some(identity);
+            self.granted = false;
             self.send(&replies::AUTH_OK);
         }
     }

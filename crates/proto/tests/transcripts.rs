@@ -6,6 +6,7 @@
 //! ! tls auth_offered auth_required close_on_non_smtp bare_lf=normalize recipients=2 errors=3 size=100
 //! ! local example.test
 //! ! user alice@example.test secret
+//! ! grants grant alice@example.test      MAIL without AUTH asks; this identity is granted
 //! S: 220 *                 expected reply line; a trailing `*` matches any rest
 //! C: EHLO client.test      client line, CRLF appended
 //! R: DATA\r\nabc\n.\n      raw bytes with \r \n \t \\ \xNN escapes, nothing appended
@@ -34,6 +35,8 @@ struct Runner {
     local: Vec<String>,
     users: Vec<(String, String)>,
     messages: Vec<Vec<u8>>,
+    /// What [`Event::Grant`] is answered with.
+    grant: Option<String>,
     closed: bool,
 }
 
@@ -45,10 +48,15 @@ impl Runner {
     }
 
     fn run(&mut self) {
+        let mut next = None;
         loop {
-            let ev = self.s.poll(&mut self.inbuf, &mut self.body);
+            let ev = match next.take() {
+                Some(ev) => ev,
+                None => self.s.poll(&mut self.inbuf, &mut self.body),
+            };
             match ev {
                 Event::NeedInput => break,
+                Event::Grant => next = Some(self.s.grant_decision(self.grant.clone())),
                 Event::Refused { .. } => {}
                 Event::Mail { .. } => {
                     self.s.mail_decision(replies::MAIL_OK);
@@ -150,7 +158,9 @@ fn run_file(path: &Path) {
         auth_required: false,
         bare_lf: BareLf::Reject,
         close_on_non_smtp: false,
+        grants: false,
     };
+    let mut grant = None;
     let mut local = Vec::new();
     let mut users = Vec::new();
     let mut body_lines = text.lines().enumerate().peekable();
@@ -177,6 +187,8 @@ fn run_file(path: &Path) {
                 "auth_offered" => cfg.auth_offered = true,
                 "auth_required" => cfg.auth_required = true,
                 "close_on_non_smtp" => cfg.close_on_non_smtp = true,
+                "grants" => cfg.grants = true,
+                "grant" => grant = Some(words.next().unwrap().to_string()),
                 "bare_lf" => {
                     cfg.bare_lf = if v == "normalize" {
                         BareLf::Normalize
@@ -207,6 +219,7 @@ fn run_file(path: &Path) {
         local,
         users,
         messages: Vec::new(),
+        grant,
         closed: false,
     };
     r.s.greet();
