@@ -91,6 +91,7 @@ submission = "127.0.0.1:$MW_SUB"
 submissions = "127.0.0.1:$MW_SUBS"
 metrics = "127.0.0.1:0"
 admin = ""
+pop3s = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]
@@ -157,6 +158,7 @@ submission = "127.0.0.1:$(free_port)"
 submissions = "127.0.0.1:$(free_port)"
 metrics = "127.0.0.1:0"
 admin = ""
+pop3s = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]

@@ -27,6 +27,7 @@ submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 metrics = "127.0.0.1:0"
 admin = ""
+pop3s = ""
 [dns]
 nameservers = ["$DNS"]
 [smtp]

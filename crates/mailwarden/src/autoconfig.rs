@@ -6,7 +6,8 @@
 //!
 //! Submission is announced on ports 465 (SSL/TLS) and 587 (STARTTLS) with the full address as
 //! the user name and a cleartext password (only ever inside TLS); IMAP and POP3 when
-//! `autoconfig.imap`/`autoconfig.pop3` name a server. The RFC 6186 SRV records are printed
+//! `autoconfig.imap`/`autoconfig.pop3` name a server, and our own POP3 (port 995, SSL/TLS)
+//! when `listen.pop3s` is on and no other is named. The RFC 6186 SRV records are printed
 //! by `dns records`.
 //!
 //! Security: anyone may ask. Only our domains get an answer (else 404), so the listener tells
@@ -62,6 +63,15 @@ fn servers(cfg: &Config) -> (Vec<Server>, Vec<Server>) {
                 socket,
             });
         }
+    }
+    // Our own POP3 over implicit TLS, unless another POP3 server is named.
+    if ac.pop3.is_empty() && !cfg.listen.pop3s.is_empty() && ac.pop3s_port != 0 {
+        incoming.push(Server {
+            kind: "pop3",
+            host: host.clone(),
+            port: ac.pop3s_port,
+            socket: "SSL",
+        });
     }
     let mut outgoing = Vec::new();
     if ac.submissions_port != 0 {
@@ -257,11 +267,29 @@ mod tests {
         let mut cfg = Config::default();
         cfg.hostname = "mx.example.test".into();
         cfg.autoconfig.imap = "imap.example.test:993".into();
+        cfg.listen.pop3s = String::new();
         let x = thunderbird(&cfg, "example.test");
         assert!(x.contains("<incomingServer type=\"imap\">"));
         assert!(x.contains("<port>465</port>\n      <socketType>SSL</socketType>"));
         assert!(x.contains("<port>587</port>\n      <socketType>STARTTLS</socketType>"));
         assert_eq!(x.matches("%EMAILADDRESS%").count(), 3);
         assert!(!x.contains("pop3"));
+    }
+
+    #[test]
+    fn our_pop3_is_announced_when_pop3s_listens() {
+        let mut cfg = Config::default();
+        cfg.hostname = "mx.example.test".into();
+        let x = thunderbird(&cfg, "example.test");
+        assert!(x.contains("<incomingServer type=\"pop3\">\n      <hostname>mx.example.test</hostname>\n      <port>995</port>\n      <socketType>SSL</socketType>"), "{x}");
+        // Another POP3 server named: that one instead.
+        cfg.autoconfig.pop3 = "pop.example.test:995".into();
+        let x = thunderbird(&cfg, "example.test");
+        assert_eq!(x.matches("type=\"pop3\"").count(), 1);
+        assert!(x.contains("<hostname>pop.example.test</hostname>"));
+        // Off: none.
+        cfg.autoconfig.pop3 = String::new();
+        cfg.listen.pop3s = String::new();
+        assert!(!thunderbird(&cfg, "example.test").contains("pop3"));
     }
 }

@@ -97,7 +97,10 @@ pub fn records(cfg: &Config, keyring: &Keyring, domain: &str) -> String {
     } else {
         ac.host.trim_end_matches('.')
     };
-    let _ = writeln!(out, "; mail clients find submission here (RFC 6186)");
+    let _ = writeln!(
+        out,
+        "; mail clients find submission (and POP3) here (RFC 6186)"
+    );
     for (name, port) in [
         ("_submissions", ac.submissions_port),
         ("_submission", ac.submission_port),
@@ -105,6 +108,13 @@ pub fn records(cfg: &Config, keyring: &Keyring, domain: &str) -> String {
         if port != 0 {
             let _ = writeln!(out, "{name}._tcp.{d}. IN SRV 0 1 {port} {client_host}.");
         }
+    }
+    if !cfg.listen.pop3s.is_empty() && ac.pop3.is_empty() && ac.pop3s_port != 0 {
+        let _ = writeln!(
+            out,
+            "_pop3s._tcp.{d}. IN SRV 0 1 {} {client_host}.",
+            ac.pop3s_port
+        );
     }
     if !cfg.listen.autoconfig.is_empty() {
         let _ = writeln!(

@@ -29,6 +29,7 @@ pub mod http;
 pub mod learning;
 pub mod limits;
 pub mod logging;
+pub mod maildrop;
 pub mod metrics;
 pub mod quarantine;
 pub mod queue;

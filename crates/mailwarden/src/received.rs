@@ -20,6 +20,8 @@ pub struct Trace<'a> {
     pub time: i64,
     /// Leave out the `from` clause (the client's HELO and IP): `submission.hide_client`.
     pub hide_client: bool,
+    /// The account a POP3 login let this client send as, without AUTH (`[pop_before_smtp]`).
+    pub pop_before_smtp: Option<&'a str>,
 }
 
 pub fn protocol(esmtp: bool, smtputf8: bool, tls: bool, auth: bool) -> String {
@@ -65,6 +67,9 @@ pub fn header(t: &Trace) -> String {
     if let Some(tls) = t.tls {
         h.push_str(&format!("\r\n\t({tls})"));
     }
+    if let Some(a) = t.pop_before_smtp {
+        h.push_str(&format!("\r\n\t(POP-before-SMTP as {a})"));
+    }
     if let Some(r) = t.single_rcpt {
         h.push_str(&format!("\r\n\tfor <{r}>"));
     }
@@ -99,6 +104,7 @@ mod tests {
             single_rcpt: Some("alice@example.test"),
             time: 0,
             hide_client: false,
+            pop_before_smtp: None,
         });
         assert_eq!(
             h,
@@ -120,6 +126,7 @@ mod tests {
             single_rcpt: None,
             time: 0,
             hide_client: true,
+            pop_before_smtp: None,
         });
         assert!(
             h.starts_with("Received: by mx.example.test (mailwarden) with ESMTPA id 0ABC;"),

@@ -33,6 +33,7 @@ impl Harness {
         config.listen.submissions = String::new();
         config.listen.metrics = String::new();
         config.listen.admin = String::new();
+        config.listen.pop3s = String::new();
         // The in-process client reads the banner at once; pregreet has its own e2e tests.
         config.screening.pregreet.mode = mailwarden::config::Mode::Off;
         // Sender checks resolve through a loopback server that knows no names.

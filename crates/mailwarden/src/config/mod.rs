@@ -63,6 +63,8 @@ section! {
         pub admin: Admin = Admin::default(),
         pub autoconfig: Autoconfig = Autoconfig::default(),
         pub audit: Audit = Audit::default(),
+        pub pop3: Pop3 = Pop3::default(),
+        pub pop_before_smtp: PopBeforeSmtp = PopBeforeSmtp::default(),
         /// The user `serve` switches to after binding its ports, when started as root (for
         /// good: real, effective and saved ids, no supplementary groups); `data_dir` is
         /// handed to it. Empty: a root start keeps root, with a warning in the log.
@@ -94,6 +96,12 @@ section! {
         /// Microsoft's Autodiscover POX (`[autoconfig]`). Empty (the default) turns it off.
         /// Publish it as `autoconfig.<domain>` and `autodiscover.<domain>`, behind HTTPS.
         pub autoconfig: String = String::new(),
+        /// POP3 over implicit TLS (RFC 8314; publish it on port 995): the accounts' Maildir
+        /// inboxes, read with the accounts' passwords (`[pop3]`). Empty turns it off.
+        pub pop3s: String = "127.0.0.1:2995".to_string(),
+        /// POP3 with STLS (RFC 2595; port 110). USER, PASS and AUTH are refused until STLS;
+        /// nothing is ever read or logged in over plaintext. Empty (the default) turns it off.
+        pub pop3: String = String::new(),
     }
 }
 
@@ -124,12 +132,64 @@ section! {
         /// The submission ports announced: implicit TLS, then STARTTLS. 0 leaves one out.
         pub submissions_port: u16 = 465,
         pub submission_port: u16 = 587,
+        /// The POP3 port announced (SSL/TLS) when `listen.pop3s` is on and `pop3` is empty.
+        /// 0 leaves it out.
+        pub pop3s_port: u16 = 995,
         /// An IMAP server to announce, as `host:port` (993: SSL/TLS; else STARTTLS). Empty:
         /// none.
         pub imap: String = String::new(),
         /// A POP3 server to announce, as `host:port` (995: SSL/TLS; else STARTTLS). Empty:
-        /// none.
+        /// ours, on `host` and `pop3s_port`, when `listen.pop3s` is on.
         pub pop3: String = String::new(),
+    }
+}
+
+section! {
+    /// The POP3 server (`listen.pop3s`, `listen.pop3`): RFC 1939 with UIDL, TOP, CAPA, STLS
+    /// and SASL PLAIN, over each account's Maildir inbox as Dovecot sees it. A login counts
+    /// with the AUTH failures, delays and blocks of the mail ports; a suspended account may
+    /// still read its mail. One POP3 session per mailbox at a time.
+    pub struct Pop3 {
+        /// How long a session may wait for the client's next command (RFC 1939 §3 asks for at
+        /// least 10 minutes).
+        pub idle_timeout: Duration = Duration::secs(10 * 60),
+        /// How long one session may last, whatever it does.
+        pub max_session_time: Duration = Duration::secs(60 * 60),
+        /// `-ERR` replies in one session before it is closed.
+        pub max_errors: u32 = 10,
+        /// Commands in one session before it is closed.
+        pub max_commands: u32 = 100_000,
+        /// Messages a session lists at most: the oldest ones. The rest wait for the next
+        /// session, after these are removed.
+        pub max_messages: usize = 50_000,
+    }
+}
+
+choice! {
+    /// Whether POP-before-SMTP grants anything.
+    pub enum GrantMode {
+        /// Never (the default).
+        Off = "off",
+        /// After a POP3 login, as `[pop_before_smtp]` allows.
+        Enforce = "enforce",
+    }
+}
+
+section! {
+    /// POP-before-SMTP, for legacy clients that cannot use SMTP AUTH: after a POP3 login, the
+    /// client's IP may submit on the submission ports (never MX) without AUTH, as that
+    /// account, for `window`. It is weak (everyone behind the same NAT shares the IP; see
+    /// docs/security.md), so it is off by default and hedged: only for `networks`, never for
+    /// an IP from which more than one account logged in within the window, never from a
+    /// plaintext login, and ended by the account's suspension or password change. Every
+    /// sending-side control still applies (sender ownership, limits, containment).
+    pub struct PopBeforeSmtp {
+        pub mode: GrantMode = GrantMode::Off,
+        /// How long a POP3 login lets its IP send.
+        pub window: Duration = Duration::secs(10 * 60),
+        /// The client networks it may be granted to (`192.0.2.0/24`, `2001:db8::/48`). Empty:
+        /// none, whatever `mode` says.
+        pub networks: Vec<String> = Vec::new(),
     }
 }
 
@@ -911,13 +971,14 @@ impl Config {
                 )),
             }
         }
-        if !self.listen.autoconfig.is_empty()
-            && self.listen.autoconfig.parse::<SocketAddr>().is_err()
-        {
-            errs.push(format!(
-                "listen.autoconfig = {:?} is not ip:port",
-                self.listen.autoconfig
-            ));
+        for (name, addr) in [
+            ("autoconfig", &self.listen.autoconfig),
+            ("pop3s", &self.listen.pop3s),
+            ("pop3", &self.listen.pop3),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                errs.push(format!("listen.{name} = {addr:?} is not ip:port"));
+            }
         }
         for (key, v) in [
             ("autoconfig.imap", &self.autoconfig.imap),
@@ -944,6 +1005,19 @@ impl Config {
             if let Err(e) = n.parse::<crate::util::Network>() {
                 errs.push(format!("mx.trusted_relays: {e}"));
             }
+        }
+        for n in &self.pop_before_smtp.networks {
+            if let Err(e) = n.parse::<crate::util::Network>() {
+                errs.push(format!("pop_before_smtp.networks: {e}"));
+            }
+        }
+        let w = self.pop_before_smtp.window.get().as_secs();
+        if !(1..=86400).contains(&w) {
+            errs.push("pop_before_smtp.window: 1 second to 1 day".into());
+        }
+        let p = &self.pop3;
+        if p.max_errors < 1 || p.max_commands < 1 || p.max_messages < 1 {
+            errs.push("pop3 limits must be at least 1".into());
         }
         for n in &self.reports.known_senders {
             if let Err(e) = n.parse::<crate::util::Network>() {

@@ -150,39 +150,23 @@ pub enum Refused {
 }
 
 /// Check an admin login exactly as SMTP AUTH checks a password: the same blocks, turns,
-/// verifier pool and failure counters.
+/// verifier pool and failure counters (`server::auth::check_password`).
 pub async fn login(
     shared: &Shared,
     ip: IpAddr,
     username: &str,
     password: &[u8],
 ) -> Result<String, Refused> {
-    let detector = &shared.contain.detector;
-    if !detector.auth_allowed(ip) {
-        tracing::warn!(event = "console_login_refused", ip = %ip, reason = "blocked");
-        return Err(Refused::Blocked);
-    }
-    let name =
-        crate::accounts::canonical(username).unwrap_or_else(|_| username.trim().to_lowercase());
-    let _line = shared.auth_lines.enter(ip).await;
-    if !detector.auth_allowed(ip) {
-        return Err(Refused::Blocked);
-    }
-    let Some(wait) = detector.auth_turn(ip, &name) else {
-        tracing::warn!(event = "console_login_refused", ip = %ip, reason = "line_full");
-        return Err(Refused::Busy);
-    };
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
-    let verdict = match shared.auth.verify(username, password).await {
-        Ok(crate::accounts::Login::Ok(account)) => {
+    use crate::server::auth::{Outcome, check_password, count_failure};
+    let checked = check_password(shared, ip, username, password).await;
+    let verdict = match checked.outcome {
+        Outcome::Account(account) => {
             let admin = shared.accounts.is_admin(&shared.config, &account);
             let suspended = shared.contain.is_suspended(&account);
             match (admin, suspended) {
                 (Ok(true), Ok(false)) => {
                     // Logins from many networks are containment's business here too.
-                    if let Some(t) = detector.login(&account, ip) {
+                    if let Some(t) = shared.contain.detector.login(&account, ip) {
                         shared.contain.suspend(&account, t, "console").await;
                         Err(("suspended_at_login", Refused::Invalid))
                     } else {
@@ -193,25 +177,20 @@ pub async fn login(
                 _ => Err(("store_error", Refused::Busy)),
             }
         }
-        Ok(crate::accounts::Login::Bad) => Err(("invalid", Refused::Invalid)),
-        Err(_) => Err(("busy", Refused::Busy)),
+        Outcome::Invalid => Err(("invalid", Refused::Invalid)),
+        Outcome::Blocked => Err(("blocked", Refused::Blocked)),
+        Outcome::LineFull => Err(("line_full", Refused::Busy)),
+        Outcome::Busy | Outcome::StoreError(_) => Err(("busy", Refused::Busy)),
     };
     match verdict {
         Ok(account) => {
             tracing::info!(event = "console_login", ip = %ip, user = %account);
             Ok(account)
         }
-        Err((why, Refused::Invalid)) => {
-            let f = detector.auth_failed(ip, &name);
-            metrics::counter!("mailwarden_auth_failures_total").increment(1);
-            if let Some(blocked) = f.blocked {
-                metrics::counter!("mailwarden_auth_blocks_total").increment(1);
-                tracing::warn!(event = "auth_blocked", ip = %ip, blocked = %blocked, listener = "admin");
-            }
-            tracing::warn!(event = "console_login_refused", ip = %ip, reason = why);
-            Err(Refused::Invalid)
-        }
         Err((why, r)) => {
+            if r == Refused::Invalid {
+                count_failure(shared, ip, &checked.name, "admin");
+            }
             tracing::warn!(event = "console_login_refused", ip = %ip, reason = why);
             Err(r)
         }

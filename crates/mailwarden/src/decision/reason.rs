@@ -147,6 +147,8 @@ pub enum Kind {
     AuthInvalid,
     AuthSuspended,
     AuthSuspendedAtLogin,
+    /// The sender was let in without AUTH by a POP3 login from its IP (`[pop_before_smtp]`).
+    AuthPopBeforeSmtp,
 
     // The server could not take the message (all `451 4.3.0`).
     SpoolWriteFailed,
@@ -328,6 +330,7 @@ impl Kind {
             AuthInvalid => "auth.invalid_credentials",
             AuthSuspended => "auth.account_suspended",
             AuthSuspendedAtLogin => "auth.account_suspended_at_login",
+            AuthPopBeforeSmtp => "auth.pop_before_smtp",
             SpoolWriteFailed => "data.spool_write_failed",
             SpoolReadFailed => "data.spool_read_failed",
             SpoolRewriteFailed => "data.spool_rewrite_failed",
@@ -375,7 +378,7 @@ impl Kind {
             MessageLimit => "limits",
             Suspended | AccountStateUnavailable => "containment",
             AuthBlocked | AuthLineFull | AuthVerifiersBusy | AuthBackendError | AuthInvalid
-            | AuthSuspended | AuthSuspendedAtLogin => "auth",
+            | AuthSuspended | AuthSuspendedAtLogin | AuthPopBeforeSmtp => "auth",
             SpoolWriteFailed | SpoolReadFailed | SpoolRewriteFailed | MemoryExhausted
             | ChecksFailed | QuarantineFailed | QueueFailed | NoTransaction => "data",
             SessionPanic => "session",

@@ -152,6 +152,12 @@ pub fn crlf_to_lf(mut input: &[u8], out: &mut Vec<u8>, pending_cr: &mut bool) {
     out.extend_from_slice(input);
 }
 
+/// The inbox Maildir of `local@domain` under `root` (`{data_dir}/mail`).
+pub fn mailbox_dir(root: &Path, mailbox: &str) -> PathBuf {
+    let (local, domain) = mailbox.rsplit_once('@').unwrap_or((mailbox, "localhost"));
+    root.join(domain).join(local).join("Maildir")
+}
+
 impl Maildir {
     pub fn new(data_dir: &Path, hostname: &str, dirsync: DirSync, sync: MaildirSync) -> Maildir {
         // Maildir names must not contain '/' or ':' (the flag separator).
@@ -167,8 +173,7 @@ impl Maildir {
 
     /// The Maildir of `local@domain`, or its Junk folder.
     pub fn dir(&self, mailbox: &str, folder: Folder) -> PathBuf {
-        let (local, domain) = mailbox.rsplit_once('@').unwrap_or((mailbox, "localhost"));
-        let base = self.root.join(domain).join(local).join("Maildir");
+        let base = mailbox_dir(&self.root, mailbox);
         match folder {
             Folder::Inbox => base,
             Folder::Junk => base.join(".Junk"),

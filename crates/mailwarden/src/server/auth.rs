@@ -1,7 +1,8 @@
 //! AUTH in a session (RFC 4954): the turn shared by all connections of an IP, its network
 //! and the account ([`crate::containment::Detector::auth_turn`]), the password check on the
 //! bounded verifier pool, and containment's say (blocked networks, suspended accounts, the
-//! login-spread trigger).
+//! login-spread trigger). [`check_password`] is the part every login surface shares (POP3,
+//! the console), so a guesser gains nothing by switching protocols.
 //!
 //! Security: the attempted name and password are never logged. A suspended account answers
 //! exactly as a wrong password does (reply, delay, counting), whatever password was given, so
@@ -15,6 +16,89 @@ use crate::decision::{Finding, Kind};
 use mailwarden_proto::replies;
 use mailwarden_proto::sasl::{Credentials, Mechanism};
 use mailwarden_proto::session::Session;
+use std::net::IpAddr;
+
+/// What a password check found, with the caller still at the head of its address's line:
+/// whatever it does next (count a failure, take the login) happens before the next attempt
+/// from that address is checked.
+pub(crate) struct Checked<'a> {
+    pub outcome: Outcome,
+    /// The key the attempt counts under ([`key`]).
+    pub name: String,
+    _line: Option<crate::limits::lines::Place<'a>>,
+}
+
+pub(crate) enum Outcome {
+    /// The password is right: the canonical account name.
+    Account(String),
+    /// Wrong password or no such account.
+    Invalid,
+    /// The address or its network is blocked for failed logins.
+    Blocked,
+    /// Earlier failures from this address, its network or for this account hold the line.
+    LineFull,
+    /// The verifiers' queue is full.
+    Busy,
+    StoreError(String),
+}
+
+/// Check a password as every login surface does (SMTP AUTH, POP3): blocks first (no argon2
+/// for a blocked address), one check at a time per address, the turn of the address, its
+/// network and the account, then the bounded verifier pool. Suspension and containment are
+/// the caller's: they differ by surface.
+pub(crate) async fn check_password<'a>(
+    shared: &'a Shared,
+    ip: IpAddr,
+    username: &str,
+    password: &[u8],
+) -> Checked<'a> {
+    let detector = &shared.contain.detector;
+    let name = key(username);
+    let done = |outcome, line| Checked {
+        outcome,
+        name: name.clone(),
+        _line: line,
+    };
+    if !detector.auth_allowed(ip) {
+        return done(Outcome::Blocked, None);
+    }
+    // One password check at a time per address: more connections only queue behind it, and
+    // every one of them then meets the same failures, turns and blocks. Asked again after
+    // the wait in line, which the attempts ahead may have ended with a block.
+    let line = shared.auth_lines.enter(ip).await;
+    if !detector.auth_allowed(ip) {
+        return done(Outcome::Blocked, Some(line));
+    }
+    let Some(wait) = detector.auth_turn(ip, &name) else {
+        metrics::counter!("mailwarden_auth_busy_total").increment(1);
+        return done(Outcome::LineFull, Some(line));
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let outcome = match shared.auth.verify(username, password).await {
+        Ok(Login::Ok(account)) => Outcome::Account(account),
+        Ok(Login::Bad) => Outcome::Invalid,
+        Err(AuthError::Busy) => {
+            metrics::counter!("mailwarden_auth_busy_total").increment(1);
+            Outcome::Busy
+        }
+        Err(AuthError::Store(e)) => Outcome::StoreError(e.to_string()),
+    };
+    done(outcome, Some(line))
+}
+
+/// A failed login, counted for the IP, its network and the account (pushing their turns
+/// on), whatever surface it came through.
+pub(crate) fn count_failure(shared: &Shared, ip: IpAddr, name: &str, listener: &str) {
+    let f = shared.contain.detector.auth_failed(ip, name);
+    metrics::counter!("mailwarden_auth_failures_total").increment(1);
+    if let Some(blocked) = f.blocked {
+        metrics::counter!("mailwarden_auth_blocks_total").increment(1);
+        tracing::warn!(event = "auth_blocked", ip = %ip, blocked = %blocked, listener,
+            minutes = shared.config.containment.auth_block_time.get().as_secs() / 60);
+    }
+}
 
 /// Answer one AUTH attempt.
 pub(super) async fn attempt(
@@ -25,13 +109,19 @@ pub(super) async fn attempt(
     credentials: Credentials,
 ) {
     let ip = ctx.peer.ip();
-    let detector = &shared.contain.detector;
-    // Blocked for guessing: not even the argon2 work is spent on it. Asked again after the
-    // wait in line, which the attempts ahead may have ended with a block.
-    let blocked = |ctx: &mut Ctx, s: &mut Session| {
-        let no = !detector.auth_allowed(ip);
-        if no {
-            ctx.refuse_auth(
+    let checked = check_password(
+        shared,
+        ip,
+        &credentials.username,
+        credentials.password.expose(),
+    )
+    .await;
+    let name = checked.name.as_str();
+    let account = match checked.outcome {
+        Outcome::Account(account) => account,
+        Outcome::Invalid => return failed(shared, ctx, s, name, Kind::AuthInvalid),
+        Outcome::Blocked => {
+            return ctx.refuse_auth(
                 s,
                 Finding::refusing(
                     Kind::AuthBlocked,
@@ -40,43 +130,18 @@ pub(super) async fn attempt(
                 ),
             );
         }
-        no
-    };
-    if blocked(ctx, s) {
-        return;
-    }
-    let name = key(&credentials.username);
-    // One password check at a time per address: more connections only queue behind it, and
-    // every one of them then meets the same failures, turns and blocks.
-    let _line = shared.auth_lines.enter(ip).await;
-    if blocked(ctx, s) {
-        return;
-    }
-    let Some(wait) = detector.auth_turn(ip, &name) else {
-        metrics::counter!("mailwarden_auth_busy_total").increment(1);
-        ctx.refuse_auth(
-            s,
-            Finding::refusing(
-                Kind::AuthLineFull,
-                "AUTH while earlier failures from this address or network hold the line",
-                replies::AUTH_BUSY,
-            ),
-        );
-        return;
-    };
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
-    let account = match shared
-        .auth
-        .verify(&credentials.username, credentials.password.expose())
-        .await
-    {
-        Ok(Login::Ok(account)) => account,
-        Ok(Login::Bad) => return failed(shared, ctx, s, &name, Kind::AuthInvalid),
-        Err(AuthError::Busy) => {
-            metrics::counter!("mailwarden_auth_busy_total").increment(1);
-            ctx.refuse_auth(
+        Outcome::LineFull => {
+            return ctx.refuse_auth(
+                s,
+                Finding::refusing(
+                    Kind::AuthLineFull,
+                    "AUTH while earlier failures from this address or network hold the line",
+                    replies::AUTH_BUSY,
+                ),
+            );
+        }
+        Outcome::Busy => {
+            return ctx.refuse_auth(
                 s,
                 Finding::refusing(
                     Kind::AuthVerifiersBusy,
@@ -84,21 +149,20 @@ pub(super) async fn attempt(
                     replies::AUTH_BUSY,
                 ),
             );
-            return;
         }
-        Err(AuthError::Store(e)) => {
+        Outcome::StoreError(e) => {
             tracing::error!(event = "auth_backend_error", session = %ctx.session, error = %e);
-            ctx.refuse_auth(s, backend_error());
-            return;
+            return ctx.refuse_auth(s, backend_error());
         }
     };
+    let detector = &shared.contain.detector;
     match shared.contain.is_suspended(&account) {
         Ok(false) => {}
         Ok(true) => {
             // The right password; the log says so, the client learns nothing from it.
             tracing::warn!(event = "auth_suspended", session = %ctx.session, ip = %ip,
                 user = %account, "a suspended account's password was given");
-            return failed(shared, ctx, s, &name, Kind::AuthSuspended);
+            return failed(shared, ctx, s, name, Kind::AuthSuspended);
         }
         Err(e) => {
             tracing::error!(event = "auth_backend_error", session = %ctx.session, error = %e);
@@ -108,7 +172,7 @@ pub(super) async fn attempt(
     }
     if let Some(t) = detector.login(&account, ip) {
         shared.contain.suspend(&account, t, &ctx.session).await;
-        return failed(shared, ctx, s, &name, Kind::AuthSuspendedAtLogin);
+        return failed(shared, ctx, s, name, Kind::AuthSuspendedAtLogin);
     }
     tracing::info!(event = "auth_ok", session = %ctx.session, ip = %ip,
         mechanism = mechanism.as_str(), user = %account);
@@ -117,7 +181,7 @@ pub(super) async fn attempt(
 
 /// The key an attempt is counted under: the account's own name, so " Alice@Example.test"
 /// and "alice@example.test" share their failures and their turn.
-fn key(username: &str) -> String {
+pub(crate) fn key(username: &str) -> String {
     crate::accounts::canonical(username).unwrap_or_else(|_| username.trim().to_lowercase())
 }
 
@@ -133,14 +197,7 @@ fn backend_error() -> Finding {
 /// on), and answered `535 5.7.8` whatever `kind` it was (the log and the record tell them
 /// apart; the client cannot).
 fn failed(shared: &Shared, ctx: &mut Ctx, s: &mut Session, name: &str, kind: Kind) {
-    let f = shared.contain.detector.auth_failed(ctx.peer.ip(), name);
-    metrics::counter!("mailwarden_auth_failures_total").increment(1);
-    if let Some(blocked) = f.blocked {
-        metrics::counter!("mailwarden_auth_blocks_total").increment(1);
-        tracing::warn!(event = "auth_blocked", session = %ctx.session,
-            ip = %ctx.peer.ip(), blocked = %blocked,
-            minutes = shared.config.containment.auth_block_time.get().as_secs() / 60);
-    }
+    count_failure(shared, ctx.peer.ip(), name, ctx.listener.name());
     let detail = match kind {
         Kind::AuthSuspended => "account suspended",
         Kind::AuthSuspendedAtLogin => "account suspended at login",

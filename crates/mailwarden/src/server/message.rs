@@ -694,11 +694,15 @@ async fn enqueue(shared: &Shared, ctx: &Ctx, s: &Session, q: Queued<'_>) -> Repl
         esmtp: s.esmtp(),
         smtputf8: txn.params.smtputf8,
         tls,
-        authenticated: s.authenticated().is_some(),
+        // RFC 3848's `A` says SMTP AUTH; a grant is named in its own comment instead.
+        authenticated: s.authenticated().is_some() && !s.granted(),
         id: &id,
         single_rcpt: single.as_deref(),
         time: now,
-        hide_client: s.authenticated().is_some() && shared.config.submission.hide_client,
+        hide_client: s.authenticated().is_some()
+            && !s.granted()
+            && shared.config.submission.hide_client,
+        pop_before_smtp: s.authenticated().filter(|_| s.granted()),
     });
     let nrcpt = rcpts.len();
     let msg = Message {

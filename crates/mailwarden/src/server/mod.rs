@@ -5,13 +5,15 @@
 //! Each accepted connection becomes a session task ([`session::run`]); SIGINT/SIGTERM stop the
 //! listeners and tell sessions to close with `421 4.3.2`.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod ctx;
 mod early;
 pub mod freespace;
+mod grants;
 mod message;
 pub mod mta_sts;
+mod pop3;
 pub mod privileges;
 mod record;
 mod screen;
@@ -57,6 +59,8 @@ pub struct Running {
     pub admin: Option<std::net::SocketAddr>,
     /// Where mail-client autoconfiguration is served, if it is.
     pub autoconfig: Option<std::net::SocketAddr>,
+    /// The POP3 listeners bound (`pop3s`, `pop3`).
+    pub pop3: Vec<(&'static str, std::net::SocketAddr)>,
     shutdown: watch::Sender<bool>,
     store: Store,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -151,7 +155,7 @@ pub async fn start(
         keyring: crate::dkim::keys::Keyring::new(&config.data_dir).with_store(&store),
         contain: contain.clone(),
         classifier: crate::classifier::Live::default(),
-        clock,
+        clock: clock.clone(),
         accounts: accounts.clone(),
         queue: queue.clone(),
         tls: tls.acceptor,
@@ -161,6 +165,9 @@ pub async fn start(
         ),
         memory: crate::heavy::Memory::new(config.limits.message_memory.0),
         auth_lines: crate::limits::lines::Lines::default(),
+        grants: grants::Grants::new(&config, clock.clone()),
+        pop3_locks: crate::maildrop::Locks::default(),
+        pop3_sizes: Arc::new(crate::maildrop::Sizes::default()),
         free_space: freespace::FreeSpace::new(
             config.data_dir.clone(),
             config.limits.min_free_space.0,
@@ -301,9 +308,19 @@ pub async fn start(
         }
     };
     let mut bound = Vec::new();
+    let mut pop3_bound = Vec::new();
     for (kind, l) in listeners {
         bound.push((kind, l.local_addr()?));
         tasks.push(tokio::spawn(accept_loop(l, kind, shared.clone())));
+    }
+    for (name, addr, implicit) in [
+        ("pop3s", &config.listen.pop3s, true),
+        ("pop3", &config.listen.pop3, false),
+    ] {
+        if let Some(l) = bind_optional(addr, name).await? {
+            pop3_bound.push((name, l.local_addr()?));
+            tasks.push(tokio::spawn(pop3::accept_loop(l, implicit, shared.clone())));
+        }
     }
     let admin = match bind_optional(&config.listen.admin, "admin").await? {
         None => None,
@@ -347,6 +364,7 @@ pub async fn start(
         mta_sts,
         admin,
         autoconfig,
+        pop3: pop3_bound,
         shutdown: shutdown_tx,
         store,
         tasks,
@@ -427,6 +445,14 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             out,
             "listening admin {a}    (the web console: {scheme}://{a}/; log in as an admin account)"
         )?;
+    }
+    for (name, a) in &running.pop3 {
+        let what = if *name == "pop3s" {
+            "POP3 over implicit TLS; the accounts' inboxes"
+        } else {
+            "POP3; STLS required before any login"
+        };
+        writeln!(out, "listening {name} {a}    ({what})")?;
     }
     if let Some(a) = running.autoconfig {
         writeln!(

@@ -111,6 +111,8 @@ pub fn drop_root(cfg: &Config) -> anyhow::Result<Option<String>> {
         ("mta_sts", &cfg.listen.mta_sts),
         ("admin", &cfg.listen.admin),
         ("autoconfig", &cfg.listen.autoconfig),
+        ("pop3s", &cfg.listen.pop3s),
+        ("pop3", &cfg.listen.pop3),
     ] {
         addrs.push((name, a.as_str()));
     }

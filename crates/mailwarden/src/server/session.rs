@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The connection, before and after TLS.
-enum Stream<IO> {
+pub(super) enum Stream<IO> {
     Plain(IO),
     Tls(Box<tokio_rustls::server::TlsStream<IO>>),
     /// Lost in a failed TLS handshake.
@@ -39,7 +39,7 @@ fn gone() -> std::io::Error {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
-    async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    pub(super) async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read_buf(buf).await,
             Stream::Tls(s) => s.read_buf(buf).await,
@@ -47,7 +47,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
         }
     }
 
-    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Stream::Plain(s) => {
                 s.write_all(data).await?;
@@ -61,7 +61,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Stream<IO> {
         }
     }
 
-    async fn shutdown(&mut self) {
+    pub(super) async fn shutdown(&mut self) {
         let _ = match self {
             Stream::Plain(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
@@ -219,11 +219,18 @@ async fn serve<IO>(
         end_reason: "quit",
     };
     d.s.greet();
+    // An event the core answered a decision with, handled before reading on.
+    let mut next = None;
     loop {
         if !d.s.in_data() {
             d.s.set_storage_low(d.shared.free_space.is_low());
         }
-        match d.s.poll(&mut d.inbuf, &mut d.body.buf) {
+        let ev = match next.take() {
+            Some(ev) => ev,
+            None => d.s.poll(&mut d.inbuf, &mut d.body.buf),
+        };
+        match ev {
+            Event::Grant => next = Some(d.on_grant()),
             Event::NeedInput => {
                 if !d.read_more().await {
                     break;
@@ -323,6 +330,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         }
     }
 
+    /// MAIL without AUTH on a submission port, with POP-before-SMTP on: the account this
+    /// address may send as now, if any (`grants.rs`). Asked at every MAIL, so the window, a
+    /// suspension or a password change ends it between two messages.
+    fn on_grant(&mut self) -> Event {
+        let shared = &self.shared;
+        let ip = self.ctx.peer.ip();
+        let found = super::grants::current(shared, ip);
+        match found {
+            Ok(account) => {
+                tracing::info!(event = "pop_before_smtp", session = %self.ctx.session, ip = %ip, user = %account);
+                self.s.grant_decision(Some(account))
+            }
+            Err(why) => {
+                // The 530 that follows is the one refusal line; this says why.
+                tracing::debug!(event = "pop_before_smtp_none", session = %self.ctx.session, ip = %ip, reason = why);
+                self.s.grant_decision(None)
+            }
+        }
+    }
+
     async fn on_mail(&mut self, from: String) {
         let shared = self.shared.clone();
         let (kind, peer) = (self.ctx.listener, self.ctx.peer);
@@ -345,6 +372,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         };
         self.end_transaction();
         self.ctx.rec.start(base);
+        if self.s.granted() {
+            let why = Finding::new(
+                Kind::AuthPopBeforeSmtp,
+                format!(
+                    "no AUTH: a POP3 login from {} within pop_before_smtp.window",
+                    peer.ip()
+                ),
+            );
+            self.ctx.rec.note(vec![why.record(false)], None);
+        }
         let helo = self.s.helo().unwrap_or("").to_string();
         if let Some(sc) = self.screen.as_mut() {
             sc.at_mail(&shared, &helo, &from);
@@ -538,7 +575,7 @@ async fn flush<IO: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Turn the plain stream into TLS in place; on failure nothing is left of it.
-async fn upgrade<IO>(stream: &mut Stream<IO>, shared: &Shared) -> anyhow::Result<String>
+pub(super) async fn upgrade<IO>(stream: &mut Stream<IO>, shared: &Shared) -> anyhow::Result<String>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {

@@ -64,6 +64,11 @@ pub struct Shared {
     pub free_space: super::freespace::FreeSpace,
     /// One AUTH password check at a time per client address.
     pub(crate) auth_lines: crate::limits::lines::Lines,
+    /// POP-before-SMTP: what POP3 logins granted their addresses.
+    pub(crate) grants: super::grants::Grants,
+    /// One POP3 session per mailbox, and the sizes of messages POP3 has counted.
+    pub(crate) pop3_locks: crate::maildrop::Locks,
+    pub(crate) pop3_sizes: Arc<crate::maildrop::Sizes>,
     /// `limits.message_memory`: messages being checked in memory, over all sessions.
     pub memory: crate::heavy::Memory,
     pub shutdown: watch::Receiver<bool>,
@@ -96,6 +101,7 @@ impl Shared {
             },
             close_on_non_smtp: !submission
                 && self.config.screening.protocol.mode == crate::config::Mode::Enforce,
+            grants: submission && self.grants.on(),
         }
     }
 }

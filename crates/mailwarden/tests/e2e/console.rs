@@ -363,6 +363,7 @@ fn console_sessions_end_with_the_admin_right_and_foreign_requests_are_refused() 
 
 #[test]
 fn mail_clients_configure_themselves() {
+    // listen.pop3s is on (as in every e2e server): our POP3 is announced on 995, SSL/TLS.
     let s = Server::start(
         "[listen]\nautoconfig = \"127.0.0.1:0\"\n[autoconfig]\nimap = \"imap.example.test:993\"\n",
     );
@@ -412,6 +413,7 @@ print(repr(out))
         assert_eq!(
             got.trim(),
             "[('incomingServer', 'imap', '993', 'SSL', '%EMAILADDRESS%', 'password-cleartext', 'imap.example.test'), \
+             ('incomingServer', 'pop3', '995', 'SSL', '%EMAILADDRESS%', 'password-cleartext', 'mx.example.test'), \
              ('outgoingServer', 'smtp', '465', 'SSL', '%EMAILADDRESS%', 'password-cleartext', 'mx.example.test'), \
              ('outgoingServer', 'smtp', '587', 'STARTTLS', '%EMAILADDRESS%', 'password-cleartext', 'mx.example.test')]",
             "{path}"
@@ -464,7 +466,7 @@ print(repr([(p.findtext("o:Type", namespaces=ns), p.findtext("o:Port", namespace
     .unwrap();
     assert_eq!(
         got.trim(),
-        "[('IMAP', '993', 'on', 'SSL', 'alice@example.test'), ('SMTP', '465', 'on', 'SSL', 'alice@example.test'), ('SMTP', '587', 'on', 'TLS', 'alice@example.test')]"
+        "[('IMAP', '993', 'on', 'SSL', 'alice@example.test'), ('POP3', '995', 'on', 'SSL', 'alice@example.test'), ('SMTP', '465', 'on', 'SSL', 'alice@example.test'), ('SMTP', '587', 'on', 'TLS', 'alice@example.test')]"
     );
     // An entity-laden body is not parsed as XML: it has no address, so 400.
     let bomb = "<!DOCTYPE x [<!ENTITY a \"aaaa\">]><Autodiscover><Request><EMailAddress>&a;</EMailAddress></Request></Autodiscover>";

@@ -14,6 +14,7 @@ mod limits;
 mod mx;
 mod outbound;
 mod ownership;
+mod pop3;
 mod records;
 mod reports;
 mod reputation;

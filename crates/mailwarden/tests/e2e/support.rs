@@ -31,6 +31,7 @@ submission = "127.0.0.1:0"
 submissions = "127.0.0.1:0"
 metrics = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+pop3s = "127.0.0.1:0"
 [delivery]
 # Every peer in these tests is on loopback.
 allow_private_destinations = true
@@ -176,7 +177,7 @@ impl Server {
             .unwrap()
             .parse()
             .unwrap();
-        let optional = ["mta_sts", "admin", "autoconfig"]
+        let optional = ["mta_sts", "admin", "autoconfig", "pop3s", "pop3"]
             .iter()
             .filter(|k| {
                 cfg.get("listen")
@@ -560,6 +561,35 @@ pub fn smtplib_stdin(port: SocketAddr, mode: &str, args: &[&str], stdin: Option<
     })
 }
 
+/// Read a mailbox with poplib (`tests/clients/pop3.py`): `mode` is ssl, stls or plain;
+/// `source` the loopback address to connect from; `ops` as the script takes them.
+pub fn pop3(
+    port: SocketAddr,
+    mode: &str,
+    login: Option<(&str, &str)>,
+    source: Option<&str>,
+    ops: &[&str],
+) -> Value {
+    let port = port.port().to_string();
+    let script = clients_dir().join("pop3.py");
+    let mut args = vec![script.to_str().unwrap(), "--port", &port, "--mode", mode];
+    if let Some((u, p)) = login {
+        args.extend(["--user", u, "--password", p]);
+    }
+    if let Some(s) = source {
+        args.extend(["--source", s]);
+    }
+    args.extend_from_slice(ops);
+    let out = run("python3", &args, None);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "pop3.py failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// One step of a raw dialogue (`tests/clients/smtpraw.py`).
 pub enum Step<'a> {
     Read,
@@ -786,6 +816,37 @@ impl Dovecot {
         ];
         for (s, from, to) in moves {
             args.extend(["--move", s, from, to]);
+        }
+        serde_json::from_slice(&run_ok("python3", &args, None)).unwrap()
+    }
+}
+
+impl Dovecot {
+    /// As `user`, add `flags` (subject, IMAP flag) and expunge `expunge` (subjects) in INBOX;
+    /// then every INBOX subject's flags (`tests/clients/imap_flags.py`).
+    pub fn flags(
+        &self,
+        user: &str,
+        password: &str,
+        flags: &[(&str, &str)],
+        expunge: &[&str],
+    ) -> Value {
+        let port = self.port.to_string();
+        let script = clients_dir().join("imap_flags.py");
+        let mut args = vec![
+            script.to_str().unwrap(),
+            "--port",
+            &port,
+            "--user",
+            user,
+            "--password",
+            password,
+        ];
+        for (s, f) in flags {
+            args.extend(["--flag", s, f]);
+        }
+        for s in expunge {
+            args.extend(["--expunge", s]);
         }
         serde_json::from_slice(&run_ok("python3", &args, None)).unwrap()
     }

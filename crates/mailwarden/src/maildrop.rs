@@ -1,0 +1,365 @@
+//! An account's Maildir inbox as POP3 reads it (<https://cr.yp.to/proto/maildir.html>), beside
+//! Dovecot or any other Maildir reader working on it at the same time.
+//!
+//! - The maildrop is the messages in `new/` and `cur/` of the inbox, oldest first (the
+//!   delivery time that starts every Maildir name, then the name). Folders (`.Junk`) are not
+//!   POP3's.
+//! - A message's unique id (UIDL) is its Maildir base name (the part before `:`), which no
+//!   reader changes: flags and the move from `new/` to `cur/` only change what follows it.
+//!   A name that is too long for RFC 1939 §7 (70 characters) or has other characters is
+//!   replaced by a hash of itself, just as stable.
+//! - RETR marks a message seen the Maildir way: `new/NAME` becomes `cur/NAME:2,S`, and a
+//!   `cur/` message gains `S` beside the flags it has (in order, as the spec asks).
+//! - DELE removes the file at QUIT. Every step finds the message by its base name again if
+//!   another reader renamed it meanwhile; one it removed is gone for us too. Renames and
+//!   unlinks are atomic, so nothing needs a lock between readers; POP3 sessions take one per
+//!   mailbox among themselves (RFC 1939 §4).
+//!
+//! Security: only regular files are read (a symlink planted in a Maildir is skipped), sizes
+//! are computed once per message and cached, and a session lists at most `pop3.max_messages`.
+//! All of this is blocking file work, run on the blocking pool by the driver.
+
+use mailwarden_proto::pop3::Entry;
+use mailwarden_proto::pop3::content::SizeCounter;
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// One listed message.
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub base: String,
+    /// Where it was when last seen; found again by `base` if it moved.
+    pub path: PathBuf,
+    pub entry: Entry,
+}
+
+/// The inbox of `mailbox` (`local@domain`), where local delivery puts its mail.
+pub fn inbox(data_dir: &Path, mailbox: &str) -> PathBuf {
+    crate::delivery::maildir::mailbox_dir(&data_dir.join("mail"), mailbox)
+}
+
+/// RFC 1939 §7: 1 to 70 characters in 0x21..=0x7E.
+pub fn uid_of(base: &str) -> String {
+    let ok = (1..=70).contains(&base.len()) && base.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if ok {
+        return base.to_string();
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, base.as_bytes());
+    format!("h{}", crate::learning::key_hex(&d.as_ref()[..16]))
+}
+
+/// Sizes of messages already counted, by inbox and base name: a Maildir file's content never
+/// changes, only its name.
+#[derive(Default)]
+pub struct Sizes(Mutex<HashMap<String, u64>>);
+
+/// Past this many entries the cache starts over (about 10 MB).
+const SIZES_MAX: usize = 100_000;
+
+impl Sizes {
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    fn put(&self, key: String, size: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= SIZES_MAX {
+            m.clear();
+        }
+        m.insert(key, size);
+    }
+}
+
+/// The `,W=` (size with CRLF line ends) Dovecot writes into the names it delivers.
+fn size_in_name(base: &str) -> Option<u64> {
+    base.split(',')
+        .skip(1)
+        .find_map(|f| f.strip_prefix("W="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The size RETR sends, counted from the file.
+fn count_size(path: &Path) -> std::io::Result<u64> {
+    let mut f = std::fs::File::open(path)?;
+    let mut n = SizeCounter::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf)? {
+            0 => break,
+            k => n.push(&buf[..k]),
+        }
+    }
+    Ok(n.finish())
+}
+
+fn sort_key(base: &str) -> u64 {
+    let digits = base.bytes().take_while(u8::is_ascii_digit).count();
+    base[..digits].parse().unwrap_or(u64::MAX)
+}
+
+/// The base name of a Maildir file name, unless it is not a message (dot files).
+fn base_of(name: &str) -> Option<&str> {
+    if name.starts_with('.') || name.is_empty() {
+        return None;
+    }
+    Some(name.split(':').next().unwrap_or(name))
+}
+
+/// List the inbox: the oldest `max` messages, and how many there are in all.
+pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Vec<Msg>, usize)> {
+    let mut found: Vec<(u64, String, PathBuf)> = Vec::new();
+    let mut seen = HashSet::new();
+    for sub in ["cur", "new"] {
+        let rd = match std::fs::read_dir(dir.join(sub)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            // Not following links: a symlink is not a message.
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let name = e.file_name();
+            let Some(base) = name.to_str().and_then(base_of) else {
+                continue;
+            };
+            // Moved from new/ to cur/ while we read: once is enough.
+            if seen.insert(base.to_string()) {
+                found.push((sort_key(base), base.to_string(), e.path()));
+            }
+        }
+    }
+    let total = found.len();
+    found.sort();
+    found.truncate(max);
+    let mut out = Vec::with_capacity(found.len());
+    for (_, base, path) in found {
+        let key = format!("{}/{base}", dir.display());
+        let size = match size_in_name(&base).or_else(|| sizes.get(&key)) {
+            Some(s) => s,
+            None => match count_size(&path) {
+                Ok(s) => {
+                    sizes.put(key, s);
+                    s
+                }
+                // Removed by another reader since the listing: not ours to show.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        out.push(Msg {
+            entry: Entry {
+                size,
+                uid: uid_of(&base),
+            },
+            base,
+            path,
+        });
+    }
+    Ok((out, total))
+}
+
+/// Where the message is now: its last known path, or found again by its base name.
+pub fn locate(dir: &Path, m: &Msg) -> Option<PathBuf> {
+    if std::fs::symlink_metadata(&m.path).is_ok_and(|md| md.is_file()) {
+        return Some(m.path.clone());
+    }
+    for sub in ["cur", "new"] {
+        let Ok(rd) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name.to_str().and_then(base_of) == Some(m.base.as_str())
+                && e.file_type().is_ok_and(|t| t.is_file())
+            {
+                return Some(e.path());
+            }
+        }
+    }
+    None
+}
+
+/// Open the message for RETR or TOP and, for RETR, mark it seen. `None`: it is gone.
+pub fn open(dir: &Path, m: &mut Msg, seen: bool) -> std::io::Result<Option<std::fs::File>> {
+    for _ in 0..3 {
+        let Some(path) = locate(dir, m) else {
+            return Ok(None);
+        };
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        m.path = path;
+        if seen {
+            // The open file stays readable whatever happens to its name now.
+            mark_seen(dir, m)?;
+        }
+        return Ok(Some(f));
+    }
+    Ok(None)
+}
+
+/// `S` among the message's flags, moving it to `cur/` if it is in `new/`.
+fn mark_seen(dir: &Path, m: &mut Msg) -> std::io::Result<()> {
+    for _ in 0..3 {
+        let Some(path) = locate(dir, m) else {
+            return Ok(());
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let in_cur = path.parent().is_some_and(|p| p.ends_with("cur"));
+        let flags = match name.split_once(':') {
+            None => "",
+            Some((_, info)) => match info.strip_prefix("2,") {
+                Some(f) => f,
+                // Experimental (`1,`) or unknown info: not ours to rewrite.
+                None => return Ok(()),
+            },
+        };
+        if in_cur && flags.contains('S') {
+            return Ok(());
+        }
+        let mut f: Vec<char> = flags.chars().chain(['S']).collect();
+        f.sort_unstable();
+        f.dedup();
+        let flags: String = f.into_iter().collect();
+        let target = dir.join("cur").join(format!("{}:2,{flags}", m.base));
+        match std::fs::rename(&path, &target) {
+            Ok(()) => {
+                m.path = target;
+                return Ok(());
+            }
+            // Another reader renamed it first: look again.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Remove the message (QUIT after DELE). A message another reader removed already counts as
+/// removed.
+pub fn remove(dir: &Path, m: &Msg) -> std::io::Result<()> {
+    for _ in 0..3 {
+        let Some(path) = locate(dir, m) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One POP3 session per mailbox (RFC 1939 §4: the maildrop is locked in the TRANSACTION
+/// state), on this node.
+#[derive(Default)]
+pub struct Locks(Mutex<HashSet<String>>);
+
+pub struct Lock<'a> {
+    locks: &'a Locks,
+    mailbox: String,
+}
+
+impl Locks {
+    pub fn take(&self, mailbox: &str) -> Option<Lock<'_>> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(mailbox.to_string()).then(|| Lock {
+            locks: self,
+            mailbox: mailbox.to_string(),
+        })
+    }
+}
+
+impl Drop for Lock<'_> {
+    fn drop(&mut self) {
+        self.locks
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.mailbox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(dir: &Path, sub: &str, name: &str, body: &str) {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join(name), body).unwrap();
+    }
+
+    #[test]
+    fn uids_are_base_names_or_their_hash() {
+        assert_eq!(uid_of("1700000000.Q1_0.mx"), "1700000000.Q1_0.mx");
+        let long = "x".repeat(71);
+        let h = uid_of(&long);
+        assert_eq!(h.len(), 33);
+        assert_eq!(h, uid_of(&long));
+        assert!(uid_of("a b").starts_with('h'));
+    }
+
+    #[test]
+    fn the_inbox_is_listed_oldest_first_with_flags_and_moves_kept_apart_from_ids() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        put(d, "new", "200.b.host", "B: 1\n\nbody\n");
+        put(d, "cur", "100.a.host:2,F", "A: 1\n\nx\n");
+        put(d, "cur", ".hidden", "x");
+        put(d, "tmp", "50.c.host", "in progress");
+        std::os::unix::fs::symlink("/etc/passwd", d.join("cur/10.link.host:2,")).unwrap();
+        let sizes = Sizes::default();
+        let (msgs, total) = list(d, 10, &sizes).unwrap();
+        assert_eq!(total, 2);
+        let ids: Vec<_> = msgs.iter().map(|m| m.entry.uid.as_str()).collect();
+        assert_eq!(ids, ["100.a.host", "200.b.host"]);
+        assert_eq!(msgs[1].entry.size, 14);
+        // Seen: new/ moves to cur/ with S; a flagged one keeps F, in order.
+        let mut b = msgs[1].clone();
+        assert!(open(d, &mut b, true).unwrap().is_some());
+        assert!(d.join("cur/200.b.host:2,S").exists());
+        let mut a = msgs[0].clone();
+        open(d, &mut a, true).unwrap();
+        assert!(d.join("cur/100.a.host:2,FS").exists());
+        // Another reader renames it: still found by its base name, and removed.
+        std::fs::rename(
+            d.join("cur/100.a.host:2,FS"),
+            d.join("cur/100.a.host:2,FRS"),
+        )
+        .unwrap();
+        let stale = msgs[0].clone();
+        assert!(locate(d, &stale).unwrap().ends_with("100.a.host:2,FRS"));
+        remove(d, &stale).unwrap();
+        assert!(locate(d, &stale).is_none());
+        // Gone already: removing again is not an error, opening finds nothing.
+        remove(d, &stale).unwrap();
+        assert!(open(d, &mut stale.clone(), false).unwrap().is_none());
+        let (msgs, _) = list(d, 1, &sizes).unwrap();
+        assert_eq!(msgs.len(), 1);
+    }
+
+    #[test]
+    fn one_session_per_mailbox() {
+        let l = Locks::default();
+        let a = l.take("a@x.test").unwrap();
+        assert!(l.take("a@x.test").is_none());
+        assert!(l.take("b@x.test").is_some());
+        drop(a);
+        assert!(l.take("a@x.test").is_some());
+    }
+}
