@@ -458,7 +458,7 @@ fn pop3_seeds() -> Vec<Vec<u8>> {
 /// input is split), with a three-message maildrop whose contents the input also supplies;
 /// every multi-line reply must end in `.` CRLF and every line must be CRLF-terminated.
 fn pop3(data: &[u8]) {
-    use mailwarden_proto::pop3::content::{SizeCounter, Stuffer};
+    use mailwarden_proto::pop3::content::{SizeCounter, Stuffer, unstuff};
     use mailwarden_proto::pop3::{self as p, Entry};
     let Some((&ctl, input)) = data.split_first() else {
         return;
@@ -549,20 +549,6 @@ fn pop3(data: &[u8]) {
         out.extend(s.take_output());
         check_pop3(&out);
     }
-}
-
-fn unstuff(body: &[u8]) -> Vec<u8> {
-    let mut plain = Vec::with_capacity(body.len());
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            line_start = false;
-            continue;
-        }
-        plain.push(b);
-        line_start = plain.ends_with(b"\r\n");
-    }
-    plain
 }
 
 /// POP3 output is CRLF-terminated lines, never a bare LF.

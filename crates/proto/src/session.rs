@@ -141,6 +141,48 @@ impl InBuf {
     }
 }
 
+/// A line [`take_line`] took.
+pub(crate) struct Taken {
+    /// Over the limit: discarded to its end, and `line` left as it was.
+    pub too_long: bool,
+    /// It ended in CRLF (else a bare LF).
+    pub crlf: bool,
+}
+
+/// Take the next complete line out of `inbuf` into `line`, without its ending. A line longer
+/// than `limit` is discarded to its end, however many reads that takes (`discarding` carries
+/// it across calls), and reported once, so a client cannot make us buffer more than `limit`.
+/// `None`: no complete line yet. Shared by the SMTP and POP3 cores.
+pub(crate) fn take_line(
+    inbuf: &mut InBuf,
+    limit: usize,
+    line: &mut Vec<u8>,
+    discarding: &mut bool,
+) -> Option<Taken> {
+    let data = inbuf.unread();
+    match memchr::memchr(b'\n', data) {
+        Some(i) => {
+            let was_discarding = std::mem::replace(discarding, false);
+            let crlf = i > 0 && data[i - 1] == b'\r';
+            let end = if crlf { i - 1 } else { i };
+            let too_long = was_discarding || i + 1 > limit;
+            if !too_long {
+                line.clear();
+                line.extend_from_slice(&data[..end]);
+            }
+            inbuf.consume(i + 1);
+            Some(Taken { too_long, crlf })
+        }
+        None => {
+            if data.len() >= limit {
+                *discarding = true;
+                inbuf.clear();
+            }
+            None
+        }
+    }
+}
+
 /// The envelope of the transaction in progress.
 #[derive(Debug)]
 pub struct Transaction {
@@ -366,35 +408,15 @@ impl Session {
 
     /// Take the next complete line out of `inbuf` into `self.line`.
     fn next_line(&mut self, inbuf: &mut InBuf, limit: usize) -> Option<Line> {
-        let data = inbuf.unread();
-        match data.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                let was_discarding = std::mem::replace(&mut self.discarding_line, false);
-                let crlf = i > 0 && data[i - 1] == b'\r';
-                let content = if crlf { &data[..i - 1] } else { &data[..i] };
-                if !crlf {
-                    self.counters.bare_lf_commands += 1;
-                }
-                let too_long = was_discarding || i + 1 > limit;
-                if !too_long {
-                    self.line.clear();
-                    self.line.extend_from_slice(content);
-                }
-                inbuf.consume(i + 1);
-                Some(if too_long {
-                    Line::TooLong
-                } else {
-                    Line::Complete
-                })
-            }
-            None => {
-                if data.len() >= limit {
-                    self.discarding_line = true;
-                    inbuf.clear();
-                }
-                None
-            }
+        let t = take_line(inbuf, limit, &mut self.line, &mut self.discarding_line)?;
+        if !t.crlf {
+            self.counters.bare_lf_commands += 1;
         }
+        Some(if t.too_long {
+            Line::TooLong
+        } else {
+            Line::Complete
+        })
     }
 
     /// Advance until an event needs the driver. Message content is appended to `body`.

@@ -26,6 +26,8 @@ use mailwarden_proto::replies;
 use mailwarden_proto::session::{Event, InBuf, Limits, Session, SessionConfig};
 use std::path::Path;
 
+mod common;
+
 struct Runner {
     s: Session,
     inbuf: InBuf,
@@ -112,38 +114,8 @@ impl Runner {
     fn collect(&mut self) {
         let out = self.s.take_output();
         self.partial.push_str(&String::from_utf8_lossy(&out));
-        while let Some(i) = self.partial.find("\r\n") {
-            let line = self.partial[..i].to_string();
-            self.partial.drain(..i + 2);
-            self.out.push(line);
-        }
+        common::split_lines(&mut self.partial, &mut self.out);
     }
-}
-
-fn unescape(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            match b[i + 1] {
-                b'r' => out.push(b'\r'),
-                b'n' => out.push(b'\n'),
-                b't' => out.push(b'\t'),
-                b'\\' => out.push(b'\\'),
-                b'x' => {
-                    out.push(u8::from_str_radix(&s[i + 2..i + 4], 16).unwrap());
-                    i += 2;
-                }
-                c => panic!("bad escape \\{}", c as char),
-            }
-            i += 2;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 fn run_file(path: &Path) {
@@ -238,21 +210,8 @@ fn run_file(path: &Path) {
                 b.extend_from_slice(b"\r\n");
                 r.feed(&b);
             }
-            "R:" => r.feed(&unescape(rest)),
-            "S:" => {
-                let got = r.out.get(next_out).unwrap_or_else(|| {
-                    panic!(
-                        "{where_}: expected `{rest}`, server sent nothing more (all: {:?})",
-                        r.out
-                    )
-                });
-                let ok = match rest.strip_suffix('*') {
-                    Some(prefix) => got.starts_with(prefix),
-                    None => got == rest,
-                };
-                assert!(ok, "{where_}: expected `{rest}`, got `{got}`");
-                next_out += 1;
-            }
+            "R:" => r.feed(&common::unescape(rest)),
+            "S:" => common::expect_line(&r.out, &mut next_out, rest, &where_),
             "M:" => {
                 let last = r
                     .messages
@@ -260,7 +219,7 @@ fn run_file(path: &Path) {
                     .unwrap_or_else(|| panic!("{where_}: no message"));
                 assert_eq!(
                     String::from_utf8_lossy(last),
-                    String::from_utf8_lossy(&unescape(rest)),
+                    String::from_utf8_lossy(&common::unescape(rest)),
                     "{where_}: message body"
                 );
             }
@@ -279,25 +238,12 @@ fn run_file(path: &Path) {
             _ => panic!("{where_}: unknown line `{line}`"),
         }
     }
-    assert_eq!(
-        next_out,
-        r.out.len(),
-        "{}: unchecked server output: {:?}",
-        path.display(),
-        &r.out[next_out..]
-    );
+    common::all_checked(&r.out, next_out, path);
 }
 
 #[test]
 fn transcripts() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "smtp"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 8, "transcripts missing in {}", dir.display());
+    let files = common::files("transcripts", "smtp", 8);
     for f in files {
         run_file(&f);
     }

@@ -184,41 +184,13 @@ fn one_pop3_session_per_mailbox_and_a_suspended_account_still_reads() {
     s.add_user(ALICE, PW);
     deliver(&s, &["one"]);
     let pop3s = s.ports["pop3s"];
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
-    let args = [
-        format!("touch:{}", ready.display()),
-        format!("waitfile:{}", go.display()),
-        "stat".to_string(),
-    ];
-    let script = clients_dir().join("pop3.py");
-    let port = pop3s.port().to_string();
-    let first = std::process::Command::new("python3")
-        .args([
-            script.to_str().unwrap(),
-            "--port",
-            &port,
-            "--user",
-            ALICE,
-            "--password",
-            PW,
-        ])
-        .args(&args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(std::time::Duration::from_secs(30), || {
-        ready.exists().then_some(())
-    })
-    .expect("the first session logged in");
+    let held = Pop3Held::start(pop3s, (ALICE, PW), &[], &["stat"]);
     let v = pop3(pop3s, "ssl", Some((ALICE, PW)), None, &[]);
     assert_eq!(
         op(&v, 0)["error"],
         "-ERR [IN-USE] Mailbox is in use by another POP3 session"
     );
-    std::fs::write(&go, "").unwrap();
-    let out = first.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = held.finish();
     assert_eq!(ok(&v, 3)["count"], 1, "{v}");
     // Suspended: no sending, but the mail is still the user's to read.
     s.cli_ok(&["user", "suspend", ALICE], None);
@@ -273,39 +245,15 @@ fn dovecot_and_pop3_see_each_others_flags_on_one_maildir() {
 
     // IMAP expunges c while a POP3 session has it listed: RETR says it is gone, the
     // session goes on, and its own DELE of a still applies at QUIT.
-    let dir = tempfile::tempdir().unwrap();
-    let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
-    let script = clients_dir().join("pop3.py");
-    let port = pop3s.port().to_string();
-    let ops = [
-        "list".to_string(),
-        format!("touch:{}", ready.display()),
-        format!("waitfile:{}", go.display()),
-        format!("retr:{}", n("c")),
-        format!("dele:{}", n("a")),
-    ];
-    let child = std::process::Command::new("python3")
-        .args([
-            script.to_str().unwrap(),
-            "--port",
-            &port,
-            "--user",
-            ALICE,
-            "--password",
-            PW,
-        ])
-        .args(&ops)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(std::time::Duration::from_secs(30), || {
-        ready.exists().then_some(())
-    })
-    .expect("the POP3 session listed");
+    let held = Pop3Held::start(
+        pop3s,
+        (ALICE, PW),
+        &["list"],
+        &[&format!("retr:{}", n("c")), &format!("dele:{}", n("a"))],
+    );
     let f = d.flags(ALICE, PW, &[], &["c"]);
     assert!(f.get("c").is_none(), "{f}");
-    std::fs::write(&go, "").unwrap();
-    let v: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    let v = held.finish();
     assert_eq!(
         op(&v, 4)["error"],
         "-ERR Message was removed by another client",

@@ -590,6 +590,47 @@ pub fn pop3(
     })
 }
 
+/// A pop3.py session held open in the middle: it logs in, runs `before`, and waits until
+/// [`Pop3Held::finish`] lets it run `after` and QUIT, so a test can act in between. Its
+/// report numbers the ops: the login 0, then `before`, then two for the wait, then `after`.
+pub struct Pop3Held {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Pop3Held {
+    pub fn start(
+        port: SocketAddr,
+        login: (&str, &str),
+        before: &[&str],
+        after: &[&str],
+    ) -> Pop3Held {
+        let dir = tempfile::tempdir().unwrap();
+        let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
+        let mut ops: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+        ops.push(format!("touch:{}", ready.display()));
+        ops.push(format!("waitfile:{}", go.display()));
+        ops.extend(after.iter().map(|s| s.to_string()));
+        let child = Command::new("python3")
+            .arg(clients_dir().join("pop3.py"))
+            .args(["--port", &port.port().to_string()])
+            .args(["--user", login.0, "--password", login.1])
+            .args(&ops)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|_| missing("python3", how_to_get("python3")));
+        wait_for(Duration::from_secs(30), || ready.exists().then_some(()))
+            .expect("the POP3 session reached its wait");
+        Pop3Held { child, dir }
+    }
+
+    pub fn finish(self) -> Value {
+        std::fs::write(self.dir.path().join("go"), "").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 /// One step of a raw dialogue (`tests/clients/smtpraw.py`).
 pub enum Step<'a> {
     Read,
@@ -803,25 +844,13 @@ impl Dovecot {
     /// As `user`, move the messages whose subject has each text, as a mail client does, and
     /// return every folder's subjects (`tests/clients/imap_move.py`).
     pub fn client(&self, user: &str, password: &str, moves: &[(&str, &str, &str)]) -> Value {
-        let port = self.port.to_string();
-        let script = clients_dir().join("imap_move.py");
-        let mut args = vec![
-            script.to_str().unwrap(),
-            "--port",
-            &port,
-            "--user",
-            user,
-            "--password",
-            password,
-        ];
+        let mut extra = Vec::new();
         for (s, from, to) in moves {
-            args.extend(["--move", s, from, to]);
+            extra.extend(["--move", s, from, to]);
         }
-        serde_json::from_slice(&run_ok("python3", &args, None)).unwrap()
+        self.script("imap_move.py", user, password, &extra)
     }
-}
 
-impl Dovecot {
     /// As `user`, add `flags` (subject, IMAP flag) and expunge `expunge` (subjects) in INBOX;
     /// then every INBOX subject's flags (`tests/clients/imap_flags.py`).
     pub fn flags(
@@ -831,8 +860,20 @@ impl Dovecot {
         flags: &[(&str, &str)],
         expunge: &[&str],
     ) -> Value {
+        let mut extra = Vec::new();
+        for (s, f) in flags {
+            extra.extend(["--flag", s, f]);
+        }
+        for s in expunge {
+            extra.extend(["--expunge", s]);
+        }
+        self.script("imap_flags.py", user, password, &extra)
+    }
+
+    /// Run an imaplib client script against this Dovecot as `user`; its JSON report.
+    fn script(&self, name: &str, user: &str, password: &str, extra: &[&str]) -> Value {
         let port = self.port.to_string();
-        let script = clients_dir().join("imap_flags.py");
+        let script = clients_dir().join(name);
         let mut args = vec![
             script.to_str().unwrap(),
             "--port",
@@ -842,12 +883,7 @@ impl Dovecot {
             "--password",
             password,
         ];
-        for (s, f) in flags {
-            args.extend(["--flag", s, f]);
-        }
-        for s in expunge {
-            args.extend(["--expunge", s]);
-        }
+        args.extend_from_slice(extra);
         serde_json::from_slice(&run_ok("python3", &args, None)).unwrap()
     }
 }

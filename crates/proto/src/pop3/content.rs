@@ -150,6 +150,22 @@ impl SizeCounter {
     }
 }
 
+/// What a client reads back from a multi-line body (without its `.` CRLF terminator): each
+/// line's first `.` removed where it was doubled.
+pub fn unstuff(body: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(body.len());
+    let mut line_start = true;
+    for &b in body {
+        if line_start && b == b'.' {
+            line_start = false;
+            continue;
+        }
+        plain.push(b);
+        line_start = plain.ends_with(b"\r\n");
+    }
+    plain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,18 +222,8 @@ mod tests {
                 .collect();
             let chunk = (x % 5) as usize + 1;
             let out = retr(&f, None, chunk);
-            // Unstuff and drop the terminator.
-            let body = &out[..out.len() - 3];
-            let mut plain = Vec::new();
-            let mut line_start = true;
-            for &b in body {
-                if line_start && b == b'.' {
-                    line_start = false;
-                    continue;
-                }
-                plain.push(b);
-                line_start = plain.ends_with(b"\r\n");
-            }
+            // Unstuffed without the terminator: what the client gets.
+            let plain = unstuff(&out[..out.len() - 3]);
             let mut n = SizeCounter::default();
             for c in f.chunks(chunk) {
                 n.push(c);

@@ -289,37 +289,16 @@ impl Session {
         }
     }
 
+    /// The next command or SASL line into `self.line`; the last one (a password, maybe) is
+    /// zeroed first.
     fn next_line(&mut self, inbuf: &mut InBuf, limit: usize) -> Option<Line> {
-        let data = inbuf.unread();
-        match memchr::memchr(b'\n', data) {
-            Some(i) => {
-                let was_discarding = std::mem::replace(&mut self.discarding_line, false);
-                let end = if i > 0 && data[i - 1] == b'\r' {
-                    i - 1
-                } else {
-                    i
-                };
-                let too_long = was_discarding || i + 1 > limit;
-                self.line.zeroize();
-                self.line.clear();
-                if !too_long {
-                    self.line.extend_from_slice(&data[..end]);
-                }
-                inbuf.consume(i + 1);
-                Some(if too_long {
-                    Line::TooLong
-                } else {
-                    Line::Complete
-                })
-            }
-            None => {
-                if data.len() >= limit {
-                    self.discarding_line = true;
-                    inbuf.clear();
-                }
-                None
-            }
-        }
+        self.line.zeroize();
+        let t = crate::session::take_line(inbuf, limit, &mut self.line, &mut self.discarding_line)?;
+        Some(if t.too_long {
+            Line::TooLong
+        } else {
+            Line::Complete
+        })
     }
 
     /// Advance until an event needs the driver.
