@@ -496,7 +496,7 @@ fn pop3(data: &[u8]) {
                 offered = next;
                 idle = 0;
             }
-            p::Event::Refused { .. } => {}
+            p::Event::Refused { .. } | p::Event::Flush => {}
             p::Event::StartTls { .. } => s.tls_started(),
             p::Event::Quit { deleted } => {
                 assert!(deleted.iter().all(|&i| i < messages.len()));

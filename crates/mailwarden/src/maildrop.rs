@@ -15,8 +15,9 @@
 //!   unlinks are atomic, so nothing needs a lock between readers; POP3 sessions take one per
 //!   mailbox among themselves (RFC 1939 §4).
 //!
-//! Security: only regular files are read (a symlink planted in a Maildir is skipped), sizes
-//! are computed once per message and cached, and a session lists at most `pop3.max_messages`.
+//! Security: only regular files are read, opened without following a symlink or blocking on
+//! a FIFO planted in a Maildir; sizes are counted once per message and cached (never taken
+//! from a file name), and a session lists at most `pop3.max_messages`.
 //! All of this is blocking file work, run on the blocking pool by the driver.
 
 use mailwarden_proto::pop3::Entry;
@@ -50,43 +51,71 @@ pub fn uid_of(base: &str) -> String {
     format!("h{}", crate::learning::key_hex(&d.as_ref()[..16]))
 }
 
-/// Sizes of messages already counted, by inbox and base name: a Maildir file's content never
-/// changes, only its name.
+/// Sizes of messages already counted, per inbox and base name: a Maildir file's content never
+/// changes, only its name. Each listing keeps exactly its inbox's current messages; past
+/// [`SIZES_MAX`] entries in all, the inboxes listed longest ago are forgotten.
 #[derive(Default)]
-pub struct Sizes(Mutex<HashMap<String, u64>>);
+pub struct Sizes(Mutex<SizesInner>);
 
-/// Past this many entries the cache starts over (about 10 MB).
-const SIZES_MAX: usize = 100_000;
+#[derive(Default)]
+struct SizesInner {
+    boxes: HashMap<PathBuf, (u64, HashMap<String, u64>)>,
+    uses: u64,
+}
+
+/// About 100 bytes an entry: some 20 MB at most.
+const SIZES_MAX: usize = 200_000;
 
 impl Sizes {
-    fn get(&self, key: &str) -> Option<u64> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied()
-    }
-
-    fn put(&self, key: String, size: u64) {
+    fn take(&self, dir: &Path) -> HashMap<String, u64> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= SIZES_MAX {
-            m.clear();
+        m.boxes.remove(dir).map(|(_, b)| b).unwrap_or_default()
+    }
+
+    fn put(&self, dir: &Path, sizes: HashMap<String, u64>) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.uses += 1;
+        let used = m.uses;
+        m.boxes.insert(dir.to_path_buf(), (used, sizes));
+        while m.boxes.len() > 1 && m.boxes.values().map(|(_, b)| b.len()).sum::<usize>() > SIZES_MAX
+        {
+            let oldest = m
+                .boxes
+                .iter()
+                .min_by_key(|(_, (u, _))| *u)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                m.boxes.remove(&k);
+            }
         }
-        m.insert(key, size);
     }
 }
 
-/// The `,W=` (size with CRLF line ends) Dovecot writes into the names it delivers.
-fn size_in_name(base: &str) -> Option<u64> {
-    base.split(',')
-        .skip(1)
-        .find_map(|f| f.strip_prefix("W="))
-        .and_then(|v| v.parse().ok())
+/// Open a message file: never through a symlink, never blocking on a FIFO, and only a
+/// regular file (`None` otherwise, or when it is gone).
+fn open_file(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+    {
+        Ok(f) if f.metadata()?.is_file() => Ok(Some(f)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        // ELOOP: a symlink where a message should be.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// The size RETR sends, counted from the file.
-fn count_size(path: &Path) -> std::io::Result<u64> {
-    let mut f = std::fs::File::open(path)?;
+/// The size RETR sends, counted from the file; `None` if it is gone or not a message.
+fn count_size(path: &Path) -> std::io::Result<Option<u64>> {
+    let Some(mut f) = open_file(path)? else {
+        return Ok(None);
+    };
     let mut n = SizeCounter::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -95,7 +124,7 @@ fn count_size(path: &Path) -> std::io::Result<u64> {
             k => n.push(&buf[..k]),
         }
     }
-    Ok(n.finish())
+    Ok(Some(n.finish()))
 }
 
 fn sort_key(base: &str) -> u64 {
@@ -115,7 +144,8 @@ fn base_of(name: &str) -> Option<&str> {
 pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Vec<Msg>, usize)> {
     let mut found: Vec<(u64, String, PathBuf)> = Vec::new();
     let mut seen = HashSet::new();
-    for sub in ["cur", "new"] {
+    // new/ first: a message another reader moves to cur/ meanwhile is then seen in cur/.
+    for sub in ["new", "cur"] {
         let rd = match std::fs::read_dir(dir.join(sub)) {
             Ok(rd) => rd,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -140,21 +170,23 @@ pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Vec<Msg>,
     let total = found.len();
     found.sort();
     found.truncate(max);
+    let mut known = sizes.take(dir);
+    let mut kept = HashMap::with_capacity(found.len());
     let mut out = Vec::with_capacity(found.len());
     for (_, base, path) in found {
-        let key = format!("{}/{base}", dir.display());
-        let size = match size_in_name(&base).or_else(|| sizes.get(&key)) {
+        let size = match known.remove(&base) {
             Some(s) => s,
             None => match count_size(&path) {
-                Ok(s) => {
-                    sizes.put(key, s);
-                    s
-                }
+                Ok(Some(s)) => s,
                 // Removed by another reader since the listing: not ours to show.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Ok(None) => continue,
+                Err(e) => {
+                    sizes.put(dir, kept);
+                    return Err(e);
+                }
             },
         };
+        kept.insert(base.clone(), size);
         out.push(Msg {
             entry: Entry {
                 size,
@@ -164,6 +196,7 @@ pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Vec<Msg>,
             path,
         });
     }
+    sizes.put(dir, kept);
     Ok((out, total))
 }
 
@@ -172,7 +205,7 @@ pub fn locate(dir: &Path, m: &Msg) -> Option<PathBuf> {
     if std::fs::symlink_metadata(&m.path).is_ok_and(|md| md.is_file()) {
         return Some(m.path.clone());
     }
-    for sub in ["cur", "new"] {
+    for sub in ["new", "cur"] {
         let Ok(rd) = std::fs::read_dir(dir.join(sub)) else {
             continue;
         };
@@ -194,15 +227,16 @@ pub fn open(dir: &Path, m: &mut Msg, seen: bool) -> std::io::Result<Option<std::
         let Some(path) = locate(dir, m) else {
             return Ok(None);
         };
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let Some(f) = open_file(&path)? else {
+            continue;
         };
         m.path = path;
         if seen {
-            // The open file stays readable whatever happens to its name now.
-            mark_seen(dir, m)?;
+            // The open file stays readable whatever happens to its name now; a flag that
+            // cannot be set is no reason to withhold the message.
+            if let Err(e) = mark_seen(dir, m) {
+                tracing::warn!(event = "pop3_seen_failed", path = %m.path.display(), error = %e);
+            }
         }
         return Ok(Some(f));
     }

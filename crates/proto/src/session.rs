@@ -128,6 +128,15 @@ impl InBuf {
         self.for_read(bytes.len()).extend_from_slice(bytes);
     }
 
+    /// Zero every byte already consumed (and the spare capacity they may have been moved
+    /// into), keeping the unread ones: after a password went through.
+    pub fn scrub(&mut self) {
+        self.for_read(0);
+        let len = self.buf.len();
+        self.buf.resize(self.buf.capacity(), 0);
+        self.buf.truncate(len);
+    }
+
     /// Give memory back after a large message, keeping unread bytes.
     pub fn shrink(&mut self, keep: usize) {
         if self.buf.capacity() > keep && self.buf.len() - self.pos <= keep {

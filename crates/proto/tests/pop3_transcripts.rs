@@ -43,6 +43,7 @@ impl Runner {
         loop {
             match self.s.poll(&mut self.inbuf) {
                 Event::NeedInput => break,
+                Event::Flush => self.collect(),
                 Event::Refused { .. } => {}
                 Event::StartTls { .. } => {
                     self.collect();

@@ -42,6 +42,14 @@ pub(crate) enum Outcome {
     StoreError(String),
 }
 
+impl<'a> Checked<'a> {
+    /// The outcome, the key, and the place in the address's line, for a caller that leaves
+    /// the line before slow work of its own (POP3's listing).
+    pub(crate) fn into_parts(self) -> (Outcome, String, Option<crate::limits::lines::Place<'a>>) {
+        (self.outcome, self.name, self._line)
+    }
+}
+
 /// Check a password as every login surface does (SMTP AUTH, POP3): blocks first (no argon2
 /// for a blocked address), one check at a time per address, the turn of the address, its
 /// network and the account, then the bounded verifier pool. Suspension and containment are

@@ -138,6 +138,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
                         return;
                     }
                 }
+                Event::Flush => {
+                    if !self.flush().await {
+                        return;
+                    }
+                }
                 Event::Refused {
                     command,
                     reply,
@@ -192,10 +197,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         ok
     }
 
+    /// Write within the idle timeout and the session's own deadline: a client that reads
+    /// slowly cannot stretch a RETR past `pop3.max_session_time` (and hold the mailbox).
     async fn write(&mut self, data: &[u8]) -> bool {
-        let limit = self.shared.config.pop3.idle_timeout.get();
+        let idle = self.shared.config.pop3.idle_timeout.get();
+        let until = (tokio::time::Instant::now() + idle).min(self.deadline);
         matches!(
-            tokio::time::timeout(limit, self.stream.write_all(data)).await,
+            tokio::time::timeout_at(until, self.stream.write_all(data)).await,
             Ok(Ok(()))
         )
     }
@@ -254,10 +262,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         )
         .await;
         drop(credentials);
-        let account = match checked.outcome {
+        self.inbuf.scrub();
+        // `_line`: this address's place in the login line, held until the failure is counted.
+        let (outcome, name, _line) = checked.into_parts();
+        let account = match outcome {
             Outcome::Account(a) => a,
             Outcome::Invalid => {
-                auth::count_failure(shared, ip, &checked.name, self.listener);
+                auth::count_failure(shared, ip, &name, self.listener);
                 self.refused_login("invalid_credentials");
                 self.s.login_failed(replies::AUTH_FAILED);
                 return;
@@ -278,6 +289,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
                 return;
             }
         };
+        // Logins from many networks are containment's business, as with SMTP AUTH; a
+        // suspended account still reads its mail, but its logins grant nothing.
+        let mut suspended = !matches!(shared.contain.is_suspended(&account), Ok(false));
+        if !suspended && let Some(t) = shared.contain.detector.login(&account, ip) {
+            shared.contain.suspend(&account, t, &self.session).await;
+            suspended = true;
+        }
+        // Every right password from this address counts for POP-before-SMTP's one-account
+        // rule, whatever happens next (in use, suspended, a listing error); a suspended
+        // account's login is recorded without a stamp, which no grant ever matches.
+        let stamp = if suspended {
+            String::new()
+        } else {
+            shared
+                .accounts
+                .password_stamp(&account)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let granted =
+            self.s.tls() && shared.grants.login(ip, &account, stamp.clone()) && !stamp.is_empty();
+        drop(_line);
         let Some(lock) = shared.pop3_locks.take(&account) else {
             self.refused_login("in_use");
             self.s.login_unavailable(replies::IN_USE);
@@ -303,14 +337,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
                 return;
             }
         };
-        // A suspended account reads its mail; it grants nothing.
-        let suspended = !matches!(shared.contain.is_suspended(&account), Ok(false));
-        let granted = !suspended
-            && self.s.tls()
-            && match shared.accounts.password_stamp(&account) {
-                Ok(Some(stamp)) => shared.grants.login(ip, &account, stamp),
-                _ => false,
-            };
         metrics::counter!("mailwarden_pop3_logins_total", "result" => "ok").increment(1);
         tracing::info!(event = "pop3_login", session = %self.session, ip = %ip, listener = self.listener,
             mechanism, user = %account, messages = msgs.len(), total, suspended, pop_before_smtp = granted);

@@ -242,7 +242,11 @@ async fn serve<IO>(
             Event::Auth {
                 mechanism,
                 credentials,
-            } => super::auth::attempt(&d.shared, d.ctx, &mut d.s, mechanism, credentials).await,
+            } => {
+                super::auth::attempt(&d.shared, d.ctx, &mut d.s, mechanism, credentials).await;
+                // The password went through the input buffer: leave nothing of it there.
+                d.inbuf.scrub();
+            }
             Event::StartTls { discarded } => {
                 if !d.on_starttls(discarded).await {
                     break;

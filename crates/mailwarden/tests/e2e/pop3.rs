@@ -281,7 +281,7 @@ fn pop_login(s: &Server, who: (&str, &str), source: &str) {
 #[test]
 fn pop_before_smtp_grants_one_account_on_submission_for_its_window() {
     let s = Server::start(
-        "[pop_before_smtp]\nmode = \"enforce\"\nwindow = \"10m\"\nnetworks = [\"127.0.0.5\", \"127.0.0.6\"]\n",
+        "[pop_before_smtp]\nmode = \"enforce\"\nwindow = \"10m\"\nnetworks = [\"127.0.0.5\", \"127.0.0.6\", \"127.0.0.8\"]\n",
     );
     s.add_user(ALICE, PW);
     s.add_user(BOB, BOB_PW);
@@ -381,6 +381,40 @@ fn pop_before_smtp_grants_one_account_on_submission_for_its_window() {
     s.advance_clock(601);
     let r = send(s.submission(), "starttls", "127.0.0.5", ALICE, &[]);
     assert_eq!(r["code"], 530, "{r}");
+
+    // A second account's right password counts even when its login goes no further (its
+    // account is suspended; it still reads): nothing for the first either.
+    s.cli_ok(&["user", "suspend", BOB], None);
+    pop_login(&s, (ALICE, "alice-pw-2"), "127.0.0.8");
+    pop_login(&s, (BOB, BOB_PW), "127.0.0.8");
+    let r = send(s.submission(), "starttls", "127.0.0.8", ALICE, &[]);
+    assert_eq!(r["code"], 530, "{r}");
+}
+
+#[test]
+fn pop3_logins_from_many_networks_suspend_the_account_as_smtp_auth_does() {
+    let s = Server::start("");
+    s.add_user(ALICE, PW);
+    deliver(&s, &["one"]);
+    // Ten /24s within the hour (containment.login_networks_per_hour).
+    for n in 1..=10 {
+        let ip = format!("127.0.{n}.1");
+        let v = pop3(
+            s.ports["pop3s"],
+            "ssl",
+            Some((ALICE, PW)),
+            Some(&ip),
+            &["stat"],
+        );
+        // Suspended or not, the mail is still there to read.
+        assert_eq!(ok(&v, 1)["count"], 1, "{v}");
+    }
+    let status = s.cli_ok(&["user", "status", ALICE], None);
+    assert!(status.contains("state:    suspended"), "{status}");
+    assert!(status.contains("logins from many networks"), "{status}");
+    // Sending is over until an administrator resumes it.
+    let r = submit(&s, ALICE, PW, ALICE, &[]);
+    assert_eq!(r["ok"], false, "{r}");
 }
 
 #[test]

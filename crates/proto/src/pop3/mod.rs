@@ -13,7 +13,9 @@
 //! the SASL response line, errors, commands and failed logins per session. USER, PASS and
 //! AUTH are refused until TLS is on (the plaintext listener offers STLS and nothing to log
 //! in with), and bytes pipelined after STLS are discarded (the CVE-2011-0411 injection).
-//! Passwords only travel inside [`Credentials`], and the line buffer that held one is zeroed.
+//! Pipelined commands wait while more than [`OUTPUT_HIGH`] octets of replies are unwritten.
+//! Passwords only travel inside [`Credentials`], and the line buffer that held one is zeroed
+//! (the driver scrubs the input buffer after a login: [`InBuf::scrub`]).
 
 pub mod command;
 pub mod content;
@@ -22,6 +24,9 @@ use crate::sasl::{self, Credentials, SaslError};
 pub use crate::session::InBuf;
 use command::{Command, CommandError};
 use zeroize::Zeroize;
+
+/// Output held before pipelined commands wait for it to be written ([`Event::Flush`]).
+pub const OUTPUT_HIGH: usize = 64 * 1024;
 
 /// Client-controlled limits.
 #[derive(Clone, Debug)]
@@ -158,6 +163,10 @@ pub mod replies {
 pub enum Event {
     /// Flush the output, then read more.
     NeedInput,
+    /// Flush the output, then poll again: pipelined commands wait while their replies are
+    /// more than [`OUTPUT_HIGH`] octets, so a client that does not read cannot make us hold
+    /// more than that.
+    Flush,
     /// The session refused a command by itself (the reply is in the output). Log it.
     Refused {
         command: &'static str,
@@ -213,6 +222,8 @@ pub struct Session {
     line: Vec<u8>,
     discarding_line: bool,
     closing: bool,
+    /// The command an [`Event::Retrieve`] answers (RETR or TOP), for its log line.
+    retrieving: &'static str,
 }
 
 enum Line {
@@ -235,6 +246,7 @@ impl Session {
             line: Vec::new(),
             discarding_line: false,
             closing: false,
+            retrieving: "RETR",
         }
     }
 
@@ -325,6 +337,9 @@ impl Session {
                     }
                 }
                 State::Authorization | State::Transaction => {}
+            }
+            if self.out.len() >= OUTPUT_HIGH {
+                return Event::Flush;
             }
             let limit = self.cfg.limits.command_line;
             match self.next_line(inbuf, limit) {
@@ -521,6 +536,7 @@ impl Session {
         match self.message(n) {
             Ok(index) => {
                 self.state = State::Awaiting;
+                self.retrieving = verb;
                 Some(Event::Retrieve { index, top })
             }
             Err((reply, why)) => Some(self.refuse(verb, reply, why)),
@@ -544,7 +560,7 @@ impl Session {
             .iter()
             .zip(&self.deleted)
             .filter(|(_, d)| !**d)
-            .fold((0, 0), |(n, s), (e, _)| (n + 1, s + e.size))
+            .fold((0, 0), |(n, s), (e, _)| (n + 1, s.saturating_add(e.size)))
     }
 
     fn capa(&mut self) {
@@ -622,7 +638,7 @@ impl Session {
     /// The message is gone (another client removed it) or unreadable.
     pub fn retrieve_failed(&mut self, reply: &'static str) -> Event {
         self.state = State::Transaction;
-        self.refuse("RETR", reply, Why::Policy)
+        self.refuse(self.retrieving, reply, Why::Policy)
     }
 
     /// The UPDATE state is over: `failed` deletions could not be made.
@@ -638,5 +654,66 @@ impl Session {
 
     pub fn tls_started(&mut self) {
         self.tls = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged_in(messages: usize) -> (Session, InBuf) {
+        let mut s = Session::new(Config {
+            hostname: "pop.example.test".into(),
+            limits: Limits::default(),
+            tls_available: false,
+            tls_at_start: true,
+        });
+        let mut inbuf = InBuf::default();
+        inbuf.extend(b"USER a@b.test\r\nPASS pw\r\n");
+        assert!(matches!(s.poll(&mut inbuf), Event::Login { .. }));
+        let entries = (0..messages)
+            .map(|i| Entry {
+                size: 4000,
+                uid: format!("{i:0>40}"),
+            })
+            .collect();
+        s.login_ok(entries);
+        (s, inbuf)
+    }
+
+    #[test]
+    fn pipelined_listings_wait_for_their_replies_to_be_written() {
+        let (mut s, mut inbuf) = logged_in(5000);
+        inbuf.extend(&b"UIDL\r\n".repeat(100));
+        let mut written = 0;
+        let mut flushes = 0;
+        loop {
+            let ev = s.poll(&mut inbuf);
+            // Never much more than the high-water mark and one reply held at once.
+            assert!(s.out.len() < OUTPUT_HIGH + 5000 * 50, "{}", s.out.len());
+            match ev {
+                Event::Flush => {
+                    flushes += 1;
+                    written += s.take_output().len();
+                }
+                Event::NeedInput => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        written += s.take_output().len();
+        assert!(flushes >= 99, "{flushes}");
+        assert!(
+            written > 100 * 5000 * 40,
+            "every listing was answered: {written}"
+        );
+    }
+
+    #[test]
+    fn scrub_keeps_what_is_unread() {
+        let mut inbuf = InBuf::default();
+        inbuf.extend(b"PASS secret\r\nNOOP\r\n");
+        inbuf.consume(13);
+        inbuf.scrub();
+        assert_eq!(inbuf.unread(), b"NOOP\r\n");
     }
 }
