@@ -146,6 +146,21 @@ fn a_hijacked_account_blasting_through_both_nodes_is_suspended_within_twenty() {
     }
 }
 
+/// far.test's server on `far_port`, with carol's account made before that port opens: a
+/// node retrying every second must not find it up and carol unknown (a 550 for good).
+fn far_server(far_port: u16) -> Server {
+    let mut far = Server::start(
+        "hostname = \"mx.far.test\"\ndomains = [\"far.test\"]\n[listen]\nmx = \"127.0.0.1:0\"\n",
+    );
+    far.add_user("carol@far.test", "carol-pw");
+    far.stop();
+    far.edit_config(|c| {
+        c["listen"]["mx"] = toml::Value::String(format!("127.0.0.1:{far_port}"));
+    });
+    far.start_again();
+    far
+}
+
 /// A free port on 127.0.0.1 that nothing listens on yet.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -175,10 +190,7 @@ fn mail_a_dead_node_accepted_is_delivered_once_by_the_other() {
     a.wait_log(&["event=\"destination_deferred\"", "far.test"]);
     a.kill9();
     // far.test comes back; B finds the deferred recipient due and delivers it.
-    let far = Server::start(&format!(
-        "hostname = \"mx.far.test\"\ndomains = [\"far.test\"]\n[listen]\nmx = \"127.0.0.1:{far_port}\"\n"
-    ));
-    far.add_user("carol@far.test", "carol-pw");
+    let far = far_server(far_port);
     let got = far.wait_messages("carol@far.test", 1);
     assert!(got[0].contains("Subject: once"), "{}", got[0]);
     wait_for(Duration::from_secs(20), || {
@@ -401,10 +413,7 @@ fn store_copy_moves_a_single_nodes_state_into_the_cluster() {
         &["--subject", "signed"],
     );
     assert_eq!(r["ok"], true, "the copied account logs in: {r}");
-    let far = Server::start(&format!(
-        "hostname = \"mx.far.test\"\ndomains = [\"far.test\"]\n[listen]\nmx = \"127.0.0.1:{far_port}\"\n"
-    ));
-    far.add_user("carol@far.test", "carol-pw");
+    let far = far_server(far_port);
     let got = far.wait_messages("carol@far.test", 3);
     assert!(
         got.iter().any(|m| m.contains(&big)),
