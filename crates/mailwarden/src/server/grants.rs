@@ -133,22 +133,6 @@ impl Grants {
     }
 }
 
-/// The account `ip` may send as now: a grant whose account still has the password it had at
-/// the POP3 login and is not suspended. Why not, otherwise (for the log).
-pub(super) fn current(shared: &super::Shared, ip: IpAddr) -> Result<String, &'static str> {
-    let (account, stamp) = shared.grants.lookup(ip).map_err(NoGrant::as_str)?;
-    match shared.accounts.password_stamp(&account) {
-        Ok(Some(now)) if now == stamp => {}
-        Ok(_) => return Err("password_changed"),
-        Err(_) => return Err("store_error"),
-    }
-    match shared.contain.is_suspended(&account) {
-        Ok(false) => Ok(account),
-        Ok(true) => Err("suspended"),
-        Err(_) => Err("store_error"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -340,7 +340,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
     fn on_grant(&mut self) -> Event {
         let shared = &self.shared;
         let ip = self.ctx.peer.ip();
-        let found = super::grants::current(shared, ip);
+        let found = stage::granted(shared, ip);
         match found {
             Ok(account) => {
                 tracing::info!(event = "pop_before_smtp", session = %self.ctx.session, ip = %ip, user = %account);

@@ -4,6 +4,7 @@
 //! events here and acts on the answer. The end of DATA is `message.rs`; AUTH is `auth.rs`.
 //!
 //! - connect: the connection limits ([`connect`]);
+//! - MAIL without AUTH, POP-before-SMTP on: the account a POP3 login granted ([`granted`]);
 //! - MAIL: free space, the account's suspension, sender ownership and the account's message
 //!   limits, in that order (a limit is reserved only when the rest allow it) ([`mail`]);
 //! - RCPT: routing and relay, screening's verdict and greylisting (MX), the account's
@@ -79,6 +80,22 @@ pub(super) async fn limited(
     }
     let reply = replies::rate_limited(&l.reason);
     Finding::refusing(kind, l.reason, reply)
+}
+
+/// MAIL without AUTH with POP-before-SMTP on (`grants.rs`): the account `ip` may send as now: a grant whose account still has the password it had at
+/// the POP3 login and is not suspended. Why not, otherwise (for the log).
+pub(super) fn granted(shared: &Shared, ip: IpAddr) -> Result<String, &'static str> {
+    let (account, stamp) = shared.grants.lookup(ip).map_err(|w| w.as_str())?;
+    match shared.accounts.password_stamp(&account) {
+        Ok(Some(now)) if now == stamp => {}
+        Ok(_) => return Err("password_changed"),
+        Err(_) => return Err("store_error"),
+    }
+    match shared.contain.is_suspended(&account) {
+        Ok(false) => Ok(account),
+        Ok(true) => Err("suspended"),
+        Err(_) => Err("store_error"),
+    }
 }
 
 /// MAIL FROM: the refusal, if any policy refuses (`None`: the sender is taken). On the
