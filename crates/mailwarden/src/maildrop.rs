@@ -29,11 +29,11 @@ use std::sync::Mutex;
 
 /// One listed message.
 #[derive(Clone, Debug)]
-pub struct Msg {
-    pub base: String,
-    /// Where it was when last seen; found again by `base` if it moved.
-    pub path: PathBuf,
-    pub entry: Entry,
+struct Msg {
+    base: String,
+    /// Where it was when last seen; found again by `base` if it moved; `None`: gone.
+    path: Option<PathBuf>,
+    entry: Entry,
 }
 
 /// The inbox of `mailbox` (`local@domain`), where local delivery puts its mail.
@@ -140,11 +140,11 @@ fn base_of(name: &str) -> Option<&str> {
     Some(name.split(':').next().unwrap_or(name))
 }
 
-/// List the inbox: the oldest `max` messages, and how many there are in all.
-pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Vec<Msg>, usize)> {
-    let mut found: Vec<(u64, String, PathBuf)> = Vec::new();
+/// Every message file of the inbox with its base name, each once. `new/` is read first: a
+/// message another reader moves to `cur/` meanwhile is then seen there.
+fn scan(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
     let mut seen = HashSet::new();
-    // new/ first: a message another reader moves to cur/ meanwhile is then seen in cur/.
     for sub in ["new", "cur"] {
         let rd = match std::fs::read_dir(dir.join(sub)) {
             Ok(rd) => rd,
@@ -161,142 +161,198 @@ pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Vec<Msg>,
             let Some(base) = name.to_str().and_then(base_of) else {
                 continue;
             };
-            // Moved from new/ to cur/ while we read: once is enough.
             if seen.insert(base.to_string()) {
-                found.push((sort_key(base), base.to_string(), e.path()));
+                found.push((base.to_string(), e.path()));
             }
         }
     }
-    let total = found.len();
-    found.sort();
-    found.truncate(max);
-    let mut known = sizes.take(dir);
-    let mut kept = HashMap::with_capacity(found.len());
-    let mut out = Vec::with_capacity(found.len());
-    for (_, base, path) in found {
-        let size = match known.remove(&base) {
-            Some(s) => s,
-            None => match count_size(&path) {
-                Ok(Some(s)) => s,
-                // Removed by another reader since the listing: not ours to show.
-                Ok(None) => continue,
-                Err(e) => {
-                    sizes.put(dir, kept);
-                    return Err(e);
-                }
-            },
-        };
-        kept.insert(base.clone(), size);
-        out.push(Msg {
-            entry: Entry {
-                size,
-                uid: uid_of(&base),
-            },
-            base,
-            path,
-        });
-    }
-    sizes.put(dir, kept);
-    Ok((out, total))
+    Ok(found)
 }
 
-/// Where the message is now: its last known path, or found again by its base name.
-pub fn locate(dir: &Path, m: &Msg) -> Option<PathBuf> {
-    if std::fs::symlink_metadata(&m.path).is_ok_and(|md| md.is_file()) {
-        return Some(m.path.clone());
-    }
-    for sub in ["new", "cur"] {
-        let Ok(rd) = std::fs::read_dir(dir.join(sub)) else {
-            continue;
+/// A session's maildrop: the inbox and the messages listed at login, each where it was last
+/// seen. When a path has gone stale (another reader renamed or removed files), one scan
+/// finds every message again, so a session pays at most one directory read per change made
+/// behind its back, never one per message.
+pub struct Maildrop {
+    dir: PathBuf,
+    msgs: Vec<Msg>,
+}
+
+impl Maildrop {
+    /// List the inbox: the oldest `max` messages, and how many there are in all.
+    pub fn list(dir: &Path, max: usize, sizes: &Sizes) -> std::io::Result<(Maildrop, usize)> {
+        let mut found: Vec<(u64, String, PathBuf)> = scan(dir)?
+            .into_iter()
+            .map(|(base, path)| (sort_key(&base), base, path))
+            .collect();
+        let total = found.len();
+        found.sort();
+        found.truncate(max);
+        let mut known = sizes.take(dir);
+        let mut kept = HashMap::with_capacity(found.len());
+        let mut msgs = Vec::with_capacity(found.len());
+        for (_, base, path) in found {
+            let size = match known.remove(&base) {
+                Some(s) => s,
+                None => match count_size(&path) {
+                    Ok(Some(s)) => s,
+                    // Removed by another reader since the listing: not ours to show.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        sizes.put(dir, kept);
+                        return Err(e);
+                    }
+                },
+            };
+            kept.insert(base.clone(), size);
+            msgs.push(Msg {
+                entry: Entry {
+                    size,
+                    uid: uid_of(&base),
+                },
+                base,
+                path: Some(path),
+            });
+        }
+        sizes.put(dir, kept);
+        let md = Maildrop {
+            dir: dir.to_path_buf(),
+            msgs,
         };
-        for e in rd.flatten() {
-            let name = e.file_name();
-            if name.to_str().and_then(base_of) == Some(m.base.as_str())
-                && e.file_type().is_ok_and(|t| t.is_file())
-            {
-                return Some(e.path());
+        Ok((md, total))
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.msgs.iter().map(|m| m.entry.clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Find every message again after another reader's changes; one no longer there is gone.
+    fn rescan(&mut self) -> std::io::Result<()> {
+        let now: HashMap<String, PathBuf> = scan(&self.dir)?.into_iter().collect();
+        for m in &mut self.msgs {
+            if m.path.is_some() {
+                m.path = now.get(&m.base).cloned();
             }
         }
+        Ok(())
     }
-    None
-}
 
-/// Open the message for RETR or TOP and, for RETR, mark it seen. `None`: it is gone.
-pub fn open(dir: &Path, m: &mut Msg, seen: bool) -> std::io::Result<Option<std::fs::File>> {
-    for _ in 0..3 {
-        let Some(path) = locate(dir, m) else {
+    /// Where message `i` is now (`None`: gone).
+    fn path(&mut self, i: usize) -> std::io::Result<Option<PathBuf>> {
+        let current = |m: &Msg| {
+            m.path
+                .as_ref()
+                .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|md| md.is_file()))
+                .cloned()
+        };
+        if let Some(p) = current(&self.msgs[i]) {
+            return Ok(Some(p));
+        }
+        if self.msgs[i].path.is_none() {
             return Ok(None);
-        };
-        let Some(f) = open_file(&path)? else {
-            continue;
-        };
-        m.path = path;
-        if seen {
-            // The open file stays readable whatever happens to its name now; a flag that
-            // cannot be set is no reason to withhold the message.
-            if let Err(e) = mark_seen(dir, m) {
-                tracing::warn!(event = "pop3_seen_failed", path = %m.path.display(), error = %e);
-            }
         }
-        return Ok(Some(f));
+        self.rescan()?;
+        Ok(self.msgs[i].path.clone())
     }
-    Ok(None)
-}
 
-/// `S` among the message's flags, moving it to `cur/` if it is in `new/`.
-fn mark_seen(dir: &Path, m: &mut Msg) -> std::io::Result<()> {
-    for _ in 0..3 {
-        let Some(path) = locate(dir, m) else {
-            return Ok(());
-        };
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let in_cur = path.parent().is_some_and(|p| p.ends_with("cur"));
-        let flags = match name.split_once(':') {
-            None => "",
-            Some((_, info)) => match info.strip_prefix("2,") {
-                Some(f) => f,
-                // Experimental (`1,`) or unknown info: not ours to rewrite.
-                None => return Ok(()),
-            },
-        };
-        if in_cur && flags.contains('S') {
-            return Ok(());
+    /// Open message `i` for RETR or TOP and, for RETR, mark it seen. `None`: it is gone.
+    pub fn open(&mut self, i: usize, seen: bool) -> std::io::Result<Option<std::fs::File>> {
+        for _ in 0..3 {
+            let Some(path) = self.path(i)? else {
+                return Ok(None);
+            };
+            let Some(f) = open_file(&path)? else {
+                // Renamed or removed between the look and the open: look again.
+                self.rescan()?;
+                continue;
+            };
+            if seen {
+                // The open file stays readable whatever happens to its name now; a flag that
+                // cannot be set is no reason to withhold the message.
+                if let Err(e) = self.mark_seen(i) {
+                    tracing::warn!(event = "pop3_seen_failed", path = %path.display(), error = %e);
+                }
+            }
+            return Ok(Some(f));
         }
-        let mut f: Vec<char> = flags.chars().chain(['S']).collect();
-        f.sort_unstable();
-        f.dedup();
-        let flags: String = f.into_iter().collect();
-        let target = dir.join("cur").join(format!("{}:2,{flags}", m.base));
-        match std::fs::rename(&path, &target) {
-            Ok(()) => {
-                m.path = target;
+        Ok(None)
+    }
+
+    /// `S` among message `i`'s flags, moving it to `cur/` if it is in `new/`.
+    fn mark_seen(&mut self, i: usize) -> std::io::Result<()> {
+        for _ in 0..3 {
+            let Some(path) = self.path(i)? else {
                 return Ok(());
+            };
+            let Some(target) = seen_name(&self.dir, &self.msgs[i].base, &path) else {
+                return Ok(());
+            };
+            match std::fs::rename(&path, &target) {
+                Ok(()) => {
+                    self.msgs[i].path = Some(target);
+                    return Ok(());
+                }
+                // Another reader renamed it first: look again.
+                Err(e) if e.kind() == ErrorKind::NotFound => self.rescan()?,
+                Err(e) => return Err(e),
             }
-            // Another reader renamed it first: look again.
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Remove the messages deleted in the session (QUIT); how many could not be. A message
+    /// another reader removed already counts as removed.
+    pub fn remove(&mut self, deleted: &[usize]) -> usize {
+        deleted
+            .iter()
+            .filter(|&&i| self.remove_one(i).is_err())
+            .count()
+    }
+
+    fn remove_one(&mut self, i: usize) -> std::io::Result<()> {
+        for _ in 0..3 {
+            let Some(path) = self.path(i)? else {
+                return Ok(());
+            };
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    self.msgs[i].path = None;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => self.rescan()?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Remove the message (QUIT after DELE). A message another reader removed already counts as
-/// removed.
-pub fn remove(dir: &Path, m: &Msg) -> std::io::Result<()> {
-    for _ in 0..3 {
-        let Some(path) = locate(dir, m) else {
-            return Ok(());
-        };
-        match std::fs::remove_file(&path) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
+/// The name `path` (message `base`) takes once seen: in `cur/`, with `S` among its flags in
+/// order. `None` when it has that name already, or info that is not ours to rewrite.
+fn seen_name(dir: &Path, base: &str, path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let in_cur = path.parent().is_some_and(|p| p.ends_with("cur"));
+    let flags = match name.split_once(':') {
+        None => "",
+        // Experimental (`1,`) or unknown info: not ours to rewrite.
+        Some((_, info)) => info.strip_prefix("2,")?,
+    };
+    if in_cur && flags.contains('S') {
+        return None;
     }
-    Ok(())
+    let mut f: Vec<char> = flags.chars().chain(['S']).collect();
+    f.sort_unstable();
+    f.dedup();
+    let flags: String = f.into_iter().collect();
+    Some(dir.join("cur").join(format!("{base}:2,{flags}")))
 }
 
 /// One POP3 session per mailbox (RFC 1939 §4: the maildrop is locked in the TRANSACTION
@@ -358,33 +414,37 @@ mod tests {
         put(d, "tmp", "50.c.host", "in progress");
         std::os::unix::fs::symlink("/etc/passwd", d.join("cur/10.link.host:2,")).unwrap();
         let sizes = Sizes::default();
-        let (msgs, total) = list(d, 10, &sizes).unwrap();
+        let (mut m, total) = Maildrop::list(d, 10, &sizes).unwrap();
         assert_eq!(total, 2);
-        let ids: Vec<_> = msgs.iter().map(|m| m.entry.uid.as_str()).collect();
+        let ids: Vec<_> = m.entries().into_iter().map(|e| e.uid).collect();
         assert_eq!(ids, ["100.a.host", "200.b.host"]);
-        assert_eq!(msgs[1].entry.size, 14);
+        assert_eq!(m.entries()[1].size, 14);
         // Seen: new/ moves to cur/ with S; a flagged one keeps F, in order.
-        let mut b = msgs[1].clone();
-        assert!(open(d, &mut b, true).unwrap().is_some());
+        assert!(m.open(1, true).unwrap().is_some());
         assert!(d.join("cur/200.b.host:2,S").exists());
-        let mut a = msgs[0].clone();
-        open(d, &mut a, true).unwrap();
+        m.open(0, true).unwrap();
         assert!(d.join("cur/100.a.host:2,FS").exists());
-        // Another reader renames it: still found by its base name, and removed.
+        // Another reader renames both: one scan finds them again by their base names.
         std::fs::rename(
             d.join("cur/100.a.host:2,FS"),
             d.join("cur/100.a.host:2,FRS"),
         )
         .unwrap();
-        let stale = msgs[0].clone();
-        assert!(locate(d, &stale).unwrap().ends_with("100.a.host:2,FRS"));
-        remove(d, &stale).unwrap();
-        assert!(locate(d, &stale).is_none());
-        // Gone already: removing again is not an error, opening finds nothing.
-        remove(d, &stale).unwrap();
-        assert!(open(d, &mut stale.clone(), false).unwrap().is_none());
-        let (msgs, _) = list(d, 1, &sizes).unwrap();
-        assert_eq!(msgs.len(), 1);
+        std::fs::rename(d.join("cur/200.b.host:2,S"), d.join("cur/200.b.host:2,RS")).unwrap();
+        assert!(m.open(0, false).unwrap().is_some());
+        assert_eq!(
+            m.msgs[1].path.as_deref(),
+            Some(d.join("cur/200.b.host:2,RS").as_path())
+        );
+        // Removed at QUIT; one another reader removed first counts as removed.
+        std::fs::remove_file(d.join("cur/200.b.host:2,RS")).unwrap();
+        assert_eq!(m.remove(&[0, 1]), 0);
+        assert!(!d.join("cur/100.a.host:2,FRS").exists());
+        assert!(m.open(0, false).unwrap().is_none());
+        assert!(m.open(1, false).unwrap().is_none());
+        put(d, "new", "300.c.host", "C: 1\n\n");
+        let (m, _) = Maildrop::list(d, 1, &sizes).unwrap();
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

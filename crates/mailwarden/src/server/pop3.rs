@@ -14,13 +14,12 @@
 use super::auth::{self, Outcome};
 use super::session::{Stream, upgrade};
 use super::shared::Shared;
-use crate::maildrop::{self, Msg};
+use crate::maildrop::{self, Maildrop};
 use crate::util::new_id;
 use mailwarden_proto::pop3::content::Stuffer;
 use mailwarden_proto::pop3::{Config, Event, InBuf, Limits, Session, replies};
 use mailwarden_proto::sasl::Credentials;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -55,10 +54,10 @@ struct Driver<'a, IO> {
     session: String,
     peer: SocketAddr,
     listener: &'static str,
-    /// After login: the account, its inbox, its listing and its lock.
+    /// After login: the account, its maildrop (lent to the blocking pool while it works on
+    /// the files) and its lock.
     account: Option<String>,
-    dir: PathBuf,
-    msgs: Vec<Msg>,
+    maildrop: Option<Maildrop>,
     _lock: Option<maildrop::Lock<'a>>,
     deadline: tokio::time::Instant,
     end_reason: &'static str,
@@ -110,8 +109,7 @@ where
         peer,
         listener,
         account: None,
-        dir: PathBuf::new(),
-        msgs: Vec::new(),
+        maildrop: None,
         _lock: None,
         deadline: tokio::time::Instant::now() + cfg.pop3.max_session_time.get(),
         end_reason: "quit",
@@ -320,11 +318,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         let dir = maildrop::inbox(&shared.config.data_dir, &account);
         let max = shared.config.pop3.max_messages;
         let sizes = shared.pop3_sizes.clone();
-        let listed = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || maildrop::list(&dir, max, &sizes)).await
-        };
-        let (msgs, total) = match listed {
+        let listed = tokio::task::spawn_blocking(move || Maildrop::list(&dir, max, &sizes)).await;
+        let (md, total) = match listed {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 tracing::error!(event = "pop3_list_failed", session = %self.session, user = %account, error = %e);
@@ -339,39 +334,51 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
         };
         metrics::counter!("mailwarden_pop3_logins_total", "result" => "ok").increment(1);
         tracing::info!(event = "pop3_login", session = %self.session, ip = %ip, listener = self.listener,
-            mechanism, user = %account, messages = msgs.len(), total, suspended, pop_before_smtp = granted);
-        self.s
-            .login_ok(msgs.iter().map(|m| m.entry.clone()).collect());
-        self.msgs = msgs;
-        self.dir = dir;
+            mechanism, user = %account, messages = md.len(), total, suspended, pop_before_smtp = granted);
+        self.s.login_ok(md.entries());
+        self.maildrop = Some(md);
         self.account = Some(account);
         self._lock = Some(lock);
     }
 
+    /// Run `f` on the maildrop on the blocking pool and take it back. `None`: it was lost to
+    /// a panic there, and the session ends.
+    async fn on_maildrop<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Maildrop) -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut md = self.maildrop.take()?;
+        match tokio::task::spawn_blocking(move || {
+            let r = f(&mut md);
+            (r, md)
+        })
+        .await
+        {
+            Ok((r, md)) => {
+                self.maildrop = Some(md);
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(event = "pop3_maildrop_failed", session = %self.session, error = %e);
+                self.end_reason = "maildrop failed";
+                None
+            }
+        }
+    }
+
     /// RETR or TOP. False: the session is over (the client stopped reading).
     async fn retrieve(&mut self, index: usize, top: Option<u64>) -> bool {
-        let mut m = self.msgs[index].clone();
-        let dir = self.dir.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let r = maildrop::open(&dir, &mut m, top.is_none());
-            (r, m)
-        })
-        .await;
+        let opened = self
+            .on_maildrop(move |m| m.open(index, top.is_none()))
+            .await;
         let file = match opened {
-            Ok((Ok(Some(f)), m)) => {
-                self.msgs[index] = m;
-                f
-            }
-            Ok((Ok(None), _)) => {
+            None => return false,
+            Some(Ok(Some(f))) => f,
+            Some(Ok(None)) => {
                 self.s.retrieve_failed(replies::GONE);
                 return true;
             }
-            Ok((Err(e), _)) => {
-                tracing::error!(event = "pop3_read_failed", session = %self.session, error = %e);
-                self.s.retrieve_failed(replies::TEMP);
-                return true;
-            }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::error!(event = "pop3_read_failed", session = %self.session, error = %e);
                 self.s.retrieve_failed(replies::TEMP);
                 return true;
@@ -419,16 +426,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<'_, IO> {
 
     /// QUIT: the UPDATE state removes what was deleted.
     async fn update(&mut self, deleted: Vec<usize>) {
-        let gone: Vec<Msg> = deleted.iter().map(|&i| self.msgs[i].clone()).collect();
-        let dir = self.dir.clone();
-        let n = gone.len();
-        let failed = tokio::task::spawn_blocking(move || {
-            gone.iter()
-                .filter(|m| maildrop::remove(&dir, m).is_err())
-                .count()
-        })
-        .await
-        .unwrap_or(n);
+        let n = deleted.len();
+        let failed = self
+            .on_maildrop(move |m| m.remove(&deleted))
+            .await
+            .unwrap_or(n);
         if failed > 0 {
             tracing::error!(event = "pop3_remove_failed", session = %self.session, failed);
         }

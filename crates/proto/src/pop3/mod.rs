@@ -278,11 +278,6 @@ impl Session {
         self.counters
     }
 
-    /// The message list handed in at login.
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
     fn send(&mut self, line: &str) {
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
