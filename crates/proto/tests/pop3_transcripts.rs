@@ -105,6 +105,38 @@ impl Runner {
     }
 }
 
+impl common::Dialogue for Runner {
+    fn feed(&mut self, bytes: &[u8]) {
+        Runner::feed(self, bytes)
+    }
+
+    fn output(&self) -> &[String] {
+        &self.out
+    }
+
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn check(&mut self, tag: &str, rest: &str, where_: &str) -> bool {
+        match tag {
+            "D:" => {
+                let want: Vec<usize> = rest
+                    .split_whitespace()
+                    .map(|w| w.parse().unwrap())
+                    .collect();
+                assert_eq!(
+                    self.removed.as_ref(),
+                    Some(&want),
+                    "{where_}: removed at QUIT"
+                );
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
 fn run_file(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut cfg = Config {
@@ -164,34 +196,7 @@ fn run_file(path: &Path) {
     };
     r.s.greet();
     r.run();
-    let mut next_out = 0;
-    for (n, line) in lines {
-        let where_ = format!("{}:{}", path.display(), n + 1);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (tag, rest) = line.split_at(2);
-        let rest = rest.strip_prefix(' ').unwrap_or(rest);
-        match tag {
-            "C:" => {
-                let mut b = rest.as_bytes().to_vec();
-                b.extend_from_slice(b"\r\n");
-                r.feed(&b);
-            }
-            "R:" => r.feed(&common::unescape(rest)),
-            "S:" => common::expect_line(&r.out, &mut next_out, rest, &where_),
-            "D:" => {
-                let want: Vec<usize> = rest
-                    .split_whitespace()
-                    .map(|w| w.parse().unwrap())
-                    .collect();
-                assert_eq!(r.removed.as_ref(), Some(&want), "{where_}: removed at QUIT");
-            }
-            "X:" => assert!(r.closed, "{where_}: expected the server to close"),
-            _ => panic!("{where_}: unknown line `{line}`"),
-        }
-    }
-    common::all_checked(&r.out, next_out, path);
+    common::play(&mut r, lines, path);
 }
 
 #[test]

@@ -118,6 +118,49 @@ impl Runner {
     }
 }
 
+impl common::Dialogue for Runner {
+    fn feed(&mut self, bytes: &[u8]) {
+        Runner::feed(self, bytes)
+    }
+
+    fn output(&self) -> &[String] {
+        &self.out
+    }
+
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn check(&mut self, tag: &str, rest: &str, where_: &str) -> bool {
+        match tag {
+            "M:" => {
+                let last = self
+                    .messages
+                    .last()
+                    .unwrap_or_else(|| panic!("{where_}: no message"));
+                assert_eq!(
+                    String::from_utf8_lossy(last),
+                    String::from_utf8_lossy(&common::unescape(rest)),
+                    "{where_}: message body"
+                );
+            }
+            "N:" => assert_eq!(
+                self.messages.len(),
+                rest.parse::<usize>().unwrap(),
+                "{where_}: message count"
+            ),
+            "P:" => assert_eq!(
+                self.s.counters().unauthorized_pipelining,
+                rest.parse::<u32>().unwrap(),
+                "{where_}: commands pipelined without PIPELINING"
+            ),
+            "L:" => self.s.set_storage_low(rest == "1"),
+            _ => return false,
+        }
+        true
+    }
+}
+
 fn run_file(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut limits = Limits::default();
@@ -196,49 +239,7 @@ fn run_file(path: &Path) {
     };
     r.s.greet();
     r.run();
-    let mut next_out = 0;
-    for (n, line) in body_lines {
-        let where_ = format!("{}:{}", path.display(), n + 1);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (tag, rest) = line.split_at(2);
-        let rest = rest.strip_prefix(' ').unwrap_or(rest);
-        match tag {
-            "C:" => {
-                let mut b = rest.as_bytes().to_vec();
-                b.extend_from_slice(b"\r\n");
-                r.feed(&b);
-            }
-            "R:" => r.feed(&common::unescape(rest)),
-            "S:" => common::expect_line(&r.out, &mut next_out, rest, &where_),
-            "M:" => {
-                let last = r
-                    .messages
-                    .last()
-                    .unwrap_or_else(|| panic!("{where_}: no message"));
-                assert_eq!(
-                    String::from_utf8_lossy(last),
-                    String::from_utf8_lossy(&common::unescape(rest)),
-                    "{where_}: message body"
-                );
-            }
-            "N:" => assert_eq!(
-                r.messages.len(),
-                rest.parse::<usize>().unwrap(),
-                "{where_}: message count"
-            ),
-            "P:" => assert_eq!(
-                r.s.counters().unauthorized_pipelining,
-                rest.parse::<u32>().unwrap(),
-                "{where_}: commands pipelined without PIPELINING"
-            ),
-            "X:" => assert!(r.closed, "{where_}: expected the server to close"),
-            "L:" => r.s.set_storage_low(rest == "1"),
-            _ => panic!("{where_}: unknown line `{line}`"),
-        }
-    }
-    common::all_checked(&r.out, next_out, path);
+    common::play(&mut r, body_lines, path);
 }
 
 #[test]

@@ -39,6 +39,46 @@ pub fn split_lines(partial: &mut String, out: &mut Vec<String>) {
     }
 }
 
+/// A runner the shared lines drive: `C:` (a client line, CRLF appended), `R:` (raw bytes,
+/// escaped), `S:` (the server's next line), `X:` (the server closed). Any other tag is the
+/// protocol's own.
+pub trait Dialogue {
+    fn feed(&mut self, bytes: &[u8]);
+    fn output(&self) -> &[String];
+    fn closed(&self) -> bool;
+    /// Check a line of the protocol's own (`M:`, `D:`...); false: an unknown tag.
+    fn check(&mut self, tag: &str, rest: &str, where_: &str) -> bool;
+}
+
+/// Play the dialogue lines (numbered from 0) of `path` against `r`, then require that every
+/// line the server sent was checked.
+pub fn play<'a>(r: &mut impl Dialogue, lines: impl Iterator<Item = (usize, &'a str)>, path: &Path) {
+    let mut next = 0;
+    for (n, line) in lines {
+        let where_ = format!("{}:{}", path.display(), n + 1);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (tag, rest) = line.split_at(2);
+        let rest = rest.strip_prefix(' ').unwrap_or(rest);
+        match tag {
+            "C:" => {
+                let mut b = rest.as_bytes().to_vec();
+                b.extend_from_slice(b"\r\n");
+                r.feed(&b);
+            }
+            "R:" => r.feed(&unescape(rest)),
+            "S:" => expect_line(r.output(), &mut next, rest, &where_),
+            "X:" => assert!(r.closed(), "{where_}: expected the server to close"),
+            _ => assert!(
+                r.check(tag, rest, &where_),
+                "{where_}: unknown line `{line}`"
+            ),
+        }
+    }
+    all_checked(r.output(), next, path);
+}
+
 /// An `S:` line: the server's next line is `want`, or starts with it before a trailing `*`.
 pub fn expect_line(out: &[String], next: &mut usize, want: &str, where_: &str) {
     let got = out.get(*next).unwrap_or_else(|| {
