@@ -155,7 +155,6 @@ pub mod replies {
     pub const SHUTTING_DOWN: &str = "-ERR [SYS/TEMP] Server shutting down";
     pub const SESSION_TOO_LONG: &str = "-ERR [SYS/TEMP] Session time limit; closing";
     pub const TOO_MANY_CONNECTIONS: &str = "-ERR [SYS/TEMP] Too many connections; try later";
-    pub const INTERNAL: &str = "-ERR [SYS/TEMP] Internal error";
 }
 
 /// What the driver must do next.
